@@ -1,0 +1,332 @@
+//! The TOML shape of `mgnt.toml`, and its validation into [`super::Config`].
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use hickory_proto::rr::Name;
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use super::{AnswerMode, Config, ConfigError, DnsConfig, GeoName, GeoipConfig, Overrides, Region};
+use crate::route::Coord;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    dns: RawDns,
+    geoip: RawGeoip,
+    #[serde(default)]
+    geo: Vec<RawGeo>,
+    #[serde(default)]
+    regions: BTreeMap<String, RawRegion>,
+    #[serde(default)]
+    overrides: BTreeMap<String, OneOrMany>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    listen: Vec<String>,
+    zones_dir: PathBuf,
+    tcp_idle_timeout: Option<String>,
+    tcp_max_connections: Option<usize>,
+    max_udp_payload: Option<u16>,
+    udp_sockets: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGeoip {
+    database: PathBuf,
+    centroids: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGeo {
+    name: String,
+    ttl: Option<u32>,
+    answer: Option<String>,
+    regions: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegion {
+    host: String,
+    location: Option<Vec<f64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn names(&self) -> Vec<&str> {
+        match self {
+            Self::One(s) => vec![s.as_str()],
+            Self::Many(v) => v.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+/// Builds errors that carry the config file's path.
+struct Ctx<'a> {
+    file: &'a Path,
+}
+
+impl Ctx<'_> {
+    fn err(&self, key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.to_owned(),
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Relative paths are taken from the config file's directory, so `serve` works from anywhere.
+    fn path(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            return p.to_owned();
+        }
+        match self.file.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.join(p),
+            _ => p.to_owned(),
+        }
+    }
+}
+
+impl RawConfig {
+    pub(super) fn validate(self, file: &Path) -> Result<Config, ConfigError> {
+        let cx = Ctx { file };
+        let dns = self.dns.validate(&cx)?;
+        let geoip = GeoipConfig {
+            database: cx.path(&self.geoip.database),
+            centroids: cx.path(&self.geoip.centroids),
+        };
+        let regions = validate_regions(&cx, &self.regions)?;
+        let index = |name: &str| regions.iter().position(|r| r.name == name);
+        if self.geo.is_empty() {
+            return Err(cx.err("geo", "at least one [[geo]] name is required"));
+        }
+        let mut geo = Vec::with_capacity(self.geo.len());
+        for (i, g) in self.geo.iter().enumerate() {
+            let parsed = g.validate(&cx, i, &index)?;
+            if geo.iter().any(|o: &GeoName| o.name == parsed.name) {
+                return Err(cx.err(format!("geo[{i}].name"), "duplicate geo name"));
+            }
+            geo.push(parsed);
+        }
+        let overrides = validate_overrides(&cx, &self.overrides, &index)?;
+        Ok(Config {
+            file: file.to_owned(),
+            dns,
+            geoip,
+            geo,
+            regions,
+            overrides,
+        })
+    }
+}
+
+impl RawDns {
+    fn validate(&self, cx: &Ctx) -> Result<DnsConfig, ConfigError> {
+        if self.listen.is_empty() {
+            return Err(cx.err("dns.listen", "at least one address is required"));
+        }
+        let mut listen = Vec::with_capacity(self.listen.len());
+        for (i, a) in self.listen.iter().enumerate() {
+            let addr: SocketAddr = a.parse().map_err(|_| {
+                cx.err(
+                    format!("dns.listen[{i}]"),
+                    format!("`{a}` is not an address:port (IPv6 as \"[::1]:5300\")"),
+                )
+            })?;
+            listen.push(addr);
+        }
+        let tcp_idle_timeout = match &self.tcp_idle_timeout {
+            None => super::DEFAULT_TCP_IDLE_TIMEOUT,
+            Some(s) => duration(cx, "dns.tcp_idle_timeout", s)?,
+        };
+        let tcp_max_connections = self
+            .tcp_max_connections
+            .unwrap_or(super::DEFAULT_TCP_MAX_CONNECTIONS);
+        if tcp_max_connections == 0 {
+            return Err(cx.err("dns.tcp_max_connections", "must be at least 1"));
+        }
+        let max_udp_payload = self
+            .max_udp_payload
+            .unwrap_or(super::DEFAULT_MAX_UDP_PAYLOAD);
+        if max_udp_payload < 512 {
+            return Err(cx.err("dns.max_udp_payload", "must be at least 512"));
+        }
+        let udp_sockets = self.udp_sockets.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+        });
+        if udp_sockets == 0 || udp_sockets > 64 {
+            return Err(cx.err("dns.udp_sockets", "must be between 1 and 64"));
+        }
+        Ok(DnsConfig {
+            listen,
+            zones_dir: cx.path(&self.zones_dir),
+            tcp_idle_timeout,
+            tcp_max_connections,
+            max_udp_payload,
+            udp_sockets,
+        })
+    }
+}
+
+fn duration(cx: &Ctx, key: &str, s: &str) -> Result<Duration, ConfigError> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| cx.err(key, format!("`{s}` is not a duration like \"10s\": {e}")))?;
+    if d.is_zero() {
+        return Err(cx.err(key, "must be longer than zero"));
+    }
+    Ok(d)
+}
+
+fn dns_name(cx: &Ctx, key: &str, s: &str) -> Result<Name, ConfigError> {
+    let mut name =
+        Name::from_ascii(s).map_err(|e| cx.err(key, format!("`{s}` is not a DNS name: {e}")))?;
+    name.set_fqdn(true);
+    if name.is_root() {
+        return Err(cx.err(key, "the root name is not allowed"));
+    }
+    Ok(name.to_lowercase())
+}
+
+fn validate_regions(
+    cx: &Ctx,
+    raw: &BTreeMap<String, RawRegion>,
+) -> Result<Vec<Region>, ConfigError> {
+    if raw.is_empty() {
+        return Err(cx.err("regions", "at least one region is required"));
+    }
+    raw.iter()
+        .map(|(name, r)| {
+            let key = format!("regions.{name}");
+            let host = dns_name(cx, &format!("{key}.host"), &r.host)?;
+            let location = match &r.location {
+                None => return Err(cx.err(format!("{key}.location"), "missing coordinates")),
+                Some(v) => coord(cx, &format!("{key}.location"), v)?,
+            };
+            Ok(Region {
+                name: name.clone(),
+                host,
+                location,
+            })
+        })
+        .collect()
+}
+
+fn coord(cx: &Ctx, key: &str, v: &[f64]) -> Result<Coord, ConfigError> {
+    let [lat, lon] = v else {
+        return Err(cx.err(key, "must be [latitude, longitude]"));
+    };
+    if !lat.is_finite() || !(-90.0..=90.0).contains(lat) {
+        return Err(cx.err(key, format!("latitude {lat} is outside -90..90")));
+    }
+    if !lon.is_finite() || !(-180.0..=180.0).contains(lon) {
+        return Err(cx.err(key, format!("longitude {lon} is outside -180..180")));
+    }
+    Ok(Coord {
+        lat: *lat,
+        lon: *lon,
+    })
+}
+
+impl RawGeo {
+    fn validate(
+        &self,
+        cx: &Ctx,
+        i: usize,
+        index: &dyn Fn(&str) -> Option<usize>,
+    ) -> Result<GeoName, ConfigError> {
+        let key = format!("geo[{i}]");
+        let name = dns_name(cx, &format!("{key}.name"), &self.name)?;
+        let ttl = self.ttl.unwrap_or(super::DEFAULT_GEO_TTL);
+        if ttl > 86_400 {
+            return Err(cx.err(format!("{key}.ttl"), "must be at most 86400 seconds"));
+        }
+        let answer = match self.answer.as_deref() {
+            None | Some("cname") => AnswerMode::Cname,
+            Some("address") => AnswerMode::Address,
+            Some(other) => {
+                return Err(cx.err(
+                    format!("{key}.answer"),
+                    format!("`{other}` is not \"cname\" or \"address\""),
+                ));
+            }
+        };
+        if self.regions.is_empty() {
+            return Err(cx.err(format!("{key}.regions"), "at least one region is required"));
+        }
+        let mut regions = Vec::with_capacity(self.regions.len());
+        for (j, r) in self.regions.iter().enumerate() {
+            let k = format!("{key}.regions[{j}]");
+            let idx = index(r).ok_or_else(|| cx.err(&k, format!("no [regions.{r}] table")))?;
+            if regions.contains(&idx) {
+                return Err(cx.err(k, format!("region `{r}` is listed twice")));
+            }
+            regions.push(idx);
+        }
+        Ok(GeoName {
+            name,
+            ttl,
+            answer,
+            regions,
+        })
+    }
+}
+
+fn validate_overrides(
+    cx: &Ctx,
+    raw: &BTreeMap<String, OneOrMany>,
+    index: &dyn Fn(&str) -> Option<usize>,
+) -> Result<Overrides, ConfigError> {
+    let mut out = Overrides::default();
+    for (k, v) in raw {
+        let key = format!("overrides.\"{k}\"");
+        let names = v.names();
+        if names.is_empty() {
+            return Err(cx.err(&key, "at least one region is required"));
+        }
+        let mut regions = Vec::with_capacity(names.len());
+        for n in names {
+            regions.push(index(n).ok_or_else(|| cx.err(&key, format!("no [regions.{n}] table")))?);
+        }
+        if k.contains('/') {
+            let net: IpNet = k
+                .parse()
+                .map_err(|_| cx.err(&key, format!("`{k}` is not a prefix like 203.0.113.0/24")))?;
+            if net.trunc() != net {
+                return Err(cx.err(
+                    &key,
+                    format!("host bits set; did you mean {}?", net.trunc()),
+                ));
+            }
+            out.prefixes.push((net, regions));
+        } else {
+            let b = k.as_bytes();
+            if b.len() != 2 || !b.iter().all(u8::is_ascii_alphabetic) {
+                return Err(cx.err(
+                    &key,
+                    "not an ISO 3166-1 alpha-2 country code (\"BE\") or a prefix (\"203.0.113.0/24\")",
+                ));
+            }
+            out.countries.insert(
+                [b[0].to_ascii_uppercase(), b[1].to_ascii_uppercase()],
+                regions,
+            );
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,307 @@
+//! One query's bytes in, one response's bytes out.
+//!
+//! Geo names are answered here from the pre-rendered [`GeoTable`]s; every other
+//! name goes to hickory's [`Catalog`](hickory_server::zone_handler::Catalog),
+//! which owns NXDOMAIN/NODATA/referral logic for zone data. The checks that
+//! hickory's request handler would make first (EDNS version, opcode, question
+//! count) are made here, because we also need ECS validated before either path.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use arc_swap::ArcSwap;
+use hickory_proto::{
+    op::{Edns, Message, Metadata, OpCode, ResponseCode},
+    rr::{
+        DNSClass, RData, Record, RecordType,
+        rdata::opt::{ClientSubnet as HickorySubnet, EdnsOption},
+    },
+    serialize::binary::BinEncoder,
+};
+use hickory_server::{
+    net::{NetError, xfer::Protocol},
+    server::{Request, ResponseHandler, ResponseInfo},
+    zone_handler::{MessageResponse, MessageResponseBuilder},
+};
+
+use super::{Data, GeoTable, ecs};
+use crate::state::RegionView;
+
+/// Answers queries against the current data and region states.
+///
+/// Both are swapped whole by writers (reload, health, drain); a query loads
+/// each once, so it sees one consistent version of either.
+pub struct Responder {
+    pub data: ArcSwap<Data>,
+    pub view: ArcSwap<RegionView>,
+}
+
+/// The parts of a query every response needs.
+struct Ctx<'a> {
+    request: &'a Request,
+    /// Largest response this transport and client accept.
+    limit: usize,
+}
+
+impl Responder {
+    pub fn new(data: Data, view: RegionView) -> Self {
+        Self {
+            data: ArcSwap::from_pointee(data),
+            view: ArcSwap::from_pointee(view),
+        }
+    }
+
+    /// Builds the response to `raw`, or `None` when nothing must be sent
+    /// (fewer than 12 bytes, or a message that is itself a response).
+    pub async fn respond(
+        &self,
+        raw: &[u8],
+        src: SocketAddr,
+        protocol: Protocol,
+    ) -> Option<Vec<u8>> {
+        if raw.len() < 12 || raw[2] & 0x80 != 0 {
+            return None;
+        }
+        let request = match Request::from_bytes(raw.to_vec(), src, protocol) {
+            Ok(r) => r,
+            Err(_) => return Some(header_only(raw, ResponseCode::FormErr)),
+        };
+        let data = self.data.load();
+        let max_udp = usize::from(data.config.dns.max_udp_payload);
+        let limit = match protocol {
+            Protocol::Udp => request
+                .edns
+                .as_ref()
+                .map_or(512, |e| usize::from(e.max_payload()).clamp(512, max_udp)),
+            _ => usize::from(u16::MAX),
+        };
+        let cx = Ctx {
+            request: &request,
+            limit,
+        };
+        let mut edns = request.edns.as_ref().map(|_| {
+            let mut e = Edns::new();
+            e.set_max_payload(max_udp as u16);
+            e.set_version(0);
+            e
+        });
+        if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
+            return Some(error(&cx, ResponseCode::BADVERS, edns.as_ref()));
+        }
+        let subnet = match request.edns.is_some().then(|| ecs::parse(raw)).transpose() {
+            Ok(s) => s.flatten(),
+            Err(_) => return Some(error(&cx, ResponseCode::FormErr, edns.as_ref())),
+        };
+        match request.metadata.op_code {
+            OpCode::Query => {}
+            OpCode::Update => return Some(error(&cx, ResponseCode::Refused, edns.as_ref())),
+            _ => return Some(error(&cx, ResponseCode::NotImp, edns.as_ref())),
+        }
+        let Ok(info) = request.request_info() else {
+            return Some(error(&cx, ResponseCode::FormErr, edns.as_ref()));
+        };
+        let query = info.query;
+        if query.query_class() != DNSClass::IN
+            || matches!(query.query_type(), RecordType::AXFR | RecordType::IXFR)
+        {
+            return Some(error(&cx, ResponseCode::Refused, edns.as_ref()));
+        }
+        if let Some(table) = data.geo_table(query.name()) {
+            let client = subnet.map_or(src.ip(), |s| s.address);
+            let view = self.view.load();
+            let choice = data.choose(table, client, &view.states);
+            if let (Some(e), Some(s)) = (edns.as_mut(), subnet) {
+                let scope = choice.scope.min(s.source_prefix);
+                echo_subnet(e, s, scope);
+            }
+            return Some(geo_answer(
+                &cx,
+                table,
+                choice.decision.region,
+                edns.as_ref(),
+            ));
+        }
+        if let (Some(e), Some(s)) = (edns.as_mut(), subnet) {
+            echo_subnet(e, s, 0);
+        }
+        Some(catalog_answer(&cx, &data, edns.as_ref()).await)
+    }
+}
+
+/// RFC 7871 §7.2.1: the response carries ECS with the query's family, source
+/// prefix and address, and the scope the answer is valid for.
+fn echo_subnet(edns: &mut Edns, subnet: ecs::ClientSubnet, scope: u8) {
+    let echo = HickorySubnet::new(subnet.address, subnet.source_prefix, scope);
+    edns.options_mut().insert(EdnsOption::Subnet(echo));
+}
+
+fn geo_answer(cx: &Ctx, table: &GeoTable, region: usize, edns: Option<&Edns>) -> Vec<u8> {
+    let qtype = cx
+        .request
+        .request_info()
+        .map_or(RecordType::A, |i| i.query.query_type());
+    let (cname, data) = table.answer(region, qtype);
+    let mut meta = Metadata::response_from_request(&cx.request.metadata);
+    meta.authoritative = true;
+    meta.response_code = ResponseCode::NoError;
+    // NODATA (RFC 2308 §2.2) unless the CNAME itself answers a CNAME or ANY query.
+    let answered = cname.is_some() && matches!(qtype, RecordType::CNAME | RecordType::ANY);
+    let soa: &[Record] = if data.is_empty() && !answered {
+        std::slice::from_ref(&table.negative_soa)
+    } else {
+        &[]
+    };
+    let response = MessageResponseBuilder::new(&cx.request.queries, edns).build(
+        meta,
+        cname.into_iter().chain(data),
+        soa.iter(),
+        std::iter::empty(),
+        std::iter::empty(),
+    );
+    encode(cx, response, edns)
+}
+
+fn error(cx: &Ctx, code: ResponseCode, edns: Option<&Edns>) -> Vec<u8> {
+    let response = MessageResponseBuilder::new(&cx.request.queries, edns)
+        .error_msg(&cx.request.metadata, code);
+    encode(cx, response, edns)
+}
+
+async fn catalog_answer(cx: &Ctx<'_>, data: &Data, edns: Option<&Edns>) -> Vec<u8> {
+    let capture = Capture::default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    data.zones
+        .catalog
+        .lookup(cx.request, edns, now, capture.clone())
+        .await;
+    let taken = capture.0.lock().map(|mut g| g.take()).ok().flatten();
+    let taken = taken.map(|(bytes, meta)| (cap_negative_ttl(bytes), meta));
+    match taken {
+        Some((bytes, _)) if bytes.len() <= cx.limit => bytes,
+        Some((_, meta)) => truncated(cx, meta, edns),
+        None => error(cx, ResponseCode::ServFail, edns),
+    }
+}
+
+/// RFC 2308 §3: the SOA of a negative answer carries min(SOA TTL, SOA MINIMUM).
+/// hickory's catalog sends the SOA record as stored, so negative answers are
+/// rewritten here; positive answers pass untouched.
+fn cap_negative_ttl(bytes: Vec<u8>) -> Vec<u8> {
+    let negative = bytes.len() >= 12 && bytes[6..8] == [0, 0] && bytes[8..10] != [0, 0];
+    if !negative {
+        return bytes;
+    }
+    let Ok(mut message) = Message::from_vec(&bytes) else {
+        return bytes;
+    };
+    for record in &mut message.authorities {
+        if let RData::SOA(soa) = &record.data {
+            record.ttl = record.ttl.min(soa.minimum);
+        }
+    }
+    message.to_vec().unwrap_or(bytes)
+}
+
+/// Emits `response`; when it is larger than the client accepts, sends the
+/// header, question and OPT alone with TC=1 so the client retries over TCP,
+/// rather than a partial RRset.
+fn encode<'a>(
+    cx: &Ctx,
+    response: MessageResponse<
+        '_,
+        'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+    >,
+    edns: Option<&Edns>,
+) -> Vec<u8> {
+    let meta = *response.metadata();
+    match emit(response) {
+        Some(bytes) if bytes.len() <= cx.limit => bytes,
+        Some(_) => truncated(cx, meta, edns),
+        None => header_only(cx.request.as_slice(), ResponseCode::ServFail),
+    }
+}
+
+fn truncated(cx: &Ctx, mut meta: Metadata, edns: Option<&Edns>) -> Vec<u8> {
+    meta.truncation = true;
+    let response = MessageResponseBuilder::new(&cx.request.queries, edns).build_no_records(meta);
+    match emit(response) {
+        Some(bytes) if bytes.len() <= cx.limit => bytes,
+        _ => header_only(cx.request.as_slice(), ResponseCode::ServFail),
+    }
+}
+
+fn emit<'a>(
+    response: MessageResponse<
+        '_,
+        'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+    >,
+) -> Option<Vec<u8>> {
+    let mut buf = Vec::with_capacity(512);
+    let mut encoder = BinEncoder::new(&mut buf);
+    response.destructive_emit(&mut encoder).ok()?;
+    Some(buf)
+}
+
+/// A 12-byte response header echoing the query's ID, opcode and RD bit, with
+/// no sections: the answer when the question itself cannot be read.
+fn header_only(raw: &[u8], code: ResponseCode) -> Vec<u8> {
+    let opcode_rd = raw[2] & 0x79;
+    vec![
+        raw[0],
+        raw[1],
+        0x80 | opcode_rd,
+        code.low() & 0x0F,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ]
+}
+
+/// Keeps the catalog's response as bytes instead of sending it.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Option<Captured>>>);
+
+/// An encoded response and its header, kept to rebuild it truncated.
+type Captured = (Vec<u8>, Metadata);
+
+#[async_trait::async_trait]
+impl ResponseHandler for Capture {
+    async fn send_response<'a>(
+        &mut self,
+        response: MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, NetError> {
+        let meta = *response.metadata();
+        let mut buf = Vec::with_capacity(512);
+        let mut encoder = BinEncoder::new(&mut buf);
+        let info = response.destructive_emit(&mut encoder)?;
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some((buf, meta));
+        }
+        Ok(info)
+    }
+}

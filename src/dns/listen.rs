@@ -1,0 +1,164 @@
+//! UDP and TCP listeners: bytes between sockets and the [`Responder`].
+//!
+//! UDP: several sockets per address with SO_REUSEPORT, so the kernel spreads
+//! queries over receive loops without a shared queue. TCP (RFC 7766): two-byte
+//! length framing, many queries per connection, an idle timeout, and a cap on
+//! open connections so a flood of idle clients cannot exhaust file descriptors.
+
+use std::{io, net::SocketAddr, sync::Arc, time::Duration};
+
+use hickory_server::net::xfer::Protocol;
+use socket2::{Domain, Socket, Type};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream, UdpSocket},
+    sync::Semaphore,
+    task::JoinSet,
+    time::timeout,
+};
+use tracing::{debug, warn};
+
+use super::answer::Responder;
+use crate::config::DnsConfig;
+
+/// Largest DNS message over UDP we read; larger datagrams are cut by the kernel and fail to parse.
+const UDP_BUFFER: usize = 65_535;
+
+/// Binds every listen address (UDP and TCP on the same port) and starts serving.
+///
+/// Returns the bound addresses (a configured port 0 becomes the kernel's choice)
+/// and the set of tasks, which run until aborted.
+pub fn start(
+    config: &DnsConfig,
+    responder: Arc<Responder>,
+) -> io::Result<(Vec<SocketAddr>, JoinSet<()>)> {
+    let mut tasks = JoinSet::new();
+    let mut bound = Vec::with_capacity(config.listen.len());
+    let connections = Arc::new(Semaphore::new(config.tcp_max_connections));
+    for &addr in &config.listen {
+        let first = udp_socket(addr)?;
+        let addr = first.local_addr()?;
+        let mut udp = vec![first];
+        for _ in 1..config.udp_sockets {
+            udp.push(udp_socket(addr)?);
+        }
+        let tcp = tcp_listener(addr)?;
+        for socket in udp {
+            let socket = UdpSocket::from_std(socket)?;
+            tasks.spawn(serve_udp(socket, responder.clone()));
+        }
+        let idle = config.tcp_idle_timeout;
+        tasks.spawn(serve_tcp(tcp, responder.clone(), connections.clone(), idle));
+        bound.push(addr);
+    }
+    Ok((bound, tasks))
+}
+
+fn socket_for(addr: SocketAddr, ty: Type) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), ty, None)?;
+    if addr.is_ipv6() {
+        // Lets "0.0.0.0:53" and "[::]:53" both be configured.
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+fn udp_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let socket = socket_for(addr, Type::DGRAM)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+fn tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = socket_for(addr, Type::STREAM)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+async fn serve_udp(socket: UdpSocket, responder: Arc<Responder>) {
+    let mut buf = vec![0u8; UDP_BUFFER];
+    loop {
+        let (len, src) = match socket.recv_from(&mut buf).await {
+            Ok(got) => got,
+            Err(error) => {
+                debug!(%error, "udp receive failed");
+                continue;
+            }
+        };
+        if src.port() == 0 {
+            continue;
+        }
+        let Some(reply) = responder.respond(&buf[..len], src, Protocol::Udp).await else {
+            continue;
+        };
+        if let Err(error) = socket.send_to(&reply, src).await {
+            debug!(%error, %src, "udp send failed");
+        }
+    }
+}
+
+async fn serve_tcp(
+    listener: TcpListener,
+    responder: Arc<Responder>,
+    connections: Arc<Semaphore>,
+    idle: Duration,
+) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(got) => got,
+            Err(error) => {
+                // EMFILE and friends: back off instead of spinning on the error.
+                warn!(%error, "tcp accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            debug!(%peer, "tcp connection limit reached; closing");
+            continue;
+        };
+        let responder = responder.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(error) = tcp_connection(stream, peer, &responder, idle).await {
+                debug!(%error, %peer, "tcp connection closed");
+            }
+        });
+    }
+}
+
+/// Serves one connection until the peer closes it, goes idle, or breaks framing.
+async fn tcp_connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    responder: &Responder,
+    idle: Duration,
+) -> io::Result<()> {
+    let mut buf = Vec::with_capacity(512);
+    loop {
+        let mut len = [0u8; 2];
+        match timeout(idle, stream.read_exact(&mut len)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Ok(()),
+        }
+        buf.resize(usize::from(u16::from_be_bytes(len)), 0);
+        timeout(idle, stream.read_exact(&mut buf))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "query body timed out"))??;
+        let Some(reply) = responder.respond(&buf, peer, Protocol::Tcp).await else {
+            continue;
+        };
+        let mut out = Vec::with_capacity(reply.len() + 2);
+        out.extend_from_slice(&(reply.len() as u16).to_be_bytes());
+        out.extend_from_slice(&reply);
+        timeout(idle, stream.write_all(&out))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "reply write timed out"))??;
+    }
+}

@@ -1,0 +1,161 @@
+//! The authoritative DNS server: zones, geo names, ECS and the UDP/TCP listeners.
+//!
+//! [`Data`] is everything loaded from disk (config, zones, GeoIP database) as
+//! one immutable value; [`answer::Responder`] turns a query's bytes into a
+//! response's bytes against the current `Data` and region states; [`listen`]
+//! moves bytes between sockets and the responder.
+
+pub mod answer;
+pub mod ecs;
+pub mod geo_names;
+pub mod listen;
+pub mod zones;
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::{
+    config::{Config, ConfigError},
+    geo::{GeoDb, GeoError, Location},
+    route::{self, Coord, Decision, Ranked, RegionState},
+};
+
+pub use geo_names::GeoTable;
+pub use zones::{ZoneError, Zones};
+
+/// Anything that stops a config from being served.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Zone(#[from] ZoneError),
+    #[error(transparent)]
+    Geo(#[from] GeoError),
+}
+
+/// Everything loaded from disk, validated together; swapped whole on reload.
+pub struct Data {
+    pub config: Config,
+    pub zones: Zones,
+    pub geodb: GeoDb,
+    pub geo: Vec<GeoTable>,
+    locations: Vec<Coord>,
+}
+
+/// Where a client was routed, and the ECS scope that answer may be cached for.
+#[derive(Debug, Clone)]
+pub struct Choice {
+    pub location: Location,
+    pub ranking: Vec<Ranked>,
+    pub decision: Decision,
+    /// Prefix length of the network that decided (before capping at the source prefix).
+    pub scope: u8,
+}
+
+impl Data {
+    /// Loads zones and the GeoIP database named by `config` and checks them against it.
+    pub fn load(config: Config) -> Result<Self, LoadError> {
+        let zones = Zones::load(&config.dns.zones_dir)?;
+        let geo = geo_names::build(&config, &zones)?;
+        let geodb = GeoDb::open(&config.geoip.database, &config.geoip.centroids)?;
+        let locations = config.regions.iter().map(|r| r.location).collect();
+        Ok(Self {
+            config,
+            zones,
+            geodb,
+            geo,
+            locations,
+        })
+    }
+
+    /// The geo table for a query name, if it is one.
+    pub fn geo_table(&self, name: &hickory_proto::rr::LowerName) -> Option<&GeoTable> {
+        self.geo.iter().find(|t| t.name == *name)
+    }
+
+    /// Routes a client of `table` located at `ip`.
+    pub fn choose(&self, table: &GeoTable, ip: IpAddr, states: &[RegionState]) -> Choice {
+        let ip = crate::geo::canonical(ip);
+        let location = self.geodb.locate(ip);
+        let overrides = &self.config.overrides;
+        let by_prefix = overrides
+            .prefixes
+            .iter()
+            .filter(|(net, _)| net.contains(&ip))
+            .max_by_key(|(net, _)| net.prefix_len());
+        let preferred: &[usize] = match (by_prefix, location.country.as_deref()) {
+            (Some((_, regions)), _) => regions,
+            (None, Some(c)) => overrides
+                .countries
+                .get(c.as_bytes())
+                .map_or(&[], Vec::as_slice),
+            (None, None) => &[],
+        };
+        let ranking = route::rank(
+            location.coords,
+            &table.spec.regions,
+            &self.locations,
+            preferred,
+        );
+        let located = location.coords.is_some() || !preferred.is_empty();
+        let decision = route::decide(&ranking, located, states);
+        let scope = scope(ip, &location.network, &overrides.prefixes);
+        Choice {
+            location,
+            ranking,
+            decision,
+            scope,
+        }
+    }
+}
+
+/// The prefix length over which a choice holds.
+///
+/// It starts at the GeoIP network's length. An override prefix that contains the
+/// client, or that lies inside that network without containing the client,
+/// lengthens it to its own length: then every address sharing the client's scope
+/// block is on the same side of that override.
+fn scope(client: IpAddr, network: &IpNet, prefixes: &[(IpNet, Vec<usize>)]) -> u8 {
+    let mut scope = network.prefix_len();
+    for (p, _) in prefixes {
+        if p.contains(&client) || network.contains(p) {
+            scope = scope.max(p.prefix_len());
+        }
+    }
+    scope
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    fn scope(network: &IpNet, o: &[(IpNet, Vec<usize>)]) -> u8 {
+        super::scope("81.240.1.1".parse().unwrap(), network, o)
+    }
+
+    #[test]
+    fn scope_is_the_geoip_network_without_overrides() {
+        assert_eq!(scope(&net("81.240.0.0/14"), &[]), 14);
+    }
+
+    #[test]
+    fn scope_grows_to_exclude_overrides_inside_the_network() {
+        let o = vec![(net("81.241.7.0/24"), vec![1])];
+        assert_eq!(scope(&net("81.240.0.0/14"), &o), 24);
+        // An override elsewhere changes nothing.
+        let far = vec![(net("10.0.0.0/8"), vec![1])];
+        assert_eq!(scope(&net("81.240.0.0/14"), &far), 14);
+        // A wider override containing the network keeps the network's length.
+        let wide = vec![(net("81.0.0.0/8"), vec![1])];
+        assert_eq!(scope(&net("81.240.0.0/14"), &wide), 14);
+        // The client inside a narrower override: that override's length.
+        let inner = vec![(net("81.240.1.0/24"), vec![1])];
+        assert_eq!(scope(&net("81.240.0.0/14"), &inner), 24);
+    }
+}

@@ -1,0 +1,296 @@
+//! Where a client is: a MaxMind-format database plus a country-centroid table.
+//!
+//! Reads GeoIP2/GeoLite2 City and Country, DB-IP lite, and country-only
+//! databases with a top-level `country_code`. A database's own coordinates win;
+//! otherwise the country's centroid is used; otherwise the client is unlocated.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use ipnet::IpNet;
+use maxminddb::{Mmap, Reader};
+use serde::{Deserialize, Serialize};
+
+use crate::route::Coord;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GeoError {
+    #[error("{file}: cannot open GeoIP database: {source}")]
+    Open {
+        file: PathBuf,
+        source: maxminddb::MaxMindDbError,
+    },
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}: line {line}: {reason}")]
+    Centroid {
+        file: PathBuf,
+        line: usize,
+        reason: String,
+    },
+}
+
+/// Where the coordinates of a [`Location`] came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CoordSource {
+    Database,
+    CountryCentroid,
+    None,
+}
+
+/// A located client.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Location {
+    /// ISO 3166-1 alpha-2, upper case.
+    pub country: Option<String>,
+    pub coords: Option<Coord>,
+    pub source: CoordSource,
+    /// The database network that held the answer (or proved there was none):
+    /// every address in it gets the same location.
+    pub network: IpNet,
+}
+
+/// The fields we read from any supported schema; everything else is skipped.
+#[derive(Deserialize)]
+struct GeoRecord<'a> {
+    #[serde(borrow)]
+    country: Option<Country<'a>>,
+    #[serde(borrow)]
+    registered_country: Option<Country<'a>>,
+    location: Option<RecordLocation>,
+    country_code: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct Country<'a> {
+    iso_code: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct RecordLocation {
+    latitude: Option<f64>,
+    longitude: Option<f64>,
+}
+
+/// A GeoIP database and the centroid table, ready for lookups.
+pub struct GeoDb {
+    reader: Reader<Mmap>,
+    centroids: HashMap<[u8; 2], Coord>,
+    path: PathBuf,
+}
+
+impl GeoDb {
+    /// Opens `database` memory-mapped and reads `centroids`.
+    ///
+    /// The database must be replaced by renaming a new file over it (as
+    /// `geoipupdate` does), never rewritten in place, while a server maps it.
+    pub fn open(database: &Path, centroids: &Path) -> Result<Self, GeoError> {
+        // SAFETY: the mapped file is only ever replaced by rename (documented in
+        // README), so the mapping's pages never change underneath the reader.
+        let reader = unsafe { Reader::open_mmap(database) }.map_err(|source| GeoError::Open {
+            file: database.to_owned(),
+            source,
+        })?;
+        // A truncated or corrupt file can pass the metadata check; one lookup
+        // through the tree catches most of those at load instead of per query.
+        reader
+            .lookup(IpAddr::from([8, 8, 8, 8]))
+            .and_then(|r| r.decode::<GeoRecord>().map(|_| ()))
+            .map_err(|source| GeoError::Open {
+                file: database.to_owned(),
+                source,
+            })?;
+        Ok(Self {
+            reader,
+            centroids: load_centroids(centroids)?,
+            path: database.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The database's `build_epoch` (seconds since 1970).
+    pub fn build_epoch(&self) -> u64 {
+        self.reader.metadata().build_epoch
+    }
+
+    pub fn database_type(&self) -> &str {
+        &self.reader.metadata().database_type
+    }
+
+    /// Locates `ip`. Never fails: a broken record only leaves the client unlocated.
+    pub fn locate(&self, ip: IpAddr) -> Location {
+        let ip = canonical(ip);
+        let Ok(found) = self.reader.lookup(ip) else {
+            return unlocated(ip);
+        };
+        let network = found
+            .network()
+            .ok()
+            .and_then(|n| IpNet::new(n.network(), n.prefix()).ok())
+            .unwrap_or_else(|| host_net(ip));
+        let record = found.decode::<GeoRecord>().ok().flatten();
+        let country = record.as_ref().and_then(country_of);
+        let db_coords = record
+            .as_ref()
+            .and_then(|r| r.location.as_ref())
+            .and_then(|l| valid_coord(l.latitude?, l.longitude?));
+        let (coords, source) = match (db_coords, country.and_then(|c| self.centroids.get(&c))) {
+            (Some(c), _) => (Some(c), CoordSource::Database),
+            (None, Some(&c)) => (Some(c), CoordSource::CountryCentroid),
+            (None, None) => (None, CoordSource::None),
+        };
+        Location {
+            country: country.map(|c| String::from_utf8_lossy(&c).into_owned()),
+            coords,
+            source,
+            network,
+        }
+    }
+}
+
+/// IPv4-mapped IPv6 addresses are located as the IPv4 address they carry.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn host_net(ip: IpAddr) -> IpNet {
+    IpNet::from(ip)
+}
+
+fn unlocated(ip: IpAddr) -> Location {
+    Location {
+        country: None,
+        coords: None,
+        source: CoordSource::None,
+        network: host_net(ip),
+    }
+}
+
+fn country_of(r: &GeoRecord) -> Option<[u8; 2]> {
+    let code = r
+        .country
+        .as_ref()
+        .and_then(|c| c.iso_code)
+        .or(r.country_code)
+        .or_else(|| r.registered_country.as_ref().and_then(|c| c.iso_code))?;
+    iso2(code)
+}
+
+fn iso2(code: &str) -> Option<[u8; 2]> {
+    match code.as_bytes() {
+        [a, b] if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() => {
+            Some([a.to_ascii_uppercase(), b.to_ascii_uppercase()])
+        }
+        _ => None,
+    }
+}
+
+fn valid_coord(lat: f64, lon: f64) -> Option<Coord> {
+    ((-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon)).then_some(Coord { lat, lon })
+}
+
+/// Reads `code,latitude,longitude[,name]` lines; `#` starts a comment, a `code` header is skipped.
+fn load_centroids(path: &Path) -> Result<HashMap<[u8; 2], Coord>, GeoError> {
+    let text = std::fs::read_to_string(path).map_err(|source| GeoError::Read {
+        file: path.to_owned(),
+        source,
+    })?;
+    parse_centroids(&text).map_err(|(line, reason)| GeoError::Centroid {
+        file: path.to_owned(),
+        line,
+        reason,
+    })
+}
+
+fn parse_centroids(text: &str) -> Result<HashMap<[u8; 2], Coord>, (usize, String)> {
+    let mut out = HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with("code,") {
+            continue;
+        }
+        let mut fields = line.splitn(4, ',');
+        let (Some(code), Some(lat), Some(lon)) = (fields.next(), fields.next(), fields.next())
+        else {
+            return Err((i + 1, "expected code,latitude,longitude".into()));
+        };
+        let code = iso2(code.trim()).ok_or((i + 1, format!("`{code}` is not a country code")))?;
+        let num = |s: &str| s.trim().parse::<f64>().ok();
+        let coord = num(lat)
+            .zip(num(lon))
+            .and_then(|(la, lo)| valid_coord(la, lo))
+            .ok_or((
+                i + 1,
+                "latitude/longitude out of range or not numbers".to_owned(),
+            ))?;
+        if out.insert(code, coord).is_some() {
+            return Err((i + 1, "country listed twice".into()));
+        }
+    }
+    if out.is_empty() {
+        return Err((1, "no centroids found".into()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn centroids_parse_with_comments_and_header() {
+        let t =
+            "# c\ncode,latitude,longitude,name\nBE,50.83,4,Belgium\nde,51,9,\"Germany, Federal\"\n";
+        let m = parse_centroids(t).unwrap();
+        assert_eq!(
+            m[b"BE"],
+            Coord {
+                lat: 50.83,
+                lon: 4.0
+            }
+        );
+        assert_eq!(m[b"DE"].lat, 51.0);
+    }
+
+    #[test]
+    fn centroid_errors_name_the_line() {
+        assert_eq!(parse_centroids("BE,50,4\nXX1,1,1\n").unwrap_err().0, 2);
+        assert_eq!(parse_centroids("BE,95,4\n").unwrap_err().0, 1);
+        assert_eq!(parse_centroids("BE,50\n").unwrap_err().0, 1);
+        assert_eq!(parse_centroids("BE,1,1\nBE,2,2\n").unwrap_err().0, 2);
+    }
+
+    #[test]
+    fn shipped_database_locates_real_addresses() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("geoip");
+        let db = GeoDb::open(
+            &root.join("geo-whois-asn-country.mmdb"),
+            &root.join("country-centroids.csv"),
+        )
+        .unwrap();
+        let be = db.locate("81.240.0.1".parse().unwrap());
+        assert_eq!(be.country.as_deref(), Some("BE"));
+        assert_eq!(be.source, CoordSource::CountryCentroid);
+        assert!(
+            be.network
+                .contains(&"81.240.0.1".parse::<IpAddr>().unwrap())
+        );
+        let mapped = db.locate("::ffff:81.240.0.1".parse().unwrap());
+        assert_eq!(mapped.country.as_deref(), Some("BE"));
+        let private = db.locate("10.1.2.3".parse().unwrap());
+        assert_eq!(private.source, CoordSource::None);
+    }
+}
