@@ -1,0 +1,320 @@
+//! Shared fixture: a generated GeoIP database, a zone and a config in a temp
+//! directory, the real `mgnt` binary serving them on ephemeral loopback ports,
+//! and small query helpers built on hickory-proto's message codec.
+#![allow(dead_code)]
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Read, Write},
+    net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use hickory_proto::{
+    op::{Edns, Message, MessageType, OpCode, Query},
+    rr::{
+        Name, RData, RecordType,
+        rdata::opt::{ClientSubnet, EdnsOption},
+    },
+};
+use serde::Serialize;
+
+pub const ZONE: &str = include_str!("../../zones/mkcld.io.zone");
+
+/// A GeoIP2-City-shaped record (only the fields mgnt reads, plus a name to skip).
+#[derive(Serialize)]
+struct CityRecord {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    country: Option<Country>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    location: Option<Location>,
+    city: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+#[derive(Serialize)]
+struct Country {
+    iso_code: String,
+}
+
+#[derive(Serialize)]
+struct Location {
+    latitude: f64,
+    longitude: f64,
+}
+
+/// (network, country, coordinates) rows of the test database.
+pub const NETWORKS: &[(&str, &str, Option<(f64, f64)>)] = &[
+    ("81.240.0.0/14", "BE", Some((50.85, 4.35))),
+    ("3.0.0.0/9", "US", Some((39.0, -77.5))),
+    ("1.0.16.0/20", "JP", Some((35.69, 139.69))),
+    ("1.128.0.0/11", "AU", Some((-33.87, 151.21))),
+    ("177.0.0.0/8", "BR", Some((-23.5, -46.6))),
+    ("41.32.0.0/12", "EG", Some((30.04, 31.24))),
+    ("181.0.0.0/12", "AR", None),
+    ("24.0.0.0/12", "CA", None),
+    ("49.224.0.0/14", "NZ", Some((-36.85, 174.76))),
+    ("2a02:1800::/24", "BE", Some((50.85, 4.35))),
+    ("2400:4000::/22", "JP", Some((35.69, 139.69))),
+    ("2804::/16", "BR", Some((-23.5, -46.6))),
+];
+
+const CENTROIDS: &str = "code,latitude,longitude,name\nAR,-34,-64,Argentina\nCA,60,-95,Canada\n";
+
+pub fn config_text(listen: &str) -> String {
+    format!(
+        r#"
+[dns]
+listen = [{listen}]
+zones_dir = "zones"
+tcp_idle_timeout = "2s"
+tcp_max_connections = 8
+udp_sockets = 2
+
+[geoip]
+database = "test-city.mmdb"
+centroids = "centroids.csv"
+
+[[geo]]
+name = "mgnt.mkcld.io"
+ttl = 60
+regions = ["europe1", "us1", "asia1", "sa1"]
+
+[[geo]]
+name = "direct.mkcld.io"
+ttl = 30
+answer = "address"
+regions = ["europe1", "us1", "asia1", "sa1"]
+
+[regions.europe1]
+host = "europe1.mkcld.io"
+location = [50.11, 8.68]
+[regions.us1]
+host = "us1.mkcld.io"
+location = [39.04, -77.49]
+[regions.asia1]
+host = "asia1.mkcld.io"
+location = [1.35, 103.82]
+[regions.sa1]
+host = "sa1.mkcld.io"
+location = [-23.55, -46.63]
+
+[overrides]
+"NZ" = "us1"
+"81.241.7.0/24" = ["sa1", "us1"]
+"#
+    )
+}
+
+/// A temp directory holding the zone, database, centroids and config.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("zones")).unwrap();
+        std::fs::write(dir.path().join("zones/mkcld.io.zone"), ZONE).unwrap();
+        std::fs::write(dir.path().join("centroids.csv"), CENTROIDS).unwrap();
+        std::fs::write(dir.path().join("test-city.mmdb"), city_db()).unwrap();
+        let f = Self { dir };
+        f.write_config(&config_text("\"127.0.0.1:0\", \"[::1]:0\""));
+        f
+    }
+
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.path("mgnt.toml")
+    }
+
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(self.config(), text).unwrap();
+    }
+}
+
+fn city_db() -> Vec<u8> {
+    let mut w = mmdb_writer::Writer::new("Test-City");
+    for (net, cc, coords) in NETWORKS {
+        let rec = CityRecord {
+            country: Some(Country {
+                iso_code: (*cc).into(),
+            }),
+            location: coords.map(|(latitude, longitude)| Location {
+                latitude,
+                longitude,
+            }),
+            city: BTreeMap::from([(
+                "names".into(),
+                BTreeMap::from([("en".into(), format!("somewhere in {cc}"))]),
+            )]),
+        };
+        w.insert(net.parse::<ipnet::IpNet>().unwrap(), &rec)
+            .unwrap();
+    }
+    w.to_bytes().unwrap()
+}
+
+pub fn mgnt() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mgnt"))
+}
+
+/// The real server process; killed on drop.
+pub struct Server {
+    child: Child,
+    pub v4: SocketAddr,
+    pub v6: SocketAddr,
+    pub fixture: Fixture,
+}
+
+impl Server {
+    pub fn start() -> Self {
+        Self::start_with(Fixture::new())
+    }
+
+    pub fn start_with(fixture: Fixture) -> Self {
+        let mut child = mgnt()
+            .args(["serve", "--config"])
+            .arg(fixture.config())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut addrs = Vec::new();
+        while addrs.len() < 2 {
+            let line = lines
+                .next()
+                .expect("server exited before listening")
+                .unwrap();
+            if let Some(a) = line.strip_prefix("listening dns ") {
+                addrs.push(a.parse::<SocketAddr>().unwrap());
+            }
+        }
+        Self {
+            child,
+            v4: addrs[0],
+            v6: addrs[1],
+            fixture,
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A query for `name`/`qtype`, with EDNS (and ECS when `ecs` is given).
+pub fn query(name: &str, qtype: RecordType, ecs: Option<&str>) -> Message {
+    let mut m = Message::new(0x4d47, MessageType::Query, OpCode::Query);
+    m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+    let mut edns = Edns::new();
+    edns.set_max_payload(1232);
+    if let Some(net) = ecs {
+        let subnet: ClientSubnet = net.parse().unwrap();
+        edns.options_mut().insert(EdnsOption::Subnet(subnet));
+    }
+    m.edns = Some(edns);
+    m
+}
+
+pub fn udp_raw(server: SocketAddr, bytes: &[u8]) -> Option<Vec<u8>> {
+    let bind: SocketAddr = if server.is_ipv4() {
+        "127.0.0.1:0".parse().unwrap()
+    } else {
+        "[::1]:0".parse().unwrap()
+    };
+    let sock = UdpSocket::bind(bind).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    sock.send_to(bytes, server).unwrap();
+    let mut buf = vec![0u8; 65535];
+    let (n, _) = sock.recv_from(&mut buf).ok()?;
+    buf.truncate(n);
+    Some(buf)
+}
+
+pub fn tcp_raw(server: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(server).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    tcp_exchange(&mut s, bytes)
+}
+
+pub fn tcp_exchange(s: &mut TcpStream, bytes: &[u8]) -> Vec<u8> {
+    let mut out = (bytes.len() as u16).to_be_bytes().to_vec();
+    out.extend_from_slice(bytes);
+    s.write_all(&out).unwrap();
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len).unwrap();
+    let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    s.read_exact(&mut buf).unwrap();
+    buf
+}
+
+pub fn udp(server: SocketAddr, q: &Message) -> Message {
+    let raw = udp_raw(server, &q.to_vec().unwrap()).expect("no UDP reply");
+    Message::from_vec(&raw).unwrap()
+}
+
+pub fn tcp(server: SocketAddr, q: &Message) -> Message {
+    Message::from_vec(&tcp_raw(server, &q.to_vec().unwrap())).unwrap()
+}
+
+/// The CNAME target's first label (the region) and the addresses of an answer.
+pub fn region_of(m: &Message) -> Option<String> {
+    m.answers.iter().find_map(|r| match &r.data {
+        RData::CNAME(c) => Some(c.0.to_ascii().split('.').next().unwrap().to_owned()),
+        _ => None,
+    })
+}
+
+pub fn addresses(m: &Message) -> Vec<IpAddr> {
+    m.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(IpAddr::V4(a.0)),
+            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The (source prefix, scope prefix) of the ECS option echoed in `m`.
+pub fn ecs_echo(m: &Message) -> Option<(u8, u8)> {
+    match m
+        .edns
+        .as_ref()?
+        .option(hickory_proto::rr::rdata::opt::EdnsCode::Subnet)?
+    {
+        EdnsOption::Subnet(s) => Some((s.source_prefix(), s.scope_prefix())),
+        _ => None,
+    }
+}
+
+/// Runs a command-line DNS client, returning its standard output.
+pub fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| {
+        panic!("{cmd} is required (Debian: bind9-dnsutils / knot-dnsutils): {e}")
+    });
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn port_arg(addr: SocketAddr) -> String {
+    addr.port().to_string()
+}
+
+pub fn assert_file_exists(p: &Path) {
+    assert!(p.exists(), "{}", p.display());
+}
