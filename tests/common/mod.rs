@@ -45,7 +45,8 @@ struct Location {
 }
 
 /// (network, country, coordinates) rows of the test database.
-pub const NETWORKS: &[(&str, &str, Option<(f64, f64)>)] = &[
+pub type Network = (&'static str, &'static str, Option<(f64, f64)>);
+pub const NETWORKS: &[Network] = &[
     ("81.240.0.0/14", "BE", Some((50.85, 4.35))),
     ("3.0.0.0/9", "US", Some((39.0, -77.5))),
     ("1.0.16.0/20", "JP", Some((35.69, 139.69))),
