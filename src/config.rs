@@ -135,3 +135,109 @@ impl Config {
         self.regions.iter().position(|r| r.name == name)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[dns]
+listen = ["127.0.0.1:5300", "[::1]:5300"]
+zones_dir = "zones"
+[geoip]
+database = "geoip/db.mmdb"
+centroids = "/abs/centroids.csv"
+[[geo]]
+name = "MGNT.example"
+regions = ["b", "a"]
+[regions.a]
+host = "a.example"
+location = [1.0, 2.0]
+[regions.b]
+host = "b.example."
+location = [-3.5, 4.25]
+[overrides]
+"be" = "a"
+"2001:db8::/32" = ["b", "a"]
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/mgnt/mgnt.toml"))
+    }
+
+    fn invalid_key(text: &str) -> String {
+        match parse(text) {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("expected an invalid key, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_full_config_validates_with_defaults() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.dns.listen.len(), 2);
+        assert_eq!(c.dns.zones_dir, Path::new("/etc/mgnt/zones"));
+        assert_eq!(c.geoip.database, Path::new("/etc/mgnt/geoip/db.mmdb"));
+        assert_eq!(c.geoip.centroids, Path::new("/abs/centroids.csv"));
+        assert_eq!(c.dns.tcp_idle_timeout, DEFAULT_TCP_IDLE_TIMEOUT);
+        assert_eq!(c.dns.max_udp_payload, DEFAULT_MAX_UDP_PAYLOAD);
+        let names: Vec<&str> = c.regions.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"], "regions sorted by name");
+        let g = &c.geo[0];
+        assert_eq!(g.name.to_ascii(), "mgnt.example.");
+        assert_eq!((g.ttl, g.answer), (DEFAULT_GEO_TTL, AnswerMode::Cname));
+        assert_eq!(g.regions, [1, 0], "configured order kept");
+        assert_eq!(c.overrides.countries[b"BE"], [0]);
+        assert_eq!(c.overrides.prefixes[0].1, [1, 0]);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let bad = |from: &str, to: &str| invalid_key(&GOOD.replace(from, to));
+        assert_eq!(bad("\"[::1]:5300\"", "\"::1:5300\""), "dns.listen[1]");
+        assert_eq!(
+            bad(
+                "zones_dir = \"zones\"",
+                "zones_dir = \"zones\"\ntcp_idle_timeout = \"soon\""
+            ),
+            "dns.tcp_idle_timeout"
+        );
+        assert_eq!(
+            bad(
+                "zones_dir = \"zones\"",
+                "zones_dir = \"zones\"\nmax_udp_payload = 100"
+            ),
+            "dns.max_udp_payload"
+        );
+        assert_eq!(
+            bad("regions = [\"b\", \"a\"]", "regions = [\"b\", \"b\"]"),
+            "geo[0].regions[1]"
+        );
+        assert_eq!(
+            bad("regions = [\"b\", \"a\"]", "regions = []"),
+            "geo[0].regions"
+        );
+        assert_eq!(
+            bad("name = \"MGNT.example\"", "name = \"bad..name\""),
+            "geo[0].name"
+        );
+        assert_eq!(
+            bad(
+                "regions = [\"b\", \"a\"]",
+                "regions = [\"a\"]\nanswer = \"txt\""
+            ),
+            "geo[0].answer"
+        );
+        assert_eq!(bad("[1.0, 2.0]", "[1.0, 200.0]"), "regions.a.location");
+        assert_eq!(bad("\"be\" = \"a\"", "\"be\" = \"zz\""), "overrides.\"be\"");
+    }
+
+    #[test]
+    fn unknown_keys_and_syntax_errors_are_parse_errors_with_the_file() {
+        for text in [GOOD.replace("[dns]", "[dns]\nport = 53"), "[dns".to_owned()] {
+            let e = parse(&text).unwrap_err();
+            assert!(matches!(e, ConfigError::Parse { .. }), "{e}");
+            assert!(e.to_string().starts_with("/etc/mgnt/mgnt.toml: "), "{e}");
+        }
+    }
+}

@@ -19,6 +19,14 @@ pub struct Coord {
 }
 
 /// Great-circle distance in kilometres (haversine formula).
+///
+/// ```
+/// use mgnt::route::{Coord, distance_km};
+/// let brussels = Coord { lat: 50.85, lon: 4.35 };
+/// let frankfurt = Coord { lat: 50.11, lon: 8.68 };
+/// let km = distance_km(brussels, frankfurt);
+/// assert!((310.0..330.0).contains(&km), "{km}");
+/// ```
 pub fn distance_km(a: Coord, b: Coord) -> f64 {
     let (la1, la2) = (a.lat.to_radians(), b.lat.to_radians());
     let dlat = la2 - la1;
