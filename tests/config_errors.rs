@@ -20,10 +20,13 @@ fn fails_with(fixture: &Fixture, needles: &[&str]) {
     }
 }
 
-fn with_config(edit: impl Fn(String) -> String) -> Fixture {
+/// Replaces `from` by `to` in the test config; the result must fail naming `needles`.
+fn edit_fails_with(from: &str, to: &str, needles: &[&str]) {
     let f = Fixture::new();
-    f.write_config(&edit(config_text("\"127.0.0.1:0\"")));
-    f
+    let text = config_text("\"127.0.0.1:0\"");
+    assert!(text.contains(from), "{from}");
+    f.write_config(&text.replace(from, to));
+    fails_with(&f, needles);
 }
 
 #[test]
@@ -57,55 +60,61 @@ fn shipped_config_checks_out() {
     );
 }
 
-#[test]
-fn unknown_keys_are_rejected_with_their_name() {
-    let f = with_config(|c| c.replace("[dns]\n", "[dns]\nlisten_on = 1\n"));
-    fails_with(&f, &["mgnt.toml", "listen_on"]);
-}
-
-#[test]
-fn a_region_without_coordinates_is_named() {
-    let f = with_config(|c| c.replace("location = [1.35, 103.82]\n", ""));
-    fails_with(
-        &f,
+/// (from, to, what the error must say), one broken config each.
+const BROKEN: &[(&str, &str, &[&str])] = &[
+    (
+        "[dns]\n",
+        "[dns]\nlisten_on = 1\n",
+        &["mgnt.toml", "listen_on"],
+    ),
+    (
+        "location = [1.35, 103.82]\n",
+        "",
         &["mgnt.toml", "regions.asia1.location", "missing coordinates"],
-    );
-}
+    ),
+    (
+        "[50.11, 8.68]",
+        "[95.0, 8.68]",
+        &["regions.europe1.location", "latitude 95"],
+    ),
+    (
+        "[50.11, 8.68]",
+        "[50.11]",
+        &["regions.europe1.location", "[latitude, longitude]"],
+    ),
+    (
+        "host = \"sa1.mkcld.io\"",
+        "host = \"sa9.mkcld.io\"",
+        &["regions.sa1.host", "sa9.mkcld.io. has no A or AAAA"],
+    ),
+    (
+        "name = \"direct.mkcld.io\"",
+        "name = \"ns1.mkcld.io\"",
+        &["geo[1].name", "collides with"],
+    ),
+    (
+        "name = \"direct.mkcld.io\"",
+        "name = \"vpn.example.net\"",
+        &["geo[1].name", "inside no loaded zone"],
+    ),
+    (
+        "\"asia1\", \"sa1\"]",
+        "\"asia2\", \"sa1\"]",
+        &["geo[0].regions[2]", "no [regions.asia2] table"],
+    ),
+    (
+        "\"NZ\" = \"us1\"",
+        "\"NZL\" = \"us1\"",
+        &["overrides.\"NZL\"", "country code"],
+    ),
+    ("81.241.7.0/24", "81.241.7.1/24", &["host bits set"]),
+];
 
 #[test]
-fn bad_coordinates_are_named() {
-    let f = with_config(|c| c.replace("[50.11, 8.68]", "[95.0, 8.68]"));
-    fails_with(&f, &["regions.europe1.location", "latitude 95"]);
-    let f = with_config(|c| c.replace("[50.11, 8.68]", "[50.11]"));
-    fails_with(&f, &["regions.europe1.location", "[latitude, longitude]"]);
-}
-
-#[test]
-fn a_host_missing_from_the_zones_is_named() {
-    let f = with_config(|c| c.replace("host = \"sa1.mkcld.io\"", "host = \"sa9.mkcld.io\""));
-    fails_with(&f, &["regions.sa1.host", "sa9.mkcld.io. has no A or AAAA"]);
-}
-
-#[test]
-fn a_geo_name_colliding_with_zone_data_is_named() {
-    let f = with_config(|c| c.replace("name = \"direct.mkcld.io\"", "name = \"ns1.mkcld.io\""));
-    fails_with(&f, &["geo[1].name", "collides with"]);
-}
-
-#[test]
-fn a_geo_name_outside_the_zones_is_named() {
-    let f = with_config(|c| c.replace("name = \"direct.mkcld.io\"", "name = \"vpn.example.net\""));
-    fails_with(&f, &["geo[1].name", "inside no loaded zone"]);
-}
-
-#[test]
-fn unknown_regions_and_bad_overrides_are_named() {
-    let f = with_config(|c| c.replace("\"asia1\", \"sa1\"]", "\"asia2\", \"sa1\"]"));
-    fails_with(&f, &["geo[0].regions[2]", "no [regions.asia2] table"]);
-    let f = with_config(|c| c.replace("\"NZ\" = \"us1\"", "\"NZL\" = \"us1\""));
-    fails_with(&f, &["overrides.\"NZL\"", "country code"]);
-    let f = with_config(|c| c.replace("81.241.7.0/24", "81.241.7.1/24"));
-    fails_with(&f, &["host bits set"]);
+fn broken_configs_are_refused_naming_file_key_and_reason() {
+    for (from, to, needles) in BROKEN {
+        edit_fails_with(from, to, needles);
+    }
 }
 
 #[test]
