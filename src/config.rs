@@ -28,6 +28,15 @@ pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_UDP_PAYLOAD: u16 = 1232;
 /// Default TTL of geo answers.
 pub const DEFAULT_GEO_TTL: u32 = 60;
+/// The product document's "active health checks every five minutes".
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(300);
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_HEALTH_RECHECK: Duration = Duration::from_secs(10);
+pub const DEFAULT_FALL: u32 = 2;
+pub const DEFAULT_RISE: u32 = 2;
+pub const DEFAULT_STATE_FILE: &str = "state/health.json";
+/// The OpenVPN port the routers use; TCP probes default to it.
+pub const DEFAULT_PROBE_PORT: u16 = 8443;
 
 /// A config error, always naming the file it came from.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +64,7 @@ pub struct Config {
     pub dns: DnsConfig,
     pub geoip: GeoipConfig,
     pub geo: Vec<GeoName>,
+    pub health: HealthConfig,
     /// Every configured region, sorted by name; geo names refer to them by index.
     pub regions: Vec<Region>,
     pub overrides: Overrides,
@@ -101,6 +111,48 @@ pub struct Region {
     pub name: String,
     pub host: Name,
     pub location: Coord,
+    /// `None`: the region is unprobed and always serving.
+    pub probe: Option<ProbeSpec>,
+}
+
+/// `[health]`: when and how strictly regions are probed.
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub recheck: Duration,
+    pub fall: u32,
+    pub rise: u32,
+    pub state_file: PathBuf,
+}
+
+/// `[regions.NAME.probe]`: the targets of one region's health checks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeSpec {
+    pub tcp: Vec<SocketAddr>,
+    pub icmp: Vec<std::net::IpAddr>,
+    pub require: Require,
+    /// How many targets of each required kind must pass.
+    pub min_targets: usize,
+}
+
+/// Which probe kinds must pass for a region to be healthy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Require {
+    Tcp,
+    Icmp,
+    All,
+}
+
+impl Require {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Icmp => "icmp",
+            Self::All => "all",
+        }
+    }
 }
 
 /// Operator overrides: they win over distance.

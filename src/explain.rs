@@ -9,8 +9,8 @@ use serde::Serialize;
 use crate::{
     dns::Data,
     geo::Location,
+    health::{HealthTable, machine::Status},
     route::{Reason, RegionState},
-    state::RegionView,
 };
 
 /// The whole explanation for one client address (or ECS prefix).
@@ -39,10 +39,59 @@ pub struct RegionLine {
     pub distance_km: Option<f64>,
     pub overridden: bool,
     pub state: RegionState,
+    pub health: HealthLine,
+}
+
+/// A region's health as far as this process knows it.
+#[derive(Debug, Serialize)]
+pub struct HealthLine {
+    pub probed: bool,
+    pub status: Status,
+    pub confirmed: bool,
+    /// Seconds since 1970 of the last probe round, and its best RTT.
+    pub last_probe: Option<u64>,
+    pub rtt_ms: Option<f64>,
+}
+
+impl HealthLine {
+    fn of(table: &HealthTable, region: usize) -> Self {
+        let h = &table.regions[region];
+        let last = h.last.as_ref();
+        Self {
+            probed: h.probed,
+            status: h.machine.status,
+            confirmed: h.machine.confirmed,
+            last_probe: last.map(|r| r.at),
+            rtt_ms: last.and_then(|r| {
+                r.results
+                    .iter()
+                    .filter_map(|t| t.rtt_ms)
+                    .min_by(f64::total_cmp)
+            }),
+        }
+    }
+
+    fn to_text(&self) -> String {
+        if !self.probed {
+            return "unprobed".into();
+        }
+        let mut s = format!("{:?}", self.status).to_lowercase();
+        if !self.confirmed {
+            s.push_str(" (unconfirmed)");
+        }
+        if let Some(at) = self.last_probe {
+            let _ = write!(s, ", probed at {at}");
+        }
+        if let Some(rtt) = self.rtt_ms {
+            let _ = write!(s, ", rtt {rtt:.1} ms");
+        }
+        s
+    }
 }
 
 /// Explains every geo name for `client`; a prefix is treated as an ECS source prefix.
-pub fn explain(data: &Data, view: &RegionView, client: IpNet) -> Explanation {
+pub fn explain(data: &Data, health: &HealthTable, client: IpNet) -> Explanation {
+    let view = health.view();
     let ip: IpAddr = client.addr();
     let mut names = Vec::with_capacity(data.geo.len());
     let mut location = None;
@@ -59,6 +108,7 @@ pub fn explain(data: &Data, view: &RegionView, client: IpNet) -> Explanation {
                     distance_km: r.distance_km.map(|d| d.round()),
                     overridden: r.overridden,
                     state: view.states.get(r.region).copied().unwrap_or_default(),
+                    health: HealthLine::of(health, r.region),
                 }
             })
             .collect();
@@ -107,7 +157,7 @@ impl Explanation {
             for r in &n.regions {
                 let _ = writeln!(
                     out,
-                    "  {:<12} {:<24} {:>9} {}{}",
+                    "  {:<12} {:<24} {:>9} {}{} [{}]",
                     r.name,
                     r.host,
                     r.distance_km.map_or("-".into(), |d| format!("{d:.0} km")),
@@ -117,6 +167,7 @@ impl Explanation {
                         "not serving"
                     },
                     if r.overridden { ", override" } else { "" },
+                    r.health.to_text(),
                 );
             }
             let _ = writeln!(

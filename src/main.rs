@@ -9,6 +9,7 @@ use mgnt::{
     config::Config,
     dns::{Data, answer::Responder, listen},
     explain::explain,
+    health::{self, HealthTable},
     state::RegionView,
 };
 
@@ -81,8 +82,8 @@ fn main() -> Result<()> {
                 .parse()
                 .or_else(|_| client.parse::<std::net::IpAddr>().map(IpNet::from))
                 .with_context(|| format!("`{client}` is not an address or prefix"))?;
-            let view = RegionView::all_serving(data.config.regions.len());
-            let report = explain(&data, &view, net);
+            let health = HealthTable::from_state_file(&data.config);
+            let report = explain(&data, &health, net);
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -98,8 +99,11 @@ fn serve(data: Data) -> Result<()> {
     runtime.block_on(async move {
         let dns = data.config.dns.clone();
         let view = RegionView::all_serving(data.config.regions.len());
+        let health_config = data.config.clone();
         let responder = Arc::new(Responder::new(data, view));
-        let (bound, _tasks) = listen::start(&dns, responder).context("binding DNS listeners")?;
+        let (bound, _tasks) =
+            listen::start(&dns, responder.clone()).context("binding DNS listeners")?;
+        let _health = health::start(&health_config, responder);
         for addr in &bound {
             tracing::info!(%addr, "serving DNS over UDP and TCP");
             println!("listening dns {addr}");

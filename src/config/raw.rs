@@ -11,7 +11,10 @@ use hickory_proto::rr::Name;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::{AnswerMode, Config, ConfigError, DnsConfig, GeoName, GeoipConfig, Overrides, Region};
+use super::{
+    AnswerMode, Config, ConfigError, DnsConfig, GeoName, GeoipConfig, HealthConfig, Overrides,
+    ProbeSpec, Region, Require,
+};
 use crate::route::Coord;
 
 #[derive(Deserialize)]
@@ -21,6 +24,8 @@ pub(super) struct RawConfig {
     geoip: RawGeoip,
     #[serde(default)]
     geo: Vec<RawGeo>,
+    #[serde(default)]
+    health: RawHealth,
     #[serde(default)]
     regions: BTreeMap<String, RawRegion>,
     #[serde(default)]
@@ -59,6 +64,29 @@ struct RawGeo {
 struct RawRegion {
     host: String,
     location: Option<Vec<f64>>,
+    probe: Option<RawProbe>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    interval: Option<String>,
+    timeout: Option<String>,
+    recheck: Option<String>,
+    fall: Option<u32>,
+    rise: Option<u32>,
+    state_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProbe {
+    #[serde(default)]
+    tcp: Vec<String>,
+    #[serde(default)]
+    icmp: Vec<String>,
+    require: Option<String>,
+    min_targets: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -125,11 +153,13 @@ impl RawConfig {
             geo.push(parsed);
         }
         let overrides = validate_overrides(&cx, &self.overrides, &index)?;
+        let health = self.health.validate(&cx)?;
         Ok(Config {
             file: file.to_owned(),
             dns,
             geoip,
             geo,
+            health,
             regions,
             overrides,
         })
@@ -218,10 +248,16 @@ fn validate_regions(
                 None => return Err(cx.err(format!("{key}.location"), "missing coordinates")),
                 Some(v) => coord(cx, &format!("{key}.location"), v)?,
             };
+            let probe = r
+                .probe
+                .as_ref()
+                .map(|p| p.validate(cx, &format!("{key}.probe")))
+                .transpose()?;
             Ok(Region {
                 name: name.clone(),
                 host,
                 location,
+                probe,
             })
         })
         .collect()
@@ -329,4 +365,106 @@ fn validate_overrides(
         }
     }
     Ok(out)
+}
+
+impl RawHealth {
+    fn validate(&self, cx: &Ctx) -> Result<HealthConfig, ConfigError> {
+        let get = |key: &str, v: &Option<String>, default: Duration| {
+            v.as_deref()
+                .map_or(Ok(default), |s| duration(cx, &format!("health.{key}"), s))
+        };
+        let interval = get("interval", &self.interval, super::DEFAULT_HEALTH_INTERVAL)?;
+        let timeout = get("timeout", &self.timeout, super::DEFAULT_HEALTH_TIMEOUT)?;
+        let recheck = get("recheck", &self.recheck, super::DEFAULT_HEALTH_RECHECK)?;
+        if timeout > interval {
+            return Err(cx.err("health.timeout", "must not be longer than health.interval"));
+        }
+        if recheck > interval {
+            return Err(cx.err("health.recheck", "must not be longer than health.interval"));
+        }
+        let count = |key: &str, v: Option<u32>, default: u32| match v.unwrap_or(default) {
+            n @ 1..=100 => Ok(n),
+            _ => Err(cx.err(format!("health.{key}"), "must be between 1 and 100")),
+        };
+        Ok(HealthConfig {
+            interval,
+            timeout,
+            recheck,
+            fall: count("fall", self.fall, super::DEFAULT_FALL)?,
+            rise: count("rise", self.rise, super::DEFAULT_RISE)?,
+            state_file: cx.path(
+                self.state_file
+                    .as_deref()
+                    .unwrap_or(Path::new(super::DEFAULT_STATE_FILE)),
+            ),
+        })
+    }
+}
+
+impl RawProbe {
+    fn validate(&self, cx: &Ctx, key: &str) -> Result<ProbeSpec, ConfigError> {
+        let mut tcp = Vec::with_capacity(self.tcp.len());
+        for (i, t) in self.tcp.iter().enumerate() {
+            let addr = t
+                .parse::<SocketAddr>()
+                .or_else(|_| {
+                    t.parse::<std::net::IpAddr>()
+                        .map(|ip| SocketAddr::new(ip, super::DEFAULT_PROBE_PORT))
+                })
+                .map_err(|_| {
+                    cx.err(
+                        format!("{key}.tcp[{i}]"),
+                        format!("`{t}` is not an address or address:port"),
+                    )
+                })?;
+            tcp.push(addr);
+        }
+        let mut icmp = Vec::with_capacity(self.icmp.len());
+        for (i, t) in self.icmp.iter().enumerate() {
+            icmp.push(t.parse().map_err(|_| {
+                cx.err(
+                    format!("{key}.icmp[{i}]"),
+                    format!("`{t}` is not an IP address"),
+                )
+            })?);
+        }
+        let require = match self.require.as_deref() {
+            None | Some("tcp") => Require::Tcp,
+            Some("icmp") => Require::Icmp,
+            Some("all") => Require::All,
+            Some(other) => {
+                return Err(cx.err(
+                    format!("{key}.require"),
+                    format!("`{other}` is not \"tcp\", \"icmp\" or \"all\""),
+                ));
+            }
+        };
+        let min_targets = self.min_targets.unwrap_or(1);
+        let needs_tcp = matches!(require, Require::Tcp | Require::All);
+        let needs_icmp = matches!(require, Require::Icmp | Require::All);
+        for (needed, list, kind) in [
+            (needs_tcp, tcp.len(), "tcp"),
+            (needs_icmp, icmp.len(), "icmp"),
+        ] {
+            if needed && list < min_targets.max(1) {
+                return Err(cx.err(
+                    format!("{key}.{kind}"),
+                    format!(
+                        "require = \"{}\" needs at least {} {kind} target(s)",
+                        require.as_str(),
+                        min_targets.max(1)
+                    ),
+                ));
+            }
+        }
+        if min_targets == 0 {
+            return Err(cx.err(format!("{key}.min_targets"), "must be at least 1"));
+        }
+        Ok(ProbeSpec {
+            tcp,
+            icmp,
+            require,
+            min_targets,
+        })
+    }
 }

@@ -181,7 +181,7 @@ impl Server {
         let mut child = mgnt()
             .args(["serve", "--config"])
             .arg(fixture.config())
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "error")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -1,0 +1,73 @@
+//! The health state file: last-known state per region, so a restart does not
+//! forget a dead region. Written atomically on every change; a missing or
+//! corrupt file only costs the history, never the start.
+
+use std::{collections::BTreeMap, path::Path};
+
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use super::{HealthTable, machine::Status, probe::Round};
+
+const VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateFile {
+    pub version: u32,
+    pub regions: BTreeMap<String, SavedRegion>,
+}
+
+#[derive(Serialize, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct SavedRegion {
+    pub status: Status,
+    /// Seconds since 1970 of the last transition.
+    pub since: Option<u64>,
+    pub last: Option<Round>,
+}
+
+/// Reads the state file; `None` (with a warning when it exists but is unreadable) for a fresh start.
+pub fn load(path: &Path) -> Option<StateFile> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(error) => {
+            warn!(file = %path.display(), %error, "cannot read the health state file; starting fresh");
+            return None;
+        }
+    };
+    match serde_json::from_str::<StateFile>(&text) {
+        Ok(f) if f.version == VERSION => Some(f),
+        Ok(f) => {
+            warn!(file = %path.display(), version = f.version, "unknown health state file version; starting fresh");
+            None
+        }
+        Err(error) => {
+            warn!(file = %path.display(), %error, "corrupt health state file; starting fresh");
+            None
+        }
+    }
+}
+
+pub fn save(path: &Path, table: &HealthTable) -> std::io::Result<()> {
+    let regions = table
+        .regions
+        .iter()
+        .filter(|r| r.probed)
+        .map(|r| {
+            let saved = SavedRegion {
+                status: r.machine.status,
+                since: r.since,
+                last: r.last.clone(),
+            };
+            (r.name.clone(), saved)
+        })
+        .collect();
+    let file = StateFile {
+        version: VERSION,
+        regions,
+    };
+    let bytes = serde_json::to_vec_pretty(&file).map_err(std::io::Error::other)?;
+    crate::state::write_atomic(path, &bytes)
+}
