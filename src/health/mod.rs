@@ -138,14 +138,13 @@ pub fn start(config: &Config, responder: Arc<Responder>) -> Arc<Health> {
     for (region, spec) in probed {
         let machine = table.regions[region].machine;
         let cfg = config.health.clone();
-        tokio::spawn(probe_loop(
-            region,
-            spec,
-            machine,
-            cfg,
-            pingers.clone(),
-            tx.clone(),
-        ));
+        let pingers = pingers.clone();
+        let timeout = cfg.timeout;
+        let probe = move || {
+            let (spec, pingers) = (spec.clone(), pingers.clone());
+            async move { probe::round(&spec, timeout, &pingers).await }
+        };
+        tokio::spawn(probe_loop(region, probe, machine, cfg, tx.clone()));
     }
     let writer = Writer {
         health: health.clone(),
@@ -163,14 +162,17 @@ fn jitter(max: Duration) -> Duration {
     Duration::from_millis(rand::random_range(0..=ms))
 }
 
-async fn probe_loop(
+/// Probes one region until the writer goes away; `probe` runs one round.
+async fn probe_loop<F, Fut>(
     region: usize,
-    spec: ProbeSpec,
+    mut probe: F,
     mut machine: Machine,
     cfg: HealthConfig,
-    pingers: Arc<Pingers>,
     tx: mpsc::Sender<Update>,
-) {
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Round>,
+{
     let thresholds = Thresholds {
         fall: cfg.fall,
         rise: cfg.rise,
@@ -180,7 +182,7 @@ async fn probe_loop(
         tokio::time::sleep(jitter(cfg.interval / 10)).await;
     }
     loop {
-        let round = probe::round(&spec, cfg.timeout, &pingers).await;
+        let round = probe().await;
         let transition = machine.observe(round.ok, thresholds);
         let update = Update {
             region,
@@ -277,4 +279,89 @@ fn log_transition(region: &str, t: Transition, round: &Round) {
         .filter_map(|r| r.rtt_ms)
         .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.min(v))));
     warn!(region, from = ?t.from, to = ?t.to, %reason, ?rtt_ms, "region health changed");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    fn cfg() -> HealthConfig {
+        HealthConfig {
+            interval: Duration::from_secs(300),
+            timeout: Duration::from_secs(5),
+            recheck: Duration::from_secs(10),
+            fall: 2,
+            rise: 2,
+            state_file: "unused".into(),
+        }
+    }
+
+    fn round(ok: bool) -> Round {
+        Round {
+            at: 0,
+            ok,
+            results: vec![],
+        }
+    }
+
+    /// Runs the loop on a scripted series of verdicts under tokio's paused
+    /// clock; returns (seconds since start, update) for each round.
+    async fn run(start: Machine, script: Vec<bool>) -> Vec<(f64, Update)> {
+        let n = script.len();
+        let mut verdicts = script.into_iter();
+        let probe = move || {
+            let ok = verdicts.next().unwrap_or(true);
+            async move { round(ok) }
+        };
+        let (tx, mut rx) = mpsc::channel(64);
+        let t0 = Instant::now();
+        let task = tokio::spawn(probe_loop(0, probe, start, cfg(), tx));
+        let mut out = Vec::new();
+        while out.len() < n {
+            let u = rx.recv().await.unwrap();
+            out.push((t0.elapsed().as_secs_f64(), u));
+        }
+        task.abort();
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn probes_every_interval_with_jitter_while_healthy() {
+        let got = run(Machine::unconfirmed(), vec![true; 4]).await;
+        assert_eq!(got[0].0, 0.0, "a region with no history is probed at once");
+        for w in got.windows(2) {
+            let gap = w[1].0 - w[0].0;
+            assert!((300.0..=330.0).contains(&gap), "gap {gap}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_outage_is_confirmed_within_interval_plus_fall_rechecks() {
+        // Healthy, then the region dies just after a round.
+        let got = run(Machine::unconfirmed(), vec![true, false, false, true, true]).await;
+        let down = got.iter().find(|(_, u)| u.transition.is_some()).unwrap();
+        assert_eq!(down.1.transition.unwrap().to, machine::Status::Down);
+        // interval (≤ 330 s with jitter) + one recheck (≤ 11 s): well under fall × interval.
+        assert!(down.0 <= 330.0 + 11.0, "down after {} s", down.0);
+        assert!(got[2].0 - got[1].0 <= 11.0, "the confirmation is a recheck");
+        // Recovery: the next interval round succeeds, one recheck confirms it.
+        let up = got
+            .iter()
+            .rev()
+            .find(|(_, u)| u.transition.is_some())
+            .unwrap();
+        assert_eq!(up.1.transition.unwrap().to, machine::Status::Up);
+        assert!(got[4].0 - got[3].0 <= 11.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn restored_regions_wait_a_short_spread_before_the_first_probe() {
+        let got = run(Machine::restored(machine::Status::Down), vec![false]).await;
+        assert!(
+            got[0].0 <= 30.0,
+            "first probe within interval/10: {}",
+            got[0].0
+        );
+    }
 }

@@ -178,7 +178,18 @@ impl Server {
     }
 
     pub fn start_with(fixture: Fixture) -> Self {
-        let mut child = mgnt()
+        Self::spawn(fixture, mgnt())
+    }
+
+    /// Starts the server inside network namespace `netns` (needs root).
+    pub fn start_in_netns(fixture: Fixture, netns: &str) -> Self {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns, env!("CARGO_BIN_EXE_mgnt")]);
+        Self::spawn(fixture, cmd)
+    }
+
+    fn spawn(fixture: Fixture, mut cmd: Command) -> Self {
+        let mut child = cmd
             .args(["serve", "--config"])
             .arg(fixture.config())
             .env("RUST_LOG", "error")
