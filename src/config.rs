@@ -35,6 +35,9 @@ pub const DEFAULT_HEALTH_RECHECK: Duration = Duration::from_secs(10);
 pub const DEFAULT_FALL: u32 = 2;
 pub const DEFAULT_RISE: u32 = 2;
 pub const DEFAULT_STATE_FILE: &str = "state/health.json";
+pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:8053";
+pub const DEFAULT_TOKEN_FILE: &str = "state/admin.token";
+pub const DEFAULT_AUDIT_LOG: &str = "state/audit.log";
 /// The OpenVPN port the routers use; TCP probes default to it.
 pub const DEFAULT_PROBE_PORT: u16 = 8443;
 
@@ -65,6 +68,7 @@ pub struct Config {
     pub geoip: GeoipConfig,
     pub geo: Vec<GeoName>,
     pub health: HealthConfig,
+    pub api: ApiConfig,
     /// Every configured region, sorted by name; geo names refer to them by index.
     pub regions: Vec<Region>,
     pub overrides: Overrides,
@@ -113,6 +117,18 @@ pub struct Region {
     pub location: Coord,
     /// `None`: the region is unprobed and always serving.
     pub probe: Option<ProbeSpec>,
+}
+
+/// `[api]`: the admin HTTP API.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+    /// Lines of `TOKEN` or `NAME:TOKEN`.
+    pub token_file: PathBuf,
+    /// An environment variable holding one more token (named `env`).
+    pub token_env: Option<String>,
+    /// Append-only record of drains and reloads (JSON lines).
+    pub audit_log: PathBuf,
 }
 
 /// `[health]`: when and how strictly regions are probed.

@@ -11,6 +11,7 @@ use crate::{
     geo::Location,
     health::{HealthTable, machine::Status},
     route::{Reason, RegionState},
+    state::RegionView,
 };
 
 /// The whole explanation for one client address (or ECS prefix).
@@ -54,7 +55,7 @@ pub struct HealthLine {
 }
 
 impl HealthLine {
-    fn of(table: &HealthTable, region: usize) -> Self {
+    pub fn of(table: &HealthTable, region: usize) -> Self {
         let h = &table.regions[region];
         let last = h.last.as_ref();
         Self {
@@ -90,8 +91,7 @@ impl HealthLine {
 }
 
 /// Explains every geo name for `client`; a prefix is treated as an ECS source prefix.
-pub fn explain(data: &Data, health: &HealthTable, client: IpNet) -> Explanation {
-    let view = health.view();
+pub fn explain(data: &Data, health: &HealthTable, view: &RegionView, client: IpNet) -> Explanation {
     let ip: IpAddr = client.addr();
     let mut names = Vec::with_capacity(data.geo.len());
     let mut location = None;

@@ -12,8 +12,8 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use super::{
-    AnswerMode, Config, ConfigError, DnsConfig, GeoName, GeoipConfig, HealthConfig, Overrides,
-    ProbeSpec, Region, Require,
+    AnswerMode, ApiConfig, Config, ConfigError, DnsConfig, GeoName, GeoipConfig, HealthConfig,
+    Overrides, ProbeSpec, Region, Require,
 };
 use crate::route::Coord;
 
@@ -26,6 +26,8 @@ pub(super) struct RawConfig {
     geo: Vec<RawGeo>,
     #[serde(default)]
     health: RawHealth,
+    #[serde(default)]
+    api: RawApi,
     #[serde(default)]
     regions: BTreeMap<String, RawRegion>,
     #[serde(default)]
@@ -65,6 +67,15 @@ struct RawRegion {
     host: String,
     location: Option<Vec<f64>>,
     probe: Option<RawProbe>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    listen: Option<String>,
+    token_file: Option<PathBuf>,
+    token_env: Option<String>,
+    audit_log: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -154,12 +165,14 @@ impl RawConfig {
         }
         let overrides = validate_overrides(&cx, &self.overrides, &index)?;
         let health = self.health.validate(&cx)?;
+        let api = self.api.validate(&cx)?;
         Ok(Config {
             file: file.to_owned(),
             dns,
             geoip,
             geo,
             health,
+            api,
             regions,
             overrides,
         })
@@ -465,6 +478,36 @@ impl RawProbe {
             icmp,
             require,
             min_targets,
+        })
+    }
+}
+
+impl RawApi {
+    fn validate(&self, cx: &Ctx) -> Result<ApiConfig, ConfigError> {
+        let listen = self.listen.as_deref().unwrap_or(super::DEFAULT_API_LISTEN);
+        let listen: SocketAddr = listen
+            .parse()
+            .map_err(|_| cx.err("api.listen", format!("`{listen}` is not an address:port")))?;
+        if self
+            .token_env
+            .as_ref()
+            .is_some_and(|v| v.is_empty() || v.contains('='))
+        {
+            return Err(cx.err("api.token_env", "not an environment variable name"));
+        }
+        Ok(ApiConfig {
+            listen,
+            token_file: cx.path(
+                self.token_file
+                    .as_deref()
+                    .unwrap_or(Path::new(super::DEFAULT_TOKEN_FILE)),
+            ),
+            token_env: self.token_env.clone(),
+            audit_log: cx.path(
+                self.audit_log
+                    .as_deref()
+                    .unwrap_or(Path::new(super::DEFAULT_AUDIT_LOG)),
+            ),
         })
     }
 }

@@ -8,7 +8,7 @@
 
 use std::{
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, atomic::Ordering},
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -28,7 +28,7 @@ use hickory_server::{
 };
 
 use super::{Data, GeoTable, ecs};
-use crate::state::RegionView;
+use crate::{metrics::QueryCounters, state::RegionView};
 
 /// Answers queries against the current data and region states.
 ///
@@ -37,6 +37,7 @@ use crate::state::RegionView;
 pub struct Responder {
     pub data: ArcSwap<Data>,
     pub view: ArcSwap<RegionView>,
+    pub queries: QueryCounters,
 }
 
 /// The parts of a query every response needs.
@@ -51,6 +52,7 @@ impl Responder {
         Self {
             data: ArcSwap::from_pointee(data),
             view: ArcSwap::from_pointee(view),
+            queries: QueryCounters::default(),
         }
     }
 
@@ -63,12 +65,30 @@ impl Responder {
         protocol: Protocol,
     ) -> Option<Vec<u8>> {
         if raw.len() < 12 || raw[2] & 0x80 != 0 {
+            self.queries.dropped.fetch_add(1, Ordering::Relaxed);
             return None;
         }
         let request = match Request::from_bytes(raw.to_vec(), src, protocol) {
             Ok(r) => r,
-            Err(_) => return Some(header_only(raw, ResponseCode::FormErr)),
+            Err(_) => {
+                self.queries.count(None, ResponseCode::FormErr);
+                return Some(header_only(raw, ResponseCode::FormErr));
+            }
         };
+        let qtype = request.queries.queries().first().map(|q| q.query_type());
+        let (bytes, rcode) = self.answer(&request, raw, src, protocol).await;
+        self.queries.count(qtype, rcode);
+        Some(bytes)
+    }
+
+    /// The response to a parsed request, and its RCODE (for the counters).
+    async fn answer(
+        &self,
+        request: &Request,
+        raw: &[u8],
+        src: SocketAddr,
+        protocol: Protocol,
+    ) -> (Vec<u8>, ResponseCode) {
         let data = self.data.load();
         let max_udp = usize::from(data.config.dns.max_udp_payload);
         let limit = match protocol {
@@ -78,56 +98,57 @@ impl Responder {
                 .map_or(512, |e| usize::from(e.max_payload()).clamp(512, max_udp)),
             _ => usize::from(u16::MAX),
         };
-        let cx = Ctx {
-            request: &request,
-            limit,
-        };
+        let cx = Ctx { request, limit };
         let mut edns = request.edns.as_ref().map(|_| {
             let mut e = Edns::new();
             e.set_max_payload(max_udp as u16);
             e.set_version(0);
             e
         });
+        let with_edns = |code| (error(&cx, code, edns.as_ref()), code);
         if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
-            return Some(error(&cx, ResponseCode::BADVERS, edns.as_ref()));
+            return with_edns(ResponseCode::BADVERS);
         }
         let subnet = match request.edns.is_some().then(|| ecs::parse(raw)).transpose() {
             Ok(s) => s.flatten(),
-            Err(_) => return Some(error(&cx, ResponseCode::FormErr, edns.as_ref())),
+            Err(_) => return with_edns(ResponseCode::FormErr),
         };
         match request.metadata.op_code {
             OpCode::Query => {}
-            OpCode::Update => return Some(error(&cx, ResponseCode::Refused, edns.as_ref())),
-            _ => return Some(error(&cx, ResponseCode::NotImp, edns.as_ref())),
+            OpCode::Update => return with_edns(ResponseCode::Refused),
+            _ => return with_edns(ResponseCode::NotImp),
         }
         let Ok(info) = request.request_info() else {
-            return Some(error(&cx, ResponseCode::FormErr, edns.as_ref()));
+            return with_edns(ResponseCode::FormErr);
         };
         let query = info.query;
         if query.query_class() != DNSClass::IN
             || matches!(query.query_type(), RecordType::AXFR | RecordType::IXFR)
         {
-            return Some(error(&cx, ResponseCode::Refused, edns.as_ref()));
+            return with_edns(ResponseCode::Refused);
         }
         if let Some(table) = data.geo_table(query.name()) {
             let client = subnet.map_or(src.ip(), |s| s.address);
             let view = self.view.load();
             let choice = data.choose(table, client, &view.states);
+            if let Some(c) = data.counters.get(choice.decision.region) {
+                c.count(choice.decision.reason);
+            }
             if let (Some(e), Some(s)) = (edns.as_mut(), subnet) {
                 let scope = choice.scope.min(s.source_prefix);
                 echo_subnet(e, s, scope);
             }
-            return Some(geo_answer(
-                &cx,
-                table,
-                choice.decision.region,
-                edns.as_ref(),
-            ));
+            let bytes = geo_answer(&cx, table, choice.decision.region, edns.as_ref());
+            return (bytes, ResponseCode::NoError);
         }
         if let (Some(e), Some(s)) = (edns.as_mut(), subnet) {
             echo_subnet(e, s, 0);
         }
-        Some(catalog_answer(&cx, &data, edns.as_ref()).await)
+        let bytes = catalog_answer(&cx, &data, edns.as_ref()).await;
+        let rcode = bytes
+            .get(3)
+            .map_or(ResponseCode::ServFail, |b| ResponseCode::from(0, b & 0x0F));
+        (bytes, rcode)
     }
 }
 

@@ -11,13 +11,14 @@ pub mod geo_names;
 pub mod listen;
 pub mod zones;
 
-use std::net::IpAddr;
+use std::{net::IpAddr, sync::Arc};
 
 use ipnet::IpNet;
 
 use crate::{
     config::{Config, ConfigError},
     geo::{GeoDb, GeoError, Location},
+    metrics::RegionCounters,
     route::{self, Coord, Decision, Ranked, RegionState},
 };
 
@@ -41,6 +42,8 @@ pub struct Data {
     pub zones: Zones,
     pub geodb: GeoDb,
     pub geo: Vec<GeoTable>,
+    /// Geo answers per region (config order); carried over by name across reloads.
+    pub counters: Vec<Arc<RegionCounters>>,
     locations: Vec<Coord>,
 }
 
@@ -61,13 +64,24 @@ impl Data {
         let geo = geo_names::build(&config, &zones)?;
         let geodb = GeoDb::open(&config.geoip.database, &config.geoip.centroids)?;
         let locations = config.regions.iter().map(|r| r.location).collect();
+        let counters = config.regions.iter().map(|_| Arc::default()).collect();
         Ok(Self {
             config,
             zones,
             geodb,
             geo,
+            counters,
             locations,
         })
+    }
+
+    /// Takes over `old`'s answer counters for regions that keep their name.
+    pub fn inherit_counters(&mut self, old: &Data) {
+        for (i, region) in self.config.regions.iter().enumerate() {
+            if let Some(j) = old.config.region_index(&region.name) {
+                self.counters[i] = old.counters[j].clone();
+            }
+        }
     }
 
     /// The geo table for a query name, if it is one.

@@ -3,31 +3,31 @@
 //! Each probed region has its own loop (probe round → [`machine::Machine`] →
 //! sleep `interval` or `recheck`, plus jitter so regions are not probed in
 //! lock-step). Loops send their results to one writer task, the only code that
-//! builds a new [`HealthTable`] and [`RegionView`]: it swaps them in (queries read
-//! them lock-free), persists the table, and reports fail-open transitions.
+//! builds a new [`HealthTable`]; it hands the table to [`Shared::publish`], which
+//! combines it with the drains into the view queries read lock-free.
 
 pub mod machine;
 pub mod probe;
-pub mod store;
 
 use std::{
+    collections::BTreeMap,
+    future::Future,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
 };
 
-use arc_swap::ArcSwap;
 use serde::Serialize;
 use tokio::sync::mpsc;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::{
     config::{Config, HealthConfig, ProbeSpec},
-    dns::answer::Responder,
+    metrics::Histogram,
     route::RegionState,
-    state::RegionView,
+    state::{RegionView, Shared, file::StateFile},
 };
 use machine::{Machine, Thresholds, Transition};
 use probe::{Pingers, Round};
@@ -53,7 +53,7 @@ pub struct HealthTable {
 impl HealthTable {
     /// The table at start: the state file's last-known state where it has one,
     /// up-but-unconfirmed elsewhere.
-    pub fn initial(config: &Config, saved: Option<&store::StateFile>) -> Self {
+    pub fn initial(config: &Config, saved: Option<&StateFile>) -> Self {
         let regions = config
             .regions
             .iter()
@@ -75,9 +75,29 @@ impl HealthTable {
         Self { regions }
     }
 
-    /// Loads the table a running server would start from (for `mgnt lookup`).
-    pub fn from_state_file(config: &Config) -> Self {
-        Self::initial(config, store::load(&config.health.state_file).as_ref())
+    /// The same regions re-indexed for `config`, keeping each one's state by name.
+    pub fn reindex(&self, config: &Config) -> Self {
+        let regions = config
+            .regions
+            .iter()
+            .map(|r| {
+                let probed = r.probe.is_some();
+                match self.regions.iter().find(|o| o.name == r.name) {
+                    Some(old) => RegionHealth {
+                        probed,
+                        ..old.clone()
+                    },
+                    None => RegionHealth {
+                        name: r.name.clone(),
+                        probed,
+                        machine: Machine::unconfirmed(),
+                        since: None,
+                        last: None,
+                    },
+                }
+            })
+            .collect();
+        Self { regions }
     }
 
     /// Which regions may answer.
@@ -94,66 +114,99 @@ impl HealthTable {
     }
 }
 
-/// The running health checks.
+/// The running health checks: probe loops for the current config and the writer.
 pub struct Health {
-    pub table: ArcSwap<HealthTable>,
-    /// Times a geo name entered fail-open (every region down).
-    pub fail_open_events: AtomicU64,
+    shared: Arc<Shared>,
+    pingers: Arc<Pingers>,
+    tx: mpsc::Sender<Update>,
+    loops: Mutex<Loops>,
     pub transitions: AtomicU64,
+    /// Probe outcomes and RTTs per (region, kind), for metrics.
+    pub probes: Mutex<BTreeMap<(String, probe::Kind), ProbeStats>>,
+}
+
+/// Counters of one region's probes of one kind.
+#[derive(Default)]
+pub struct ProbeStats {
+    pub ok: u64,
+    pub failed: u64,
+    pub rtt_ms: Histogram,
+}
+
+/// The probe loops of one config generation.
+#[derive(Default)]
+struct Loops {
+    generation: u64,
+    tasks: Vec<tokio::task::AbortHandle>,
 }
 
 /// A probe loop's report to the writer.
 struct Update {
+    generation: u64,
     region: usize,
     machine: Machine,
     round: Round,
     transition: Option<Transition>,
 }
 
-/// Loads the last-known state, publishes it, and starts probing.
-pub fn start(config: &Config, responder: Arc<Responder>) -> Arc<Health> {
-    let table = HealthTable::initial(config, store::load(&config.health.state_file).as_ref());
-    responder.view.store(Arc::new(table.view()));
-    let health = Arc::new(Health {
-        table: ArcSwap::from_pointee(table.clone()),
-        fail_open_events: AtomicU64::new(0),
-        transitions: AtomicU64::new(0),
-    });
-    let probed: Vec<(usize, ProbeSpec)> = config
-        .regions
-        .iter()
-        .enumerate()
-        .filter_map(|(i, r)| r.probe.clone().map(|p| (i, p)))
-        .collect();
-    if probed.is_empty() {
-        info!("no region has probe targets; every region is served unprobed");
-        return health;
+impl Health {
+    /// Starts probing every region of `config` that has targets.
+    pub fn start(config: &Config, shared: Arc<Shared>) -> Arc<Self> {
+        let (tx, rx) = mpsc::channel(64);
+        let health = Arc::new(Self {
+            shared,
+            pingers: Arc::new(Pingers::open()),
+            tx,
+            loops: Mutex::new(Loops::default()),
+            transitions: AtomicU64::new(0),
+            probes: Mutex::new(BTreeMap::new()),
+        });
+        tokio::spawn(writer(health.clone(), rx));
+        health.restart(config);
+        health
     }
-    let pingers = Arc::new(Pingers::open());
-    let needs_icmp = probed.iter().any(|(_, p)| !p.icmp.is_empty());
-    for reason in pingers.unavailable().iter().filter(|_| needs_icmp) {
-        warn!(%reason, "ICMP probes cannot run; they count as failed where required");
+
+    /// Replaces the probe loops with those of `config` (after a reload); each
+    /// region keeps its state by name, and new regions start unconfirmed.
+    pub fn restart(&self, config: &Config) {
+        let table = self.shared.health.load().reindex(config);
+        self.shared.health.store(Arc::new(table.clone()));
+        let mut loops = self.loops.lock().unwrap_or_else(|p| p.into_inner());
+        loops.tasks.drain(..).for_each(|t| t.abort());
+        loops.generation += 1;
+        let probed: Vec<(usize, ProbeSpec)> = config
+            .regions
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.probe.clone().map(|p| (i, p)))
+            .collect();
+        if probed.is_empty() {
+            info!("no region has probe targets; every region is served unprobed");
+        }
+        if probed.iter().any(|(_, p)| !p.icmp.is_empty()) {
+            for reason in self.pingers.unavailable() {
+                warn!(%reason, "ICMP probes cannot run; they count as failed where required");
+            }
+        }
+        for (region, spec) in probed {
+            let pingers = self.pingers.clone();
+            let timeout = config.health.timeout;
+            let probe = move || {
+                let (spec, pingers) = (spec.clone(), pingers.clone());
+                async move { probe::round(&spec, timeout, &pingers).await }
+            };
+            let machine = table.regions[region].machine;
+            let generation = loops.generation;
+            let task = tokio::spawn(probe_loop(
+                (generation, region),
+                probe,
+                machine,
+                config.health.clone(),
+                self.tx.clone(),
+            ));
+            loops.tasks.push(task.abort_handle());
+        }
     }
-    let (tx, rx) = mpsc::channel(64);
-    for (region, spec) in probed {
-        let machine = table.regions[region].machine;
-        let cfg = config.health.clone();
-        let pingers = pingers.clone();
-        let timeout = cfg.timeout;
-        let probe = move || {
-            let (spec, pingers) = (spec.clone(), pingers.clone());
-            async move { probe::round(&spec, timeout, &pingers).await }
-        };
-        tokio::spawn(probe_loop(region, probe, machine, cfg, tx.clone()));
-    }
-    let writer = Writer {
-        health: health.clone(),
-        responder,
-        state_file: config.health.state_file.clone(),
-        fail_open: vec![false; config.geo.len()],
-    };
-    tokio::spawn(writer.run(rx));
-    health
 }
 
 /// Random delay in `[0, max]`, spreading regions' probes apart.
@@ -164,7 +217,7 @@ fn jitter(max: Duration) -> Duration {
 
 /// Probes one region until the writer goes away; `probe` runs one round.
 async fn probe_loop<F, Fut>(
-    region: usize,
+    (generation, region): (u64, usize),
     mut probe: F,
     mut machine: Machine,
     cfg: HealthConfig,
@@ -185,6 +238,7 @@ async fn probe_loop<F, Fut>(
         let round = probe().await;
         let transition = machine.observe(round.ok, thresholds);
         let update = Update {
+            generation,
             region,
             machine,
             round,
@@ -198,68 +252,45 @@ async fn probe_loop<F, Fut>(
     }
 }
 
-struct Writer {
-    health: Arc<Health>,
-    responder: Arc<Responder>,
-    state_file: std::path::PathBuf,
-    /// Per geo name: was every region down at the last change?
-    fail_open: Vec<bool>,
-}
-
-impl Writer {
-    async fn run(mut self, mut rx: mpsc::Receiver<Update>) {
-        while let Some(update) = rx.recv().await {
-            let table = Arc::new(self.apply(update));
-            if let Err(error) = self.persist(table.clone()).await {
-                error!(file = %self.state_file.display(), %error, "cannot write the health state file");
+impl Health {
+    fn record(&self, region: &str, round: &Round) {
+        let mut probes = self.probes.lock().unwrap_or_else(|p| p.into_inner());
+        for r in &round.results {
+            let stats = probes.entry((region.to_owned(), r.kind)).or_default();
+            if r.ok {
+                stats.ok += 1;
+            } else {
+                stats.failed += 1;
+            }
+            if let Some(ms) = r.rtt_ms {
+                stats.rtt_ms.observe(ms);
             }
         }
     }
+}
 
-    fn apply(&mut self, u: Update) -> HealthTable {
-        let mut table = HealthTable::clone(&self.health.table.load());
-        let entry = &mut table.regions[u.region];
+/// The only code that changes the health table: applies updates in order and publishes.
+async fn writer(health: Arc<Health>, mut rx: mpsc::Receiver<Update>) {
+    while let Some(u) = rx.recv().await {
+        let current = health.loops.lock().map_or(0, |l| l.generation);
+        if u.generation != current {
+            continue; // from a loop of a config that was reloaded away
+        }
+        let mut table = HealthTable::clone(&health.shared.health.load());
+        let Some(entry) = table.regions.get_mut(u.region) else {
+            continue;
+        };
         entry.machine = u.machine;
         if let Some(t) = u.transition {
             entry.since = Some(u.round.at);
             log_transition(&entry.name, t, &u.round);
-            self.health.transitions.fetch_add(1, Ordering::Relaxed);
+            health.transitions.fetch_add(1, Ordering::Relaxed);
         }
+        health.record(&entry.name, &u.round);
         entry.last = Some(u.round);
-        let changed = u.transition.is_some();
-        self.health.table.store(Arc::new(table.clone()));
-        if changed {
-            let view = table.view();
-            self.report_fail_open(&view);
-            self.responder.view.store(Arc::new(view));
-        }
-        table
-    }
-
-    /// When a geo name has no serving region we still answer (the nearest), and
-    /// say so once per transition rather than once per query.
-    fn report_fail_open(&mut self, view: &RegionView) {
-        let data = self.responder.data.load();
-        for (i, geo) in data.geo.iter().enumerate() {
-            let all_down = geo.spec.regions.iter().all(|&r| !view.states[r].serving);
-            let Some(was) = self.fail_open.get_mut(i) else {
-                continue;
-            };
-            if all_down && !*was {
-                self.health.fail_open_events.fetch_add(1, Ordering::Relaxed);
-                error!(name = %geo.spec.name, "every region is down; failing open to the nearest");
-            } else if !all_down && *was {
-                info!(name = %geo.spec.name, "a region is serving again; fail-open over");
-            }
-            *was = all_down;
-        }
-    }
-
-    async fn persist(&self, table: Arc<HealthTable>) -> std::io::Result<()> {
-        let path = self.state_file.clone();
-        tokio::task::spawn_blocking(move || store::save(&path, &table))
-            .await
-            .map_err(std::io::Error::other)?
+        health.shared.health.store(Arc::new(table));
+        // Persisting after every round keeps "last probe" current for `mgnt lookup`.
+        let _ = health.shared.publish().await;
     }
 }
 
@@ -316,7 +347,7 @@ mod tests {
         };
         let (tx, mut rx) = mpsc::channel(64);
         let t0 = Instant::now();
-        let task = tokio::spawn(probe_loop(0, probe, start, cfg(), tx));
+        let task = tokio::spawn(probe_loop((1, 0), probe, start, cfg(), tx));
         let mut out = Vec::new();
         while out.len() < n {
             let u = rx.recv().await.unwrap();

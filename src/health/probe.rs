@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 
 use crate::config::{ProbeSpec, Require};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     Tcp,

@@ -73,6 +73,9 @@ tcp_idle_timeout = "2s"
 tcp_max_connections = 8
 udp_sockets = 2
 
+[api]
+listen = "127.0.0.1:0"
+
 [geoip]
 database = "test-city.mmdb"
 centroids = "centroids.csv"
@@ -169,6 +172,7 @@ pub struct Server {
     child: Child,
     pub v4: SocketAddr,
     pub v6: SocketAddr,
+    pub api: SocketAddr,
     pub fixture: Fixture,
 }
 
@@ -199,7 +203,8 @@ impl Server {
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut addrs = Vec::new();
-        while addrs.len() < 2 {
+        let mut api = None;
+        while addrs.len() < 2 || api.is_none() {
             let line = lines
                 .next()
                 .expect("server exited before listening")
@@ -207,11 +212,15 @@ impl Server {
             if let Some(a) = line.strip_prefix("listening dns ") {
                 addrs.push(a.parse::<SocketAddr>().unwrap());
             }
+            if let Some(a) = line.strip_prefix("listening api ") {
+                api = Some(a.parse::<SocketAddr>().unwrap());
+            }
         }
         Self {
             child,
             v4: addrs[0],
             v6: addrs[1],
+            api: api.unwrap(),
             fixture,
         }
     }

@@ -1,21 +1,26 @@
-//! The health state file: last-known state per region, so a restart does not
-//! forget a dead region. Written atomically on every change; a missing or
-//! corrupt file only costs the history, never the start.
+//! The state file: last-known health and the drains, written together.
+//!
+//! A restart must not forget a dead region or an operator's drain. The file is
+//! replaced atomically on every change; a missing or corrupt file only costs
+//! the history, never the start.
 
 use std::{collections::BTreeMap, path::Path};
 
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use super::{HealthTable, machine::Status, probe::Round};
+use super::drain::Drains;
+use crate::health::{HealthTable, machine::Status, probe::Round};
 
 const VERSION: u32 = 1;
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct StateFile {
     pub version: u32,
     pub regions: BTreeMap<String, SavedRegion>,
+    #[serde(default)]
+    pub drains: Drains,
 }
 
 #[derive(Serialize, Deserialize, Clone)]
@@ -33,25 +38,25 @@ pub fn load(path: &Path) -> Option<StateFile> {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
         Err(error) => {
-            warn!(file = %path.display(), %error, "cannot read the health state file; starting fresh");
+            warn!(file = %path.display(), %error, "cannot read the state file; starting fresh");
             return None;
         }
     };
     match serde_json::from_str::<StateFile>(&text) {
         Ok(f) if f.version == VERSION => Some(f),
         Ok(f) => {
-            warn!(file = %path.display(), version = f.version, "unknown health state file version; starting fresh");
+            warn!(file = %path.display(), version = f.version, "unknown state file version; starting fresh");
             None
         }
         Err(error) => {
-            warn!(file = %path.display(), %error, "corrupt health state file; starting fresh");
+            warn!(file = %path.display(), %error, "corrupt state file; starting fresh");
             None
         }
     }
 }
 
-pub fn save(path: &Path, table: &HealthTable) -> std::io::Result<()> {
-    let regions = table
+pub fn save(path: &Path, health: &HealthTable, drains: &Drains) -> std::io::Result<()> {
+    let regions = health
         .regions
         .iter()
         .filter(|r| r.probed)
@@ -67,7 +72,8 @@ pub fn save(path: &Path, table: &HealthTable) -> std::io::Result<()> {
     let file = StateFile {
         version: VERSION,
         regions,
+        drains: drains.clone(),
     };
     let bytes = serde_json::to_vec_pretty(&file).map_err(std::io::Error::other)?;
-    crate::state::write_atomic(path, &bytes)
+    super::write_atomic(path, &bytes)
 }

@@ -1,0 +1,189 @@
+//! Bearer tokens for the admin API.
+//!
+//! Tokens come from a file (`TOKEN` or `NAME:TOKEN` per line) or an environment
+//! variable named in the config, never from the config itself. A missing
+//! token file is created with a random token (mode 0600) on first start, but
+//! only while the API listens on loopback: anywhere else an operator must
+//! provide one.
+
+use std::{
+    io::Write,
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+};
+
+use subtle::ConstantTimeEq;
+
+use crate::config::ApiConfig;
+
+/// Shortest token accepted; shorter ones are guessable.
+const MIN_TOKEN_LEN: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("{file}: cannot read token file: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}: cannot create token file: {source}")]
+    Create {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}: token shorter than {MIN_TOKEN_LEN} characters")]
+    Short { file: PathBuf, line: usize },
+    #[error(
+        "refusing to serve the admin API on {listen} without a token: create {file} or set api.token_env"
+    )]
+    NoToken {
+        listen: std::net::SocketAddr,
+        file: PathBuf,
+    },
+}
+
+/// The accepted tokens, by name.
+#[derive(Clone)]
+pub struct Tokens(Vec<(String, String)>);
+
+/// What loading found, for the start-up log.
+pub enum Origin {
+    Loaded,
+    Created(PathBuf),
+}
+
+impl Tokens {
+    /// Reads the tokens; a server (`may_create`) creates a missing file on loopback.
+    pub fn load(api: &ApiConfig, may_create: bool) -> Result<(Self, Origin), AuthError> {
+        let mut origin = Origin::Loaded;
+        let mut tokens = match std::fs::read_to_string(&api.token_file) {
+            Ok(text) => parse(&text, &api.token_file)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if may_create && api.listen.ip().is_loopback() {
+                    let token = create(&api.token_file)?;
+                    origin = Origin::Created(api.token_file.clone());
+                    vec![("admin".to_owned(), token)]
+                } else {
+                    Vec::new()
+                }
+            }
+            Err(source) => {
+                return Err(AuthError::Read {
+                    file: api.token_file.clone(),
+                    source,
+                });
+            }
+        };
+        let from_env = api.token_env.as_ref().and_then(|var| std::env::var(var).ok());
+        if let Some(v) = from_env.filter(|v| v.len() >= MIN_TOKEN_LEN) {
+            tokens.push(("env".to_owned(), v));
+        }
+        if tokens.is_empty() {
+            return Err(AuthError::NoToken {
+                listen: api.listen,
+                file: api.token_file.clone(),
+            });
+        }
+        Ok((Self(tokens), origin))
+    }
+
+    /// The name of the token `presented` matches, comparing every token in constant time.
+    pub fn check(&self, presented: &str) -> Option<&str> {
+        let mut found = None;
+        for (name, token) in &self.0 {
+            if bool::from(token.as_bytes().ct_eq(presented.as_bytes())) {
+                found = Some(name.as_str());
+            }
+        }
+        found
+    }
+
+    /// The first token, for the command-line client.
+    pub fn first(&self) -> &str {
+        &self.0[0].1
+    }
+}
+
+fn parse(text: &str, file: &Path) -> Result<Vec<(String, String)>, AuthError> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (name, token) = line.split_once(':').unwrap_or(("admin", line));
+        if token.len() < MIN_TOKEN_LEN {
+            return Err(AuthError::Short {
+                file: file.to_owned(),
+                line: i + 1,
+            });
+        }
+        out.push((name.trim().to_owned(), token.trim().to_owned()));
+    }
+    Ok(out)
+}
+
+/// Creates `file` (mode 0600, never overwriting) holding a fresh random token.
+fn create(file: &Path) -> Result<String, AuthError> {
+    let err = |source| AuthError::Create {
+        file: file.to_owned(),
+        source,
+    };
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let bytes: [u8; 32] = rand::random();
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+        .map_err(err)?;
+    f.write_all(format!("{token}\n").as_bytes()).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_parse_with_names_and_comments() {
+        let t = parse(
+            "# admin tokens\nportal:0123456789abcdef0\n\nfedcba98765432100\n",
+            Path::new("f"),
+        )
+        .unwrap();
+        assert_eq!(t[0], ("portal".into(), "0123456789abcdef0".into()));
+        assert_eq!(t[1].0, "admin");
+        assert!(matches!(
+            parse("short\n", Path::new("f")),
+            Err(AuthError::Short { line: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn check_finds_the_matching_name_only() {
+        let t = Tokens(vec![
+            ("a".into(), "x".repeat(20)),
+            ("b".into(), "y".repeat(20)),
+        ]);
+        assert_eq!(t.check(&"y".repeat(20)), Some("b"));
+        assert_eq!(t.check(&"y".repeat(19)), None);
+        assert_eq!(t.check(""), None);
+    }
+
+    #[test]
+    fn the_created_file_is_private_and_never_overwritten() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("state/admin.token");
+        let token = create(&file).unwrap();
+        assert_eq!(token.len(), 64);
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(create(&file).is_err());
+    }
+}

@@ -1,0 +1,75 @@
+//! The command-line side of the admin API (`mgnt drain`, `undrain`, `status`).
+
+use serde_json::Value;
+
+use super::auth::{AuthError, Tokens};
+use crate::config::Config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("cannot reach the admin API at {url}: {source}")]
+    Http { url: String, source: ureq::Error },
+    #[error("{status}: {body}")]
+    Status { status: u16, body: String },
+}
+
+/// A client for the server that `config` describes.
+pub struct Client {
+    base: String,
+    token: String,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    /// Uses `api.listen` and the first token of `api.token_file` (or `api.token_env`).
+    pub fn new(config: &Config) -> Result<Self, ClientError> {
+        let api = &config.api;
+        // The client never creates a token file of its own.
+        let (tokens, _) = Tokens::load(api, false)?;
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(std::time::Duration::from_secs(30)))
+            .build()
+            .into();
+        Ok(Self {
+            base: format!("http://{}", api.listen),
+            token: tokens.first().to_owned(),
+            agent,
+        })
+    }
+
+    pub fn get(&self, path: &str) -> Result<Value, ClientError> {
+        self.call("GET", path, None)
+    }
+
+    pub fn post(&self, path: &str, body: Option<Value>) -> Result<Value, ClientError> {
+        self.call("POST", path, body)
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let auth = format!("Bearer {}", self.token);
+        let http = |source| ClientError::Http {
+            url: url.clone(),
+            source,
+        };
+        let response = if method == "GET" {
+            self.agent.get(&url).header("Authorization", &auth).call()
+        } else {
+            let req = self.agent.post(&url).header("Authorization", &auth);
+            match body {
+                Some(b) => req.send_json(b),
+                None => req.send_empty(),
+            }
+        };
+        let mut response = response.map_err(http)?;
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().map_err(http)?;
+        if !(200..300).contains(&status) {
+            return Err(ClientError::Status { status, body: text });
+        }
+        Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+}
