@@ -74,7 +74,10 @@ impl Tokens {
                 });
             }
         };
-        let from_env = api.token_env.as_ref().and_then(|var| std::env::var(var).ok());
+        let from_env = api
+            .token_env
+            .as_ref()
+            .and_then(|var| std::env::var(var).ok());
         if let Some(v) = from_env.filter(|v| v.len() >= MIN_TOKEN_LEN) {
             tokens.push(("env".to_owned(), v));
         }

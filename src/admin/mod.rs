@@ -107,3 +107,45 @@ async fn authenticate(State(api): State<Arc<Api>>, mut req: Request, next: Next)
     req.extensions_mut().insert(Caller(name.to_owned()));
     next.run(req).await
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// The router is built from `routes()` and `public_routes()` only, so
+    /// comparing those with `openapi.json` covers every route it serves.
+    #[test]
+    fn every_route_is_documented_and_every_documented_route_exists() {
+        let spec: serde_json::Value =
+            serde_json::from_str(include_str!("../../openapi.json")).unwrap();
+        let documented: BTreeSet<(String, String)> = spec["paths"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .flat_map(|(path, ops)| {
+                ops.as_object()
+                    .unwrap()
+                    .keys()
+                    .map(move |m| (m.to_uppercase(), path.clone()))
+            })
+            .collect();
+        let served: BTreeSet<(String, String)> = routes()
+            .into_iter()
+            .chain(public_routes())
+            .map(|(m, p, _)| (m.to_string(), p.to_owned()))
+            .collect();
+        assert_eq!(served, documented);
+        let public: Vec<_> = public_routes().into_iter().map(|(_, p, _)| p).collect();
+        for (method, path) in &documented {
+            let open =
+                spec["paths"][path][method.to_lowercase()]["security"] == serde_json::json!([]);
+            assert_eq!(
+                open,
+                public.contains(&path.as_str()),
+                "{method} {path}: security"
+            );
+        }
+    }
+}

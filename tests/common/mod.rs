@@ -192,7 +192,26 @@ impl Server {
         Self::spawn(fixture, cmd)
     }
 
-    fn spawn(fixture: Fixture, mut cmd: Command) -> Self {
+    /// Stops the process and starts a new one on the same files.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, v4, v6, api) = Self::launch(&self.fixture, mgnt());
+        (self.child, self.v4, self.v6, self.api) = (child, v4, v6, api);
+    }
+
+    fn spawn(fixture: Fixture, cmd: Command) -> Self {
+        let (child, v4, v6, api) = Self::launch(&fixture, cmd);
+        Self {
+            child,
+            v4,
+            v6,
+            api,
+            fixture,
+        }
+    }
+
+    fn launch(fixture: &Fixture, mut cmd: Command) -> (Child, SocketAddr, SocketAddr, SocketAddr) {
         let mut child = cmd
             .args(["serve", "--config"])
             .arg(fixture.config())
@@ -216,13 +235,17 @@ impl Server {
                 api = Some(a.parse::<SocketAddr>().unwrap());
             }
         }
-        Self {
-            child,
-            v4: addrs[0],
-            v6: addrs[1],
-            api: api.unwrap(),
-            fixture,
-        }
+        (child, addrs[0], addrs[1], api.unwrap())
+    }
+
+    /// Sends a signal (`HUP`, `TERM`, …) to the server process.
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{name}");
     }
 
     pub fn is_running(&mut self) -> bool {
