@@ -161,3 +161,28 @@ fn lookup_reports_location_and_answer_as_json() {
     assert_eq!(v["names"][0]["regions"].as_array().unwrap().len(), 4);
     assert_eq!(v["names"][0]["ecs_scope"], 16);
 }
+
+#[test]
+fn a_non_loopback_admin_api_without_a_token_is_refused() {
+    let f = Fixture::new();
+    let text = config_text("\"127.0.0.1:0\"").replace(
+        "[api]\nlisten = \"127.0.0.1:0\"",
+        "[api]\nlisten = \"0.0.0.0:0\"",
+    );
+    f.write_config(&text);
+    let out = mgnt()
+        .args(["serve", "--config"])
+        .arg(f.config())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refusing to serve the admin API on 0.0.0.0:0 without a token"),
+        "{err}"
+    );
+    assert!(
+        !f.path("state/admin.token").exists(),
+        "no token invented for a public address"
+    );
+}
