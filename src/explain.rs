@@ -128,7 +128,7 @@ pub fn explain(data: &Data, health: &HealthTable, view: &RegionView, client: IpN
             ecs_scope: choice.scope.min(client.prefix_len()),
             answer,
         });
-        location.get_or_insert(choice.location);
+        location.get_or_insert(Location::from(choice.location));
     }
     Explanation {
         client,

@@ -57,6 +57,26 @@ pub struct Location {
     pub network: IpNet,
 }
 
+/// A located client, without allocation (the per-query form of [`Location`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Located {
+    pub country: Option<[u8; 2]>,
+    pub coords: Option<Coord>,
+    pub source: CoordSource,
+    pub network: IpNet,
+}
+
+impl From<Located> for Location {
+    fn from(l: Located) -> Self {
+        Self {
+            country: l.country.map(|c| String::from_utf8_lossy(&c).into_owned()),
+            coords: l.coords,
+            source: l.source,
+            network: l.network,
+        }
+    }
+}
+
 /// The fields we read from any supported schema; everything else is skipped.
 #[derive(Deserialize)]
 struct GeoRecord<'a> {
@@ -129,6 +149,11 @@ impl GeoDb {
 
     /// Locates `ip`. Never fails: a broken record only leaves the client unlocated.
     pub fn locate(&self, ip: IpAddr) -> Location {
+        self.locate_raw(ip).into()
+    }
+
+    /// [`Self::locate`] without allocating, for the query path.
+    pub fn locate_raw(&self, ip: IpAddr) -> Located {
         let ip = canonical(ip);
         let Ok(found) = self.reader.lookup(ip) else {
             return unlocated(ip);
@@ -149,8 +174,8 @@ impl GeoDb {
             (None, Some(&c)) => (Some(c), CoordSource::CountryCentroid),
             (None, None) => (None, CoordSource::None),
         };
-        Location {
-            country: country.map(|c| String::from_utf8_lossy(&c).into_owned()),
+        Located {
+            country,
             coords,
             source,
             network,
@@ -170,8 +195,8 @@ fn host_net(ip: IpAddr) -> IpNet {
     IpNet::from(ip)
 }
 
-fn unlocated(ip: IpAddr) -> Location {
-    Location {
+fn unlocated(ip: IpAddr) -> Located {
+    Located {
         country: None,
         coords: None,
         source: CoordSource::None,

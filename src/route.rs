@@ -81,40 +81,69 @@ pub struct Ranked {
     pub overridden: bool,
 }
 
+/// Most regions one geo name may list; rankings live on the stack.
+pub const MAX_REGIONS: usize = 32;
+
+/// Candidates best first, without allocating (it is built for every query).
+#[derive(Debug, Clone, Copy)]
+pub struct Ranking {
+    items: [Ranked; MAX_REGIONS],
+    len: usize,
+}
+
+impl std::ops::Deref for Ranking {
+    type Target = [Ranked];
+
+    fn deref(&self) -> &[Ranked] {
+        &self.items[..self.len]
+    }
+}
+
 /// Orders `candidates` (indices into `locations`, in configured order) for a client.
 ///
 /// Overridden regions come first in the override's order; the rest follow by
-/// distance, ties and unknown locations keeping the configured order (the sort is stable).
+/// distance, ties and unknown locations keeping the configured order.
+/// Candidates past [`MAX_REGIONS`] are ignored (config validation rejects them).
 pub fn rank(
     client: Option<Coord>,
     candidates: &[usize],
     locations: &[Coord],
     preferred: &[usize],
-) -> Vec<Ranked> {
-    let mut out: Vec<Ranked> = candidates
-        .iter()
-        .map(|&region| Ranked {
+) -> Ranking {
+    let empty = Ranked {
+        region: 0,
+        distance_km: None,
+        overridden: false,
+    };
+    let mut r = Ranking {
+        items: [empty; MAX_REGIONS],
+        len: candidates.len().min(MAX_REGIONS),
+    };
+    for (i, &region) in candidates.iter().take(MAX_REGIONS).enumerate() {
+        r.items[i] = Ranked {
             region,
             distance_km: client.map(|c| distance_km(c, locations[region])),
             overridden: false,
-        })
-        .collect();
-    out.sort_by(|a, b| {
+        };
+    }
+    let items = &mut r.items[..r.len];
+    // Unstable sort does not allocate; the configured position breaks ties.
+    let position = |x: &Ranked| candidates.iter().position(|&c| c == x.region).unwrap_or(0);
+    items.sort_unstable_by(|a, b| {
         let (da, db) = (a.distance_km.unwrap_or(0.0), b.distance_km.unwrap_or(0.0));
         da.total_cmp(&db)
+            .then_with(|| position(a).cmp(&position(b)))
     });
-    for (pos, want) in preferred
-        .iter()
-        .filter(|p| candidates.contains(p))
-        .enumerate()
-    {
-        if let Some(i) = out.iter().position(|r| r.region == *want) {
-            let mut item = out.remove(i);
-            item.overridden = true;
-            out.insert(pos, item);
+    let mut placed = 0;
+    for want in preferred {
+        if let Some(i) = items[placed..].iter().position(|x| x.region == *want) {
+            let i = placed + i;
+            items[i].overridden = true;
+            items[placed..=i].rotate_right(1);
+            placed += 1;
         }
     }
-    out
+    r
 }
 
 /// Takes the first serving region of `ranking`; fails open to the first entry.

@@ -318,6 +318,12 @@ impl RawGeo {
         if self.regions.is_empty() {
             return Err(cx.err(format!("{key}.regions"), "at least one region is required"));
         }
+        if self.regions.len() > crate::route::MAX_REGIONS {
+            return Err(cx.err(
+                format!("{key}.regions"),
+                format!("at most {} regions per geo name", crate::route::MAX_REGIONS),
+            ));
+        }
         let mut regions = Vec::with_capacity(self.regions.len());
         for (j, r) in self.regions.iter().enumerate() {
             let k = format!("{key}.regions[{j}]");

@@ -128,7 +128,10 @@ impl Responder {
             return with_edns(ResponseCode::Refused);
         }
         if let Some(table) = data.geo_table(query.name()) {
-            let client = subnet.map_or(src.ip(), |s| s.address);
+            // RFC 7871 §7.1.2: a source prefix of 0 means "locate by the source address".
+            let client = subnet
+                .filter(|s| s.source_prefix > 0)
+                .map_or(src.ip(), |s| s.address);
             let view = self.view.load();
             let choice = data.choose(table, client, &view.states);
             if let Some(c) = data.counters.get(choice.decision.region) {
@@ -168,13 +171,7 @@ fn geo_answer(cx: &Ctx, table: &GeoTable, region: usize, edns: Option<&Edns>) ->
     let mut meta = Metadata::response_from_request(&cx.request.metadata);
     meta.authoritative = true;
     meta.response_code = ResponseCode::NoError;
-    // NODATA (RFC 2308 §2.2) unless the CNAME itself answers a CNAME or ANY query.
-    let answered = cname.is_some() && matches!(qtype, RecordType::CNAME | RecordType::ANY);
-    let soa: &[Record] = if data.is_empty() && !answered {
-        std::slice::from_ref(&table.negative_soa)
-    } else {
-        &[]
-    };
+    let soa = table.authority(qtype, cname, data);
     let response = MessageResponseBuilder::new(&cx.request.queries, edns).build(
         meta,
         cname.into_iter().chain(data),

@@ -90,7 +90,8 @@ fn options(mut rdata: &[u8]) -> Result<Vec<(u16, &[u8])>, EcsError> {
     Ok(out)
 }
 
-fn validate(data: &[u8]) -> Result<ClientSubnet, EcsError> {
+/// Checks one ECS option's value (family, prefixes, address) as RFC 7871 §6 asks.
+pub fn validate(data: &[u8]) -> Result<ClientSubnet, EcsError> {
     let [f0, f1, source, scope, addr @ ..] = data else {
         return Err(EcsError::Truncated);
     };

@@ -10,11 +10,15 @@ use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 
 use crate::config::{AnswerMode, Config, ConfigError, GeoName};
 
-use super::zones::Zones;
+use super::{fast::Templates, zones::Zones};
 
 /// A geo name ready to answer.
 pub struct GeoTable {
     pub name: LowerName,
+    /// `name` in lower-case wire format, for the fast path's matching.
+    pub name_wire: Vec<u8>,
+    /// Pre-rendered A/AAAA answers per region (config order), for the fast path.
+    pub templates: Vec<Option<Templates>>,
     pub spec: GeoName,
     /// For NODATA answers (RFC 2308), from the zone holding the name.
     pub negative_soa: Record,
@@ -44,6 +48,35 @@ impl GeoTable {
             t => r.by_type.get(&t).map_or(&[][..], Vec::as_slice),
         };
         (r.cname.as_ref(), data)
+    }
+
+    /// The authority section: the SOA for NODATA (RFC 2308 §2.2), unless the
+    /// CNAME itself answers a CNAME or ANY query.
+    pub fn authority(
+        &self,
+        qtype: RecordType,
+        cname: Option<&Record>,
+        data: &[Record],
+    ) -> &[Record] {
+        let answered = cname.is_some() && matches!(qtype, RecordType::CNAME | RecordType::ANY);
+        if data.is_empty() && !answered {
+            std::slice::from_ref(&self.negative_soa)
+        } else {
+            &[]
+        }
+    }
+
+    fn render_templates(&mut self) {
+        self.templates = (0..self.by_region.len())
+            .map(|region| {
+                self.by_region[region].as_ref()?;
+                Some(Templates::render(&self.name_wire, |qtype| {
+                    let (cname, data) = self.answer(region, qtype);
+                    let answers = cname.into_iter().chain(data).cloned().collect();
+                    (answers, self.authority(qtype, cname, data).to_vec())
+                }))
+            })
+            .collect();
     }
 }
 
@@ -84,12 +117,16 @@ pub fn build(config: &Config, zones: &Zones) -> Result<Vec<GeoTable>, ConfigErro
         for &r in &geo.regions {
             by_region[r] = Some(region_records(geo, &config.regions[r].host, zones));
         }
-        tables.push(GeoTable {
+        let mut table = GeoTable {
             name: LowerName::new(&geo.name),
+            name_wire: GeoTable::wire_name(&geo.name),
+            templates: Vec::new(),
             spec: geo.clone(),
             negative_soa: zone.negative_soa.clone(),
             by_region,
-        });
+        };
+        table.render_templates();
+        tables.push(table);
     }
     Ok(tables)
 }

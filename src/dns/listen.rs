@@ -1,7 +1,7 @@
 //! UDP and TCP listeners: bytes between sockets and the [`Responder`].
 //!
 //! UDP: several sockets per address with SO_REUSEPORT, so the kernel spreads
-//! queries over receive loops without a shared queue. TCP (RFC 7766): two-byte
+//! queries over receive threads without a shared queue ([`batch`]). TCP (RFC 7766): two-byte
 //! length framing, many queries per connection, an idle timeout, and a cap on
 //! open connections so a flood of idle clients cannot exhaust file descriptors.
 
@@ -11,18 +11,15 @@ use hickory_server::net::xfer::Protocol;
 use socket2::{Domain, Socket, Type};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream, UdpSocket},
+    net::{TcpListener, TcpStream},
     sync::Semaphore,
     task::JoinSet,
     time::timeout,
 };
 use tracing::{debug, warn};
 
-use super::answer::Responder;
+use super::{answer::Responder, batch};
 use crate::config::DnsConfig;
-
-/// Largest DNS message over UDP we read; larger datagrams are cut by the kernel and fail to parse.
-const UDP_BUFFER: usize = 65_535;
 
 /// Binds every listen address (UDP and TCP on the same port) and starts serving.
 ///
@@ -44,8 +41,11 @@ pub fn start(
         }
         let tcp = tcp_listener(addr)?;
         for socket in udp {
-            let socket = UdpSocket::from_std(socket)?;
-            tasks.spawn(serve_udp(socket, responder.clone()));
+            socket.set_nonblocking(false)?;
+            let (responder, runtime) = (responder.clone(), tokio::runtime::Handle::current());
+            std::thread::Builder::new()
+                .name(format!("udp {addr}"))
+                .spawn(move || batch::serve(socket, responder, runtime))?;
         }
         let idle = config.tcp_idle_timeout;
         tasks.spawn(serve_tcp(tcp, responder.clone(), connections.clone(), idle));
@@ -77,28 +77,6 @@ fn tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     TcpListener::from_std(socket.into())
-}
-
-async fn serve_udp(socket: UdpSocket, responder: Arc<Responder>) {
-    let mut buf = vec![0u8; UDP_BUFFER];
-    loop {
-        let (len, src) = match socket.recv_from(&mut buf).await {
-            Ok(got) => got,
-            Err(error) => {
-                debug!(%error, "udp receive failed");
-                continue;
-            }
-        };
-        if src.port() == 0 {
-            continue;
-        }
-        let Some(reply) = responder.respond(&buf[..len], src, Protocol::Udp).await else {
-            continue;
-        };
-        if let Err(error) = socket.send_to(&reply, src).await {
-            debug!(%error, %src, "udp send failed");
-        }
-    }
 }
 
 async fn serve_tcp(

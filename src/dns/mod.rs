@@ -6,7 +6,9 @@
 //! moves bytes between sockets and the responder.
 
 pub mod answer;
+mod batch;
 pub mod ecs;
+pub mod fast;
 pub mod geo_names;
 pub mod listen;
 pub mod zones;
@@ -17,9 +19,9 @@ use ipnet::IpNet;
 
 use crate::{
     config::{Config, ConfigError},
-    geo::{GeoDb, GeoError, Location},
+    geo::{GeoDb, GeoError, Located},
     metrics::RegionCounters,
-    route::{self, Coord, Decision, Ranked, RegionState},
+    route::{self, Coord, Decision, Ranking, RegionState},
 };
 
 pub use geo_names::GeoTable;
@@ -50,8 +52,8 @@ pub struct Data {
 /// Where a client was routed, and the ECS scope that answer may be cached for.
 #[derive(Debug, Clone)]
 pub struct Choice {
-    pub location: Location,
-    pub ranking: Vec<Ranked>,
+    pub location: Located,
+    pub ranking: Ranking,
     pub decision: Decision,
     /// Prefix length of the network that decided (before capping at the source prefix).
     pub scope: u8,
@@ -92,19 +94,16 @@ impl Data {
     /// Routes a client of `table` located at `ip`.
     pub fn choose(&self, table: &GeoTable, ip: IpAddr, states: &[RegionState]) -> Choice {
         let ip = crate::geo::canonical(ip);
-        let location = self.geodb.locate(ip);
+        let location = self.geodb.locate_raw(ip);
         let overrides = &self.config.overrides;
         let by_prefix = overrides
             .prefixes
             .iter()
             .filter(|(net, _)| net.contains(&ip))
             .max_by_key(|(net, _)| net.prefix_len());
-        let preferred: &[usize] = match (by_prefix, location.country.as_deref()) {
+        let preferred: &[usize] = match (by_prefix, location.country) {
             (Some((_, regions)), _) => regions,
-            (None, Some(c)) => overrides
-                .countries
-                .get(c.as_bytes())
-                .map_or(&[], Vec::as_slice),
+            (None, Some(c)) => overrides.countries.get(&c).map_or(&[], Vec::as_slice),
             (None, None) => &[],
         };
         let ranking = route::rank(

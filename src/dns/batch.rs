@@ -1,0 +1,200 @@
+//! UDP receive loops on dedicated threads, batched with recvmmsg/sendmmsg.
+//!
+//! One thread per SO_REUSEPORT socket: the kernel spreads queries over the
+//! sockets, each thread takes up to [`BATCH`] datagrams per system call,
+//! answers them (fast path first, the full path through the tokio runtime
+//! otherwise) and sends every reply with one more call. Buffers are allocated
+//! once per thread and reused.
+
+use std::{
+    io,
+    mem::MaybeUninit,
+    net::{SocketAddr, UdpSocket},
+    os::fd::AsRawFd,
+    sync::Arc,
+};
+
+use hickory_proto::op::ResponseCode;
+use hickory_server::net::xfer::Protocol;
+use socket2::SockAddr;
+use tracing::debug;
+
+use super::{answer::Responder, fast};
+
+/// Datagrams taken per system call.
+const BATCH: usize = 32;
+/// Largest query read; longer datagrams are cut and then fail to parse (FORMERR).
+const QUERY_BUFFER: usize = 4096;
+
+/// Buffers for one batch, reused for the life of the thread.
+struct Batch {
+    queries: Vec<[u8; QUERY_BUFFER]>,
+    names: Vec<MaybeUninit<libc::sockaddr_storage>>,
+    iov: Vec<libc::iovec>,
+    headers: Vec<libc::mmsghdr>,
+    replies: Vec<Vec<u8>>,
+    peers: Vec<Option<SockAddr>>,
+}
+
+impl Batch {
+    fn new() -> Self {
+        Self {
+            queries: vec![[0; QUERY_BUFFER]; BATCH],
+            names: vec![MaybeUninit::zeroed(); BATCH],
+            iov: Vec::with_capacity(BATCH),
+            // SAFETY: mmsghdr is plain data; all-zero is a valid (empty) value.
+            headers: vec![unsafe { std::mem::zeroed() }; BATCH],
+            replies: (0..BATCH).map(|_| Vec::with_capacity(512)).collect(),
+            peers: (0..BATCH).map(|_| None).collect(),
+        }
+    }
+
+    /// Receives up to BATCH datagrams, blocking until at least one arrives.
+    fn receive(&mut self, fd: i32) -> io::Result<usize> {
+        self.iov.clear();
+        for q in &mut self.queries {
+            self.iov.push(libc::iovec {
+                iov_base: q.as_mut_ptr().cast(),
+                iov_len: QUERY_BUFFER,
+            });
+        }
+        for i in 0..BATCH {
+            let h = &mut self.headers[i].msg_hdr;
+            h.msg_name = self.names[i].as_mut_ptr().cast();
+            h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
+            h.msg_iov = &mut self.iov[i];
+            h.msg_iovlen = 1;
+            h.msg_control = std::ptr::null_mut();
+            h.msg_controllen = 0;
+            h.msg_flags = 0;
+            self.headers[i].msg_len = 0;
+        }
+        // SAFETY: every header points at a live buffer and address slot of this
+        // Batch, with lengths that match; the kernel writes within them only.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.headers.as_mut_ptr(),
+                BATCH as u32,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
+    /// The sender of datagram `i` of the last receive.
+    fn peer(&self, i: usize) -> Option<SocketAddr> {
+        let len = self.headers[i].msg_hdr.msg_namelen as usize;
+        let storage = self.names[i].as_ptr();
+        // SAFETY: the kernel wrote a socket address of `len` bytes into
+        // `names[i]`; its family says which struct it is, and we read only
+        // that struct when `len` covers it.
+        unsafe {
+            match i32::from((*storage).ss_family) {
+                libc::AF_INET if len >= std::mem::size_of::<libc::sockaddr_in>() => {
+                    let a = &*storage.cast::<libc::sockaddr_in>();
+                    let ip = std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+                    Some(SocketAddr::from((ip, u16::from_be(a.sin_port))))
+                }
+                libc::AF_INET6 if len >= std::mem::size_of::<libc::sockaddr_in6>() => {
+                    let a = &*storage.cast::<libc::sockaddr_in6>();
+                    let ip = std::net::Ipv6Addr::from(a.sin6_addr.s6_addr);
+                    let v6 = std::net::SocketAddrV6::new(
+                        ip,
+                        u16::from_be(a.sin6_port),
+                        a.sin6_flowinfo,
+                        a.sin6_scope_id,
+                    );
+                    Some(SocketAddr::V6(v6))
+                }
+                _ => None,
+            }
+        }
+    }
+
+    /// Sends `replies[i]` to `peers[i]` for every prepared reply.
+    fn send(&mut self, fd: i32, count: usize) {
+        self.iov.clear();
+        let mut order = Vec::with_capacity(count);
+        for i in 0..count {
+            if self.peers[i].is_some() {
+                order.push(i);
+                self.iov.push(libc::iovec {
+                    iov_base: self.replies[i].as_mut_ptr().cast(),
+                    iov_len: self.replies[i].len(),
+                });
+            }
+        }
+        for (slot, &i) in order.iter().enumerate() {
+            let Some(peer) = &self.peers[i] else { continue };
+            let h = &mut self.headers[slot].msg_hdr;
+            h.msg_name = peer.as_ptr() as *mut libc::c_void;
+            h.msg_namelen = peer.len();
+            h.msg_iov = &mut self.iov[slot];
+            h.msg_iovlen = 1;
+            h.msg_control = std::ptr::null_mut();
+            h.msg_controllen = 0;
+            h.msg_flags = 0;
+        }
+        let mut sent = 0;
+        while sent < order.len() {
+            // SAFETY: headers[sent..order.len()] point at live replies and peer
+            // addresses owned by this Batch for the duration of the call.
+            let n = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    self.headers[sent..].as_mut_ptr(),
+                    (order.len() - sent) as u32,
+                    0,
+                )
+            };
+            if n <= 0 {
+                debug!(error = %io::Error::last_os_error(), "udp send failed");
+                // Skip the datagram that failed; the client retries.
+                sent += 1;
+            } else {
+                sent += n as usize;
+            }
+        }
+    }
+}
+
+/// Serves `socket` (blocking) until the process ends.
+pub fn serve(socket: UdpSocket, responder: Arc<Responder>, runtime: tokio::runtime::Handle) {
+    let fd = socket.as_raw_fd();
+    let mut batch = Batch::new();
+    loop {
+        let n = match batch.receive(fd) {
+            Ok(n) => n,
+            Err(error) => {
+                debug!(%error, "udp receive failed");
+                continue;
+            }
+        };
+        let data = responder.data.load();
+        let view = responder.view.load();
+        for i in 0..n {
+            batch.peers[i] = None;
+            let Some(src) = batch.peer(i).filter(|s| s.port() != 0) else {
+                continue;
+            };
+            let len = batch.headers[i].msg_len as usize;
+            let query = &batch.queries[i][..len.min(QUERY_BUFFER)];
+            let reply = &mut batch.replies[i];
+            if let Some(qtype) = fast::answer(&data, &view, query, src.ip(), reply) {
+                responder.queries.count(Some(qtype), ResponseCode::NoError);
+            } else {
+                match runtime.block_on(responder.respond(query, src, Protocol::Udp)) {
+                    Some(bytes) => *reply = bytes,
+                    None => continue,
+                }
+            }
+            batch.peers[i] = Some(SockAddr::from(src));
+        }
+        batch.send(fd, n);
+    }
+}

@@ -1,0 +1,274 @@
+//! The fast path: plain geo A/AAAA queries answered from pre-rendered bytes.
+//!
+//! Nearly all traffic is one question shape (`mgnt.mkcld.io A`, maybe with
+//! ECS). For it, the answer and authority sections were rendered at load by
+//! hickory's own encoder (see [`Templates::render`]); a query only costs the
+//! GeoIP lookup, the routing decision and a few copies into a reused buffer:
+//! header (ID, RD, CD patched), the question as received (case echoed), the
+//! template, and the OPT record with the ECS echo. Anything else — other names
+//! and types, odd flags, unknown EDNS options, malformed ECS — returns `None`
+//! and goes to the full path in [`super::answer`], which stays the reference:
+//! a differential test requires identical bytes from both.
+
+use std::net::IpAddr;
+
+use hickory_proto::{
+    op::{MessageType, Metadata, OpCode, ResponseCode},
+    rr::{Record, RecordType},
+    serialize::binary::{BinDecoder, BinEncoder},
+};
+use hickory_server::zone_handler::{MessageResponseBuilder, Queries};
+
+use super::{Data, GeoTable, ecs};
+use crate::state::RegionView;
+
+const OPT: u16 = 41;
+const ECS: u16 = 8;
+/// EDNS options that hickory keeps as opaque bytes, so ignoring them here
+/// answers exactly as the full path does (COOKIE, TCP keepalive, padding).
+const OPAQUE_OPTIONS: [u16; 3] = [10, 11, 12];
+
+/// Rendered answer and authority sections of one region for A and AAAA.
+#[derive(Debug, Clone, Default)]
+pub struct Templates {
+    a: Template,
+    aaaa: Template,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Template {
+    answers: u16,
+    authorities: u16,
+    /// Everything after the question, without any OPT record.
+    bytes: Vec<u8>,
+}
+
+impl Templates {
+    /// Renders what the full path would send after the question, for a
+    /// question of `name`: the same builder, records and compression state.
+    pub fn render(
+        name_wire: &[u8],
+        sections: impl Fn(RecordType) -> (Vec<Record>, Vec<Record>),
+    ) -> Self {
+        let one = |qtype: RecordType| {
+            let mut question = name_wire.to_vec();
+            question.extend_from_slice(&u16::from(qtype).to_be_bytes());
+            question.extend_from_slice(&1u16.to_be_bytes());
+            let Ok(queries) = Queries::read(&mut BinDecoder::new(&question), 1) else {
+                return Template::default();
+            };
+            let (answers, authorities) = sections(qtype);
+            let mut meta = Metadata::new(0, MessageType::Response, OpCode::Query);
+            meta.authoritative = true;
+            meta.response_code = ResponseCode::NoError;
+            let response = MessageResponseBuilder::new(&queries, None).build(
+                meta,
+                answers.iter(),
+                authorities.iter(),
+                std::iter::empty(),
+                std::iter::empty(),
+            );
+            let mut buf = Vec::new();
+            if response
+                .destructive_emit(&mut BinEncoder::new(&mut buf))
+                .is_err()
+            {
+                return Template::default();
+            }
+            Template {
+                answers: u16::from_be_bytes([buf[6], buf[7]]),
+                authorities: u16::from_be_bytes([buf[8], buf[9]]),
+                bytes: buf[12 + question.len()..].to_vec(),
+            }
+        };
+        Self {
+            a: one(RecordType::A),
+            aaaa: one(RecordType::AAAA),
+        }
+    }
+}
+
+/// Where the parts of a fast-path query are.
+struct Parsed<'a> {
+    question: &'a [u8],
+    name: &'a [u8],
+    qtype: u16,
+    /// `None` without EDNS; else the client's UDP payload size.
+    payload: Option<u16>,
+    subnet: Option<ecs::ClientSubnet>,
+}
+
+/// Answers `raw` into `out` if it is a plain geo A/AAAA query over UDP and
+/// returns its type; `None` (with `out` in any state) hands it to the full path.
+pub fn answer(
+    data: &Data,
+    view: &RegionView,
+    raw: &[u8],
+    src: IpAddr,
+    out: &mut Vec<u8>,
+) -> Option<RecordType> {
+    let q = parse(raw)?;
+    let table = data
+        .geo
+        .iter()
+        .find(|t| t.name_wire.eq_ignore_ascii_case(q.name))?;
+    let client = q
+        .subnet
+        .filter(|s| s.source_prefix > 0)
+        .map_or(src, |s| s.address);
+    let choice = data.choose(table, client, &view.states);
+    let region = choice.decision.region;
+    let templates = table.templates.get(region)?.as_ref()?;
+    let (qtype, t) = if q.qtype == u16::from(RecordType::A) {
+        (RecordType::A, &templates.a)
+    } else {
+        (RecordType::AAAA, &templates.aaaa)
+    };
+    if t.bytes.is_empty() {
+        return None;
+    }
+    let max_udp = data.config.dns.max_udp_payload;
+    out.clear();
+    out.extend_from_slice(&raw[..2]);
+    out.push(0x80 | 0x04 | (raw[2] & 0x01));
+    out.push(raw[3] & 0x10);
+    for count in [1, t.answers, t.authorities, u16::from(q.payload.is_some())] {
+        out.extend_from_slice(&count.to_be_bytes());
+    }
+    out.extend_from_slice(q.question);
+    out.extend_from_slice(&t.bytes);
+    if q.payload.is_some() {
+        push_opt(out, max_udp, q.subnet, choice.scope);
+    }
+    let limit = q.payload.map_or(512, |p| p.clamp(512, max_udp));
+    if out.len() > usize::from(limit) {
+        return None;
+    }
+    if let Some(c) = data.counters.get(region) {
+        c.count(choice.decision.reason);
+    }
+    Some(qtype)
+}
+
+/// The OPT record hickory emits for our response EDNS: root owner, our
+/// payload size, version 0, no flags, and the ECS echo if the query had one.
+fn push_opt(out: &mut Vec<u8>, payload: u16, subnet: Option<ecs::ClientSubnet>, scope: u8) {
+    out.push(0);
+    out.extend_from_slice(&OPT.to_be_bytes());
+    out.extend_from_slice(&payload.to_be_bytes());
+    out.extend_from_slice(&[0, 0, 0, 0]);
+    let Some(s) = subnet else {
+        out.extend_from_slice(&[0, 0]);
+        return;
+    };
+    let octets = usize::from(s.source_prefix.div_ceil(8));
+    let (family, addr): (u16, [u8; 16]) = match s.address {
+        IpAddr::V4(a) => {
+            let mut b = [0; 16];
+            b[..4].copy_from_slice(&a.octets());
+            (1, b)
+        }
+        IpAddr::V6(a) => (2, a.octets()),
+    };
+    let option_len = 4 + octets as u16;
+    out.extend_from_slice(&(4 + option_len).to_be_bytes());
+    out.extend_from_slice(&ECS.to_be_bytes());
+    out.extend_from_slice(&option_len.to_be_bytes());
+    out.extend_from_slice(&family.to_be_bytes());
+    out.push(s.source_prefix);
+    out.push(scope.min(s.source_prefix));
+    out.extend_from_slice(&addr[..octets]);
+}
+
+fn be16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
+}
+
+/// Accepts only the query shape the templates answer; `None` means "full path".
+fn parse(raw: &[u8]) -> Option<Parsed<'_>> {
+    // QR=0, opcode QUERY, TC=0; Z=0.
+    if raw.len() < 17 || raw[2] & 0xFA != 0 || raw[3] & 0x40 != 0 {
+        return None;
+    }
+    let counts = (be16(raw, 4)?, be16(raw, 6)?, be16(raw, 8)?, be16(raw, 10)?);
+    let with_opt = match counts {
+        (1, 0, 0, 0) => false,
+        (1, 0, 0, 1) => true,
+        _ => return None,
+    };
+    let mut pos = 12;
+    loop {
+        let len = usize::from(*raw.get(pos)?);
+        if len == 0 {
+            break;
+        }
+        if len > 63 || pos + 1 + len - 12 > 254 {
+            return None;
+        }
+        pos += 1 + len;
+    }
+    let name = &raw[12..=pos];
+    let qtype = be16(raw, pos + 1)?;
+    if be16(raw, pos + 3)? != 1
+        || (qtype != u16::from(RecordType::A) && qtype != u16::from(RecordType::AAAA))
+    {
+        return None;
+    }
+    let question_end = pos + 5;
+    let question = raw.get(12..question_end)?;
+    let (payload, subnet) = if with_opt {
+        let (payload, subnet) = parse_opt(raw.get(question_end..)?)?;
+        (Some(payload), subnet)
+    } else if raw.len() == question_end {
+        (None, None)
+    } else {
+        return None;
+    };
+    Some(Parsed {
+        question,
+        name,
+        qtype,
+        payload,
+        subnet,
+    })
+}
+
+/// The OPT record, which must be the rest of the message exactly.
+fn parse_opt(opt: &[u8]) -> Option<(u16, Option<ecs::ClientSubnet>)> {
+    // Root owner, type OPT, version 0 (byte 6 of the TTL field).
+    if opt.len() < 11 || opt[0] != 0 || be16(opt, 1)? != OPT || opt[6] != 0 {
+        return None;
+    }
+    let payload = be16(opt, 3)?;
+    let rdlen = usize::from(be16(opt, 9)?);
+    let mut rdata = opt.get(11..)?;
+    if rdata.len() != rdlen {
+        return None;
+    }
+    let mut subnet = None;
+    while !rdata.is_empty() {
+        let code = be16(rdata, 0)?;
+        let len = usize::from(be16(rdata, 2)?);
+        let value = rdata.get(4..4 + len)?;
+        match code {
+            ECS if subnet.is_none() => subnet = Some(ecs::validate(value).ok()?),
+            c if OPAQUE_OPTIONS.contains(&c) => {}
+            _ => return None,
+        }
+        rdata = &rdata[4 + len..];
+    }
+    Some((payload, subnet))
+}
+
+impl GeoTable {
+    /// The geo name in lower-case wire form, for matching questions.
+    pub fn wire_name(name: &hickory_proto::rr::Name) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        for label in name.iter() {
+            out.push(label.len() as u8);
+            out.extend(label.iter().map(u8::to_ascii_lowercase));
+        }
+        out.push(0);
+        out
+    }
+}

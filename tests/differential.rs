@@ -1,0 +1,176 @@
+//! The fast path must answer exactly as the full path does, byte for byte.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+
+use common::*;
+use hickory_proto::{
+    op::{Edns, Message, MessageType, OpCode, Query},
+    rr::{
+        Name, RecordType,
+        rdata::opt::{ClientSubnet, EdnsCode, EdnsOption},
+    },
+};
+use hickory_server::net::xfer::Protocol;
+use mgnt::{
+    config::Config,
+    dns::{Data, answer::Responder, fast},
+    state::RegionView,
+};
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn coin(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
+    }
+}
+
+fn random_case(rng: &mut Rng, s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if rng.coin(50) {
+                c.to_ascii_uppercase()
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+fn random_addr(rng: &mut Rng) -> IpAddr {
+    let (net, _, _) = rng.pick(NETWORKS);
+    let net: ipnet::IpNet = net.parse().unwrap();
+    match net {
+        ipnet::IpNet::V4(n) => {
+            let host = rng.next() as u32 & !u32::from(n.netmask());
+            IpAddr::V4((u32::from(n.network()) | host).into())
+        }
+        ipnet::IpNet::V6(n) => {
+            let host =
+                (u128::from(rng.next()) << 64 | u128::from(rng.next())) & !u128::from(n.netmask());
+            IpAddr::V6((u128::from(n.network()) | host).into())
+        }
+    }
+}
+
+fn random_query(rng: &mut Rng) -> Vec<u8> {
+    let names = [
+        "mgnt.mkcld.io.",
+        "direct.mkcld.io.",
+        "ns1.mkcld.io.",
+        "nope.mkcld.io.",
+        "example.com.",
+    ];
+    let name = if rng.coin(80) {
+        names[rng.below(2) as usize]
+    } else {
+        *rng.pick(&names)
+    };
+    let qtypes = [
+        RecordType::A,
+        RecordType::AAAA,
+        RecordType::TXT,
+        RecordType::ANY,
+        RecordType::CNAME,
+        RecordType::MX,
+    ];
+    let qtype = if rng.coin(80) {
+        *rng.pick(&qtypes[..2])
+    } else {
+        *rng.pick(&qtypes)
+    };
+    let mut m = Message::new(rng.next() as u16, MessageType::Query, OpCode::Query);
+    m.add_query(Query::query(
+        Name::from_ascii(random_case(rng, name)).unwrap(),
+        qtype,
+    ));
+    m.metadata.recursion_desired = rng.coin(50);
+    m.metadata.checking_disabled = rng.coin(20);
+    m.metadata.authentic_data = rng.coin(20);
+    if rng.coin(75) {
+        let mut e = Edns::new();
+        e.set_max_payload(*rng.pick(&[0u16, 512, 1232, 4096, 65535]));
+        e.set_version(if rng.coin(95) { 0 } else { 1 });
+        e.set_dnssec_ok(rng.coin(30));
+        if rng.coin(70) {
+            let src = random_addr(rng);
+            let max = if src.is_ipv4() { 32 } else { 128 };
+            let prefix = *rng
+                .pick(&[0u8, 8, 13, 16, 20, 24, 32, 48, 56, 64, 128])
+                .min(&max);
+            let net = ipnet::IpNet::new(src, prefix).unwrap().trunc();
+            e.options_mut()
+                .insert(EdnsOption::Subnet(ClientSubnet::new(net.addr(), prefix, 0)));
+        }
+        if rng.coin(20) {
+            e.options_mut().insert(EdnsOption::Unknown(
+                u16::from(EdnsCode::Cookie),
+                vec![1, 2, 3, 4, 5, 6, 7, 8],
+            ));
+        }
+        if rng.coin(5) {
+            e.options_mut().insert(EdnsOption::Unknown(65001, vec![9]));
+        }
+        m.edns = Some(e);
+    }
+    let mut raw = m.to_vec().unwrap();
+    if rng.coin(15) {
+        for _ in 0..=rng.below(3) {
+            let i = rng.below(raw.len() as u64) as usize;
+            raw[i] = rng.next() as u8;
+        }
+    }
+    if rng.coin(3) {
+        raw.truncate(rng.below(raw.len() as u64) as usize);
+    }
+    raw
+}
+
+#[tokio::test]
+async fn fast_and_full_paths_answer_identically() {
+    let fixture = Fixture::new();
+    let data = Data::load(Config::load(&fixture.config()).unwrap()).unwrap();
+    let mut view = RegionView::all_serving(data.config.regions.len());
+    view.states[data.config.region_index("europe1").unwrap()].serving = false;
+    let fast_data = Data::load(Config::load(&fixture.config()).unwrap()).unwrap();
+    let responder = Responder::new(data, view.clone());
+    let mut rng = Rng(0x6d67_6e74_6661_7374);
+    let (mut fast_count, mut total) = (0, 0);
+    let mut out = Vec::new();
+    for _ in 0..20_000 {
+        let raw = random_query(&mut rng);
+        let src: SocketAddr = (random_addr(&mut rng), 5353).into();
+        total += 1;
+        if fast::answer(&fast_data, &view, &raw, src.ip(), &mut out).is_none() {
+            continue;
+        }
+        fast_count += 1;
+        let full = responder.respond(&raw, src, Protocol::Udp).await;
+        assert_eq!(
+            Some(&out),
+            full.as_ref(),
+            "query {raw:02x?}\nfast {:?}\nfull {:?}",
+            Message::from_vec(&out),
+            full.as_deref().map(Message::from_vec)
+        );
+    }
+    eprintln!("fast path answered {fast_count} of {total}");
+    assert!(
+        fast_count > total / 3,
+        "the fast path took only {fast_count} of {total}"
+    );
+}
