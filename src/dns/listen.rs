@@ -65,9 +65,16 @@ fn socket_for(addr: SocketAddr, ty: Type) -> io::Result<Socket> {
     Ok(socket)
 }
 
+/// Socket buffers for UDP: bursts from many resolvers must not overflow the
+/// default ~200 KB (the kernel caps this at net.core.rmem_max).
+const UDP_SOCKET_BUFFER: usize = 4 << 20;
+
 fn udp_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     let socket = socket_for(addr, Type::DGRAM)?;
     socket.set_reuse_port(true)?;
+    // Best effort: a smaller buffer only means drops under extreme bursts.
+    let _ = socket.set_recv_buffer_size(UDP_SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(UDP_SOCKET_BUFFER);
     socket.bind(&addr.into())?;
     Ok(socket.into())
 }

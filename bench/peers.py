@@ -1,0 +1,250 @@
+#!/usr/bin/env python3
+"""Runs the same workloads against a zero-work reflector, gdnsd, Knot and mgnt.
+
+Each server is pinned to CPU 1 and each load generator to CPU 0; servers are
+started one at a time, alternating across rounds. Everything listens on
+127.0.0.1. Prints a Markdown table (medians over the rounds) and mgnt's ratios.
+Usage: peers.py ROUNDS SECONDS
+"""
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REL = os.path.join(ROOT, "target", "release")
+EX = os.path.join(REL, "examples")
+ZONE = open(os.path.join(ROOT, "zones", "mkcld.io.zone")).read()
+REGIONS = [("europe1", 50.11, 8.68, "192.0.2.11"), ("us1", 39.04, -77.49, "192.0.2.21"),
+           ("asia1", 1.35, 103.82, "192.0.2.31"), ("sa1", -23.55, -46.63, "192.0.2.41")]
+PORTS = {"reflector": 5399, "gdnsd": 5301, "knot": 5302, "mgnt": 5303}
+WORKLOADS = ["geo", "geo-ecs", "static"]
+OUTSTANDING = 200
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def write(path, text):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def configure(d):
+    db, prefixes = f"{d}/bench.mmdb", f"{d}/prefixes.txt"
+    subprocess.run([f"{EX}/mkgeodb", db, prefixes, f"{d}/knot-geo.conf", "4000"], check=True,
+                   stderr=subprocess.DEVNULL)
+    coords = "\n".join(f"          {n} => [ {la}, {lo} ]" for n, la, lo, _ in REGIONS)
+    dcmap = "\n".join(f"          {n} => {a}" for n, _, _, a in REGIONS)
+    write(f"{d}/gdnsd/config", f"""options => {{
+  listen => [ 127.0.0.1:{PORTS['gdnsd']} ]
+  udp_threads => 1
+  tcp_threads => 1
+  edns_client_subnet => true
+}}
+plugins => {{ geoip => {{
+  maps => {{ mgnt => {{
+    geoip2_db => {db}
+    datacenters => [{", ".join(n for n, *_ in REGIONS)}]
+    auto_dc_coords => {{
+{coords}
+    }}
+  }} }}
+  resources => {{ mgnt => {{
+    map => mgnt
+    dcmap => {{
+{dcmap}
+    }}
+  }} }}
+}} }}
+""")
+    write(f"{d}/gdnsd/zones/mkcld.io", ZONE + "mgnt 60 DYNA geoip!mgnt\n")
+    write(f"{d}/knot/mkcld.io.zone", ZONE)
+    os.makedirs(f"{d}/knot/run", exist_ok=True)
+    write(f"{d}/knot/knot.conf", f"""server:
+    listen: 127.0.0.1@{PORTS['knot']}
+    rundir: {d}/knot/run
+    udp-workers: 1
+    tcp-workers: 1
+    background-workers: 1
+    edns-client-subnet: on
+database:
+    storage: {d}/knot/db
+log:
+  - target: stderr
+    any: error
+mod-geoip:
+  - id: geo
+    config-file: {d}/knot-geo.conf
+    ttl: 60
+    mode: geodb
+    geodb-file: {db}
+    geodb-key: country/iso_code
+zone:
+  - domain: mkcld.io
+    storage: {d}/knot
+    file: mkcld.io.zone
+    module: mod-geoip/geo
+""")
+    write(f"{d}/mgnt/zones/mkcld.io.zone", ZONE)
+    regions = "\n".join(f'[regions.{n}]\nhost = "{n}.mkcld.io"\nlocation = [{la}, {lo}]\n'
+                        for n, la, lo, _ in REGIONS)
+    write(f"{d}/mgnt/mgnt.toml", f"""[dns]
+listen = ["127.0.0.1:{PORTS['mgnt']}"]
+zones_dir = "zones"
+udp_sockets = 1
+[api]
+listen = "127.0.0.1:0"
+[geoip]
+database = "{db}"
+centroids = "{ROOT}/geoip/country-centroids.csv"
+[[geo]]
+name = "mgnt.mkcld.io"
+ttl = 60
+answer = "address"
+regions = ["europe1", "us1", "asia1", "sa1"]
+{regions}""")
+    return prefixes
+
+
+def start(name, d):
+    pin = ["taskset", "-c", "1"]
+    if name == "reflector":
+        cmd = pin + [f"{EX}/reflector", f"127.0.0.1:{PORTS[name]}"]
+    elif name == "gdnsd":
+        cmd = pin + ["gdnsd", "-c", f"{d}/gdnsd", "start"]
+    elif name == "knot":
+        cmd = pin + ["knotd", "-c", f"{d}/knot/knot.conf"]
+    else:
+        cmd = pin + [f"{REL}/mgnt", "serve", "--config", f"{d}/mgnt/mgnt.toml"]
+    env = dict(os.environ, RUST_LOG="error")
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    for _ in range(100):
+        r = subprocess.run(["dig", "@127.0.0.1", "-p", str(PORTS[name]), "+time=1", "+tries=1",
+                            "ns1.mkcld.io"], capture_output=True, text=True)
+        if "status:" in r.stdout:
+            return p
+        time.sleep(0.1)
+    p.kill()
+    raise RuntimeError(f"{name} did not start")
+
+
+def cpu_ticks(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def rss_kib(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def dnsperf_input(d, workload):
+    path = f"{d}/dnsperf-{workload}.txt"
+    name = "ns1.mkcld.io" if workload == "static" else "mgnt.mkcld.io"
+    write(path, f"{name} A\n")
+    return path
+
+
+def run_dnsperf(d, port, workload, seconds):
+    cmd = ["taskset", "-c", "0", "dnsperf", "-s", "127.0.0.1", "-p", str(port), "-c", "4",
+           "-q", "200", "-l", str(seconds), "-d", dnsperf_input(d, workload)]
+    if workload == "geo-ecs":
+        cmd += ["-E", "8:0001180051f007"]  # family 1, /24, 81.240.7.0
+    out = subprocess.run(cmd, capture_output=True, text=True).stdout
+    res = {"qps": 0.0, "lost": 0, "mean_latency_ms": 0.0, "answered": 0}
+    for line in out.splitlines():
+        s = line.strip()
+        if s.startswith("Queries per second:"):
+            res["qps"] = float(s.split()[-1])
+        elif s.startswith("Queries lost:"):
+            res["lost"] = int(s.split()[2])
+        elif s.startswith("Queries completed:"):
+            res["answered"] = int(s.split()[2])
+        elif s.startswith("Average Latency (s):"):
+            res["mean_latency_ms"] = float(s.split()[3]) * 1000
+    return res
+
+
+def run_batched(port, workload, seconds, prefixes):
+    cmd = ["taskset", "-c", "0", f"{EX}/udpload", f"127.0.0.1:{port}", workload, str(seconds),
+           str(OUTSTANDING), prefixes]
+    return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+
+
+def main():
+    rounds, seconds = int(sys.argv[1]), int(sys.argv[2])
+    d = tempfile.mkdtemp(prefix="mgnt-bench-")
+    prefixes = configure(d)
+    results = {}  # (server, generator, workload) -> list of runs
+    rss = {}
+    servers = list(PORTS)
+    for r in range(rounds):
+        order = servers[r % len(servers):] + servers[:r % len(servers)]
+        for name in order:
+            p = start(name, d)
+            time.sleep(0.3)
+            rss.setdefault(name, {})["rest"] = rss_kib(p.pid)
+            for workload in WORKLOADS:
+                if name == "reflector" and workload != "geo-ecs":
+                    continue
+                for gen in ["batched", "dnsperf"]:
+                    before = cpu_ticks(p.pid)
+                    res = (run_batched(PORTS[name], workload, seconds, prefixes) if gen == "batched"
+                           else run_dnsperf(d, PORTS[name], workload, seconds))
+                    used = (cpu_ticks(p.pid) - before) / TICK
+                    answered = res.get("answered") or 1
+                    res["cpu_us_per_q"] = used / answered * 1e6
+                    results.setdefault((name, gen, workload), []).append(res)
+            rss[name]["load"] = rss_kib(p.pid)
+            p.terminate()
+            p.wait()
+            time.sleep(0.3)
+    shutil.rmtree(d, ignore_errors=True)
+    report(results, rss, rounds, seconds)
+
+
+def med(runs, key):
+    return statistics.median(r[key] for r in runs)
+
+
+def report(results, rss, rounds, seconds):
+    print(f"{rounds} rounds x {seconds} s, server on CPU 1, generator on CPU 0, loopback; medians.\n")
+    print("| generator | workload | server | qps | mean latency ms | lost | server CPU µs/query |")
+    print("|---|---|---|---:|---:|---:|---:|")
+    for gen in ["batched", "dnsperf"]:
+        for workload in WORKLOADS:
+            for name in PORTS:
+                runs = results.get((name, gen, workload))
+                if not runs:
+                    continue
+                label = "ceiling (reflector)" if name == "reflector" else name
+                print(f"| {gen} | {workload} | {label} | {med(runs, 'qps'):,.0f} | "
+                      f"{med(runs, 'mean_latency_ms'):.3f} | {max(r['lost'] for r in runs)} | "
+                      f"{med(runs, 'cpu_us_per_q'):.2f} |")
+    print("\nmgnt's ratios (qps; CPU per query, lower is better):\n")
+    print("| generator | workload | vs gdnsd | vs Knot | vs ceiling | CPU/q vs gdnsd |")
+    print("|---|---|---:|---:|---:|---:|")
+    for gen in ["batched", "dnsperf"]:
+        for workload in WORKLOADS:
+            m = results.get(("mgnt", gen, workload))
+            g = results.get(("gdnsd", gen, workload))
+            k = results.get(("knot", gen, workload))
+            c = results.get(("reflector", gen, "geo-ecs"))
+            if not (m and g and k and c):
+                continue
+            q = med(m, "qps")
+            print(f"| {gen} | {workload} | {q / med(g, 'qps'):.2f} | {q / med(k, 'qps'):.2f} | "
+                  f"{q / med(c, 'qps'):.2f} | {med(m, 'cpu_us_per_q') / med(g, 'cpu_us_per_q'):.2f} |")
+    print("\nRSS (KiB) at rest / after load:", ", ".join(
+        f"{n} {v.get('rest', 0):,} / {v.get('load', 0):,}" for n, v in rss.items()))
+
+
+if __name__ == "__main__":
+    main()
