@@ -90,8 +90,13 @@ fn main() {
         let (cc, lat, lon) = COUNTRIES[(seen as usize) % COUNTRIES.len()];
         let net = format!("{}.{}.0.0/16", first, (n - 13) & 0xff);
         let record = Record {
-            country: Iso { iso_code: cc.into() },
-            location: Location { latitude: lat, longitude: lon },
+            country: Iso {
+                iso_code: cc.into(),
+            },
+            location: Location {
+                latitude: lat,
+                longitude: lon,
+            },
         };
         writer
             .insert(net.parse::<ipnet::IpNet>().expect("valid prefix"), &record)

@@ -7,7 +7,9 @@ use std::{net::UdpSocket, os::fd::AsRawFd};
 const BATCH: usize = 64;
 
 fn main() {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:5399".into());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:5399".into());
     let socket = UdpSocket::bind(&addr).expect("bind");
     println!("listening {}", socket.local_addr().expect("address"));
     let fd = socket.as_raw_fd();
@@ -15,7 +17,13 @@ fn main() {
         let size: libc::c_int = 4 << 20;
         // SAFETY: setsockopt with a pointer to a live c_int of the stated size.
         unsafe {
-            libc::setsockopt(fd, libc::SOL_SOCKET, opt, (&size as *const libc::c_int).cast(), 4);
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&size as *const libc::c_int).cast(),
+                4,
+            );
         }
     }
     let mut bufs = vec![[0u8; 512]; BATCH];
@@ -26,7 +34,10 @@ fn main() {
     loop {
         iov.clear();
         for b in &mut bufs {
-            iov.push(libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() });
+            iov.push(libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: b.len(),
+            });
         }
         for i in 0..BATCH {
             let h = &mut hdrs[i].msg_hdr;
@@ -36,7 +47,15 @@ fn main() {
             h.msg_iovlen = 1;
         }
         // SAFETY: headers point at live buffers of the stated sizes.
-        let n = unsafe { libc::recvmmsg(fd, hdrs.as_mut_ptr(), BATCH as u32, libc::MSG_WAITFORONE, std::ptr::null_mut()) };
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                hdrs.as_mut_ptr(),
+                BATCH as u32,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
+        };
         if n <= 0 {
             continue;
         }

@@ -36,7 +36,9 @@ fn query(id: u16, name: &str, ecs: Option<[u8; 3]>) -> Vec<u8> {
 }
 
 fn prefixes(path: Option<&String>) -> Vec<[u8; 3]> {
-    let Some(path) = path else { return vec![[81, 240, 7]] };
+    let Some(path) = path else {
+        return vec![[81, 240, 7]];
+    };
     std::fs::read_to_string(path)
         .expect("prefix file")
         .lines()
@@ -66,7 +68,13 @@ fn main() {
         let size: libc::c_int = 4 << 20;
         // SAFETY: setsockopt with a pointer to a live c_int of the stated size.
         unsafe {
-            libc::setsockopt(fd, libc::SOL_SOCKET, opt, (&size as *const libc::c_int).cast(), 4);
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&size as *const libc::c_int).cast(),
+                4,
+            );
         }
     }
     let mut sent_at: Vec<Option<Instant>> = vec![None; 65536];
@@ -97,7 +105,10 @@ fn main() {
                 };
                 sent_at[usize::from(next_id)] = Some(Instant::now());
                 next_id = next_id.wrapping_add(1);
-                iov.push(libc::iovec { iov_base: slot.as_mut_ptr().cast(), iov_len: slot.len() });
+                iov.push(libc::iovec {
+                    iov_base: slot.as_mut_ptr().cast(),
+                    iov_len: slot.len(),
+                });
             }
             // SAFETY: plain C structs pointing at the live buffers above.
             let mut hdrs: Vec<libc::mmsghdr> = iov
@@ -121,7 +132,10 @@ fn main() {
         // Receive whatever is there.
         let mut iov: Vec<libc::iovec> = inb
             .iter_mut()
-            .map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() })
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: b.len(),
+            })
             .collect();
         let mut hdrs: Vec<libc::mmsghdr> = iov
             .iter_mut()
@@ -133,7 +147,15 @@ fn main() {
             })
             .collect();
         // SAFETY: headers point at the live receive buffers.
-        let n = unsafe { libc::recvmmsg(fd, hdrs.as_mut_ptr(), 64, libc::MSG_DONTWAIT, std::ptr::null_mut()) };
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                hdrs.as_mut_ptr(),
+                64,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
         let now = Instant::now();
         for b in inb.iter().take(n.max(0) as usize) {
             let id = usize::from(u16::from_be_bytes([b[0], b[1]]));
@@ -174,6 +196,10 @@ fn main() {
     println!(
         "{{\"sent\":{sent},\"answered\":{answered},\"lost\":{lost},\"qps\":{:.0},\"mean_latency_ms\":{:.3}}}",
         answered as f64 / elapsed,
-        if answered > 0 { latency_sum / answered as f64 * 1000.0 } else { 0.0 }
+        if answered > 0 {
+            latency_sum / answered as f64 * 1000.0
+        } else {
+            0.0
+        }
     );
 }

@@ -154,22 +154,53 @@ impl GeoDb {
 
     /// [`Self::locate`] without allocating, for the query path.
     pub fn locate_raw(&self, ip: IpAddr) -> Located {
+        match self.hit(ip) {
+            Some(hit) => hit.located(),
+            None => unlocated(canonical(ip)),
+        }
+    }
+
+    /// The database's answer for `ip`, before its record is decoded.
+    pub fn hit(&self, ip: IpAddr) -> Option<Hit<'_>> {
         let ip = canonical(ip);
-        let Ok(found) = self.reader.lookup(ip) else {
-            return unlocated(ip);
-        };
+        let found = self.reader.lookup(ip).ok()?;
         let network = found
             .network()
             .ok()
             .and_then(|n| IpNet::new(n.network(), n.prefix()).ok())
             .unwrap_or_else(|| host_net(ip));
-        let record = found.decode::<GeoRecord>().ok().flatten();
+        Some(Hit {
+            db: self,
+            found,
+            network,
+        })
+    }
+}
+
+/// A database lookup whose record is decoded only when needed: callers that
+/// memoise by [`Hit::record`] skip decoding for records they have seen.
+pub struct Hit<'a> {
+    db: &'a GeoDb,
+    found: maxminddb::LookupResult<'a, Mmap>,
+    pub network: IpNet,
+}
+
+impl Hit<'_> {
+    /// Identifies the record (shared by many networks); `None` when there is none.
+    pub fn record(&self) -> Option<usize> {
+        self.found.offset()
+    }
+
+    pub fn located(&self) -> Located {
+        let network = self.network;
+        let record = self.found.decode::<GeoRecord>().ok().flatten();
         let country = record.as_ref().and_then(country_of);
         let db_coords = record
             .as_ref()
             .and_then(|r| r.location.as_ref())
             .and_then(|l| valid_coord(l.latitude?, l.longitude?));
-        let (coords, source) = match (db_coords, country.and_then(|c| self.centroids.get(&c))) {
+        let centroid = country.and_then(|c| self.db.centroids.get(&c));
+        let (coords, source) = match (db_coords, centroid) {
             (Some(c), _) => (Some(c), CoordSource::Database),
             (None, Some(&c)) => (Some(c), CoordSource::CountryCentroid),
             (None, None) => (None, CoordSource::None),

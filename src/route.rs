@@ -82,7 +82,7 @@ pub struct Ranked {
 }
 
 /// Most regions one geo name may list; rankings live on the stack.
-pub const MAX_REGIONS: usize = 32;
+pub const MAX_REGIONS: usize = 16;
 
 /// Candidates best first, without allocating (it is built for every query).
 #[derive(Debug, Clone, Copy)]

@@ -19,7 +19,7 @@ use hickory_server::net::xfer::Protocol;
 use socket2::SockAddr;
 use tracing::debug;
 
-use super::{answer::Responder, fast};
+use super::{RouteCache, answer::Responder, fast};
 
 /// Datagrams taken per system call.
 const BATCH: usize = 32;
@@ -167,6 +167,7 @@ impl Batch {
 pub fn serve(socket: UdpSocket, responder: Arc<Responder>, runtime: tokio::runtime::Handle) {
     let fd = socket.as_raw_fd();
     let mut batch = Batch::new();
+    let mut cache = RouteCache::default();
     loop {
         let n = match batch.receive(fd) {
             Ok(n) => n,
@@ -185,7 +186,7 @@ pub fn serve(socket: UdpSocket, responder: Arc<Responder>, runtime: tokio::runti
             let len = batch.headers[i].msg_len as usize;
             let query = &batch.queries[i][..len.min(QUERY_BUFFER)];
             let reply = &mut batch.replies[i];
-            if let Some(qtype) = fast::answer(&data, &view, query, src.ip(), reply) {
+            if let Some(qtype) = fast::answer(&data, &view, query, src.ip(), reply, &mut cache) {
                 responder.queries.count(Some(qtype), ResponseCode::NoError);
             } else {
                 match runtime.block_on(responder.respond(query, src, Protocol::Udp)) {

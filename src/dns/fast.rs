@@ -19,7 +19,7 @@ use hickory_proto::{
 };
 use hickory_server::zone_handler::{MessageResponseBuilder, Queries};
 
-use super::{Data, GeoTable, ecs};
+use super::{Data, GeoTable, RouteCache, ecs};
 use crate::state::RegionView;
 
 const OPT: u16 = 41;
@@ -106,18 +106,20 @@ pub fn answer(
     raw: &[u8],
     src: IpAddr,
     out: &mut Vec<u8>,
+    cache: &mut RouteCache,
 ) -> Option<RecordType> {
     let q = parse(raw)?;
-    let table = data
+    let table_index = data
         .geo
         .iter()
-        .find(|t| t.name_wire.eq_ignore_ascii_case(q.name))?;
+        .position(|t| t.name_wire.eq_ignore_ascii_case(q.name))?;
+    let table = &data.geo[table_index];
     let client = q
         .subnet
         .filter(|s| s.source_prefix > 0)
         .map_or(src, |s| s.address);
-    let choice = data.choose(table, client, &view.states);
-    let region = choice.decision.region;
+    let (decision, scope) = data.choose_cached(table_index, client, &view.states, cache);
+    let region = decision.region;
     let templates = table.templates.get(region)?.as_ref()?;
     let (qtype, t) = if q.qtype == u16::from(RecordType::A) {
         (RecordType::A, &templates.a)
@@ -138,14 +140,14 @@ pub fn answer(
     out.extend_from_slice(q.question);
     out.extend_from_slice(&t.bytes);
     if q.payload.is_some() {
-        push_opt(out, max_udp, q.subnet, choice.scope);
+        push_opt(out, max_udp, q.subnet, scope);
     }
     let limit = q.payload.map_or(512, |p| p.clamp(512, max_udp));
     if out.len() > usize::from(limit) {
         return None;
     }
     if let Some(c) = data.counters.get(region) {
-        c.count(choice.decision.reason);
+        c.count(decision.reason);
     }
     Some(qtype)
 }

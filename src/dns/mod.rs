@@ -13,7 +13,13 @@ pub mod geo_names;
 pub mod listen;
 pub mod zones;
 
-use std::{net::IpAddr, sync::Arc};
+use std::{
+    net::IpAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
 use ipnet::IpNet;
 
@@ -47,6 +53,41 @@ pub struct Data {
     /// Geo answers per region (config order); carried over by name across reloads.
     pub counters: Vec<Arc<RegionCounters>>,
     locations: Vec<Coord>,
+    /// Distinguishes loads, so per-thread caches know when they are stale.
+    generation: u64,
+}
+
+/// Source of [`Data::generation`].
+static GENERATIONS: AtomicU64 = AtomicU64::new(1);
+
+/// Slots of a [`RouteCache`]; direct-mapped, so lookups never allocate.
+const ROUTE_CACHE_SLOTS: usize = 1024;
+
+/// One thread's memo of rankings by (geo name, GeoIP record).
+///
+/// The ranking depends only on the record's location, the configured regions
+/// and the country overrides, and millions of addresses share a few thousand
+/// records: caching it skips the record decoding and the distance sort.
+/// Health and drains are applied after the cache, so they act at once.
+pub struct RouteCache {
+    generation: u64,
+    slots: Vec<Option<CachedRoute>>,
+}
+
+#[derive(Clone, Copy)]
+struct CachedRoute {
+    key: (usize, usize),
+    ranking: Ranking,
+    located: bool,
+}
+
+impl Default for RouteCache {
+    fn default() -> Self {
+        Self {
+            generation: 0,
+            slots: vec![None; ROUTE_CACHE_SLOTS],
+        }
+    }
 }
 
 /// Where a client was routed, and the ECS scope that answer may be cached for.
@@ -74,6 +115,7 @@ impl Data {
             geo,
             counters,
             locations,
+            generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
         })
     }
 
@@ -89,6 +131,59 @@ impl Data {
     /// The geo table for a query name, if it is one.
     pub fn geo_table(&self, name: &hickory_proto::rr::LowerName) -> Option<&GeoTable> {
         self.geo.iter().find(|t| t.name == *name)
+    }
+
+    /// [`Self::choose`]'s decision and scope, memoised in `cache` by GeoIP record.
+    pub fn choose_cached(
+        &self,
+        table_index: usize,
+        ip: IpAddr,
+        states: &[RegionState],
+        cache: &mut RouteCache,
+    ) -> (Decision, u8) {
+        let table = &self.geo[table_index];
+        let ip = crate::geo::canonical(ip);
+        let prefixes = &self.config.overrides.prefixes;
+        let hit = self.geodb.hit(ip);
+        let record = hit.as_ref().and_then(|h| h.record());
+        let (Some(hit), Some(record), false) = (
+            hit.as_ref(),
+            record,
+            prefixes.iter().any(|(n, _)| n.contains(&ip)),
+        ) else {
+            let c = self.choose(table, ip, states);
+            return (c.decision, c.scope);
+        };
+        if cache.generation != self.generation {
+            cache.slots.iter_mut().for_each(|s| *s = None);
+            cache.generation = self.generation;
+        }
+        let key = (table_index, record);
+        let slot = (record ^ table_index.wrapping_mul(0x9E37_79B9)) % ROUTE_CACHE_SLOTS;
+        let entry = match cache.slots[slot] {
+            Some(e) if e.key == key => e,
+            _ => {
+                let location = hit.located();
+                let preferred = location
+                    .country
+                    .and_then(|c| self.config.overrides.countries.get(&c))
+                    .map_or(&[][..], Vec::as_slice);
+                let e = CachedRoute {
+                    key,
+                    ranking: route::rank(
+                        location.coords,
+                        &table.spec.regions,
+                        &self.locations,
+                        preferred,
+                    ),
+                    located: location.coords.is_some() || !preferred.is_empty(),
+                };
+                cache.slots[slot] = Some(e);
+                e
+            }
+        };
+        let decision = route::decide(&entry.ranking, entry.located, states);
+        (decision, scope(ip, &hit.network, prefixes))
     }
 
     /// Routes a client of `table` located at `ip`.

@@ -1,0 +1,83 @@
+//! Criterion benchmarks of the per-query work, without sockets:
+//! GeoIP lookup + routing decision, the fast-path reply, and the full path.
+//! Uses the shipped config and GeoIP database. `cargo bench --bench lookup`.
+
+use std::{hint::black_box, net::IpAddr, path::Path};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use hickory_server::net::xfer::Protocol;
+use mgnt::{
+    config::Config,
+    dns::{Data, RouteCache, answer::Responder, fast},
+    state::RegionView,
+};
+
+/// Addresses on four continents (Belgium, USA, Japan, Brazil).
+const CLIENTS: [&str; 4] = ["81.240.7.1", "3.5.7.1", "1.0.16.1", "177.10.7.1"];
+
+fn load() -> Data {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("mgnt.toml");
+    Data::load(Config::load(&config).expect("config")).expect("data")
+}
+
+/// `mgnt.mkcld.io A` with EDNS and an ECS /24 for `client`.
+fn ecs_query(client: IpAddr) -> Vec<u8> {
+    let IpAddr::V4(a) = client else {
+        unreachable!()
+    };
+    let o = a.octets();
+    let mut q = vec![0x12, 0x34, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1];
+    q.extend_from_slice(b"\x04mgnt\x05mkcld\x02io\x00\x00\x01\x00\x01");
+    q.extend_from_slice(&[
+        0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 11, 0, 8, 0, 7, 0, 1, 24, 0,
+    ]);
+    q.extend_from_slice(&o[..3]);
+    q
+}
+
+fn benches(c: &mut Criterion) {
+    let data = load();
+    let view = RegionView::all_serving(data.config.regions.len());
+    let clients: Vec<IpAddr> = CLIENTS.iter().map(|s| s.parse().unwrap()).collect();
+    let table = &data.geo[0];
+
+    c.bench_function("geoip lookup + routing decision", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % clients.len();
+            black_box(data.choose(table, black_box(clients[i]), &view.states))
+        })
+    });
+
+    let queries: Vec<Vec<u8>> = clients.iter().map(|&c| ecs_query(c)).collect();
+    let src: IpAddr = "127.0.0.1".parse().unwrap();
+    c.bench_function("fast-path reply (geo A + ECS)", |b| {
+        let (mut i, mut out) = (0, Vec::with_capacity(512));
+        let mut cache = RouteCache::default();
+        b.iter(|| {
+            i = (i + 1) % queries.len();
+            let q = black_box(&queries[i]);
+            black_box(fast::answer(&data, &view, q, src, &mut out, &mut cache))
+        })
+    });
+
+    let responder = Responder::new(load(), view.clone());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let peer = "127.0.0.1:5353".parse().unwrap();
+    c.bench_function("full-path reply (geo A + ECS)", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % queries.len();
+            black_box(runtime.block_on(responder.respond(
+                black_box(&queries[i]),
+                peer,
+                Protocol::Udp,
+            )))
+        })
+    });
+}
+
+criterion_group!(lookup, benches);
+criterion_main!(lookup);
