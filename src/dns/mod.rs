@@ -71,7 +71,10 @@ const ROUTE_CACHE_SLOTS: usize = 1024;
 /// Health and drains are applied after the cache, so they act at once.
 pub struct RouteCache {
     generation: u64,
+    /// By (geo name, GeoIP record).
     slots: Vec<Option<CachedRoute>>,
+    /// By (geo name, client /24 or /56): skips the database walk for hot blocks.
+    blocks: Vec<Option<CachedBlock>>,
 }
 
 #[derive(Clone, Copy)]
@@ -81,12 +84,35 @@ struct CachedRoute {
     located: bool,
 }
 
+#[derive(Clone, Copy)]
+struct CachedBlock {
+    key: (usize, IpAddr),
+    route: CachedRoute,
+    scope: u8,
+}
+
+/// The client blocks cached whole: what ECS from resolvers typically carries.
+const BLOCK_V4: u8 = 24;
+const BLOCK_V6: u8 = 56;
+
 impl Default for RouteCache {
     fn default() -> Self {
         Self {
             generation: 0,
             slots: vec![None; ROUTE_CACHE_SLOTS],
+            blocks: vec![None; ROUTE_CACHE_SLOTS],
         }
+    }
+}
+
+impl RouteCache {
+    fn block_slot(key: &(usize, IpAddr)) -> usize {
+        let bits = match key.1 {
+            IpAddr::V4(a) => u128::from(u32::from(a)),
+            IpAddr::V6(a) => u128::from(a),
+        };
+        let h = (bits ^ (bits >> 64) ^ (key.0 as u128)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (h >> 64) as usize % ROUTE_CACHE_SLOTS
     }
 }
 
@@ -143,6 +169,19 @@ impl Data {
     ) -> (Decision, u8) {
         let table = &self.geo[table_index];
         let ip = crate::geo::canonical(ip);
+        if cache.generation != self.generation {
+            cache.slots.iter_mut().for_each(|s| *s = None);
+            cache.blocks.iter_mut().for_each(|s| *s = None);
+            cache.generation = self.generation;
+        }
+        let block = IpNet::new(ip, if ip.is_ipv4() { BLOCK_V4 } else { BLOCK_V6 })
+            .map_or(IpNet::from(ip), |n| n.trunc());
+        let block_key = (table_index, block.addr());
+        let block_slot = RouteCache::block_slot(&block_key);
+        if let Some(b) = cache.blocks[block_slot].filter(|b| b.key == block_key) {
+            let decision = route::decide(&b.route.ranking, b.route.located, states);
+            return (decision, b.scope);
+        }
         let prefixes = &self.config.overrides.prefixes;
         let hit = self.geodb.hit(ip);
         let record = hit.as_ref().and_then(|h| h.record());
@@ -154,10 +193,6 @@ impl Data {
             let c = self.choose(table, ip, states);
             return (c.decision, c.scope);
         };
-        if cache.generation != self.generation {
-            cache.slots.iter_mut().for_each(|s| *s = None);
-            cache.generation = self.generation;
-        }
         let key = (table_index, record);
         let slot = (record ^ table_index.wrapping_mul(0x9E37_79B9)) % ROUTE_CACHE_SLOTS;
         let entry = match cache.slots[slot] {
@@ -183,7 +218,22 @@ impl Data {
             }
         };
         let decision = route::decide(&entry.ranking, entry.located, states);
-        (decision, scope(ip, &hit.network, prefixes))
+        let scope = scope(ip, &hit.network, prefixes);
+        // The whole block answers alike when the database network covers it
+        // and no override prefix splits it.
+        let uniform = hit.network.prefix_len() <= block.prefix_len()
+            && prefixes.iter().all(|(p, _)| {
+                p.prefix_len() <= block.prefix_len()
+                    || !(p.contains(&block.addr()) || block.contains(p))
+            });
+        if uniform {
+            cache.blocks[block_slot] = Some(CachedBlock {
+                key: block_key,
+                route: entry,
+                scope,
+            });
+        }
+        (decision, scope)
     }
 
     /// Routes a client of `table` located at `ip`.
