@@ -16,13 +16,12 @@ use std::{
 
 use hickory_proto::op::ResponseCode;
 use hickory_server::net::xfer::Protocol;
-use socket2::SockAddr;
 use tracing::debug;
 
 use super::{RouteCache, answer::Responder, fast};
 
 /// Datagrams taken per system call.
-const BATCH: usize = 32;
+const BATCH: usize = 64;
 /// Largest query read; longer datagrams are cut and then fail to parse (FORMERR).
 const QUERY_BUFFER: usize = 4096;
 
@@ -33,7 +32,12 @@ struct Batch {
     iov: Vec<libc::iovec>,
     headers: Vec<libc::mmsghdr>,
     replies: Vec<Vec<u8>>,
-    peers: Vec<Option<SockAddr>>,
+    /// Whether `replies[i]` goes back to the sender of datagram `i`.
+    ready: Vec<bool>,
+    /// Sender address lengths of the last receive (the headers are reused to send).
+    name_lens: Vec<u32>,
+    /// Indices of the replies being sent.
+    order: Vec<usize>,
 }
 
 impl Batch {
@@ -45,7 +49,9 @@ impl Batch {
             // SAFETY: mmsghdr is plain data; all-zero is a valid (empty) value.
             headers: vec![unsafe { std::mem::zeroed() }; BATCH],
             replies: (0..BATCH).map(|_| Vec::with_capacity(512)).collect(),
-            peers: (0..BATCH).map(|_| None).collect(),
+            ready: vec![false; BATCH],
+            name_lens: vec![0; BATCH],
+            order: Vec::with_capacity(BATCH),
         }
     }
 
@@ -116,24 +122,25 @@ impl Batch {
         }
     }
 
-    /// Sends `replies[i]` to `peers[i]` for every prepared reply.
+    /// Sends every ready reply back to the address its query came from.
     fn send(&mut self, fd: i32, count: usize) {
         self.iov.clear();
-        let mut order = Vec::with_capacity(count);
+        self.order.clear();
         for i in 0..count {
-            if self.peers[i].is_some() {
-                order.push(i);
+            if self.ready[i] {
+                self.order.push(i);
                 self.iov.push(libc::iovec {
                     iov_base: self.replies[i].as_mut_ptr().cast(),
                     iov_len: self.replies[i].len(),
                 });
             }
         }
+        let order = std::mem::take(&mut self.order);
         for (slot, &i) in order.iter().enumerate() {
-            let Some(peer) = &self.peers[i] else { continue };
             let h = &mut self.headers[slot].msg_hdr;
-            h.msg_name = peer.as_ptr() as *mut libc::c_void;
-            h.msg_namelen = peer.len();
+            // The sender's address exactly as the kernel gave it.
+            h.msg_name = self.names[i].as_mut_ptr().cast();
+            h.msg_namelen = self.name_lens[i];
             h.msg_iov = &mut self.iov[slot];
             h.msg_iovlen = 1;
             h.msg_control = std::ptr::null_mut();
@@ -160,6 +167,7 @@ impl Batch {
                 sent += n as usize;
             }
         }
+        self.order = order;
     }
 }
 
@@ -179,7 +187,8 @@ pub fn serve(socket: UdpSocket, responder: Arc<Responder>, runtime: tokio::runti
         let data = responder.data.load();
         let view = responder.view.load();
         for i in 0..n {
-            batch.peers[i] = None;
+            batch.ready[i] = false;
+            batch.name_lens[i] = batch.headers[i].msg_hdr.msg_namelen;
             let Some(src) = batch.peer(i).filter(|s| s.port() != 0) else {
                 continue;
             };
@@ -194,7 +203,7 @@ pub fn serve(socket: UdpSocket, responder: Arc<Responder>, runtime: tokio::runti
                     None => continue,
                 }
             }
-            batch.peers[i] = Some(SockAddr::from(src));
+            batch.ready[i] = true;
         }
         batch.send(fd, n);
     }
