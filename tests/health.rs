@@ -133,8 +133,9 @@ fn a_stopped_region_fails_over_to_the_next_nearest_and_comes_back() {
         "sa1",
         "other regions unaffected"
     );
+    // The view changes first; the state file follows within the same publish.
+    wait_state(&state, |s| s["regions"]["europe1"]["status"] == "down");
     let s = state_json(&state);
-    assert_eq!(s["regions"]["europe1"]["status"], "down");
     let err = s["regions"]["europe1"]["last"]["results"][0]["error"]
         .as_str()
         .unwrap();
