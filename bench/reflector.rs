@@ -2,6 +2,9 @@
 //! back. Its throughput is the ceiling any server can reach on this machine
 //! (the kernel's per-packet cost). `reflector ADDR`.
 
+#[path = "mmsg.rs"]
+mod mmsg;
+
 use std::{net::UdpSocket, os::fd::AsRawFd};
 
 const BATCH: usize = 64;
@@ -13,19 +16,7 @@ fn main() {
     let socket = UdpSocket::bind(&addr).expect("bind");
     println!("listening {}", socket.local_addr().expect("address"));
     let fd = socket.as_raw_fd();
-    for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
-        let size: libc::c_int = 4 << 20;
-        // SAFETY: setsockopt with a pointer to a live c_int of the stated size.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                (&size as *const libc::c_int).cast(),
-                4,
-            );
-        }
-    }
+    mmsg::big_buffers(fd);
     let mut bufs = vec![[0u8; 512]; BATCH];
     // SAFETY: plain C structs, zero is a valid initial value.
     let mut names: Vec<libc::sockaddr_storage> = vec![unsafe { std::mem::zeroed() }; BATCH];

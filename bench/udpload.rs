@@ -7,6 +7,9 @@
 //! `geo-ecs` (mgnt.mkcld.io A with an ECS prefix from PREFIXES), `geo`
 //! (no ECS) and `static` (ns1.mkcld.io A). Prints one JSON line.
 
+#[path = "mmsg.rs"]
+mod mmsg;
+
 use std::{
     net::{SocketAddr, UdpSocket},
     os::fd::AsRawFd,
@@ -64,19 +67,7 @@ fn main() {
     socket.connect(server).expect("connect");
     socket.set_nonblocking(true).expect("nonblocking");
     let fd = socket.as_raw_fd();
-    for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
-        let size: libc::c_int = 4 << 20;
-        // SAFETY: setsockopt with a pointer to a live c_int of the stated size.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                (&size as *const libc::c_int).cast(),
-                4,
-            );
-        }
-    }
+    mmsg::big_buffers(fd);
     let mut sent_at: Vec<Option<Instant>> = vec![None; 65536];
     let (mut next_id, mut in_flight) = (0u16, 0usize);
     let (mut sent, mut answered, mut lost, mut latency_sum) = (0u64, 0u64, 0u64, 0f64);
@@ -110,16 +101,8 @@ fn main() {
                     iov_len: slot.len(),
                 });
             }
-            // SAFETY: plain C structs pointing at the live buffers above.
-            let mut hdrs: Vec<libc::mmsghdr> = iov
-                .iter_mut()
-                .map(|v| {
-                    let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                    h.msg_hdr.msg_iov = v;
-                    h.msg_hdr.msg_iovlen = 1;
-                    h
-                })
-                .collect();
+            let mut hdrs = mmsg::headers(&mut iov);
+            // SAFETY: the headers point at the live buffers above.
             let n = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), hdrs.len() as u32, 0) };
             let n = n.max(0) as usize;
             // Queries the kernel did not take are not outstanding.
@@ -137,15 +120,7 @@ fn main() {
                 iov_len: b.len(),
             })
             .collect();
-        let mut hdrs: Vec<libc::mmsghdr> = iov
-            .iter_mut()
-            .map(|v| {
-                let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                h.msg_hdr.msg_iov = v;
-                h.msg_hdr.msg_iovlen = 1;
-                h
-            })
-            .collect();
+        let mut hdrs = mmsg::headers(&mut iov);
         // SAFETY: headers point at the live receive buffers.
         let n = unsafe {
             libc::recvmmsg(

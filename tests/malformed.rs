@@ -11,22 +11,6 @@ use std::{
 use common::*;
 use hickory_proto::{op::ResponseCode, rr::RecordType};
 
-/// A small deterministic generator (xorshift64*), so a failure reproduces.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 fn corpus() -> Vec<Vec<u8>> {
     let mut rng = Rng(0x6d67_6e74);
     let good = query("mgnt.mkcld.io.", RecordType::A, Some("81.240.0.0/16"))
@@ -45,7 +29,7 @@ fn corpus() -> Vec<Vec<u8>> {
     for _ in 0..3000 {
         let mut m = good.clone();
         for _ in 0..1 + rng.below(4) {
-            let i = rng.below(m.len());
+            let i = rng.below(m.len() as u64) as usize;
             m[i] = rng.next() as u8;
         }
         m[2] &= 0x7f; // keep QR=0 so the server must answer or drop by its own rules

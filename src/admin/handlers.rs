@@ -181,14 +181,11 @@ pub async fn drain(
         )
             .into_response();
     }
-    shared.drains.store(Arc::new(drains));
-    if let Err(e) = shared.publish().await {
-        shared.drains.store(previous);
-        let _ = shared.publish().await;
+    if let Err(e) = commit_drains(shared, drains, previous).await {
         record_audit(&api, &audit_entry("failed: state file not written"));
         return error(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("drain not applied: cannot write the state file: {e}"),
+            format!("drain not applied: {e}"),
         );
     }
     record_audit(&api, &audit_entry("drained"));
@@ -217,7 +214,6 @@ pub async fn undrain(
     let previous = shared.drains.load_full();
     let mut drains = Drains::clone(&previous);
     let was = drains.0.remove(&name);
-    shared.drains.store(Arc::new(drains));
     let now = state::now();
     let entry = |outcome| audit::Entry {
         time: now,
@@ -229,13 +225,11 @@ pub async fn undrain(
         force: false,
         outcome,
     };
-    if let Err(e) = shared.publish().await {
-        shared.drains.store(previous);
-        let _ = shared.publish().await;
+    if let Err(e) = commit_drains(shared, drains, previous).await {
         record_audit(&api, &entry("failed: state file not written"));
         return error(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("undrain not applied: cannot write the state file: {e}"),
+            format!("undrain not applied: {e}"),
         );
     }
     record_audit(
@@ -323,6 +317,22 @@ pub async fn metrics(State(api): State<Arc<Api>>) -> Response {
         body,
     )
         .into_response()
+}
+
+/// Makes `drains` current only once the state file holds them; on a write
+/// error the previous drains are restored, so nothing unpersisted is served.
+async fn commit_drains(
+    shared: &state::Shared,
+    drains: Drains,
+    previous: Arc<Drains>,
+) -> Result<(), String> {
+    shared.drains.store(Arc::new(drains));
+    if let Err(e) = shared.publish().await {
+        shared.drains.store(previous);
+        let _ = shared.publish().await;
+        return Err(format!("cannot write the state file: {e}"));
+    }
+    Ok(())
 }
 
 fn record_audit(api: &Api, entry: &audit::Entry) {
