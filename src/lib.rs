@@ -11,6 +11,7 @@
 //! - [`state`]: drains, the view queries read (health × drains), the state file, atomic writes.
 //! - [`dns`]: zones, geo names, ECS, the responder and the UDP/TCP listeners.
 //! - [`metrics`]: lock-free counters and histograms, Prometheus text.
+//! - [`tunnels`]: provisioning (for now the username codec and the CGNAT pool).
 //! - [`explain`]: why a client gets its answer (`mgnt lookup`).
 
 pub mod admin;
@@ -23,3 +24,4 @@ pub mod metrics;
 pub mod route;
 pub mod server;
 pub mod state;
+pub mod tunnels;

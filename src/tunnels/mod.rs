@@ -1,0 +1,8 @@
+//! Tunnel provisioning: a UUID tunnel per site with a CGNAT address.
+//!
+//! Pure parts first: [`username`] (UUID ↔ the 26-character OpenVPN user) and
+//! [`pool`] (the CGNAT allocator). Storage, the RouterOS and OpenVPN renderers
+//! and the HTTP API build on them.
+
+pub mod pool;
+pub mod username;
