@@ -1,8 +1,9 @@
 //! Tunnel provisioning: a UUID tunnel per site with a CGNAT address.
 //!
-//! Pure parts first: [`username`] (UUID ↔ the 26-character OpenVPN user) and
-//! [`pool`] (the CGNAT allocator). Storage, the RouterOS and OpenVPN renderers
+//! Pure parts first: [`username`] (UUID ↔ the 26-character OpenVPN user),
+//! [`pool`] (the CGNAT allocator) and [`routeros`] (the router's script). Storage, the RouterOS and OpenVPN renderers
 //! and the HTTP API build on them.
 
 pub mod pool;
+pub mod routeros;
 pub mod username;
