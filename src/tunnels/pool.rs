@@ -145,6 +145,15 @@ impl Pool {
         Ok(self.addr(off))
     }
 
+    /// Undoes an [`Pool::allocate`] whose tunnel was never stored: no quarantine,
+    /// since no router ever held the address.
+    pub fn give_back(&mut self, addr: Ipv4Addr) -> Result<(), PoolError> {
+        let off = self.offset(addr)?;
+        self.free.insert(off);
+        self.allocated = self.allocated.saturating_sub(1);
+        Ok(())
+    }
+
     /// Returns `addr` to the pool after the quarantine; `until` is when it may be reused.
     pub fn release(&mut self, addr: Ipv4Addr, now: u64) -> Result<u64, PoolError> {
         let off = self.offset(addr)?;
