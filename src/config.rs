@@ -69,6 +69,8 @@ pub struct Config {
     pub geo: Vec<GeoName>,
     pub health: HealthConfig,
     pub api: ApiConfig,
+    /// `[provision]`; `None` keeps tunnel provisioning off.
+    pub provision: Option<ProvisionConfig>,
     /// Every configured region, sorted by name; geo names refer to them by index.
     pub regions: Vec<Region>,
     pub overrides: Overrides,
@@ -129,6 +131,18 @@ pub struct ApiConfig {
     pub token_env: Option<String>,
     /// Append-only record of drains and reloads (JSON lines).
     pub audit_log: PathBuf,
+}
+
+/// `[provision]`: tunnel provisioning.
+#[derive(Debug, Clone)]
+pub struct ProvisionConfig {
+    pub data_dir: PathBuf,
+    pub pool: ipnet::Ipv4Net,
+    pub quarantine: Duration,
+    /// OpenVPN data-channel digest, the same on routers and servers.
+    pub auth: String,
+    pub connect_to: String,
+    pub port: u16,
 }
 
 /// `[health]`: when and how strictly regions are probed.

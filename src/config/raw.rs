@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::{
     AnswerMode, ApiConfig, Config, ConfigError, DnsConfig, GeoName, GeoipConfig, HealthConfig,
-    Overrides, ProbeSpec, Region, Require,
+    Overrides, ProbeSpec, ProvisionConfig, Region, Require,
 };
 use crate::route::Coord;
 
@@ -28,6 +28,7 @@ pub(super) struct RawConfig {
     health: RawHealth,
     #[serde(default)]
     api: RawApi,
+    provision: Option<RawProvision>,
     #[serde(default)]
     regions: BTreeMap<String, RawRegion>,
     #[serde(default)]
@@ -67,6 +68,17 @@ struct RawRegion {
     host: String,
     location: Option<Vec<f64>>,
     probe: Option<RawProbe>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvision {
+    data_dir: Option<PathBuf>,
+    pool: Option<String>,
+    quarantine: Option<String>,
+    auth: Option<String>,
+    connect_to: Option<String>,
+    port: Option<u16>,
 }
 
 #[derive(Deserialize, Default)]
@@ -166,6 +178,11 @@ impl RawConfig {
         let overrides = validate_overrides(&cx, &self.overrides, &index)?;
         let health = self.health.validate(&cx)?;
         let api = self.api.validate(&cx)?;
+        let provision = self
+            .provision
+            .as_ref()
+            .map(|p| p.validate(&cx, &geo))
+            .transpose()?;
         Ok(Config {
             file: file.to_owned(),
             dns,
@@ -173,6 +190,7 @@ impl RawConfig {
             geo,
             health,
             api,
+            provision,
             regions,
             overrides,
         })
@@ -514,6 +532,47 @@ impl RawApi {
                     .as_deref()
                     .unwrap_or(Path::new(super::DEFAULT_AUDIT_LOG)),
             ),
+        })
+    }
+}
+
+impl RawProvision {
+    fn validate(&self, cx: &Ctx, geo: &[GeoName]) -> Result<ProvisionConfig, ConfigError> {
+        let pool_text = self.pool.as_deref().unwrap_or("100.64.0.0/10");
+        let pool: ipnet::Ipv4Net = pool_text.parse().map_err(|_| {
+            cx.err(
+                "provision.pool",
+                format!("`{pool_text}` is not an IPv4 prefix"),
+            )
+        })?;
+        if pool.prefix_len() > 29 {
+            return Err(cx.err("provision.pool", "must be /29 or larger"));
+        }
+        let quarantine = match &self.quarantine {
+            None => Duration::from_secs(24 * 3600),
+            Some(q) => duration(cx, "provision.quarantine", q)?,
+        };
+        let auth = self.auth.as_deref().unwrap_or("sha1").to_ascii_lowercase();
+        if !["md5", "sha1", "sha256", "sha512"].contains(&auth.as_str()) {
+            return Err(cx.err(
+                "provision.auth",
+                format!("`{auth}` is not md5, sha1, sha256 or sha512"),
+            ));
+        }
+        let connect_to = match &self.connect_to {
+            Some(c) => c.clone(),
+            None => geo
+                .first()
+                .map(|g| g.name.to_string().trim_end_matches('.').to_owned())
+                .unwrap_or_default(),
+        };
+        Ok(ProvisionConfig {
+            data_dir: cx.path(self.data_dir.as_deref().unwrap_or(Path::new("state"))),
+            pool,
+            quarantine,
+            auth,
+            connect_to,
+            port: self.port.unwrap_or(super::DEFAULT_PROBE_PORT),
         })
     }
 }

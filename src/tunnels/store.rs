@@ -23,7 +23,8 @@ use super::{
 };
 
 /// Schema versions, applied in order; `PRAGMA user_version` records the last.
-const MIGRATIONS: &[&str] = &["CREATE TABLE sites (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE sites (
         uuid TEXT PRIMARY KEY,
         username TEXT NOT NULL UNIQUE,
         address TEXT NOT NULL UNIQUE,
@@ -33,7 +34,19 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE sites (
     CREATE TABLE released (
         address TEXT PRIMARY KEY,
         until INTEGER NOT NULL
-    );"];
+    );",
+    // Jobs carry the only plaintext copy of a secret until the router applied them.
+    "CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        site TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        secret TEXT,
+        created INTEGER NOT NULL,
+        fetched INTEGER,
+        applied INTEGER
+    );
+    CREATE INDEX jobs_by_site ON jobs(site);",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -57,11 +70,19 @@ pub struct Site {
     pub created: u64,
 }
 
-/// A site just created, with the only plaintext copy of its secret.
-#[derive(Debug, Clone)]
-pub struct Created {
-    pub site: Site,
-    pub secret: String,
+/// A job that (re)installs a site's tunnel on its router.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Job {
+    pub id: Uuid,
+    pub site: Uuid,
+    /// `install` (with the site) or `recreate`.
+    pub kind: String,
+    pub created: u64,
+    pub fetched: Option<u64>,
+    pub applied: Option<u64>,
+    /// Plaintext until applied; never serialised.
+    #[serde(skip)]
+    pub secret: Option<String>,
 }
 
 /// What provisioning needs from storage.
@@ -74,6 +95,84 @@ pub trait Store: Send + Sync {
     fn delete(&self, uuid: Uuid, now: u64) -> Result<bool, StoreError>;
     /// Checks a router's username and password.
     fn verify(&self, username: &str, password: &str) -> Result<Option<Site>, StoreError>;
+    /// Gives the site a new secret and a job that installs it; `None` for an unknown site.
+    fn recreate(&self, site: Uuid, now: u64) -> Result<Option<Job>, StoreError>;
+    fn job(&self, id: Uuid) -> Result<Option<Job>, StoreError>;
+    /// The newest job of `site` not applied yet.
+    fn pending_job(&self, site: Uuid) -> Result<Option<Job>, StoreError>;
+    /// Records that the router fetched the job's script.
+    fn job_fetched(&self, id: Uuid, now: u64) -> Result<bool, StoreError>;
+    /// Records that the router applied it; the plaintext secret is erased.
+    fn job_applied(&self, id: Uuid, now: u64) -> Result<bool, StoreError>;
+}
+
+fn hash_secret(secret: &str) -> Result<String, StoreError> {
+    Ok(Argon2::default()
+        .hash_password(secret.as_bytes())
+        .map_err(|e| StoreError::Hash(e.to_string()))?
+        .to_string())
+}
+
+fn insert_job(
+    tx: &rusqlite::Transaction,
+    site: Uuid,
+    kind: &str,
+    secret: &str,
+    now: u64,
+) -> Result<Job, StoreError> {
+    let job = Job {
+        id: Uuid::new_v4(),
+        site,
+        kind: kind.to_owned(),
+        created: now,
+        fetched: None,
+        applied: None,
+        secret: Some(secret.to_owned()),
+    };
+    tx.execute(
+        "INSERT INTO jobs (id, site, kind, secret, created) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            job.id.to_string(),
+            site.to_string(),
+            kind,
+            secret,
+            now as i64
+        ],
+    )?;
+    Ok(job)
+}
+
+fn select_job(db: &Connection, condition: &str, value: &str) -> Result<Option<Job>, StoreError> {
+    let sql = format!(
+        "SELECT id, site, kind, secret, created, fetched, applied FROM jobs WHERE {condition} \
+         ORDER BY created DESC, rowid DESC LIMIT 1"
+    );
+    let row = db
+        .query_row(&sql, [value], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, Option<i64>>(5)?,
+                r.get::<_, Option<i64>>(6)?,
+            ))
+        })
+        .optional()?;
+    let Some((id, site, kind, secret, created, fetched, applied)) = row else {
+        return Ok(None);
+    };
+    let uuid = |s: &str| Uuid::parse_str(s).map_err(|_| StoreError::Corrupt(format!("uuid `{s}`")));
+    Ok(Some(Job {
+        id: uuid(&id)?,
+        site: uuid(&site)?,
+        kind,
+        created: created.max(0) as u64,
+        fetched: fetched.map(|t| t.max(0) as u64),
+        applied: applied.map(|t| t.max(0) as u64),
+        secret,
+    }))
 }
 
 struct Inner {
@@ -194,10 +293,7 @@ impl Store for SqliteStore {
         }
         // Hash outside the lock (argon2 is slow on purpose), then check again.
         let secret = new_secret();
-        let hash = Argon2::default()
-            .hash_password(secret.as_bytes())
-            .map_err(|e| StoreError::Hash(e.to_string()))?
-            .to_string();
+        let hash = hash_secret(&secret)?;
         let mut inner = self.lock();
         if let Some((site, _)) = select(&inner.db, "uuid", &uuid.to_string())? {
             return Ok((site, None));
@@ -220,6 +316,7 @@ impl Store for SqliteStore {
                 "INSERT INTO sites (uuid, username, address, secret_hash, created) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![uuid.to_string(), site.username, address.to_string(), hash, now as i64],
             )?;
+            insert_job(&tx, uuid, "install", &secret, now)?;
             tx.commit()?;
             Ok(())
         })();
@@ -243,6 +340,7 @@ impl Store for SqliteStore {
         let Inner { db, pool } = &mut *inner;
         let until = pool.release(site.address, now)?;
         let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute("DELETE FROM jobs WHERE site = ?1", [uuid.to_string()])?;
         tx.execute("DELETE FROM sites WHERE uuid = ?1", [uuid.to_string()])?;
         tx.execute(
             "INSERT OR REPLACE INTO released (address, until) VALUES (?1, ?2)",
@@ -264,6 +362,61 @@ impl Store for SqliteStore {
             .verify_password(password.as_bytes(), &hash)
             .is_ok()
             .then_some(site))
+    }
+
+    fn recreate(&self, site: Uuid, now: u64) -> Result<Option<Job>, StoreError> {
+        if self.get(site)?.is_none() {
+            return Ok(None);
+        }
+        let secret = new_secret();
+        let hash = hash_secret(&secret)?;
+        let mut inner = self.lock();
+        let tx = inner
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let n = tx.execute(
+            "UPDATE sites SET secret_hash = ?1 WHERE uuid = ?2",
+            params![hash, site.to_string()],
+        )?;
+        if n == 0 {
+            return Ok(None);
+        }
+        // Older jobs carried secrets that no longer work: erase them.
+        tx.execute(
+            "UPDATE jobs SET secret = NULL WHERE site = ?1",
+            [site.to_string()],
+        )?;
+        let job = insert_job(&tx, site, "recreate", &secret, now)?;
+        tx.commit()?;
+        Ok(Some(job))
+    }
+
+    fn job(&self, id: Uuid) -> Result<Option<Job>, StoreError> {
+        select_job(&self.lock().db, "id = ?1", &id.to_string())
+    }
+
+    fn pending_job(&self, site: Uuid) -> Result<Option<Job>, StoreError> {
+        select_job(
+            &self.lock().db,
+            "site = ?1 AND applied IS NULL AND secret IS NOT NULL",
+            &site.to_string(),
+        )
+    }
+
+    fn job_fetched(&self, id: Uuid, now: u64) -> Result<bool, StoreError> {
+        let n = self.lock().db.execute(
+            "UPDATE jobs SET fetched = COALESCE(fetched, ?1) WHERE id = ?2",
+            params![now as i64, id.to_string()],
+        )?;
+        Ok(n > 0)
+    }
+
+    fn job_applied(&self, id: Uuid, now: u64) -> Result<bool, StoreError> {
+        let n = self.lock().db.execute(
+            "UPDATE jobs SET applied = COALESCE(applied, ?1), secret = NULL WHERE id = ?2",
+            params![now as i64, id.to_string()],
+        )?;
+        Ok(n > 0)
     }
 }
 
@@ -346,6 +499,35 @@ mod tests {
         assert_ne!(c.address, site_b.address);
         let (d, _) = store.ensure(Uuid::new_v4(), 100 + 3600).unwrap();
         assert_eq!(d.address, site_a.address, "reused after the quarantine");
+    }
+
+    #[test]
+    fn jobs_carry_the_secret_until_applied_and_recreate_rotates_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let id = Uuid::new_v4();
+        let (site, secret) = store.ensure(id, 0).unwrap();
+        let install = store.pending_job(id).unwrap().expect("an install job");
+        assert_eq!(
+            (install.kind.as_str(), install.secret.clone()),
+            ("install", secret)
+        );
+        assert!(store.job_fetched(install.id, 5).unwrap());
+        assert!(store.job_applied(install.id, 6).unwrap());
+        let applied = store.job(install.id).unwrap().unwrap();
+        assert_eq!(
+            (applied.fetched, applied.applied, applied.secret),
+            (Some(5), Some(6), None)
+        );
+        assert_eq!(store.pending_job(id).unwrap(), None);
+
+        let job = store.recreate(id, 10).unwrap().unwrap();
+        let new_secret = job.secret.clone().unwrap();
+        assert!(store.verify(&site.username, &new_secret).unwrap().is_some());
+        assert_eq!(store.pending_job(id).unwrap().map(|j| j.id), Some(job.id));
+        assert_eq!(store.recreate(Uuid::new_v4(), 10).unwrap(), None);
+        assert!(store.delete(id, 20).unwrap());
+        assert_eq!(store.job(job.id).unwrap(), None, "jobs go with the site");
     }
 
     #[test]
