@@ -18,6 +18,7 @@ use crate::{
     dns::{Data, LoadError, answer::Responder, listen},
     health::{Health, HealthTable},
     state::{self, RegionView, Shared},
+    tunnels::store::{SqliteStore, Store, StoreError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +34,11 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Auth(#[from] admin::auth::AuthError),
+    #[error("{file}: tunnel store: {source}")]
+    Store {
+        file: PathBuf,
+        source: crate::tunnels::store::StoreError,
+    },
 }
 
 /// A running server: what the admin API and signals act on.
@@ -44,6 +50,8 @@ pub struct Server {
     pub admin_lock: tokio::sync::Mutex<()>,
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
+    /// Provisioning's store, when `[provision]` is configured.
+    pub tunnels: Option<Arc<dyn Store>>,
 }
 
 /// What a successful reload loaded.
@@ -132,6 +140,21 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
     out
 }
 
+/// Opens the tunnel store in `[provision] data_dir`, if provisioning is on.
+fn open_store(config: &Config) -> Result<Option<Arc<dyn Store>>, ServeError> {
+    let Some(p) = &config.provision else {
+        return Ok(None);
+    };
+    let file = p.data_dir.join("tunnels.db");
+    let err = |source| ServeError::Store {
+        file: file.clone(),
+        source,
+    };
+    std::fs::create_dir_all(&p.data_dir).map_err(|e| err(StoreError::Corrupt(e.to_string())))?;
+    let store = SqliteStore::open(&file, p.pool, p.quarantine.as_secs()).map_err(err)?;
+    Ok(Some(Arc::new(store)))
+}
+
 /// Serves until SIGINT or SIGTERM; SIGHUP reloads.
 pub async fn run(config_path: PathBuf) -> Result<(), ServeError> {
     let path = config_path.clone();
@@ -158,6 +181,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), ServeError> {
     );
     let (bound, _dns_tasks) = listen::start(&config.dns, responder).map_err(ServeError::Dns)?;
     let health = Health::start(&config, shared.clone());
+    let tunnels = open_store(&config)?;
     let server = Arc::new(Server {
         config_path,
         shared,
@@ -165,6 +189,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), ServeError> {
         admin_lock: tokio::sync::Mutex::new(()),
         reloads: AtomicU64::new(0),
         reload_failures: AtomicU64::new(0),
+        tunnels,
     });
     let api = tokio::net::TcpListener::bind(config.api.listen)
         .await

@@ -24,7 +24,7 @@ use crate::{
 /// Longest drain reason kept.
 const MAX_REASON: usize = 500;
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
+pub(super) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 

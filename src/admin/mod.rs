@@ -9,6 +9,7 @@ pub mod auth;
 pub mod client;
 mod handlers;
 mod metrics_text;
+mod sites;
 
 use std::sync::Arc;
 
@@ -18,7 +19,7 @@ use axum::{
     http::{Method, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{MethodRouter, get, post},
+    routing::{MethodRouter, delete, get, post, put},
 };
 use tracing::error;
 
@@ -57,6 +58,27 @@ pub fn routes() -> Vec<Route> {
         (Method::GET, "/v1/explain", get(handlers::explain)),
         (Method::POST, "/v1/reload", post(handlers::reload)),
         (Method::GET, "/metrics", get(handlers::metrics)),
+        (Method::POST, "/v1/sites", post(sites::create)),
+        (Method::PUT, "/v1/sites/{uuid}", put(sites::put)),
+        (Method::GET, "/v1/sites/{uuid}", get(sites::get)),
+        (Method::DELETE, "/v1/sites/{uuid}", delete(sites::delete)),
+        (
+            Method::GET,
+            "/v1/sites/{uuid}/routeros.rsc",
+            get(sites::routeros),
+        ),
+        (
+            Method::POST,
+            "/v1/sites/{uuid}/recreate",
+            post(sites::recreate),
+        ),
+        (Method::GET, "/v1/jobs/{id}", get(sites::job)),
+        (Method::GET, "/v1/jobs/{id}/script", get(sites::job_script)),
+        (
+            Method::POST,
+            "/v1/jobs/{id}/applied",
+            post(sites::job_applied),
+        ),
     ]
 }
 

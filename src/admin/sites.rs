@@ -1,0 +1,215 @@
+//! Provisioning routes: sites, their RouterOS scripts and recreate jobs.
+
+use std::sync::Arc;
+
+use axum::{
+    Json,
+    extract::{Path, Query, State},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::{Api, handlers::error};
+use crate::{
+    state,
+    tunnels::{
+        routeros::{TunnelScript, Version},
+        store::{Job, Site, Store, StoreError},
+    },
+};
+
+/// A failed request: its status and the JSON error message.
+struct Fail(StatusCode, String);
+
+impl From<Fail> for Response {
+    fn from(Fail(status, message): Fail) -> Self {
+        error(status, message)
+    }
+}
+
+/// The store, or the reason provisioning cannot answer.
+fn store(api: &Api) -> Result<Arc<dyn Store>, Fail> {
+    api.server.tunnels.clone().ok_or_else(|| {
+        Fail(
+            StatusCode::NOT_FOUND,
+            "provisioning is off: the config has no [provision] table".into(),
+        )
+    })
+}
+
+fn uuid(s: &str) -> Result<Uuid, Fail> {
+    Uuid::try_parse(s).map_err(|_| Fail(StatusCode::BAD_REQUEST, format!("`{s}` is not a UUID")))
+}
+
+/// Runs a store call off the async threads (SQLite and argon2 block).
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, Fail> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        Err(e) => Err(Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
+}
+
+macro_rules! attempt {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(fail) => return Response::from(fail),
+        }
+    };
+}
+
+fn created(site: &Site, secret: Option<String>) -> Response {
+    match secret {
+        Some(secret) => (
+            StatusCode::CREATED,
+            Json(json!({ "site": site, "secret": secret })),
+        )
+            .into_response(),
+        None => Json(json!({ "site": site })).into_response(),
+    }
+}
+
+pub async fn create(State(api): State<Arc<Api>>) -> Response {
+    let store = attempt!(store(&api));
+    let id = Uuid::new_v4();
+    let (site, secret) = attempt!(blocking(move || store.ensure(id, state::now())).await);
+    created(&site, secret)
+}
+
+pub async fn put(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
+    let store = attempt!(store(&api));
+    let id = attempt!(uuid(&id));
+    let (site, secret) = attempt!(blocking(move || store.ensure(id, state::now())).await);
+    created(&site, secret)
+}
+
+pub async fn get(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
+    let store = attempt!(store(&api));
+    let id = attempt!(uuid(&id));
+    match attempt!(blocking(move || store.get(id)).await) {
+        Some(site) => Json(json!({ "site": site })).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no site {id}")),
+    }
+}
+
+pub async fn delete(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
+    let store = attempt!(store(&api));
+    let id = attempt!(uuid(&id));
+    if attempt!(blocking(move || store.delete(id, state::now())).await) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        error(StatusCode::NOT_FOUND, format!("no site {id}"))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionQuery {
+    version: Option<String>,
+}
+
+/// The script installing `job` on a router of `version`.
+fn script(api: &Api, site: &Site, job: &Job, version: Option<&str>) -> Response {
+    let Some(provision) = api.server.responder().data.load().config.provision.clone() else {
+        return error(StatusCode::NOT_FOUND, "provisioning is off");
+    };
+    let version = match Version::parse(version.unwrap_or("7")) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let Some(secret) = job.secret.as_deref() else {
+        return error(
+            StatusCode::GONE,
+            "this job was applied; its secret is gone (POST /recreate for a new one)",
+        );
+    };
+    let rendered = TunnelScript {
+        uuid: site.uuid,
+        username: &site.username,
+        password: secret,
+        connect_to: &provision.connect_to,
+        port: provision.port,
+        auth: &provision.auth,
+    }
+    .render(version);
+    match rendered {
+        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}
+
+pub async fn routeros(
+    State(api): State<Arc<Api>>,
+    Path(id): Path<String>,
+    Query(q): Query<VersionQuery>,
+) -> Response {
+    let store = attempt!(store(&api));
+    let id = attempt!(uuid(&id));
+    let s = store.clone();
+    let Some(site) = attempt!(blocking(move || s.get(id)).await) else {
+        return error(StatusCode::NOT_FOUND, format!("no site {id}"));
+    };
+    let Some(job) = attempt!(blocking(move || store.pending_job(id)).await) else {
+        return error(
+            StatusCode::CONFLICT,
+            "no pending job holds this site's secret; POST /v1/sites/{uuid}/recreate for a new one",
+        );
+    };
+    script(&api, &site, &job, q.version.as_deref())
+}
+
+pub async fn recreate(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
+    let store = attempt!(store(&api));
+    let id = attempt!(uuid(&id));
+    match attempt!(blocking(move || store.recreate(id, state::now())).await) {
+        Some(job) => (StatusCode::CREATED, Json(json!({ "job": job }))).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no site {id}")),
+    }
+}
+
+pub async fn job(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
+    let store = attempt!(store(&api));
+    let id = attempt!(uuid(&id));
+    match attempt!(blocking(move || store.job(id)).await) {
+        Some(job) => Json(json!({ "job": job })).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no job {id}")),
+    }
+}
+
+pub async fn job_script(
+    State(api): State<Arc<Api>>,
+    Path(id): Path<String>,
+    Query(q): Query<VersionQuery>,
+) -> Response {
+    let store = attempt!(store(&api));
+    let id = attempt!(uuid(&id));
+    let s = store.clone();
+    let Some(job) = attempt!(blocking(move || s.job(id)).await) else {
+        return error(StatusCode::NOT_FOUND, format!("no job {id}"));
+    };
+    let s = store.clone();
+    let site_id = job.site;
+    let Some(site) = attempt!(blocking(move || s.get(site_id)).await) else {
+        return error(StatusCode::NOT_FOUND, format!("no site {site_id}"));
+    };
+    let response = script(&api, &site, &job, q.version.as_deref());
+    if response.status().is_success() {
+        attempt!(blocking(move || store.job_fetched(id, state::now())).await);
+    }
+    response
+}
+
+pub async fn job_applied(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
+    let store = attempt!(store(&api));
+    let id = attempt!(uuid(&id));
+    if !attempt!(blocking(move || store.job_applied(id, state::now())).await) {
+        return error(StatusCode::NOT_FOUND, format!("no job {id}"));
+    }
+    Json(json!({ "job": id, "applied": true })).into_response()
+}

@@ -1,0 +1,189 @@
+//! Provisioning over the admin API of the real server: sites, scripts, jobs.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use serde_json::Value;
+
+const PROVISION: &str =
+    "\n[provision]\ndata_dir = \"state\"\npool = \"100.64.0.0/24\"\nauth = \"sha1\"\n";
+
+struct Api {
+    base: String,
+    token: String,
+    agent: ureq::Agent,
+}
+
+impl Api {
+    fn start() -> (Server, Self) {
+        let fixture = Fixture::new();
+        fixture.write_config(&(config_text("\"127.0.0.1:0\", \"[::1]:0\"") + PROVISION));
+        let server = Server::start_with(fixture);
+        let token = std::fs::read_to_string(server.fixture.path("state/admin.token")).unwrap();
+        let api = Self {
+            base: format!("http://{}", server.api),
+            token: token.trim().to_owned(),
+            agent: ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build()
+                .into(),
+        };
+        (server, api)
+    }
+
+    fn call(&self, method: &str, path: &str) -> (u16, String) {
+        let url = format!("{}{path}", self.base);
+        let auth = format!("Bearer {}", self.token);
+        let mut resp = match method {
+            "GET" => self.agent.get(&url).header("Authorization", &auth).call(),
+            "DELETE" => self
+                .agent
+                .delete(&url)
+                .header("Authorization", &auth)
+                .call(),
+            "PUT" => self
+                .agent
+                .put(&url)
+                .header("Authorization", &auth)
+                .send_empty(),
+            _ => self
+                .agent
+                .post(&url)
+                .header("Authorization", &auth)
+                .send_empty(),
+        }
+        .unwrap();
+        (
+            resp.status().as_u16(),
+            resp.body_mut().read_to_string().unwrap(),
+        )
+    }
+
+    fn json(&self, method: &str, path: &str) -> (u16, Value) {
+        let (s, b) = self.call(method, path);
+        (s, serde_json::from_str(&b).unwrap_or(Value::String(b)))
+    }
+}
+
+#[test]
+fn a_site_gets_a_uuid_address_and_a_script_with_its_secret_once() {
+    let (_server, api) = Api::start();
+    let (status, created) = api.json("POST", "/v1/sites");
+    assert_eq!(status, 201, "{created}");
+    let uuid = created["site"]["uuid"].as_str().unwrap().to_owned();
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    assert_eq!(uuid::Uuid::parse_str(&uuid).unwrap().get_version_num(), 4);
+    assert_eq!(created["site"]["address"], "100.64.0.2");
+    assert_eq!(created["site"]["username"].as_str().unwrap().len(), 26);
+
+    let (status, got) = api.json("GET", &format!("/v1/sites/{uuid}"));
+    assert_eq!(status, 200);
+    assert!(got.get("secret").is_none() && !got.to_string().contains(&secret));
+
+    let (status, script) = api.call(
+        "GET",
+        &format!("/v1/sites/{uuid}/routeros.rsc?version=6.49.7"),
+    );
+    assert_eq!(status, 200, "{script}");
+    assert!(script.contains(&format!("password=\"{secret}\"")));
+    assert!(
+        script.contains("cipher=aes256 ") && !script.contains("mode=ip protocol=tcp"),
+        "v6 syntax"
+    );
+    let (_, script7) = api.call(
+        "GET",
+        &format!("/v1/sites/{uuid}/routeros.rsc?version=7.16"),
+    );
+    assert!(script7.contains("cipher=aes256-cbc") && script7.contains("mode=ip protocol=tcp"));
+    let (status, _) = api.call("GET", &format!("/v1/sites/{uuid}/routeros.rsc?version=5"));
+    assert_eq!(status, 400);
+
+    // The install job is applied: its secret is gone from the API for good.
+    let db_job = {
+        let (_, s) = api.json("POST", &format!("/v1/sites/{uuid}/recreate"));
+        s["job"]["id"].as_str().unwrap().to_owned()
+    };
+    let (status, script) = api.call("GET", &format!("/v1/jobs/{db_job}/script"));
+    assert_eq!(status, 200);
+    assert!(
+        !script.contains(&format!("password=\"{secret}\"")),
+        "the secret rotated"
+    );
+    let (_, job) = api.json("GET", &format!("/v1/jobs/{db_job}"));
+    assert!(job["job"]["fetched"].is_number(), "{job}");
+    assert_eq!(
+        api.json("POST", &format!("/v1/jobs/{db_job}/applied")).0,
+        200
+    );
+    assert_eq!(api.call("GET", &format!("/v1/jobs/{db_job}/script")).0, 410);
+    assert_eq!(
+        api.call("GET", &format!("/v1/sites/{uuid}/routeros.rsc")).0,
+        409
+    );
+
+    assert_eq!(api.call("DELETE", &format!("/v1/sites/{uuid}")).0, 204);
+    assert_eq!(api.call("GET", &format!("/v1/sites/{uuid}")).0, 404);
+    assert_eq!(api.call("DELETE", &format!("/v1/sites/{uuid}")).0, 404);
+}
+
+#[test]
+fn concurrent_puts_of_one_uuid_give_one_tunnel_and_one_address() {
+    let (_server, api) = Api::start();
+    let api = Arc::new(api);
+    let uuid = uuid::Uuid::new_v4();
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let api = api.clone();
+            std::thread::spawn(move || api.json("PUT", &format!("/v1/sites/{uuid}")))
+        })
+        .collect();
+    let results: Vec<(u16, Value)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(
+        results.iter().filter(|(s, _)| *s == 201).count(),
+        1,
+        "{results:?}"
+    );
+    assert_eq!(results.iter().filter(|(s, _)| *s == 200).count(), 7);
+    let addresses: std::collections::HashSet<_> = results
+        .iter()
+        .map(|(_, v)| v["site"]["address"].to_string())
+        .collect();
+    assert_eq!(addresses.len(), 1);
+}
+
+#[test]
+fn bad_uuids_and_unknown_sites_get_json_errors() {
+    let (_server, api) = Api::start();
+    let (status, v) = api.json("PUT", "/v1/sites/not-a-uuid");
+    assert_eq!(status, 400);
+    assert!(v["error"].as_str().unwrap().contains("not a UUID"));
+    let unknown = uuid::Uuid::new_v4();
+    for (m, p) in [
+        ("GET", format!("/v1/sites/{unknown}")),
+        ("POST", format!("/v1/sites/{unknown}/recreate")),
+        ("GET", format!("/v1/jobs/{unknown}")),
+        ("POST", format!("/v1/jobs/{unknown}/applied")),
+    ] {
+        let (status, v) = api.json(m, &p);
+        assert_eq!(status, 404, "{m} {p}: {v}");
+        assert!(v["error"].is_string());
+    }
+}
+
+#[test]
+fn provisioning_is_off_without_its_table() {
+    let server = Server::start();
+    let token = std::fs::read_to_string(server.fixture.path("state/admin.token")).unwrap();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let resp = agent
+        .post(&format!("http://{}/v1/sites", server.api))
+        .header("Authorization", &format!("Bearer {}", token.trim()))
+        .send_empty()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+}
