@@ -12,6 +12,7 @@ use mgnt::{
     explain::explain,
     health::HealthTable,
     state::{self, file},
+    tunnels::store::{Attempt, SqliteStore, Store},
 };
 use serde_json::json;
 
@@ -55,6 +56,39 @@ enum Command {
     Undrain { region: String },
     /// Show every region's health, drain and answer counts.
     Status,
+    /// Provisioning: sites and their tunnels.
+    Site {
+        #[command(subcommand)]
+        action: SiteCommand,
+    },
+    /// OpenVPN's auth-user-pass-verify (via-file): exit 0 when the username
+    /// and password in FILE belong to a tunnel, 1 otherwise; records the attempt.
+    AuthVerify { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum SiteCommand {
+    /// Create a site with a new UUID (prints its secret once).
+    Create,
+    /// Show a site.
+    Show { uuid: String },
+    /// Delete a site.
+    Delete { uuid: String },
+    /// Print the RouterOS script of the site's pending job.
+    Script {
+        uuid: String,
+        #[arg(long, default_value = "7")]
+        version: String,
+    },
+    /// Issue new credentials and a job that recreates the tunnel on the router.
+    Recreate { uuid: String },
+    /// Write the OpenVPN server's ccd files and config fragment into DIR.
+    Export {
+        dir: PathBuf,
+        /// The region these files are for (recorded in the fragment's comment).
+        #[arg(long)]
+        region: Option<String>,
+    },
 }
 
 fn load(config: &Path) -> Result<Data> {
@@ -131,6 +165,98 @@ fn main() -> Result<()> {
             let client = Client::new(&Config::load(&config)?)?;
             print(&client.get("/v1/regions")?)?;
         }
+        Command::Site { action } => site(&config, action)?,
+        Command::AuthVerify { file } => {
+            let ok = auth_verify(&config, &file)?;
+            std::process::exit(if ok { 0 } else { 1 });
+        }
     }
     Ok(())
+}
+
+fn site(config: &Path, action: SiteCommand) -> Result<()> {
+    let cfg = Config::load(config)?;
+    if let SiteCommand::Export { dir, region } = action {
+        return export(config, &cfg, &dir, region.as_deref());
+    }
+    let client = Client::new(&cfg)?;
+    match action {
+        SiteCommand::Create => print(&client.post("/v1/sites", None)?),
+        SiteCommand::Show { uuid } => print(&client.get(&format!("/v1/sites/{uuid}"))?),
+        SiteCommand::Delete { uuid } => {
+            client.delete(&format!("/v1/sites/{uuid}"))?;
+            println!("deleted {uuid}");
+            Ok(())
+        }
+        SiteCommand::Script { uuid, version } => {
+            let path = format!("/v1/sites/{uuid}/routeros.rsc?version={version}");
+            match client.get(&path)? {
+                serde_json::Value::String(text) => print!("{text}"),
+                other => print(&other)?,
+            }
+            Ok(())
+        }
+        SiteCommand::Recreate { uuid } => {
+            print(&client.post(&format!("/v1/sites/{uuid}/recreate"), None)?)
+        }
+        SiteCommand::Export { .. } => unreachable!("handled above"),
+    }
+}
+
+fn provision(cfg: &Config) -> Result<&mgnt::config::ProvisionConfig> {
+    cfg.provision
+        .as_ref()
+        .context("provisioning is off: the config has no [provision] table")
+}
+
+fn export(config: &Path, cfg: &Config, dir: &Path, region: Option<&str>) -> Result<()> {
+    let p = provision(cfg)?;
+    let store = SqliteStore::open_for_checks(&p.data_dir.join("tunnels.db"))?;
+    let sites = store.sites()?;
+    let dir = std::path::absolute(dir)?;
+    let ccd = dir.join("ccd");
+    let verify = format!(
+        "{} --config {} auth-verify",
+        std::env::current_exe()?.display(),
+        std::path::absolute(config)?.display()
+    );
+    let pool = mgnt::tunnels::pool::Pool::new(p.pool, 0)?;
+    let server = mgnt::tunnels::openvpn::Server {
+        pool: p.pool,
+        gateway: pool.gateway(),
+        port: p.port,
+        auth: &p.auth,
+        ccd_dir: &ccd.to_string_lossy(),
+        verify_command: &verify,
+    };
+    let done = mgnt::tunnels::export::export(&dir, &sites, &server)?;
+    println!(
+        "{}: {} tunnels{}, {} stale files removed",
+        dir.display(),
+        done.tunnels,
+        region.map(|r| format!(" for {r}")).unwrap_or_default(),
+        done.removed
+    );
+    Ok(())
+}
+
+/// Reads OpenVPN's via-file (username, then password) and checks it.
+fn auth_verify(config: &Path, file: &Path) -> Result<bool> {
+    let cfg = Config::load(config)?;
+    let p = provision(&cfg)?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let mut lines = text.lines();
+    let (user, password) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
+    let store = SqliteStore::open_for_checks(&p.data_dir.join("tunnels.db"))?;
+    let site = store.verify(user, password)?;
+    let attempt = Attempt {
+        time: state::now(),
+        username: user.chars().take(64).collect(),
+        site: site.as_ref().map(|s| s.uuid),
+        ok: site.is_some(),
+        source: std::env::var("untrusted_ip").ok(),
+    };
+    store.record_attempt(&attempt)?;
+    Ok(site.is_some())
 }

@@ -187,3 +187,81 @@ fn provisioning_is_off_without_its_table() {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 404);
 }
+
+#[test]
+fn cli_export_and_auth_verify_work_on_the_same_store() {
+    let (server, _api) = Api::start();
+    let cfg = server.fixture.config();
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"{}\"", server.api),
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = mgnt()
+            .args(args)
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&["site", "create"]);
+    assert_eq!(code, Some(0), "{err}");
+    let created: Value = serde_json::from_str(&out).unwrap();
+    let (uuid, user, secret) = (
+        created["site"]["uuid"].as_str().unwrap().to_owned(),
+        created["site"]["username"].as_str().unwrap().to_owned(),
+        created["secret"].as_str().unwrap().to_owned(),
+    );
+    let (code, script, _) = run(&["site", "script", &uuid, "--version", "7.16"]);
+    assert_eq!(code, Some(0));
+    assert!(script.starts_with("# mgnt management tunnel") && script.contains(&secret));
+
+    let out_dir = server.fixture.path("openvpn");
+    let (code, out, err) = run(&[
+        "site",
+        "export",
+        out_dir.to_str().unwrap(),
+        "--region",
+        "europe1",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("1 tunnels for europe1"), "{out}");
+    let ccd = std::fs::read_to_string(out_dir.join("ccd").join(&user)).unwrap();
+    assert_eq!(ccd, "ifconfig-push 100.64.0.2 255.255.255.0\n");
+    let conf = std::fs::read_to_string(out_dir.join("server.conf")).unwrap();
+    assert!(
+        conf.contains("ifconfig 100.64.0.1 255.255.255.0")
+            && conf.contains("auth-verify\" via-file"),
+        "{conf}"
+    );
+
+    let creds = server.fixture.path("creds");
+    for (password, want) in [(secret.as_str(), Some(0)), ("wrong", Some(1))] {
+        std::fs::write(&creds, format!("{user}\n{password}\n")).unwrap();
+        let (code, _, err) = run(&["auth-verify", creds.to_str().unwrap()]);
+        assert_eq!(code, want, "{password}: {err}");
+    }
+    let (code, _, _) = run(&["site", "delete", &uuid]);
+    assert_eq!(code, Some(0));
+    std::fs::write(&creds, format!("{user}\n{secret}\n")).unwrap();
+    assert_eq!(
+        run(&["auth-verify", creds.to_str().unwrap()]).0,
+        Some(1),
+        "deleted sites cannot log in"
+    );
+    let (_, out, _) = run(&["site", "export", out_dir.to_str().unwrap()]);
+    assert!(
+        out.contains("0 tunnels") && out.contains("1 stale files removed"),
+        "{out}"
+    );
+}

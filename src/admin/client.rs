@@ -48,6 +48,10 @@ impl Client {
         self.call("POST", path, body)
     }
 
+    pub fn delete(&self, path: &str) -> Result<Value, ClientError> {
+        self.call("DELETE", path, None)
+    }
+
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, ClientError> {
         let url = format!("{}{path}", self.base);
         let auth = format!("Bearer {}", self.token);
@@ -57,6 +61,11 @@ impl Client {
         };
         let response = if method == "GET" {
             self.agent.get(&url).header("Authorization", &auth).call()
+        } else if method == "DELETE" {
+            self.agent
+                .delete(&url)
+                .header("Authorization", &auth)
+                .call()
         } else {
             let req = self.agent.post(&url).header("Authorization", &auth);
             match body {

@@ -6,6 +6,7 @@
 //! sites in SQLite. Storage, the RouterOS and OpenVPN renderers
 //! and the HTTP API build on them.
 
+pub mod export;
 pub mod openvpn;
 pub mod pool;
 pub mod routeros;

@@ -46,6 +46,14 @@ const MIGRATIONS: &[&str] = &[
         applied INTEGER
     );
     CREATE INDEX jobs_by_site ON jobs(site);",
+    "CREATE TABLE auth_attempts (
+        time INTEGER NOT NULL,
+        username TEXT NOT NULL,
+        site TEXT,
+        ok INTEGER NOT NULL,
+        source TEXT
+    );
+    CREATE INDEX auth_attempts_by_time ON auth_attempts(time);",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +112,20 @@ pub trait Store: Send + Sync {
     fn job_fetched(&self, id: Uuid, now: u64) -> Result<bool, StoreError>;
     /// Records that the router applied it; the plaintext secret is erased.
     fn job_applied(&self, id: Uuid, now: u64) -> Result<bool, StoreError>;
+    /// Every site, for exporting the OpenVPN server files.
+    fn sites(&self) -> Result<Vec<Site>, StoreError>;
+    /// Records one authentication attempt.
+    fn record_attempt(&self, attempt: &Attempt) -> Result<(), StoreError>;
+}
+
+/// One router's try to authenticate, as OpenVPN reported it.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub time: u64,
+    pub username: String,
+    pub site: Option<Uuid>,
+    pub ok: bool,
+    pub source: Option<String>,
 }
 
 fn hash_secret(secret: &str) -> Result<String, StoreError> {
@@ -193,6 +215,18 @@ impl SqliteStore {
         db.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut db)?;
         let pool = restore_pool(&db, net, quarantine_secs)?;
+        Ok(Self {
+            inner: Mutex::new(Inner { db, pool }),
+        })
+    }
+
+    /// Opens the database for authentication checks only: no pool is rebuilt,
+    /// so a check stays fast with a million tunnels. Never allocate through it.
+    pub fn open_for_checks(path: &Path) -> Result<Self, StoreError> {
+        let mut db = Connection::open(path)?;
+        db.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrate(&mut db)?;
+        let pool = Pool::new(Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 29).expect("a /29"), 0)?;
         Ok(Self {
             inner: Mutex::new(Inner { db, pool }),
         })
@@ -411,6 +445,40 @@ impl Store for SqliteStore {
         Ok(n > 0)
     }
 
+    fn sites(&self) -> Result<Vec<Site>, StoreError> {
+        let inner = self.lock();
+        let mut stmt = inner
+            .db
+            .prepare("SELECT uuid, username, address, created FROM sites ORDER BY address")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })?;
+        rows.map(|row| {
+            let (u, n, a, c) = row?;
+            row_to_site(&u, n, &a, c)
+        })
+        .collect()
+    }
+
+    fn record_attempt(&self, a: &Attempt) -> Result<(), StoreError> {
+        self.lock().db.execute(
+            "INSERT INTO auth_attempts (time, username, site, ok, source) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                a.time as i64,
+                a.username,
+                a.site.map(|s| s.to_string()),
+                a.ok,
+                a.source
+            ],
+        )?;
+        Ok(())
+    }
+
     fn job_applied(&self, id: Uuid, now: u64) -> Result<bool, StoreError> {
         let n = self.lock().db.execute(
             "UPDATE jobs SET applied = COALESCE(applied, ?1), secret = NULL WHERE id = ?2",
@@ -528,6 +596,33 @@ mod tests {
         assert_eq!(store.recreate(Uuid::new_v4(), 10).unwrap(), None);
         assert!(store.delete(id, 20).unwrap());
         assert_eq!(store.job(job.id).unwrap(), None, "jobs go with the site");
+    }
+
+    #[test]
+    fn sites_are_listed_and_attempts_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let (a, _) = store.ensure(Uuid::new_v4(), 0).unwrap();
+        let (b, _) = store.ensure(Uuid::new_v4(), 0).unwrap();
+        assert_eq!(store.sites().unwrap(), [a.clone(), b]);
+        let attempt = Attempt {
+            time: 5,
+            username: a.username.clone(),
+            site: Some(a.uuid),
+            ok: false,
+            source: Some("198.51.100.7".into()),
+        };
+        store.record_attempt(&attempt).unwrap();
+        let checks = SqliteStore::open_for_checks(&dir.path().join("tunnels.db")).unwrap();
+        checks.record_attempt(&attempt).unwrap();
+        let n: i64 = store
+            .lock()
+            .db
+            .query_row("SELECT count(*) FROM auth_attempts WHERE ok = 0", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(n, 2);
     }
 
     #[test]
