@@ -6,130 +6,15 @@
 mod common;
 
 use std::{
-    fs::File,
     net::TcpListener,
-    os::fd::AsRawFd,
     path::Path,
-    process::Command,
     time::{Duration, Instant},
 };
 
-use common::*;
+use common::{lab::*, *};
 use hickory_proto::rr::RecordType;
 
-const SERVER_ADDR: &str = "169.254.88.1/30";
 const REGION_IP: &str = "169.254.88.2";
-
-/// Network namespaces and their veth pair; deleted on drop.
-struct Lab {
-    server: String,
-    region: String,
-    veth_region: String,
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("iproute2's ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-impl Lab {
-    fn new() -> Self {
-        let id = std::process::id() % 100_000;
-        let lab = Self {
-            server: format!("mgnt-dns-{id}"),
-            region: format!("mgnt-eu-{id}"),
-            veth_region: format!("mgr{id}"),
-        };
-        let veth_server = format!("mgs{id}");
-        ip(&["netns", "add", &lab.server]);
-        ip(&["netns", "add", &lab.region]);
-        ip(&[
-            "link",
-            "add",
-            &veth_server,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &lab.veth_region,
-        ]);
-        ip(&["link", "set", &veth_server, "netns", &lab.server]);
-        ip(&["link", "set", &lab.veth_region, "netns", &lab.region]);
-        ip(&[
-            "-n",
-            &lab.server,
-            "addr",
-            "add",
-            SERVER_ADDR,
-            "dev",
-            &veth_server,
-        ]);
-        ip(&[
-            "-n",
-            &lab.region,
-            "addr",
-            "add",
-            &format!("{REGION_IP}/30"),
-            "dev",
-            &lab.veth_region,
-        ]);
-        for (ns, dev) in [(&lab.server, &veth_server), (&lab.region, &lab.veth_region)] {
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
-            ip(&["-n", ns, "link", "set", dev, "up"]);
-        }
-        lab
-    }
-
-    fn set_region_link(&self, up: bool) {
-        let state = if up { "up" } else { "down" };
-        ip(&["-n", &self.region, "link", "set", &self.veth_region, state]);
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for ns in [&self.server, &self.region] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-/// Runs `f` on a thread that has joined network namespace `ns`; sockets it
-/// creates stay in that namespace.
-fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = File::open(format!("/var/run/netns/{ns}")).unwrap();
-            // SAFETY: setns on a valid namespace fd only changes this thread's namespace.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .unwrap()
-    })
-}
-
-fn runnable() -> Result<(), String> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    if !status
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-    {
-        return Err("network namespaces need root".into());
-    }
-    if Command::new("ip").arg("-V").output().is_err() {
-        return Err("iproute2's `ip` is not installed".into());
-    }
-    Ok(())
-}
 
 fn state_error(path: &Path) -> Option<String> {
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
@@ -144,7 +29,7 @@ fn a_cut_link_times_the_probe_out_and_moves_the_answer() {
         eprintln!("skipping: {why}");
         return;
     }
-    let lab = Lab::new();
+    let lab = Lab::new("dn", "169.254.88");
     let _listener = in_netns(&lab.region, || {
         TcpListener::bind((REGION_IP, 8443)).unwrap()
     });

@@ -3,6 +3,8 @@
 //! and small query helpers built on hickory-proto's message codec.
 #![allow(dead_code)]
 
+pub mod lab;
+
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader, Read, Write},

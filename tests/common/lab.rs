@@ -1,0 +1,118 @@
+//! Two network namespaces joined by a veth pair, for tests of what crosses a
+//! network. Link-local addresses only: nothing can leave the machine.
+
+use std::{fs::File, os::fd::AsRawFd, process::Command};
+
+/// Network namespaces `server` and `region` and their veth pair; deleted on drop.
+pub struct Lab {
+    pub server: String,
+    pub region: String,
+    veth_region: String,
+}
+
+pub fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("iproute2's ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Lab {
+    /// `tag` keeps names unique per test; `subnet` is the /30's first three
+    /// octets, e.g. "169.254.88": the server side gets .1, the region side .2.
+    pub fn new(tag: &str, subnet: &str) -> Self {
+        let id = std::process::id() % 100_000;
+        let lab = Self {
+            server: format!("mgnt-{tag}s-{id}"),
+            region: format!("mgnt-{tag}r-{id}"),
+            veth_region: format!("{tag}r{id}"),
+        };
+        let veth_server = format!("{tag}s{id}");
+        ip(&["netns", "add", &lab.server]);
+        ip(&["netns", "add", &lab.region]);
+        ip(&[
+            "link",
+            "add",
+            &veth_server,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &lab.veth_region,
+        ]);
+        ip(&["link", "set", &veth_server, "netns", &lab.server]);
+        ip(&["link", "set", &lab.veth_region, "netns", &lab.region]);
+        ip(&[
+            "-n",
+            &lab.server,
+            "addr",
+            "add",
+            &format!("{subnet}.1/30"),
+            "dev",
+            &veth_server,
+        ]);
+        ip(&[
+            "-n",
+            &lab.region,
+            "addr",
+            "add",
+            &format!("{subnet}.2/30"),
+            "dev",
+            &lab.veth_region,
+        ]);
+        for (ns, dev) in [(&lab.server, &veth_server), (&lab.region, &lab.veth_region)] {
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+        }
+        lab
+    }
+
+    pub fn set_region_link(&self, up: bool) {
+        let state = if up { "up" } else { "down" };
+        ip(&["-n", &self.region, "link", "set", &self.veth_region, state]);
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for ns in [&self.server, &self.region] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// Runs `f` on a thread that has joined network namespace `ns`; sockets it
+/// creates stay in that namespace.
+pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let file = File::open(format!("/var/run/netns/{ns}")).unwrap();
+            // SAFETY: setns on a valid namespace fd only changes this thread's namespace.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+/// Why namespace tests cannot run here, if they cannot (they need root and `ip`).
+pub fn runnable() -> Result<(), String> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    if !status
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+    {
+        return Err("network namespaces need root".into());
+    }
+    if Command::new("ip").arg("-V").output().is_err() {
+        return Err("iproute2's `ip` is not installed".into());
+    }
+    Ok(())
+}

@@ -1,0 +1,244 @@
+//! End to end with a real OpenVPN 2.6 server and client: the server is
+//! configured only from `mgnt site export`, checks passwords with
+//! `mgnt auth-verify`, and a client set up as a RouterOS router is (TCP,
+//! AES-256-CBC, the configured auth, no compression, no tls-auth) gets exactly
+//! its allocated CGNAT address. Server and client live in network namespaces
+//! this test creates. Needs root, `ip`, `openvpn` and `openssl` (CI has them).
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use common::{lab::*, *};
+use serde_json::Value;
+
+const SUBNET: &str = "169.254.89";
+
+fn sh(cmd: &str, dir: &Path) {
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .current_dir(dir)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "{cmd}");
+}
+
+/// A throwaway PKI: a CA and a server certificate (EC keys, two days).
+fn pki(dir: &Path) {
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    sh(
+        &format!(
+            "openssl req -x509 {ec} -keyout ca.key -out ca.crt -days 2 -subj /CN=mgnt-test-ca 2>/dev/null"
+        ),
+        dir,
+    );
+    sh(
+        &format!(
+            "openssl req {ec} -keyout server.key -out server.csr -subj /CN=mgnt-test-server 2>/dev/null"
+        ),
+        dir,
+    );
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyAgreement\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    sh(
+        "openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 -extfile ext.cnf 2>/dev/null",
+        dir,
+    );
+}
+
+/// Runs OpenVPN in `ns`; lines of its output arrive on the returned channel.
+fn openvpn(ns: &str, config: &Path) -> (Child, mpsc::Receiver<String>) {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "openvpn", "--config"])
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openvpn");
+    let (tx, rx) = mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// Waits for a line containing one of `wanted`; returns which, or panics with the log.
+fn wait_for(rx: &mpsc::Receiver<String>, wanted: &[&str], secs: u64) -> String {
+    let mut log = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                if let Some(w) = wanted.iter().find(|w| line.contains(*w)) {
+                    return (*w).to_owned();
+                }
+                log.push(line);
+            }
+            Err(_) => break,
+        }
+    }
+    panic!(
+        "none of {wanted:?} within {secs} s; output:\n{}",
+        log.join("\n")
+    );
+}
+
+fn client_config(dir: &Path, name: &str, user: &str, password: &str) -> PathBuf {
+    let creds = dir.join(format!("{name}.creds"));
+    std::fs::write(&creds, format!("{user}\n{password}\n")).unwrap();
+    let path = dir.join(format!("{name}.ovpn"));
+    std::fs::write(
+        &path,
+        format!(
+            "client\ndev tun\nproto tcp-client\nremote {SUBNET}.1 8443\nnobind\n\
+             ca {ca}\nauth-user-pass {creds}\nauth-nocache\nauth-retry none\n\
+             data-ciphers AES-256-CBC\ncipher AES-256-CBC\nauth SHA1\n\
+             connect-retry-max 1\nverb 3\n",
+            ca = dir.join("ca.crt").display(),
+            creds = creds.display(),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn tun_address(ns: &str) -> String {
+    let out = Command::new("ip")
+        .args(["-n", ns, "-4", "-o", "addr", "show", "dev", "tun0"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_routeros_style_client_connects_with_its_tunnel_credentials_only() {
+    if let Err(why) = runnable() {
+        eprintln!("skipping: {why}");
+        return;
+    }
+    if Command::new("openvpn").arg("--version").output().is_err() {
+        eprintln!("skipping: openvpn is not installed (Debian package openvpn)");
+        return;
+    }
+    let fixture = Fixture::new();
+    fixture.write_config(
+        &(config_text("\"127.0.0.1:0\", \"[::1]:0\"")
+            + "\n[provision]\ndata_dir = \"state\"\npool = \"100.64.0.0/10\"\nauth = \"sha1\"\n"),
+    );
+    let server = Server::start_with(fixture);
+    let dir = server.fixture.path("vpn");
+    std::fs::create_dir_all(&dir).unwrap();
+    pki(&dir);
+    let cfg = server.fixture.config();
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"{}\"", server.api),
+        ),
+    )
+    .unwrap();
+    let mgnt_cli = |args: &[&str]| {
+        let out = mgnt()
+            .args(args)
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let created: Value = serde_json::from_str(&mgnt_cli(&["site", "create"])).unwrap();
+    let uuid = created["site"]["uuid"].as_str().unwrap().to_owned();
+    let user = created["site"]["username"].as_str().unwrap().to_owned();
+    let address = created["site"]["address"].as_str().unwrap().to_owned();
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    let export = dir.join("export");
+    mgnt_cli(&[
+        "site",
+        "export",
+        export.to_str().unwrap(),
+        "--region",
+        "europe1",
+    ]);
+
+    let lab = Lab::new("ov", SUBNET);
+    let server_conf = dir.join("server.ovpn");
+    std::fs::write(
+        &server_conf,
+        format!(
+            "local {SUBNET}.1\nca {d}/ca.crt\ncert {d}/server.crt\nkey {d}/server.key\ndh none\n\
+             config {e}/server.conf\nverb 3\n",
+            d = dir.display(),
+            e = export.display(),
+        ),
+    )
+    .unwrap();
+    let (mut vpn_server, server_log) = openvpn(&lab.server, &server_conf);
+    wait_for(&server_log, &["Initialization Sequence Completed"], 20);
+
+    // The right secret: connected, holding exactly the allocated address.
+    let (mut client, log) = openvpn(&lab.region, &client_config(&dir, "good", &user, &secret));
+    wait_for(&log, &["Initialization Sequence Completed"], 30);
+    assert!(
+        tun_address(&lab.region).contains(&format!("inet {address}/10")),
+        "{}",
+        tun_address(&lab.region)
+    );
+    let _ = client.kill();
+    let _ = client.wait();
+
+    // A wrong secret is refused.
+    let (mut client, log) = openvpn(
+        &lab.region,
+        &client_config(&dir, "bad", &user, "wrong-secret"),
+    );
+    assert_eq!(
+        wait_for(
+            &log,
+            &["AUTH_FAILED", "Initialization Sequence Completed"],
+            30
+        ),
+        "AUTH_FAILED"
+    );
+    let _ = client.kill();
+    let _ = client.wait();
+
+    // After DELETE (and the export that follows) the tunnel can no longer connect.
+    mgnt_cli(&["site", "delete", &uuid]);
+    mgnt_cli(&["site", "export", export.to_str().unwrap()]);
+    let (mut client, log) = openvpn(&lab.region, &client_config(&dir, "deleted", &user, &secret));
+    assert_eq!(
+        wait_for(
+            &log,
+            &["AUTH_FAILED", "Initialization Sequence Completed"],
+            30
+        ),
+        "AUTH_FAILED"
+    );
+    let _ = client.kill();
+    let _ = client.wait();
+    let _ = vpn_server.kill();
+    let _ = vpn_server.wait();
+}
