@@ -143,6 +143,8 @@ pub struct ProvisionConfig {
     pub auth: String,
     pub connect_to: String,
     pub port: u16,
+    /// Where the server re-exports the OpenVPN files after every change, if set.
+    pub export_dir: Option<PathBuf>,
 }
 
 /// `[health]`: when and how strictly regions are probed.

@@ -212,24 +212,7 @@ fn provision(cfg: &Config) -> Result<&mgnt::config::ProvisionConfig> {
 fn export(config: &Path, cfg: &Config, dir: &Path, region: Option<&str>) -> Result<()> {
     let p = provision(cfg)?;
     let store = SqliteStore::open_for_checks(&p.data_dir.join("tunnels.db"))?;
-    let sites = store.sites()?;
-    let dir = std::path::absolute(dir)?;
-    let ccd = dir.join("ccd");
-    let verify = format!(
-        "{} --config {} auth-verify",
-        std::env::current_exe()?.display(),
-        std::path::absolute(config)?.display()
-    );
-    let pool = mgnt::tunnels::pool::Pool::new(p.pool, 0)?;
-    let server = mgnt::tunnels::openvpn::Server {
-        pool: p.pool,
-        gateway: pool.gateway(),
-        port: p.port,
-        auth: &p.auth,
-        ccd_dir: &ccd.to_string_lossy(),
-        verify_command: &verify,
-    };
-    let done = mgnt::tunnels::export::export(&dir, &sites, &server)?;
+    let done = mgnt::tunnels::export::export_store(&store, p, config, dir)?;
     println!(
         "{}: {} tunnels{}, {} stale files removed",
         dir.display(),

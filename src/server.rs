@@ -182,6 +182,17 @@ pub async fn run(config_path: PathBuf) -> Result<(), ServeError> {
     let (bound, _dns_tasks) = listen::start(&config.dns, responder).map_err(ServeError::Dns)?;
     let health = Health::start(&config, shared.clone());
     let tunnels = open_store(&config)?;
+    if let (Some(store), Some(p)) = (&tunnels, &config.provision) {
+        if let Some(dir) = &p.export_dir {
+            let done = crate::tunnels::export::export_store(store.as_ref(), p, &config_path, dir);
+            match done {
+                Ok(e) => {
+                    info!(dir = %dir.display(), tunnels = e.tunnels, "exported the OpenVPN files")
+                }
+                Err(e) => warn!(error = %e, "exporting the OpenVPN files failed"),
+            }
+        }
+    }
     let server = Arc::new(Server {
         config_path,
         shared,

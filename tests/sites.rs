@@ -265,3 +265,121 @@ fn cli_export_and_auth_verify_work_on_the_same_store() {
         "{out}"
     );
 }
+
+#[test]
+fn the_server_reexports_after_every_change_and_a_full_pool_is_a_409() {
+    let fixture = Fixture::new();
+    fixture.write_config(
+        &(config_text("\"127.0.0.1:0\", \"[::1]:0\"")
+            + "\n[provision]\ndata_dir = \"state\"\npool = \"100.64.0.0/29\"\nexport_dir = \"openvpn\"\n"),
+    );
+    let server = Server::start_with(fixture);
+    let token = std::fs::read_to_string(server.fixture.path("state/admin.token")).unwrap();
+    let api = Api {
+        base: format!("http://{}", server.api),
+        token: token.trim().to_owned(),
+        agent: ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into(),
+    };
+    assert!(
+        server.fixture.path("openvpn/server.conf").exists(),
+        "exported at start"
+    );
+    let (_, created) = api.json("POST", "/v1/sites");
+    let user = created["site"]["username"].as_str().unwrap().to_owned();
+    let uuid = created["site"]["uuid"].as_str().unwrap().to_owned();
+    assert!(server.fixture.path(&format!("openvpn/ccd/{user}")).exists());
+    // A /29 holds five tunnels (network, gateway and broadcast excluded).
+    for _ in 0..4 {
+        assert_eq!(api.json("POST", "/v1/sites").0, 201);
+    }
+    let (status, v) = api.json("POST", "/v1/sites");
+    assert_eq!(status, 409, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("exhausted"), "{v}");
+    assert_eq!(api.call("DELETE", &format!("/v1/sites/{uuid}")).0, 204);
+    assert!(
+        !server.fixture.path(&format!("openvpn/ccd/{user}")).exists(),
+        "removed at once"
+    );
+}
+
+#[test]
+fn kill_9_during_puts_loses_nothing_acknowledged() {
+    use std::sync::{
+        Mutex,
+        atomic::{AtomicBool, Ordering},
+    };
+    let (mut server, api) = Api::start();
+    let api = Arc::new(api);
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Mutex<Vec<(uuid::Uuid, String)>>> = Arc::default();
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (api, stop, acked) = (api.clone(), stop.clone(), acked.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let id = uuid::Uuid::new_v4();
+                    let url = format!("{}/v1/sites/{id}", api.base);
+                    let auth = format!("Bearer {}", api.token);
+                    let Ok(mut resp) = api
+                        .agent
+                        .put(&url)
+                        .header("Authorization", &auth)
+                        .send_empty()
+                    else {
+                        break; // the server is gone
+                    };
+                    let Ok(body) = resp.body_mut().read_to_string() else {
+                        break;
+                    };
+                    if resp.status().as_u16() == 201 {
+                        let v: Value = serde_json::from_str(&body).unwrap();
+                        let address = v["site"]["address"].as_str().unwrap().to_owned();
+                        acked.lock().unwrap().push((id, address));
+                    }
+                }
+            })
+        })
+        .collect();
+    // Kill while requests are in flight, once enough were acknowledged.
+    let start = std::time::Instant::now();
+    while acked.lock().unwrap().len() < 12 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "too few acknowledged"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    server.signal("KILL");
+    stop.store(true, Ordering::Relaxed);
+    workers.into_iter().for_each(|w| w.join().unwrap());
+    let acked = acked.lock().unwrap().clone();
+
+    server.restart();
+    let token = std::fs::read_to_string(server.fixture.path("state/admin.token")).unwrap();
+    let api = Api {
+        base: format!("http://{}", server.api),
+        token: token.trim().to_owned(),
+        agent: ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into(),
+    };
+    let mut addresses = std::collections::HashSet::new();
+    for (id, address) in &acked {
+        let (status, v) = api.json("GET", &format!("/v1/sites/{id}"));
+        assert_eq!(status, 200, "acknowledged site {id} lost");
+        assert_eq!(v["site"]["address"].as_str().unwrap(), address);
+        assert!(addresses.insert(address.clone()), "{address} twice");
+    }
+    let db = rusqlite::Connection::open(server.fixture.path("state/tunnels.db")).unwrap();
+    let check: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    // New sites after the crash never reuse an acknowledged address.
+    let (_, v) = api.json("POST", "/v1/sites");
+    assert!(!addresses.contains(v["site"]["address"].as_str().unwrap()));
+}

@@ -16,6 +16,8 @@ use super::{Api, handlers::error};
 use crate::{
     state,
     tunnels::{
+        export,
+        pool::PoolError,
         routeros::{TunnelScript, Version},
         store::{Job, Site, Store, StoreError},
     },
@@ -50,8 +52,34 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, Fail> {
     match tokio::task::spawn_blocking(f).await {
         Ok(Ok(v)) => Ok(v),
+        Ok(Err(e @ StoreError::Pool(PoolError::Exhausted(_)))) => Err(Fail(
+            StatusCode::CONFLICT,
+            format!("{e}: delete sites or widen [provision] pool"),
+        )),
         Ok(Err(e)) => Err(Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
         Err(e) => Err(Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
+}
+
+/// Rewrites the OpenVPN server files after a change, when `export_dir` is set,
+/// so a new tunnel can connect and a deleted one cannot.
+async fn reexport(api: &Api, store: Arc<dyn Store>) {
+    let data = api.server.responder().data.load_full();
+    let Some(p) = data.config.provision.clone() else {
+        return;
+    };
+    let Some(dir) = p.export_dir.clone() else {
+        return;
+    };
+    let config_file = api.server.config_path.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        export::export_store(store.as_ref(), &p, &config_file, &dir)
+    })
+    .await;
+    match done {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "exporting the OpenVPN files failed"),
+        Err(e) => tracing::error!(error = %e, "exporting the OpenVPN files failed"),
     }
 }
 
@@ -76,16 +104,21 @@ fn created(site: &Site, secret: Option<String>) -> Response {
 }
 
 pub async fn create(State(api): State<Arc<Api>>) -> Response {
-    let store = attempt!(store(&api));
-    let id = Uuid::new_v4();
-    let (site, secret) = attempt!(blocking(move || store.ensure(id, state::now())).await);
-    created(&site, secret)
+    ensure(&api, Uuid::new_v4()).await
 }
 
 pub async fn put(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
-    let store = attempt!(store(&api));
     let id = attempt!(uuid(&id));
-    let (site, secret) = attempt!(blocking(move || store.ensure(id, state::now())).await);
+    ensure(&api, id).await
+}
+
+async fn ensure(api: &Api, id: Uuid) -> Response {
+    let store = attempt!(store(api));
+    let s = store.clone();
+    let (site, secret) = attempt!(blocking(move || s.ensure(id, state::now())).await);
+    if secret.is_some() {
+        reexport(api, store).await;
+    }
     created(&site, secret)
 }
 
@@ -101,7 +134,9 @@ pub async fn get(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Respons
 pub async fn delete(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
     let store = attempt!(store(&api));
     let id = attempt!(uuid(&id));
-    if attempt!(blocking(move || store.delete(id, state::now())).await) {
+    let s = store.clone();
+    if attempt!(blocking(move || s.delete(id, state::now())).await) {
+        reexport(&api, store).await;
         StatusCode::NO_CONTENT.into_response()
     } else {
         error(StatusCode::NOT_FOUND, format!("no site {id}"))
@@ -167,7 +202,8 @@ pub async fn routeros(
 pub async fn recreate(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
     let store = attempt!(store(&api));
     let id = attempt!(uuid(&id));
-    match attempt!(blocking(move || store.recreate(id, state::now())).await) {
+    let s = store.clone();
+    match attempt!(blocking(move || s.recreate(id, state::now())).await) {
         Some(job) => (StatusCode::CREATED, Json(json!({ "job": job }))).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("no site {id}")),
     }

@@ -79,6 +79,7 @@ struct RawProvision {
     auth: Option<String>,
     connect_to: Option<String>,
     port: Option<u16>,
+    export_dir: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -573,6 +574,7 @@ impl RawProvision {
             auth,
             connect_to,
             port: self.port.unwrap_or(super::DEFAULT_PROBE_PORT),
+            export_dir: self.export_dir.as_deref().map(|d| cx.path(d)),
         })
     }
 }

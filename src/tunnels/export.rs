@@ -5,8 +5,55 @@
 
 use std::{collections::HashSet, io, path::Path};
 
-use super::{openvpn, store::Site};
-use crate::state::write_atomic;
+use super::{
+    openvpn,
+    pool::Pool,
+    store::{Site, Store},
+};
+use crate::{config::ProvisionConfig, state::write_atomic};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("{dir}: {source}")]
+    Io {
+        dir: std::path::PathBuf,
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] super::store::StoreError),
+    #[error(transparent)]
+    Pool(#[from] super::pool::PoolError),
+}
+
+/// Exports every site of `store` into `dir` for the server `config_file` describes;
+/// the auth hook is this program with that config.
+pub fn export_store(
+    store: &dyn Store,
+    provision: &ProvisionConfig,
+    config_file: &Path,
+    dir: &Path,
+) -> Result<Exported, ExportError> {
+    let io_err = |source| ExportError::Io {
+        dir: dir.to_owned(),
+        source,
+    };
+    let dir = std::path::absolute(dir).map_err(io_err)?;
+    let verify = format!(
+        "{} --config {} auth-verify",
+        std::env::current_exe().map_err(io_err)?.display(),
+        std::path::absolute(config_file).map_err(io_err)?.display()
+    );
+    let ccd = dir.join("ccd");
+    let server = openvpn::Server {
+        pool: provision.pool,
+        gateway: Pool::new(provision.pool, 0)?.gateway(),
+        port: provision.port,
+        auth: &provision.auth,
+        ccd_dir: &ccd.to_string_lossy(),
+        verify_command: &verify,
+    };
+    export(&dir, &store.sites()?, &server).map_err(io_err)
+}
 
 /// What an export wrote.
 #[derive(Debug, PartialEq, Eq)]
