@@ -155,6 +155,21 @@ fn open_store(config: &Config) -> Result<Option<Arc<dyn Store>>, ServeError> {
     Ok(Some(Arc::new(store)))
 }
 
+/// Writes the OpenVPN files once at start when `[provision] export_dir` is set.
+fn export_at_start(config: &Config, config_path: &std::path::Path, store: Option<&dyn Store>) {
+    let p = config.provision.as_ref();
+    let Some((store, p, dir)) = store
+        .zip(p)
+        .and_then(|(s, p)| Some((s, p, p.export_dir.as_ref()?)))
+    else {
+        return;
+    };
+    match crate::tunnels::export::export_store(store, p, config_path, dir) {
+        Ok(e) => info!(dir = %dir.display(), tunnels = e.tunnels, "exported the OpenVPN files"),
+        Err(e) => warn!(error = %e, "exporting the OpenVPN files failed"),
+    }
+}
+
 /// Serves until SIGINT or SIGTERM; SIGHUP reloads.
 pub async fn run(config_path: PathBuf) -> Result<(), ServeError> {
     let path = config_path.clone();
@@ -182,17 +197,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), ServeError> {
     let (bound, _dns_tasks) = listen::start(&config.dns, responder).map_err(ServeError::Dns)?;
     let health = Health::start(&config, shared.clone());
     let tunnels = open_store(&config)?;
-    if let (Some(store), Some(p)) = (&tunnels, &config.provision) {
-        if let Some(dir) = &p.export_dir {
-            let done = crate::tunnels::export::export_store(store.as_ref(), p, &config_path, dir);
-            match done {
-                Ok(e) => {
-                    info!(dir = %dir.display(), tunnels = e.tunnels, "exported the OpenVPN files")
-                }
-                Err(e) => warn!(error = %e, "exporting the OpenVPN files failed"),
-            }
-        }
-    }
+    export_at_start(&config, &config_path, tunnels.as_deref());
     let server = Arc::new(Server {
         config_path,
         shared,
