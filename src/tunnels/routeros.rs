@@ -131,7 +131,7 @@ impl TunnelScript<'_> {
         let _ = writeln!(s, "/ppp profile remove [find name=\"{id}\"]");
         let _ = writeln!(
             s,
-            "/ppp profile add name=\"{id}\" change-tcp-mss=yes use-encryption=required comment=\"{tag}\""
+            "/ppp profile add name=\"{id}\" change-tcp-mss=yes use-encryption=required"
         );
         let cipher = if version.has_protocol() {
             "aes256-cbc"
@@ -321,8 +321,10 @@ mod tests {
         out
     }
 
-    /// Parameters and values RouterOS accepts per command, following the
-    /// parameter data of the `community.routeros` collection for v6 and v7.
+    /// Parameters and values RouterOS accepts per command. Names follow the
+    /// `community.routeros` collection's API data (`plugins/module_utils/_api_data.py`,
+    /// including its per-version fields); values and the v6 and pre-7.8
+    /// differences follow MikroTik's documentation.
     fn accepted(
         version: Version,
         command: &str,
@@ -376,15 +378,27 @@ mod tests {
                 }
                 p
             }
-            "/ppp profile add" => vec![
-                ("name", None),
-                ("change-tcp-mss", Some(&["yes", "no", "default"])),
-                (
-                    "use-encryption",
-                    Some(&["yes", "no", "required", "default"]),
-                ),
-                ("comment", None),
-            ],
+            // `comment` on PPP profiles exists only from 7.15 (community.routeros
+            // lists it among the versioned fields), so the script never sets it.
+            "/ppp profile add" => {
+                let mut p: Vec<(&str, Option<&[&str]>)> = vec![
+                    ("name", None),
+                    ("change-tcp-mss", Some(&["yes", "no", "default"])),
+                    (
+                        "use-encryption",
+                        Some(&["yes", "no", "required", "default"]),
+                    ),
+                ];
+                if version
+                    >= (Version {
+                        major: 7,
+                        minor: 15,
+                    })
+                {
+                    p.push(("comment", None));
+                }
+                p
+            }
             "/ip firewall filter add" => vec![
                 ("chain", Some(&["input", "output", "forward"])),
                 ("in-interface", None),

@@ -3,7 +3,7 @@
 /ip firewall filter remove [find comment="mgnt:3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c"]
 /interface ovpn-client remove [find name="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c"]
 /ppp profile remove [find name="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c"]
-/ppp profile add name="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" change-tcp-mss=yes use-encryption=required comment="mgnt:3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c"
+/ppp profile add name="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" change-tcp-mss=yes use-encryption=required
 /interface ovpn-client add name="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" connect-to="mgnt.mkcld.io" port=8443 mode=ip user="h4vwyhu2jvhixmocpvpj6cq3fq" password="s3cr\"et\$pw" profile="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" certificate=none cipher=aes256 auth=sha1 add-default-route=no disabled=no comment="mgnt:3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c"
 # Only management traffic on the tunnel; no router-to-router traffic.
 :local mgntTop [/ip firewall filter find]
