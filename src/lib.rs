@@ -11,7 +11,8 @@
 //! - [`state`]: drains, the view queries read (health × drains), the state file, atomic writes.
 //! - [`dns`]: zones, geo names, ECS, the responder and the UDP/TCP listeners.
 //! - [`metrics`]: lock-free counters and histograms, Prometheus text.
-//! - [`tunnels`]: provisioning (for now the username codec and the CGNAT pool).
+//! - [`tunnels`]: provisioning: username codec, CGNAT pool, RouterOS and OpenVPN files, SQLite store.
+//! - [`vpnlog`]: OpenVPN log ingestion (for now the line parser).
 //! - [`explain`]: why a client gets its answer (`mgnt lookup`).
 
 pub mod admin;
@@ -25,3 +26,4 @@ pub mod route;
 pub mod server;
 pub mod state;
 pub mod tunnels;
+pub mod vpnlog;

@@ -8,7 +8,7 @@
 mod common;
 
 use std::{
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Write},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::mpsc,
@@ -68,8 +68,19 @@ fn openvpn(ns: &str, config: &Path) -> (Child, mpsc::Receiver<String>) {
         .expect("openvpn");
     let (tx, rx) = mpsc::channel();
     let out = child.stdout.take().unwrap();
+    // MGNT_OPENVPN_LOG=FILE keeps a copy of everything OpenVPN printed.
+    let mut copy = std::env::var_os("MGNT_OPENVPN_LOG").map(|f| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(f)
+            .unwrap()
+    });
     std::thread::spawn(move || {
         for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Some(f) = copy.as_mut() {
+                let _ = writeln!(f, "{line}");
+            }
             if tx.send(line).is_err() {
                 break;
             }
