@@ -71,6 +71,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// `[provision]`; `None` keeps tunnel provisioning off.
     pub provision: Option<ProvisionConfig>,
+    /// `[vpnlog]`; `None` keeps log ingestion off.
+    pub vpnlog: Option<VpnlogConfig>,
     /// Every configured region, sorted by name; geo names refer to them by index.
     pub regions: Vec<Region>,
     pub overrides: Overrides,
@@ -131,6 +133,16 @@ pub struct ApiConfig {
     pub token_env: Option<String>,
     /// Append-only record of drains and reloads (JSON lines).
     pub audit_log: PathBuf,
+}
+
+/// `[vpnlog]`: log ingestion.
+#[derive(Debug, Clone)]
+pub struct VpnlogConfig {
+    /// Syslog over UDP and TCP.
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// (syslog host, region) of each regional OpenVPN server.
+    pub servers: Vec<(String, String)>,
 }
 
 /// `[provision]`: tunnel provisioning.

@@ -19,6 +19,7 @@ use crate::{
     health::{Health, HealthTable},
     state::{self, RegionView, Shared},
     tunnels::store::{SqliteStore, Store, StoreError},
+    vpnlog::{ingest::Ingest, store::LogStore},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +53,8 @@ pub struct Server {
     pub reload_failures: AtomicU64,
     /// Provisioning's store, when `[provision]` is configured.
     pub tunnels: Option<Arc<dyn Store>>,
+    /// Log ingestion and its store, when `[vpnlog]` is configured.
+    pub vpnlog: Option<(Arc<Ingest>, Arc<LogStore>)>,
 }
 
 /// What a successful reload loaded.
@@ -155,6 +158,30 @@ fn open_store(config: &Config) -> Result<Option<Arc<dyn Store>>, ServeError> {
     Ok(Some(Arc::new(store)))
 }
 
+/// Opens the log store and starts the syslog listeners, if `[vpnlog]` is set.
+async fn start_vpnlog(config: &Config) -> Result<Option<(Arc<Ingest>, Arc<LogStore>)>, ServeError> {
+    let Some(v) = &config.vpnlog else {
+        return Ok(None);
+    };
+    let file = v.data_dir.join("vpnlog.db");
+    let err = |e: String| ServeError::Store {
+        file: file.clone(),
+        source: StoreError::Corrupt(e),
+    };
+    std::fs::create_dir_all(&v.data_dir).map_err(|e| err(e.to_string()))?;
+    let store = Arc::new(LogStore::open(&file).map_err(|e| err(e.to_string()))?);
+    let ingest = Ingest::start(v, store.clone());
+    let addr = crate::vpnlog::ingest::listen(v.listen, ingest.clone())
+        .await
+        .map_err(|source| ServeError::Api {
+            addr: v.listen,
+            source,
+        })?;
+    info!(%addr, "receiving OpenVPN logs over syslog (UDP and TCP)");
+    println!("listening syslog {addr}");
+    Ok(Some((ingest, store)))
+}
+
 /// Writes the OpenVPN files once at start when `[provision] export_dir` is set.
 fn export_at_start(config: &Config, config_path: &std::path::Path, store: Option<&dyn Store>) {
     let p = config.provision.as_ref();
@@ -198,6 +225,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), ServeError> {
     let health = Health::start(&config, shared.clone());
     let tunnels = open_store(&config)?;
     export_at_start(&config, &config_path, tunnels.as_deref());
+    let vpnlog = start_vpnlog(&config).await?;
     let server = Arc::new(Server {
         config_path,
         shared,
@@ -206,6 +234,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), ServeError> {
         reloads: AtomicU64::new(0),
         reload_failures: AtomicU64::new(0),
         tunnels,
+        vpnlog,
     });
     let api = tokio::net::TcpListener::bind(config.api.listen)
         .await

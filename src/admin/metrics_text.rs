@@ -127,6 +127,32 @@ pub fn render(server: &Server) -> String {
         help(&mut out, name, "counter", text);
         let _ = writeln!(out, "{name} {value}");
     }
+    if let Some((ingest, _)) = &server.vpnlog {
+        help(
+            &mut out,
+            "mgnt_vpnlog_lines_total",
+            "counter",
+            "Log lines received, by parse result.",
+        );
+        let parsed = ingest.parsed.load(Relaxed);
+        let unparsed = ingest.unparsed.load(Relaxed);
+        let _ = writeln!(out, "mgnt_vpnlog_lines_total{{result=\"parsed\"}} {parsed}");
+        let _ = writeln!(
+            out,
+            "mgnt_vpnlog_lines_total{{result=\"unparsed\"}} {unparsed}"
+        );
+        help(
+            &mut out,
+            "mgnt_vpnlog_records_written_total",
+            "counter",
+            "Records and raw lines stored.",
+        );
+        let _ = writeln!(
+            out,
+            "mgnt_vpnlog_records_written_total {}",
+            ingest.written.load(Relaxed)
+        );
+    }
     help(
         &mut out,
         "mgnt_geoip_build_epoch_seconds",

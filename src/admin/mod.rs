@@ -8,6 +8,7 @@ pub mod audit;
 pub mod auth;
 pub mod client;
 mod handlers;
+mod logs;
 mod metrics_text;
 mod sites;
 
@@ -79,6 +80,12 @@ pub fn routes() -> Vec<Route> {
             "/v1/jobs/{id}/applied",
             post(sites::job_applied),
         ),
+        (
+            Method::GET,
+            "/v1/tunnels/{uuid}/sessions",
+            get(logs::sessions),
+        ),
+        (Method::GET, "/v1/auth-attempts", get(logs::attempts)),
     ]
 }
 

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::{
     AnswerMode, ApiConfig, Config, ConfigError, DnsConfig, GeoName, GeoipConfig, HealthConfig,
-    Overrides, ProbeSpec, ProvisionConfig, Region, Require,
+    Overrides, ProbeSpec, ProvisionConfig, Region, Require, VpnlogConfig,
 };
 use crate::route::Coord;
 
@@ -29,6 +29,7 @@ pub(super) struct RawConfig {
     #[serde(default)]
     api: RawApi,
     provision: Option<RawProvision>,
+    vpnlog: Option<RawVpnlog>,
     #[serde(default)]
     regions: BTreeMap<String, RawRegion>,
     #[serde(default)]
@@ -68,6 +69,22 @@ struct RawRegion {
     host: String,
     location: Option<Vec<f64>>,
     probe: Option<RawProbe>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVpnlog {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    servers: Vec<RawLogServer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLogServer {
+    host: String,
+    region: String,
 }
 
 #[derive(Deserialize)]
@@ -184,6 +201,7 @@ impl RawConfig {
             .as_ref()
             .map(|p| p.validate(&cx, &geo))
             .transpose()?;
+        let vpnlog = self.vpnlog.as_ref().map(|v| v.validate(&cx)).transpose()?;
         Ok(Config {
             file: file.to_owned(),
             dns,
@@ -192,6 +210,7 @@ impl RawConfig {
             health,
             api,
             provision,
+            vpnlog,
             regions,
             overrides,
         })
@@ -575,6 +594,27 @@ impl RawProvision {
             connect_to,
             port: self.port.unwrap_or(super::DEFAULT_PROBE_PORT),
             export_dir: self.export_dir.as_deref().map(|d| cx.path(d)),
+        })
+    }
+}
+
+impl RawVpnlog {
+    fn validate(&self, cx: &Ctx) -> Result<VpnlogConfig, ConfigError> {
+        let listen = self.listen.as_deref().unwrap_or("127.0.0.1:5514");
+        let listen = listen.parse().map_err(|_| {
+            cx.err(
+                "vpnlog.listen",
+                format!("`{listen}` is not an address:port"),
+            )
+        })?;
+        Ok(VpnlogConfig {
+            listen,
+            data_dir: cx.path(self.data_dir.as_deref().unwrap_or(Path::new("state"))),
+            servers: self
+                .servers
+                .iter()
+                .map(|s| (s.host.clone(), s.region.clone()))
+                .collect(),
         })
     }
 }

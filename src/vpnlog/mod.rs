@@ -2,5 +2,8 @@
 //! attempts, traffic and latency. So far: the line parser ([`parse`]) and the
 //! session tracker ([`sessions`]), both pure.
 
+pub mod framing;
+pub mod ingest;
 pub mod parse;
 pub mod sessions;
+pub mod store;

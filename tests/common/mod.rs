@@ -175,6 +175,8 @@ pub struct Server {
     pub v4: SocketAddr,
     pub v6: SocketAddr,
     pub api: SocketAddr,
+    /// The syslog listener, when the config has `[vpnlog]`.
+    pub syslog: Option<SocketAddr>,
     pub fixture: Fixture,
 }
 
@@ -198,22 +200,33 @@ impl Server {
     pub fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let (child, v4, v6, api) = Self::launch(&self.fixture, mgnt());
-        (self.child, self.v4, self.v6, self.api) = (child, v4, v6, api);
+        let (child, v4, v6, api, syslog) = Self::launch(&self.fixture, mgnt());
+        (self.child, self.v4, self.v6, self.api, self.syslog) = (child, v4, v6, api, syslog);
     }
 
     fn spawn(fixture: Fixture, cmd: Command) -> Self {
-        let (child, v4, v6, api) = Self::launch(&fixture, cmd);
+        let (child, v4, v6, api, syslog) = Self::launch(&fixture, cmd);
         Self {
             child,
             v4,
             v6,
             api,
+            syslog,
             fixture,
         }
     }
 
-    fn launch(fixture: &Fixture, mut cmd: Command) -> (Child, SocketAddr, SocketAddr, SocketAddr) {
+    #[allow(clippy::type_complexity)]
+    fn launch(
+        fixture: &Fixture,
+        mut cmd: Command,
+    ) -> (
+        Child,
+        SocketAddr,
+        SocketAddr,
+        SocketAddr,
+        Option<SocketAddr>,
+    ) {
         let mut child = cmd
             .args(["serve", "--config"])
             .arg(fixture.config())
@@ -225,6 +238,7 @@ impl Server {
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut addrs = Vec::new();
         let mut api = None;
+        let mut syslog = None;
         while addrs.len() < 2 || api.is_none() {
             let line = lines
                 .next()
@@ -236,8 +250,11 @@ impl Server {
             if let Some(a) = line.strip_prefix("listening api ") {
                 api = Some(a.parse::<SocketAddr>().unwrap());
             }
+            if let Some(a) = line.strip_prefix("listening syslog ") {
+                syslog = Some(a.parse::<SocketAddr>().unwrap());
+            }
         }
-        (child, addrs[0], addrs[1], api.unwrap())
+        (child, addrs[0], addrs[1], api.unwrap(), syslog)
     }
 
     /// Sends a signal (`HUP`, `TERM`, …) to the server process.
