@@ -33,13 +33,7 @@ pub fn start(
     let mut bound = Vec::with_capacity(config.listen.len());
     let connections = Arc::new(Semaphore::new(config.tcp_max_connections));
     for &addr in &config.listen {
-        let first = udp_socket(addr)?;
-        let addr = first.local_addr()?;
-        let mut udp = vec![first];
-        for _ in 1..config.udp_sockets {
-            udp.push(udp_socket(addr)?);
-        }
-        let tcp = tcp_listener(addr)?;
+        let (addr, udp, tcp) = bind_all(addr, config.udp_sockets)?;
         for socket in udp {
             socket.set_nonblocking(false)?;
             let (responder, runtime) = (responder.clone(), tokio::runtime::Handle::current());
@@ -52,6 +46,31 @@ pub fn start(
         bound.push(addr);
     }
     Ok((bound, tasks))
+}
+
+/// Binds `udp_sockets` UDP sockets and a TCP listener on one port. With port 0
+/// the kernel picks a UDP port that TCP may already use, so a few picks are tried.
+fn bind_all(
+    addr: SocketAddr,
+    udp_sockets: usize,
+) -> io::Result<(SocketAddr, Vec<std::net::UdpSocket>, TcpListener)> {
+    let attempts = if addr.port() == 0 { 16 } else { 1 };
+    let mut last = None;
+    for _ in 0..attempts {
+        let first = udp_socket(addr)?;
+        let bound = first.local_addr()?;
+        let mut udp = vec![first];
+        let rest: io::Result<()> = (1..udp_sockets).try_for_each(|_| {
+            udp.push(udp_socket(bound)?);
+            Ok(())
+        });
+        match rest.and_then(|()| tcp_listener(bound)) {
+            Ok(tcp) => return Ok((bound, udp, tcp)),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::from(io::ErrorKind::AddrInUse)))
 }
 
 fn socket_for(addr: SocketAddr, ty: Type) -> io::Result<Socket> {

@@ -117,9 +117,22 @@ fn writer(rx: &mpsc::Receiver<Item>, store: &LogStore, written: &AtomicU64) {
 
 /// Binds the syslog listeners (UDP and TCP on one address) and serves them.
 pub async fn listen(addr: SocketAddr, ingest: Arc<Ingest>) -> io::Result<SocketAddr> {
-    let udp = UdpSocket::bind(addr).await?;
-    let addr = udp.local_addr()?;
-    let tcp = TcpListener::bind(addr).await?;
+    // With port 0 the kernel picks a UDP port that TCP may already use: retry.
+    let attempts = if addr.port() == 0 { 16 } else { 1 };
+    let mut bound = None;
+    for _ in 0..attempts {
+        let udp = UdpSocket::bind(addr).await?;
+        let port = udp.local_addr()?;
+        match TcpListener::bind(port).await {
+            Ok(tcp) => {
+                bound = Some((udp, tcp, port));
+                break;
+            }
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let (udp, tcp, addr) = bound.ok_or_else(|| io::Error::from(io::ErrorKind::AddrInUse))?;
     let i = ingest.clone();
     tokio::spawn(async move {
         let mut buf = vec![0u8; 65_535];
