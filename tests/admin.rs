@@ -463,29 +463,11 @@ fn metrics_count_queries_and_answers() {
 #[test]
 fn the_cli_drains_and_undrains_through_the_api() {
     let server = Server::start();
-    // The CLI reads api.listen from the config: point it at the bound port.
-    let cfg = server.fixture.config();
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(
-        &cfg,
-        text.replace(
-            "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"{}\"", server.api),
-        ),
-    )
-    .unwrap();
     let run = |args: &[&str]| {
-        let out = mgnt()
-            .args(args)
-            .arg("--config")
-            .arg(&cfg)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
+        let out = server.cli(args);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
     };
     let (ok, out) = run(&["drain", "europe1", "--reason", "cli test"]);
     assert!(ok, "{out}");

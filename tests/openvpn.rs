@@ -156,23 +156,8 @@ fn a_routeros_style_client_connects_with_its_tunnel_credentials_only() {
     let dir = server.fixture.path("vpn");
     std::fs::create_dir_all(&dir).unwrap();
     pki(&dir);
-    let cfg = server.fixture.config();
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(
-        &cfg,
-        text.replace(
-            "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"{}\"", server.api),
-        ),
-    )
-    .unwrap();
     let mgnt_cli = |args: &[&str]| {
-        let out = mgnt()
-            .args(args)
-            .arg("--config")
-            .arg(&cfg)
-            .output()
-            .unwrap();
+        let out = server.cli(args);
         assert!(
             out.status.success(),
             "{args:?}: {}",

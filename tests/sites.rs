@@ -21,16 +21,19 @@ impl Api {
         let fixture = Fixture::new();
         fixture.write_config(&(config_text("\"127.0.0.1:0\", \"[::1]:0\"") + PROVISION));
         let server = Server::start_with(fixture);
-        let token = std::fs::read_to_string(server.fixture.path("state/admin.token")).unwrap();
-        let api = Self {
+        let api = Self::for_server(&server);
+        (server, api)
+    }
+
+    fn for_server(server: &Server) -> Self {
+        Self {
             base: format!("http://{}", server.api),
-            token: token.trim().to_owned(),
+            token: server.token(),
             agent: ureq::Agent::config_builder()
                 .http_status_as_error(false)
                 .build()
                 .into(),
-        };
-        (server, api)
+        }
     }
 
     fn call(&self, method: &str, path: &str) -> (u16, String) {
@@ -191,23 +194,8 @@ fn provisioning_is_off_without_its_table() {
 #[test]
 fn cli_export_and_auth_verify_work_on_the_same_store() {
     let (server, _api) = Api::start();
-    let cfg = server.fixture.config();
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(
-        &cfg,
-        text.replace(
-            "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"{}\"", server.api),
-        ),
-    )
-    .unwrap();
     let run = |args: &[&str]| {
-        let out = mgnt()
-            .args(args)
-            .arg("--config")
-            .arg(&cfg)
-            .output()
-            .unwrap();
+        let out = server.cli(args);
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -274,15 +262,7 @@ fn the_server_reexports_after_every_change_and_a_full_pool_is_a_409() {
             + "\n[provision]\ndata_dir = \"state\"\npool = \"100.64.0.0/29\"\nexport_dir = \"openvpn\"\n"),
     );
     let server = Server::start_with(fixture);
-    let token = std::fs::read_to_string(server.fixture.path("state/admin.token")).unwrap();
-    let api = Api {
-        base: format!("http://{}", server.api),
-        token: token.trim().to_owned(),
-        agent: ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into(),
-    };
+    let api = Api::for_server(&server);
     assert!(
         server.fixture.path("openvpn/server.conf").exists(),
         "exported at start"
@@ -358,15 +338,7 @@ fn kill_9_during_puts_loses_nothing_acknowledged() {
     let acked = acked.lock().unwrap().clone();
 
     server.restart();
-    let token = std::fs::read_to_string(server.fixture.path("state/admin.token")).unwrap();
-    let api = Api {
-        base: format!("http://{}", server.api),
-        token: token.trim().to_owned(),
-        agent: ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into(),
-    };
+    let api = Api::for_server(&server);
     let mut addresses = std::collections::HashSet::new();
     for (id, address) in &acked {
         let (status, v) = api.json("GET", &format!("/v1/sites/{id}"));

@@ -257,6 +257,32 @@ impl Server {
         (child, addrs[0], addrs[1], api.unwrap(), syslog)
     }
 
+    /// The admin API token the server created.
+    pub fn token(&self) -> String {
+        let t = std::fs::read_to_string(self.fixture.path("state/admin.token")).unwrap();
+        t.trim().to_owned()
+    }
+
+    /// Runs the `mgnt` command line against this server's config, with
+    /// `api.listen` pointed at the port the server actually bound.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        let cfg = self.fixture.config();
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        let pointed = text.replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"{}\"", self.api),
+        );
+        if pointed != text {
+            std::fs::write(&cfg, pointed).unwrap();
+        }
+        mgnt()
+            .args(args)
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .unwrap()
+    }
+
     /// Sends a signal (`HUP`, `TERM`, …) to the server process.
     pub fn signal(&self, name: &str) {
         let ok = Command::new("kill")
