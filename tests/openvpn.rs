@@ -129,6 +129,15 @@ fn client_config(dir: &Path, name: &str, user: &str, password: &str) -> PathBuf 
     path
 }
 
+/// Starts a client in `ns`, waits for one of `outcomes`, stops it; returns which.
+fn attempt(ns: &str, config: &Path, outcomes: &[&str]) -> String {
+    let (mut client, log) = openvpn(ns, config);
+    let got = wait_for(&log, outcomes, 30);
+    let _ = client.kill();
+    let _ = client.wait();
+    got
+}
+
 fn tun_address(ns: &str) -> String {
     let out = Command::new("ip")
         .args(["-n", ns, "-4", "-o", "addr", "show", "dev", "tun0"])
@@ -206,35 +215,15 @@ fn a_routeros_style_client_connects_with_its_tunnel_credentials_only() {
     let _ = client.wait();
 
     // A wrong secret is refused.
-    let (mut client, log) = openvpn(
-        &lab.region,
-        &client_config(&dir, "bad", &user, "wrong-secret"),
-    );
-    assert_eq!(
-        wait_for(
-            &log,
-            &["AUTH_FAILED", "Initialization Sequence Completed"],
-            30
-        ),
-        "AUTH_FAILED"
-    );
-    let _ = client.kill();
-    let _ = client.wait();
+    let outcomes = ["AUTH_FAILED", "Initialization Sequence Completed"];
+    let bad = client_config(&dir, "bad", &user, "wrong-secret");
+    assert_eq!(attempt(&lab.region, &bad, &outcomes), "AUTH_FAILED");
 
     // After DELETE (and the export that follows) the tunnel can no longer connect.
     mgnt_cli(&["site", "delete", &uuid]);
     mgnt_cli(&["site", "export", export.to_str().unwrap()]);
-    let (mut client, log) = openvpn(&lab.region, &client_config(&dir, "deleted", &user, &secret));
-    assert_eq!(
-        wait_for(
-            &log,
-            &["AUTH_FAILED", "Initialization Sequence Completed"],
-            30
-        ),
-        "AUTH_FAILED"
-    );
-    let _ = client.kill();
-    let _ = client.wait();
+    let deleted = client_config(&dir, "deleted", &user, &secret);
+    assert_eq!(attempt(&lab.region, &deleted, &outcomes), "AUTH_FAILED");
     let _ = vpn_server.kill();
     let _ = vpn_server.wait();
 }

@@ -179,6 +179,14 @@ fn script(api: &Api, site: &Site, job: &Job, version: Option<&str>) -> Response 
     }
 }
 
+/// The site `id`, or a 404 saying so.
+async fn site(store: &Arc<dyn Store>, id: Uuid) -> Result<Site, Fail> {
+    let s = store.clone();
+    blocking(move || s.get(id))
+        .await?
+        .ok_or_else(|| Fail(StatusCode::NOT_FOUND, format!("no site {id}")))
+}
+
 pub async fn routeros(
     State(api): State<Arc<Api>>,
     Path(id): Path<String>,
@@ -186,10 +194,7 @@ pub async fn routeros(
 ) -> Response {
     let store = attempt!(store(&api));
     let id = attempt!(uuid(&id));
-    let s = store.clone();
-    let Some(site) = attempt!(blocking(move || s.get(id)).await) else {
-        return error(StatusCode::NOT_FOUND, format!("no site {id}"));
-    };
+    let site = attempt!(site(&store, id).await);
     let Some(job) = attempt!(blocking(move || store.pending_job(id)).await) else {
         return error(
             StatusCode::CONFLICT,
@@ -229,11 +234,7 @@ pub async fn job_script(
     let Some(job) = attempt!(blocking(move || s.job(id)).await) else {
         return error(StatusCode::NOT_FOUND, format!("no job {id}"));
     };
-    let s = store.clone();
-    let site_id = job.site;
-    let Some(site) = attempt!(blocking(move || s.get(site_id)).await) else {
-        return error(StatusCode::NOT_FOUND, format!("no site {site_id}"));
-    };
+    let site = attempt!(site(&store, job.site).await);
     let response = script(&api, &site, &job, q.version.as_deref());
     if response.status().is_success() {
         attempt!(blocking(move || store.job_fetched(id, state::now())).await);

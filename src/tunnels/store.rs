@@ -289,26 +289,22 @@ fn row_to_site(
     })
 }
 
-fn select(
-    db: &Connection,
-    column: &str,
-    value: &str,
-) -> Result<Option<(Site, String)>, StoreError> {
-    let sql = format!(
-        "SELECT uuid, username, address, created, secret_hash FROM sites WHERE {column} = ?1"
-    );
+/// The site columns every query reads first: uuid, username, address, created.
+const SITE_COLUMNS: &str = "uuid, username, address, created";
+
+fn read_site(r: &rusqlite::Row) -> rusqlite::Result<(String, String, String, i64)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+}
+
+/// The site `uuid` and its secret hash.
+fn select(db: &Connection, uuid: &Uuid) -> Result<Option<(Site, String)>, StoreError> {
+    let sql = format!("SELECT {SITE_COLUMNS}, secret_hash FROM sites WHERE uuid = ?1");
     let row = db
-        .query_row(&sql, [value], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, String>(4)?,
-            ))
+        .query_row(&sql, [uuid.to_string()], |r| {
+            Ok((read_site(r)?, r.get::<_, String>(4)?))
         })
         .optional()?;
-    row.map(|(u, n, a, c, h)| Ok((row_to_site(&u, n, &a, c)?, h)))
+    row.map(|((u, n, a, c), h)| Ok((row_to_site(&u, n, &a, c)?, h)))
         .transpose()
 }
 
@@ -322,14 +318,14 @@ fn new_secret() -> String {
 
 impl Store for SqliteStore {
     fn ensure(&self, uuid: Uuid, now: u64) -> Result<(Site, Option<String>), StoreError> {
-        if let Some((site, _)) = select(&self.lock().db, "uuid", &uuid.to_string())? {
+        if let Some((site, _)) = select(&self.lock().db, &uuid)? {
             return Ok((site, None));
         }
         // Hash outside the lock (argon2 is slow on purpose), then check again.
         let secret = new_secret();
         let hash = hash_secret(&secret)?;
         let mut inner = self.lock();
-        if let Some((site, _)) = select(&inner.db, "uuid", &uuid.to_string())? {
+        if let Some((site, _)) = select(&inner.db, &uuid)? {
             return Ok((site, None));
         }
         let Inner { db, pool } = &mut *inner;
@@ -363,12 +359,12 @@ impl Store for SqliteStore {
     }
 
     fn get(&self, uuid: Uuid) -> Result<Option<Site>, StoreError> {
-        Ok(select(&self.lock().db, "uuid", &uuid.to_string())?.map(|(s, _)| s))
+        Ok(select(&self.lock().db, &uuid)?.map(|(s, _)| s))
     }
 
     fn delete(&self, uuid: Uuid, now: u64) -> Result<bool, StoreError> {
         let mut inner = self.lock();
-        let Some((site, _)) = select(&inner.db, "uuid", &uuid.to_string())? else {
+        let Some((site, _)) = select(&inner.db, &uuid)? else {
             return Ok(false);
         };
         let Inner { db, pool } = &mut *inner;
@@ -388,7 +384,7 @@ impl Store for SqliteStore {
         let Ok(uuid) = super::username::tunnel_of(name) else {
             return Ok(None);
         };
-        let Some((site, hash)) = select(&self.lock().db, "uuid", &uuid.to_string())? else {
+        let Some((site, hash)) = select(&self.lock().db, &uuid)? else {
             return Ok(None);
         };
         let hash = PasswordHash::new(&hash).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -447,17 +443,9 @@ impl Store for SqliteStore {
 
     fn sites(&self) -> Result<Vec<Site>, StoreError> {
         let inner = self.lock();
-        let mut stmt = inner
-            .db
-            .prepare("SELECT uuid, username, address, created FROM sites ORDER BY address")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, i64>(3)?,
-            ))
-        })?;
+        let sql = format!("SELECT {SITE_COLUMNS} FROM sites ORDER BY address");
+        let mut stmt = inner.db.prepare(&sql)?;
+        let rows = stmt.query_map([], read_site)?;
         rows.map(|row| {
             let (u, n, a, c) = row?;
             row_to_site(&u, n, &a, c)
