@@ -136,13 +136,36 @@ pub struct ApiConfig {
 }
 
 /// `[vpnlog]`: log ingestion.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VpnlogConfig {
     /// Syslog over UDP and TCP.
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
-    /// (syslog host, region) of each regional OpenVPN server.
-    pub servers: Vec<(String, String)>,
+    pub servers: Vec<LogServer>,
+    /// Records older than this are deleted.
+    pub retention: Duration,
+    /// Status files are read, and management interfaces asked for byte
+    /// counts and the client list, this often.
+    pub poll_interval: Duration,
+    /// Each connected tunnel is pinged this often...
+    pub latency_interval: Duration,
+    /// ...this many times, each answer awaited this long.
+    pub latency_pings: u16,
+    pub latency_timeout: Duration,
+}
+
+/// `[[vpnlog.servers]]`: one regional OpenVPN server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogServer {
+    /// Its syslog HOSTNAME, and the name its records carry.
+    pub host: String,
+    pub region: String,
+    /// Its management interface (`--management IP PORT`).
+    pub management: Option<SocketAddr>,
+    /// The management password (`--management … pw-file`), first line of this file.
+    pub management_password_file: Option<PathBuf>,
+    /// Its `--status` file (any `status-version`).
+    pub status_file: Option<PathBuf>,
 }
 
 /// `[provision]`: tunnel provisioning.

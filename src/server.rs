@@ -19,7 +19,7 @@ use crate::{
     health::{Health, HealthTable},
     state::{self, RegionView, Shared},
     tunnels::store::{SqliteStore, Store, StoreError},
-    vpnlog::{ingest::Ingest, store::LogStore},
+    vpnlog::service::VpnLog,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +35,8 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Auth(#[from] admin::auth::AuthError),
+    #[error("log ingestion: {0}")]
+    Vpnlog(#[from] crate::vpnlog::service::StartError),
     #[error("{file}: tunnel store: {source}")]
     Store {
         file: PathBuf,
@@ -54,7 +56,7 @@ pub struct Server {
     /// Provisioning's store, when `[provision]` is configured.
     pub tunnels: Option<Arc<dyn Store>>,
     /// Log ingestion and its store, when `[vpnlog]` is configured.
-    pub vpnlog: Option<(Arc<Ingest>, Arc<LogStore>)>,
+    pub vpnlog: Option<VpnLog>,
 }
 
 /// What a successful reload loaded.
@@ -140,6 +142,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
     if old.health.state_file != new.health.state_file {
         out.push("health.state_file".to_owned());
     }
+    if old.vpnlog != new.vpnlog {
+        out.push("vpnlog".to_owned());
+    }
     out
 }
 
@@ -158,28 +163,14 @@ fn open_store(config: &Config) -> Result<Option<Arc<dyn Store>>, ServeError> {
     Ok(Some(Arc::new(store)))
 }
 
-/// Opens the log store and starts the syslog listeners, if `[vpnlog]` is set.
-async fn start_vpnlog(config: &Config) -> Result<Option<(Arc<Ingest>, Arc<LogStore>)>, ServeError> {
+/// Starts log ingestion, if `[vpnlog]` is set.
+async fn start_vpnlog(config: &Config) -> Result<Option<VpnLog>, ServeError> {
     let Some(v) = &config.vpnlog else {
         return Ok(None);
     };
-    let file = v.data_dir.join("vpnlog.db");
-    let err = |e: String| ServeError::Store {
-        file: file.clone(),
-        source: StoreError::Corrupt(e),
-    };
-    std::fs::create_dir_all(&v.data_dir).map_err(|e| err(e.to_string()))?;
-    let store = Arc::new(LogStore::open(&file).map_err(|e| err(e.to_string()))?);
-    let ingest = Ingest::start(v, store.clone());
-    let addr = crate::vpnlog::ingest::listen(v.listen, ingest.clone())
-        .await
-        .map_err(|source| ServeError::Api {
-            addr: v.listen,
-            source,
-        })?;
-    info!(%addr, "receiving OpenVPN logs over syslog (UDP and TCP)");
+    let (vpnlog, addr) = crate::vpnlog::service::start(v).await?;
     println!("listening syslog {addr}");
-    Ok(Some((ingest, store)))
+    Ok(Some(vpnlog))
 }
 
 /// Writes the OpenVPN files once at start when `[provision] export_dir` is set.

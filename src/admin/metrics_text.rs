@@ -1,11 +1,12 @@
 //! `GET /metrics`: every counter of the running server in Prometheus text format.
 
-use std::{fmt::Write as _, sync::atomic::Ordering::Relaxed};
+use std::{collections::BTreeMap, fmt::Write as _, sync::atomic::Ordering::Relaxed};
 
 use crate::{
     metrics::{REASONS, help},
     server::Server,
     state,
+    vpnlog::ingest::RegionLive,
 };
 
 pub fn render(server: &Server) -> String {
@@ -127,7 +128,8 @@ pub fn render(server: &Server) -> String {
         help(&mut out, name, "counter", text);
         let _ = writeln!(out, "{name} {value}");
     }
-    if let Some((ingest, _)) = &server.vpnlog {
+    if let Some(v) = &server.vpnlog {
+        let ingest = &v.ingest;
         help(
             &mut out,
             "mgnt_vpnlog_lines_total",
@@ -152,6 +154,7 @@ pub fn render(server: &Server) -> String {
             "mgnt_vpnlog_records_written_total {}",
             ingest.written.load(Relaxed)
         );
+        vpnlog_regions(&mut out, &ingest.regions());
     }
     help(
         &mut out,
@@ -165,4 +168,47 @@ pub fn render(server: &Server) -> String {
         data.geodb.build_epoch()
     );
     out
+}
+
+/// Per-region figures of log ingestion (`region=""`: servers not configured).
+fn vpnlog_regions(out: &mut String, regions: &BTreeMap<String, RegionLive>) {
+    type Get = fn(&RegionLive) -> u64;
+    let gauges: [(&str, &str, &str, Get); 5] = [
+        (
+            "mgnt_vpnlog_connected_tunnels",
+            "gauge",
+            "Tunnels with an open session, by region.",
+            |l| l.connected_tunnels,
+        ),
+        (
+            "mgnt_vpnlog_auth_failures_total",
+            "counter",
+            "Failed authentications seen, by region.",
+            |l| l.auth_failures,
+        ),
+        (
+            "mgnt_vpnlog_bytes_in_total",
+            "counter",
+            "Bytes received from routers, by region.",
+            |l| l.bytes_in,
+        ),
+        (
+            "mgnt_vpnlog_bytes_out_total",
+            "counter",
+            "Bytes sent to routers, by region.",
+            |l| l.bytes_out,
+        ),
+        (
+            "mgnt_vpnlog_unparsed_lines_total",
+            "counter",
+            "Log lines not understood (kept raw), by region.",
+            |l| l.unparsed_lines,
+        ),
+    ];
+    for (name, kind, text, get) in gauges {
+        help(out, name, kind, text);
+        for (region, live) in regions {
+            let _ = writeln!(out, "{name}{{region=\"{region}\"}} {}", get(live));
+        }
+    }
 }

@@ -86,6 +86,16 @@ pub fn routes() -> Vec<Route> {
             get(logs::sessions),
         ),
         (Method::GET, "/v1/auth-attempts", get(logs::attempts)),
+        (
+            Method::GET,
+            "/v1/tunnels/{uuid}/latency",
+            get(logs::latency),
+        ),
+        (
+            Method::GET,
+            "/v1/regions/{name}/summary",
+            get(logs::summary),
+        ),
     ]
 }
 

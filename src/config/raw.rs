@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::{
     AnswerMode, ApiConfig, Config, ConfigError, DnsConfig, GeoName, GeoipConfig, HealthConfig,
-    Overrides, ProbeSpec, ProvisionConfig, Region, Require, VpnlogConfig,
+    LogServer, Overrides, ProbeSpec, ProvisionConfig, Region, Require, VpnlogConfig,
 };
 use crate::route::Coord;
 
@@ -76,6 +76,11 @@ struct RawRegion {
 struct RawVpnlog {
     listen: Option<String>,
     data_dir: Option<PathBuf>,
+    retention: Option<String>,
+    poll_interval: Option<String>,
+    latency_interval: Option<String>,
+    latency_pings: Option<u16>,
+    latency_timeout: Option<String>,
     #[serde(default)]
     servers: Vec<RawLogServer>,
 }
@@ -85,6 +90,9 @@ struct RawVpnlog {
 struct RawLogServer {
     host: String,
     region: String,
+    management: Option<String>,
+    management_password_file: Option<PathBuf>,
+    status_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -201,7 +209,11 @@ impl RawConfig {
             .as_ref()
             .map(|p| p.validate(&cx, &geo))
             .transpose()?;
-        let vpnlog = self.vpnlog.as_ref().map(|v| v.validate(&cx)).transpose()?;
+        let vpnlog = self
+            .vpnlog
+            .as_ref()
+            .map(|v| v.validate(&cx, &regions))
+            .transpose()?;
         Ok(Config {
             file: file.to_owned(),
             dns,
@@ -599,7 +611,7 @@ impl RawProvision {
 }
 
 impl RawVpnlog {
-    fn validate(&self, cx: &Ctx) -> Result<VpnlogConfig, ConfigError> {
+    fn validate(&self, cx: &Ctx, regions: &[Region]) -> Result<VpnlogConfig, ConfigError> {
         let listen = self.listen.as_deref().unwrap_or("127.0.0.1:5514");
         let listen = listen.parse().map_err(|_| {
             cx.err(
@@ -607,14 +619,77 @@ impl RawVpnlog {
                 format!("`{listen}` is not an address:port"),
             )
         })?;
+        let or = |key: &str, v: &Option<String>, default: &str| {
+            duration(
+                cx,
+                &format!("vpnlog.{key}"),
+                v.as_deref().unwrap_or(default),
+            )
+        };
+        let latency_pings = self.latency_pings.unwrap_or(3);
+        if !(1..=100).contains(&latency_pings) {
+            return Err(cx.err("vpnlog.latency_pings", "must be 1 to 100"));
+        }
+        let latency_interval = or("latency_interval", &self.latency_interval, "60s")?;
+        let latency_timeout = or("latency_timeout", &self.latency_timeout, "2s")?;
+        if latency_timeout * u32::from(latency_pings) > latency_interval {
+            return Err(cx.err(
+                "vpnlog.latency_timeout",
+                "latency_pings × latency_timeout must fit in latency_interval",
+            ));
+        }
+        let mut servers: Vec<LogServer> = Vec::with_capacity(self.servers.len());
+        for (i, s) in self.servers.iter().enumerate() {
+            let server = s.validate(cx, i, regions)?;
+            if servers.iter().any(|o| o.host == server.host) {
+                return Err(cx.err(format!("vpnlog.servers[{i}].host"), "duplicate host"));
+            }
+            servers.push(server);
+        }
         Ok(VpnlogConfig {
             listen,
             data_dir: cx.path(self.data_dir.as_deref().unwrap_or(Path::new("state"))),
-            servers: self
-                .servers
-                .iter()
-                .map(|s| (s.host.clone(), s.region.clone()))
-                .collect(),
+            servers,
+            retention: or("retention", &self.retention, "90days")?,
+            poll_interval: or("poll_interval", &self.poll_interval, "60s")?,
+            latency_interval,
+            latency_pings,
+            latency_timeout,
+        })
+    }
+}
+
+impl RawLogServer {
+    fn validate(&self, cx: &Ctx, i: usize, regions: &[Region]) -> Result<LogServer, ConfigError> {
+        let key = |k: &str| format!("vpnlog.servers[{i}].{k}");
+        if self.host.is_empty() || self.host.contains(char::is_whitespace) {
+            return Err(cx.err(key("host"), "must be a syslog HOSTNAME (no spaces)"));
+        }
+        if !regions.iter().any(|r| r.name == self.region) {
+            return Err(cx.err(
+                key("region"),
+                format!("`{}` is not a region in [regions]", self.region),
+            ));
+        }
+        let management =
+            match &self.management {
+                None => None,
+                Some(m) => Some(m.parse().map_err(|_| {
+                    cx.err(key("management"), format!("`{m}` is not an address:port"))
+                })?),
+            };
+        if self.management_password_file.is_some() && management.is_none() {
+            return Err(cx.err(
+                key("management_password_file"),
+                "needs `management` (the interface it unlocks)",
+            ));
+        }
+        Ok(LogServer {
+            host: self.host.clone(),
+            region: self.region.clone(),
+            management,
+            management_password_file: self.management_password_file.as_deref().map(|p| cx.path(p)),
+            status_file: self.status_file.as_deref().map(|p| cx.path(p)),
         })
     }
 }

@@ -80,7 +80,7 @@ impl Pingers {
             .collect()
     }
 
-    async fn ping(&self, ip: IpAddr, timeout: Duration) -> Result<Duration, String> {
+    pub(crate) async fn ping(&self, ip: IpAddr, timeout: Duration) -> Result<Duration, String> {
         let client = match ip {
             IpAddr::V4(_) => &self.v4,
             IpAddr::V6(_) => &self.v6,

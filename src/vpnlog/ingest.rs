@@ -5,7 +5,7 @@
 //! so storage keeps up by batching rather than by dropping.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     io,
     net::SocketAddr,
     sync::{
@@ -15,87 +15,198 @@ use std::{
     },
 };
 
+use serde::Serialize;
 use tokio::{
     io::AsyncReadExt,
     net::{TcpListener, UdpSocket},
 };
-use tracing::{debug, error};
+use tracing::{debug, error, warn};
 
 use super::{
     framing::next_frame,
     parse::{Event, parse},
-    sessions::Tracker,
-    store::{Item, LogStore, Origin},
+    sessions::{Record, Session, Tracker},
+    store::{Item, Latency, LogStore, Origin},
 };
 use crate::{config::VpnlogConfig, state::now};
 
 /// Most items written in one transaction.
 const BATCH: usize = 10_000;
 
+/// What one regional server has told us.
+#[derive(Default)]
+struct Server {
+    tracker: Tracker,
+    unparsed: u64,
+}
+
+/// Live figures of one region, for metrics and the summary.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct RegionLive {
+    pub connected_sessions: u64,
+    /// Distinct tunnels among them.
+    pub connected_tunnels: u64,
+    pub auth_failures: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub unparsed_lines: u64,
+}
+
 pub struct Ingest {
     pub received: AtomicU64,
     pub parsed: AtomicU64,
     pub unparsed: AtomicU64,
     pub written: AtomicU64,
-    trackers: Mutex<HashMap<Option<String>, Tracker>>,
+    /// By syslog host (`None`: lines without one).
+    servers: Mutex<HashMap<Option<String>, Server>>,
     /// Syslog host → region, from `[[vpnlog.servers]]`.
     regions: HashMap<String, String>,
     tx: mpsc::Sender<Item>,
 }
 
 impl Ingest {
-    pub fn start(config: &VpnlogConfig, store: Arc<LogStore>) -> Arc<Self> {
+    /// Starts the writer; sessions left open by the last run are resumed.
+    pub fn start(config: &VpnlogConfig, store: Arc<dyn LogStore>) -> Arc<Self> {
         let (tx, rx) = mpsc::channel::<Item>();
+        let mut servers: HashMap<Option<String>, Server> = HashMap::new();
+        match store.open_sessions() {
+            Ok(open) => {
+                for (origin, session) in open {
+                    servers
+                        .entry(origin.host)
+                        .or_default()
+                        .tracker
+                        .resume(session);
+                }
+            }
+            Err(e) => warn!(error = %e, "reading the sessions left open failed"),
+        }
         let ingest = Arc::new(Self {
             received: AtomicU64::new(0),
             parsed: AtomicU64::new(0),
             unparsed: AtomicU64::new(0),
             written: AtomicU64::new(0),
-            trackers: Mutex::new(HashMap::new()),
-            regions: config.servers.iter().cloned().collect(),
+            servers: Mutex::new(servers),
+            regions: config
+                .servers
+                .iter()
+                .map(|s| (s.host.clone(), s.region.clone()))
+                .collect(),
             tx,
         });
         let counter = ingest.clone();
         std::thread::Builder::new()
             .name("vpnlog writer".into())
-            .spawn(move || writer(&rx, &store, &counter.written))
+            .spawn(move || writer(&rx, &*store, &counter.written))
             .expect("spawning the log writer");
         ingest
+    }
+
+    fn origin(&self, host: Option<&str>) -> Origin {
+        Origin {
+            host: host.map(str::to_owned),
+            region: host.and_then(|h| self.regions.get(h).cloned()),
+        }
+    }
+
+    fn servers(&self) -> std::sync::MutexGuard<'_, HashMap<Option<String>, Server>> {
+        self.servers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the tracker of `host` and queues what it completed (under
+    /// the lock, so records of one session reach storage in order).
+    pub fn track<R: IntoIterator<Item = Record>>(
+        &self,
+        host: Option<&str>,
+        f: impl FnOnce(&mut Tracker) -> R,
+    ) {
+        let origin = self.origin(host);
+        let time = now();
+        let mut servers = self.servers();
+        let server = servers.entry(origin.host.clone()).or_default();
+        for record in f(&mut server.tracker) {
+            let _ = self.tx.send(Item::Record {
+                record,
+                origin: origin.clone(),
+                time,
+            });
+        }
     }
 
     /// Handles one log line (a syslog message or a bare OpenVPN line).
     pub fn line(&self, raw: &str) {
         self.received.fetch_add(1, Relaxed);
         let line = parse(raw);
-        let origin = Origin {
-            host: line.host.map(str::to_owned),
-            region: line.host.and_then(|h| self.regions.get(h).cloned()),
-        };
-        let time = now();
         if let Event::Unknown(_) = line.event {
             self.unparsed.fetch_add(1, Relaxed);
+            let origin = self.origin(line.host);
+            self.servers()
+                .entry(origin.host.clone())
+                .or_default()
+                .unparsed += 1;
             let _ = self.tx.send(Item::Unparsed {
-                time,
+                time: now(),
                 origin,
                 raw: raw.chars().take(2048).collect(),
             });
             return;
         }
         self.parsed.fetch_add(1, Relaxed);
-        let record = {
-            let mut trackers = self.trackers.lock().unwrap_or_else(|p| p.into_inner());
-            trackers
-                .entry(origin.host.clone())
-                .or_default()
-                .feed(&line, time)
-        };
-        if let Some(r) = record {
-            let _ = self.tx.send(Item::Record(r, origin));
+        let time = now();
+        self.track(line.host, |t| t.feed(&line, time));
+    }
+
+    /// Queues one latency measurement.
+    pub fn latency(&self, latency: Latency, origin: Origin) {
+        let _ = self.tx.send(Item::Latency(latency, origin));
+    }
+
+    /// Every open session with its server.
+    pub fn connected(&self) -> Vec<(Origin, Session)> {
+        let servers = self.servers();
+        let mut all = Vec::new();
+        for (host, server) in servers.iter() {
+            let origin = self.origin(host.as_deref());
+            all.extend(
+                server
+                    .tracker
+                    .sessions()
+                    .map(|s| (origin.clone(), s.clone())),
+            );
         }
+        all
+    }
+
+    /// Live figures per region (`""` for servers not in `[[vpnlog.servers]]`).
+    pub fn regions(&self) -> BTreeMap<String, RegionLive> {
+        let servers = self.servers();
+        let mut by_region: BTreeMap<String, (RegionLive, std::collections::HashSet<String>)> =
+            BTreeMap::new();
+        for (host, server) in servers.iter() {
+            let region = self.origin(host.as_deref()).region.unwrap_or_default();
+            let (live, tunnels) = by_region.entry(region).or_default();
+            let t = &server.tracker;
+            live.connected_sessions += t.open_sessions() as u64;
+            tunnels.extend(t.sessions().map(|s| {
+                s.tunnel
+                    .map_or_else(|| s.common_name.clone(), |u| u.to_string())
+            }));
+            live.auth_failures += t.auth_failures;
+            live.bytes_in += t.bytes.0;
+            live.bytes_out += t.bytes.1;
+            live.unparsed_lines += server.unparsed;
+        }
+        by_region
+            .into_iter()
+            .map(|(region, (mut live, tunnels))| {
+                live.connected_tunnels = tunnels.len() as u64;
+                (region, live)
+            })
+            .collect()
     }
 }
 
-fn writer(rx: &mpsc::Receiver<Item>, store: &LogStore, written: &AtomicU64) {
+fn writer(rx: &mpsc::Receiver<Item>, store: &dyn LogStore, written: &AtomicU64) {
     let mut batch = Vec::with_capacity(BATCH);
     while let Ok(first) = rx.recv() {
         batch.push(first);

@@ -271,7 +271,7 @@ fn client_prefix(s: &str) -> (Option<&str>, Option<SocketAddr>, &str) {
 }
 
 /// `1.2.3.4:5678`, `[2001:db8::1]:5678` or OpenVPN's `2001:db8::1:5678`.
-fn parse_peer(s: &str) -> Option<SocketAddr> {
+pub(crate) fn parse_peer(s: &str) -> Option<SocketAddr> {
     let s = s
         .strip_prefix("[AF_INET]")
         .or_else(|| s.strip_prefix("[AF_INET6]"))

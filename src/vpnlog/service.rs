@@ -1,0 +1,97 @@
+//! Starts log ingestion: the store, the syslog listeners, one watcher per
+//! management interface and status file, the latency pinger and retention.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use tracing::{info, warn};
+
+use super::{
+    ingest::{self, Ingest},
+    latency,
+    store::{LogStore, LogStoreError, SqliteLogStore},
+    watch,
+};
+use crate::{config::VpnlogConfig, health::probe::Pingers, state::now};
+
+/// How often records past the retention are deleted.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Running log ingestion, for the API and metrics.
+pub struct VpnLog {
+    pub ingest: Arc<Ingest>,
+    pub store: Arc<dyn LogStore>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{file}: {source}")]
+    Store {
+        file: PathBuf,
+        source: LogStoreError,
+    },
+    #[error("{dir}: {source}")]
+    Dir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("binding the syslog listeners on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Opens `vpnlog.db` and starts every source; returns the syslog address bound.
+pub async fn start(config: &VpnlogConfig) -> Result<(VpnLog, SocketAddr), StartError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::Dir {
+        dir: config.data_dir.clone(),
+        source,
+    })?;
+    let file = config.data_dir.join("vpnlog.db");
+    let store: Arc<dyn LogStore> =
+        Arc::new(
+            SqliteLogStore::open(&file).map_err(|source| StartError::Store {
+                file: file.clone(),
+                source,
+            })?,
+        );
+    let ingest = Ingest::start(config, store.clone());
+    let addr = ingest::listen(config.listen, ingest.clone())
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    for server in &config.servers {
+        let every = config.poll_interval;
+        tokio::spawn(watch::management(server.clone(), every, ingest.clone()));
+        tokio::spawn(watch::status_file(server.clone(), every, ingest.clone()));
+    }
+    let pingers = Pingers::open();
+    for why in pingers.unavailable() {
+        warn!(problem = %why, "no ICMP socket: tunnel latency is not measured");
+    }
+    tokio::spawn(latency::pinger(
+        config.clone(),
+        ingest.clone(),
+        Arc::new(pingers),
+    ));
+    tokio::spawn(prune(store.clone(), config.retention));
+    info!(%addr, servers = config.servers.len(), "receiving OpenVPN logs");
+    Ok((VpnLog { ingest, store }, addr))
+}
+
+async fn prune(store: Arc<dyn LogStore>, retention: Duration) {
+    let mut every = tokio::time::interval(PRUNE_EVERY);
+    loop {
+        every.tick().await;
+        let before = now().saturating_sub(retention.as_secs());
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.prune(before)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(rows)) => info!(rows, before, "deleted log records past the retention"),
+            Ok(Err(e)) => warn!(error = %e, "deleting old log records failed"),
+            Err(e) => warn!(error = %e, "deleting old log records failed"),
+        }
+    }
+}

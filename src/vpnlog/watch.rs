@@ -1,0 +1,236 @@
+//! The sources besides syslog: each OpenVPN server's management interface
+//! and status file, polled on `[vpnlog] poll_interval`.
+//!
+//! A management connection that fails or ends is retried with exponential
+//! backoff (1 s doubling to 60 s, reset after a minute connected). Problems
+//! are logged when they change, not on every retry.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant, UNIX_EPOCH},
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    time::{MissedTickBehavior, interval, sleep, timeout},
+};
+use tracing::{info, warn};
+
+use super::{
+    ingest::Ingest,
+    management::{MAX_STATUS, Notice, Reader},
+    status::parse_status,
+};
+use crate::{config::LogServer, state::now};
+
+/// Longest line we accept from a management interface.
+const MAX_LINE: usize = 64 * 1024;
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+enum WatchError {
+    #[error("connecting: {0}")]
+    Connect(std::io::Error),
+    #[error("no connection within 10 s")]
+    ConnectTimeout,
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("the interface asks for a password: set management_password_file")]
+    NeedsPassword,
+    #[error("reading the password file {0}: {1}")]
+    PasswordFile(String, std::io::Error),
+    #[error("a line longer than {MAX_LINE} bytes")]
+    LongLine,
+    #[error("the interface closed the connection")]
+    Closed,
+}
+
+/// Watches one server's management interface for as long as the service runs.
+pub async fn management(server: LogServer, every: Duration, ingest: Arc<Ingest>) {
+    let Some(addr) = server.management else {
+        return;
+    };
+    let mut backoff = Duration::from_secs(1);
+    let mut last_problem = String::new();
+    loop {
+        let began = Instant::now();
+        let problem = match watch(&server, addr, every, &ingest).await {
+            Ok(()) => WatchError::Closed.to_string(),
+            Err(e) => e.to_string(),
+        };
+        if began.elapsed() > MAX_BACKOFF {
+            backoff = Duration::from_secs(1);
+        }
+        if problem != last_problem {
+            warn!(host = %server.host, %addr, problem = %problem, retry_in = ?backoff, "OpenVPN management interface");
+            last_problem = problem;
+        }
+        sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn watch(
+    server: &LogServer,
+    addr: SocketAddr,
+    every: Duration,
+    ingest: &Ingest,
+) -> Result<(), WatchError> {
+    let mut stream = timeout(Duration::from_secs(10), TcpStream::connect(addr))
+        .await
+        .map_err(|_| WatchError::ConnectTimeout)?
+        .map_err(WatchError::Connect)?;
+    if let Some(file) = &server.management_password_file {
+        let text = tokio::fs::read_to_string(file)
+            .await
+            .map_err(|e| WatchError::PasswordFile(file.display().to_string(), e))?;
+        let password = text.lines().next().unwrap_or("");
+        stream.write_all(format!("{password}\n").as_bytes()).await?;
+    }
+    let secs = every.as_secs().max(1);
+    stream
+        .write_all(format!("bytecount {secs}\nstatus 3\n").as_bytes())
+        .await?;
+    info!(host = %server.host, %addr, "watching the OpenVPN management interface");
+    let host = Some(server.host.as_str());
+    let mut reader = Reader::default();
+    let mut clients: HashMap<u64, SocketAddr> = HashMap::new();
+    let mut buf: Vec<u8> = Vec::with_capacity(MAX_LINE);
+    let mut chunk = vec![0u8; 16 * 1024];
+    let mut poll = interval(every);
+    poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    poll.tick().await;
+    loop {
+        tokio::select! {
+            read = stream.read(&mut chunk) => {
+                let n = read?;
+                if n == 0 {
+                    return Ok(());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let mut used = 0;
+                while let Some(end) = buf[used..].iter().position(|&b| b == b'\n') {
+                    let line = String::from_utf8_lossy(&buf[used..used + end]);
+                    if let Some(notice) = reader.line(line.trim_end_matches('\r')) {
+                        apply(notice, host, &mut clients, ingest);
+                    }
+                    used += end + 1;
+                }
+                buf.drain(..used);
+                if buf.starts_with(b"ENTER PASSWORD:") && server.management_password_file.is_none() {
+                    return Err(WatchError::NeedsPassword);
+                }
+                if buf.len() > MAX_LINE {
+                    return Err(WatchError::LongLine);
+                }
+            }
+            _ = poll.tick() => stream.write_all(b"status 3\n").await?,
+        }
+    }
+}
+
+/// Feeds one notice to the server's session tracker.
+fn apply(
+    notice: Notice,
+    host: Option<&str>,
+    clients: &mut HashMap<u64, SocketAddr>,
+    ingest: &Ingest,
+) {
+    let time = now();
+    match notice {
+        Notice::Client {
+            id,
+            client: Some(c),
+        } => {
+            clients.insert(id, c.peer);
+            ingest.track(host, |t| t.seen(&c, time));
+        }
+        Notice::Disconnect { id, client } => {
+            let peer = client
+                .as_ref()
+                .map(|c| c.peer)
+                .or(clients.get(&id).copied());
+            clients.remove(&id);
+            if let Some(peer) = peer {
+                let bytes = client.and_then(|c| c.bytes);
+                ingest.track(host, |t| t.ended(peer, time, "disconnect", bytes));
+            }
+        }
+        Notice::Bytes { id, received, sent } => {
+            if let Some(&peer) = clients.get(&id) {
+                ingest.track(host, |t| t.traffic(peer, (received, sent)));
+            }
+        }
+        Notice::Status(s) => {
+            clients.retain(|_, p| s.clients.iter().any(|c| c.peer == *p));
+            for c in &s.clients {
+                if let Some(id) = c.client_id {
+                    clients.insert(id, c.peer);
+                }
+            }
+            let taken = s.taken.unwrap_or(time);
+            ingest.track(host, |t| t.snapshot(&s, taken, time));
+        }
+        Notice::Error(e) => warn!(host = ?host, error = %e, "OpenVPN management interface"),
+        Notice::Client { client: None, .. } => {}
+    }
+}
+
+/// Reads one server's status file whenever OpenVPN has rewritten it.
+pub async fn status_file(server: LogServer, every: Duration, ingest: Arc<Ingest>) {
+    let Some(path) = server.status_file.clone() else {
+        return;
+    };
+    let mut seen = None;
+    let mut last_problem = String::new();
+    let mut poll = interval(every);
+    poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        poll.tick().await;
+        match read_status(&path, &mut seen, &server.host, &ingest).await {
+            Ok(()) => last_problem.clear(),
+            Err(problem) if problem != last_problem => {
+                warn!(file = %path.display(), problem = %problem, "OpenVPN status file");
+                last_problem = problem;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Reads the file if its modification time moved since `seen`.
+async fn read_status(
+    path: &Path,
+    seen: &mut Option<std::time::SystemTime>,
+    host: &str,
+    ingest: &Ingest,
+) -> Result<(), String> {
+    let meta = tokio::fs::metadata(path).await.map_err(|e| e.to_string())?;
+    let modified = meta.modified().map_err(|e| e.to_string())?;
+    if *seen == Some(modified) {
+        return Ok(());
+    }
+    if meta.len() > MAX_STATUS as u64 {
+        return Err(format!("larger than {MAX_STATUS} bytes"));
+    }
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|e| e.to_string())?;
+    let report = parse_status(&text).map_err(|e| e.to_string())?;
+    if let Some(bad) = report.bad_rows.first() {
+        warn!(file = %path.display(), rows = report.bad_rows.len(), first = %bad, "unreadable rows in the status file; no session is closed from it");
+    }
+    *seen = Some(modified);
+    let taken = report.taken.unwrap_or_else(|| {
+        modified
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    });
+    let time = now();
+    ingest.track(Some(host), |t| t.snapshot(&report, taken, time));
+    Ok(())
+}
