@@ -108,6 +108,26 @@ const BROKEN: &[(&str, &str, &[&str])] = &[
         &["overrides.\"NZL\"", "country code"],
     ),
     ("81.241.7.0/24", "81.241.7.1/24", &["host bits set"]),
+    (
+        "[overrides]",
+        "[vpnlog]\nservers = [{ host = \"vpn-1\", region = \"mars1\" }]\n[overrides]",
+        &["vpnlog.servers[0].region", "`mars1` is not a region"],
+    ),
+    (
+        "[overrides]",
+        "[vpnlog]\nservers = [{ host = \"vpn-1\", region = \"us1\", management = \"localhost\" }]\n[overrides]",
+        &["vpnlog.servers[0].management", "not an address:port"],
+    ),
+    (
+        "[overrides]",
+        "[vpnlog]\nlatency_pings = 5\nlatency_timeout = \"30s\"\n[overrides]",
+        &["vpnlog.latency_timeout", "must fit in latency_interval"],
+    ),
+    (
+        "[overrides]",
+        "[vpnlog]\nretention = \"soon\"\n[overrides]",
+        &["vpnlog.retention", "not a duration"],
+    ),
 ];
 
 #[test]

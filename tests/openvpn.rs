@@ -10,7 +10,7 @@ mod common;
 use std::{
     io::{BufRead, BufReader, Write},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, ChildStdin, Command, Stdio},
     sync::mpsc,
     time::Duration,
 };
@@ -59,6 +59,16 @@ fn pki(dir: &Path) {
 
 /// Runs OpenVPN in `ns`; lines of its output arrive on the returned channel.
 fn openvpn(ns: &str, config: &Path) -> (Child, mpsc::Receiver<String>) {
+    openvpn_logging_to(ns, config, None)
+}
+
+/// Like [`openvpn`], and each line is also written to `forward` (a syslog
+/// forwarder's input).
+fn openvpn_logging_to(
+    ns: &str,
+    config: &Path,
+    mut forward: Option<ChildStdin>,
+) -> (Child, mpsc::Receiver<String>) {
     let mut child = Command::new("ip")
         .args(["netns", "exec", ns, "openvpn", "--config"])
         .arg(config)
@@ -79,6 +89,9 @@ fn openvpn(ns: &str, config: &Path) -> (Child, mpsc::Receiver<String>) {
     std::thread::spawn(move || {
         for line in BufReader::new(out).lines().map_while(Result::ok) {
             if let Some(f) = copy.as_mut() {
+                let _ = writeln!(f, "{line}");
+            }
+            if let Some(f) = forward.as_mut() {
                 let _ = writeln!(f, "{line}");
             }
             if tx.send(line).is_err() {
@@ -110,14 +123,15 @@ fn wait_for(rx: &mpsc::Receiver<String>, wanted: &[&str], secs: u64) -> String {
     );
 }
 
-fn client_config(dir: &Path, name: &str, user: &str, password: &str) -> PathBuf {
+/// A client of the server at `net`.1 (`net`: the lab's first three octets).
+fn client_config(dir: &Path, net: &str, name: &str, user: &str, password: &str) -> PathBuf {
     let creds = dir.join(format!("{name}.creds"));
     std::fs::write(&creds, format!("{user}\n{password}\n")).unwrap();
     let path = dir.join(format!("{name}.ovpn"));
     std::fs::write(
         &path,
         format!(
-            "client\ndev tun\nproto tcp-client\nremote {SUBNET}.1 8443\nnobind\n\
+            "client\ndev tun\nproto tcp-client\nremote {net}.1 8443\nnobind\n\
              ca {ca}\nauth-user-pass {creds}\nauth-nocache\nauth-retry none\n\
              data-ciphers AES-256-CBC\ncipher AES-256-CBC\nauth SHA1\n\
              connect-retry-max 1\nverb 3\n",
@@ -204,7 +218,10 @@ fn a_routeros_style_client_connects_with_its_tunnel_credentials_only() {
     wait_for(&server_log, &["Initialization Sequence Completed"], 20);
 
     // The right secret: connected, holding exactly the allocated address.
-    let (mut client, log) = openvpn(&lab.region, &client_config(&dir, "good", &user, &secret));
+    let (mut client, log) = openvpn(
+        &lab.region,
+        &client_config(&dir, SUBNET, "good", &user, &secret),
+    );
     wait_for(&log, &["Initialization Sequence Completed"], 30);
     assert!(
         tun_address(&lab.region).contains(&format!("inet {address}/10")),
@@ -216,14 +233,209 @@ fn a_routeros_style_client_connects_with_its_tunnel_credentials_only() {
 
     // A wrong secret is refused.
     let outcomes = ["AUTH_FAILED", "Initialization Sequence Completed"];
-    let bad = client_config(&dir, "bad", &user, "wrong-secret");
+    let bad = client_config(&dir, SUBNET, "bad", &user, "wrong-secret");
     assert_eq!(attempt(&lab.region, &bad, &outcomes), "AUTH_FAILED");
 
     // After DELETE (and the export that follows) the tunnel can no longer connect.
     mgnt_cli(&["site", "delete", &uuid]);
     mgnt_cli(&["site", "export", export.to_str().unwrap()]);
-    let deleted = client_config(&dir, "deleted", &user, &secret);
+    let deleted = client_config(&dir, SUBNET, "deleted", &user, &secret);
     assert_eq!(attempt(&lab.region, &deleted, &outcomes), "AUTH_FAILED");
     let _ = vpn_server.kill();
     let _ = vpn_server.wait();
+}
+
+/// The syslog forwarder of the OpenVPN server: util-linux `logger` reading
+/// lines on stdin and sending each as RFC 5424 over TCP (octet-counted), as
+/// rsyslog would forward them.
+fn syslog_forwarder(ns: &str, to: std::net::SocketAddr) -> Child {
+    Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "logger",
+            "--tcp",
+            "--octet-count",
+            "--rfc5424",
+        ])
+        .args(["-n", &to.ip().to_string(), "-P", &to.port().to_string()])
+        .args(["-t", "openvpn"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("util-linux logger")
+}
+
+#[test]
+fn a_real_tunnel_is_seen_through_syslog_the_management_interface_and_pings() {
+    if let Err(why) = runnable() {
+        eprintln!("skipping: {why}");
+        return;
+    }
+    if Command::new("openvpn").arg("--version").output().is_err() {
+        eprintln!("skipping: openvpn is not installed (Debian package openvpn)");
+        return;
+    }
+    const NET: &str = "169.254.93";
+    let lab = Lab::new("ol", NET);
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let hostname = hostname.trim();
+    let fixture = Fixture::new();
+    let dir = fixture.path("vpn");
+    std::fs::create_dir_all(&dir).unwrap();
+    pki(&dir);
+    fixture.write_config(&(config_text("\"127.0.0.1:0\", \"[::1]:0\"")
+        + "\n[provision]\ndata_dir = \"state\"\npool = \"100.64.0.0/10\"\nauth = \"sha1\"\n"
+        + &format!(
+            "\n[vpnlog]\nlisten = \"127.0.0.1:0\"\npoll_interval = \"1s\"\nlatency_interval = \"1s\"\n\
+             latency_pings = 2\nlatency_timeout = \"400ms\"\n\
+             [[vpnlog.servers]]\nhost = \"{hostname}\"\nregion = \"europe1\"\n\
+             management = \"127.0.0.1:7505\"\n"
+        )));
+    // The service runs beside the OpenVPN server, in its namespace: it reads
+    // the management interface there and pings the tunnels through its tun.
+    let server = Server::start_in_netns(fixture, &lab.server);
+    let cli = |args: &[&str]| {
+        let out = server.cli(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap_or(Value::Null)
+    };
+    let created = cli(&["site", "create"]);
+    let uuid = created["site"]["uuid"].as_str().unwrap().to_owned();
+    let user = created["site"]["username"].as_str().unwrap().to_owned();
+    let address = created["site"]["address"].as_str().unwrap().to_owned();
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    let export = dir.join("export");
+    cli(&[
+        "site",
+        "export",
+        export.to_str().unwrap(),
+        "--region",
+        "europe1",
+    ]);
+    let server_conf = dir.join("server.ovpn");
+    std::fs::write(
+        &server_conf,
+        format!(
+            "local {NET}.1\nca {d}/ca.crt\ncert {d}/server.crt\nkey {d}/server.key\ndh none\n\
+             config {e}/server.conf\nverb 3\nmanagement 127.0.0.1 7505\n",
+            d = dir.display(),
+            e = export.display(),
+        ),
+    )
+    .unwrap();
+    let mut forwarder = syslog_forwarder(&lab.server, server.syslog.expect("syslog listener"));
+    let (mut vpn_server, server_log) =
+        openvpn_logging_to(&lab.server, &server_conf, forwarder.stdin.take());
+    wait_for(&server_log, &["Initialization Sequence Completed"], 20);
+
+    // A router connects: one open session with its tunnel, source, address and
+    // traffic (byte counts come only from the management interface).
+    let (mut client, log) = openvpn(
+        &lab.region,
+        &client_config(&dir, NET, "good", &user, &secret),
+    );
+    wait_for(&log, &["Initialization Sequence Completed"], 30);
+    let sessions = format!("/v1/tunnels/{uuid}/sessions");
+    let body = server.get_until(&sessions, "an open session with traffic", |b| {
+        b["sessions"].as_array().is_some_and(|s| {
+            s.len() == 1
+                && s[0]["bytes_in"].as_u64() > Some(0)
+                && s[0]["bytes_out"].as_u64() > Some(0)
+                && s[0]["virtual_addr"].is_string()
+        })
+    });
+    let s = &body["sessions"][0];
+    assert_eq!(s["tunnel"], uuid.as_str());
+    assert_eq!(s["virtual_addr"], address.as_str());
+    assert!(
+        s["peer"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{NET}.2:")),
+        "{s}"
+    );
+    assert_eq!(
+        (&s["host"], &s["region"]),
+        (&Value::from(hostname), &Value::from("europe1"))
+    );
+    assert!(s["end"].is_null(), "{s}");
+
+    // The service pings the tunnel address through the tunnel.
+    let latency = format!("/v1/tunnels/{uuid}/latency");
+    let body = server.get_until(&latency, "an answered ping", |b| {
+        b["samples"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|p| p["received"].as_u64() > Some(0)))
+    });
+    let sample = body["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["received"].as_u64() > Some(0))
+        .unwrap();
+    assert_eq!(sample["addr"], address.as_str());
+    assert!(sample["rtt_ms"]["avg"].as_f64().unwrap() > 0.0, "{sample}");
+    let summary = server.get_until("/v1/regions/europe1/summary", "one tunnel connected", |b| {
+        b["connected_tunnels"] == 1
+    });
+    assert!(
+        summary["since_start"]["bytes_in"].as_u64() > Some(0),
+        "{summary}"
+    );
+    let (_, metrics) = server.get("/metrics");
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("mgnt_vpnlog_connected_tunnels{region=\"europe1\"} 1"),
+        "{metrics}"
+    );
+
+    // The router goes away: the session closes with a reason, and the counts stay.
+    // SAFETY: sending SIGTERM to our own child process.
+    unsafe { libc::kill(client.id() as i32, libc::SIGTERM) };
+    let _ = client.wait();
+    let body = server.get_until(&sessions, "the session closed", |b| {
+        !b["sessions"][0]["end"].is_null()
+    });
+    let s = &body["sessions"][0];
+    assert!(!s["end_reason"].as_str().unwrap_or("").is_empty(), "{s}");
+    assert!(s["bytes_in"].as_u64() > Some(0), "{s}");
+    assert_eq!(body["sessions"].as_array().unwrap().len(), 1, "{body}");
+
+    // A wrong secret is refused and recorded as a failure from the router's address.
+    let outcomes = ["AUTH_FAILED", "Initialization Sequence Completed"];
+    let bad = client_config(&dir, NET, "bad", &user, "wrong-secret");
+    assert_eq!(attempt(&lab.region, &bad, &outcomes), "AUTH_FAILED");
+    server.get_until(
+        "/v1/auth-attempts?result=failure",
+        "a failed attempt",
+        |b| {
+            b["attempts"].as_array().is_some_and(|a| {
+                a.iter().any(|x| {
+                    x["ok"] == false
+                        && x["peer"]
+                            .as_str()
+                            .is_some_and(|p| p.starts_with(&format!("{NET}.2:")))
+                        && x["region"] == "europe1"
+                })
+            })
+        },
+    );
+    let summary = server.get_until("/v1/regions/europe1/summary", "the failure counted", |b| {
+        b["stored"]["auth_failures"].as_u64() >= Some(1) && b["connected_tunnels"] == 0
+    });
+    assert!(
+        summary["stored"]["auth_successes"].as_u64() >= Some(1),
+        "{summary}"
+    );
+    let _ = vpn_server.kill();
+    let _ = vpn_server.wait();
+    let _ = forwarder.kill();
+    let _ = forwarder.wait();
 }

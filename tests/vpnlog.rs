@@ -16,20 +16,9 @@ const CORPUS: &str = include_str!("data/openvpn-2.6-verb3.log");
 const CONFIG: &str = "\n[vpnlog]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"state\"\nservers = [{ host = \"vpn-fra-1\", region = \"europe1\" }]\n";
 
 fn get(server: &Server, path: &str) -> Value {
-    let token = std::fs::read_to_string(server.fixture.path("state/admin.token")).unwrap();
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut resp = agent
-        .get(&format!("http://{}{path}", server.api))
-        .header("Authorization", &format!("Bearer {}", token.trim()))
-        .call()
-        .unwrap();
-    let status = resp.status();
-    let body = resp.body_mut().read_to_string().unwrap();
-    assert!(status.is_success(), "{path}: {status} {body}");
-    serde_json::from_str(&body).unwrap_or(Value::String(body))
+    let (status, body) = server.get(path);
+    assert_eq!(status, 200, "{path}: {body}");
+    body
 }
 
 fn metric(text: &str, name: &str) -> u64 {
@@ -94,21 +83,15 @@ fn a_real_log_over_syslog_becomes_sessions_and_attempts() {
     }
 
     let tunnel = mgnt::tunnels::username::tunnel_of("gfynkzpktrhafbfy5t2uzic2gq").unwrap();
-    let start = Instant::now();
-    let sessions = loop {
-        let v = get(&server, &format!("/v1/tunnels/{tunnel}/sessions"));
-        if v["sessions"]
-            .as_array()
-            .is_some_and(|s| !s.is_empty() && s[0]["end"].is_number())
-        {
-            break v;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "no closed session: {v}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let sessions = server.get_until(
+        &format!("/v1/tunnels/{tunnel}/sessions"),
+        "a closed session",
+        |v| {
+            v["sessions"]
+                .as_array()
+                .is_some_and(|s| !s.is_empty() && s[0]["end"].is_number())
+        },
+    );
     let s = &sessions["sessions"][0];
     assert_eq!(s["virtual_addr"], "100.64.0.2");
     assert_eq!(s["peer"], "169.254.89.2:56700");
@@ -137,4 +120,107 @@ fn a_real_log_over_syslog_becomes_sessions_and_attempts() {
             .iter()
             .any(|a| a["ok"] == true && a["tunnel"] == tunnel.to_string())
     );
+}
+
+/// A status file as OpenVPN 2.6 writes it with `status-version 2` or 3.
+fn status_v2_v3(sep: char, now: u64, clients: &[(&str, &str, u64, u64)]) -> String {
+    let mut text = format!(
+        "TITLE{sep}OpenVPN 2.6.14 x86_64-pc-linux-gnu\nTIME{sep}2026-11-25 18:51:07{sep}{now}\n\
+         HEADER{sep}CLIENT_LIST{sep}Common Name{sep}Real Address{sep}Virtual Address{sep}Virtual IPv6 Address{sep}\
+         Bytes Received{sep}Bytes Sent{sep}Connected Since{sep}Connected Since (time_t){sep}Username{sep}\
+         Client ID{sep}Peer ID{sep}Data Channel Cipher\n"
+    );
+    for (i, (cn, peer, rx, tx)) in clients.iter().enumerate() {
+        let since = now - 100;
+        text += &format!(
+            "CLIENT_LIST{sep}{cn}{sep}{peer}{sep}100.64.0.{}{sep}{sep}{rx}{sep}{tx}{sep}2026-11-25 18:49:27{sep}{since}{sep}{cn}{sep}{i}{sep}0{sep}AES-256-CBC\n",
+            i + 2
+        );
+    }
+    text + &format!("GLOBAL_STATS{sep}Max bcast/mcast queue length{sep}1\nEND\n")
+}
+
+fn write_atomically(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[test]
+fn status_files_of_every_version_open_count_and_close_sessions() {
+    let fixture = Fixture::new();
+    fixture.write_config(
+        &(config_text("\"127.0.0.1:0\", \"[::1]:0\"")
+            + "\n[vpnlog]\nlisten = \"127.0.0.1:0\"\npoll_interval = \"100ms\"\n\
+               servers = [{ host = \"vpn-fra-1\", region = \"europe1\", status_file = \"status.txt\" }]\n"),
+    );
+    let file = fixture.path("status.txt");
+    let now = mgnt::state::now();
+    let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let (a_name, b_name) = (a.to_string(), b.to_string());
+    let v2 = status_v2_v3(
+        ',',
+        now,
+        &[
+            (&a_name, "198.51.100.7:4000", 1000, 2000),
+            (&b_name, "[AF_INET6]2001:db8::7:4001", 5, 6),
+        ],
+    );
+    write_atomically(&file, &v2);
+    let server = Server::start_with(fixture);
+    let sessions = |t: uuid::Uuid| format!("/v1/tunnels/{t}/sessions");
+    let v = server.get_until(&sessions(a), "a session from the v2 file", |v| {
+        v["sessions"].as_array().is_some_and(|s| s.len() == 1)
+    });
+    let s = &v["sessions"][0];
+    assert_eq!(
+        (&s["bytes_in"], &s["bytes_out"]),
+        (&Value::from(1000), &Value::from(2000))
+    );
+    assert_eq!(
+        (&s["start"], &s["virtual_addr"]),
+        (&Value::from(now - 100), &Value::from("100.64.0.2"))
+    );
+    let v = server.get(&sessions(b)).1;
+    assert_eq!(v["sessions"][0]["peer"], "[2001:db8::7]:4001", "{v}");
+
+    // Version 3 (tabs), later counters: the same session grows.
+    write_atomically(
+        &file,
+        &status_v2_v3(
+            '\t',
+            now + 1,
+            &[
+                (&a_name, "198.51.100.7:4000", 1500, 2500),
+                (&b_name, "[AF_INET6]2001:db8::7:4001", 5, 6),
+            ],
+        ),
+    );
+    server.get_until(&sessions(a), "new counters from the v3 file", |v| {
+        v["sessions"][0]["bytes_in"] == 1500
+    });
+
+    // Version 1 without `a`: its session ends; `b` stays open.
+    let v1 = format!(
+        "OpenVPN CLIENT LIST\nUpdated,2026-11-25 18:51:09\nCommon Name,Real Address,Bytes Received,Bytes Sent,Connected Since\n\
+         {b_name},2001:db8::7:4001,7,8,2026-11-25 18:49:27\nROUTING TABLE\nVirtual Address,Common Name,Real Address,Last Ref\n\
+         100.64.0.3,{b_name},2001:db8::7:4001,2026-11-25 18:49:27\nGLOBAL STATS\nMax bcast/mcast queue length,1\nEND\n"
+    );
+    write_atomically(&file, &v1);
+    let v = server.get_until(&sessions(a), "the session closed by the v1 file", |v| {
+        v["sessions"][0]["end"].is_number()
+    });
+    assert_eq!(v["sessions"][0]["end_reason"], "no-longer-listed");
+    let v = server.get_until(&sessions(b), "b's counters from the v1 file", |v| {
+        v["sessions"][0]["bytes_in"] == 7
+    });
+    assert!(v["sessions"][0]["end"].is_null(), "{v}");
+    let summary = server.get("/v1/regions/europe1/summary").1;
+    assert_eq!(summary["connected_tunnels"], 1, "{summary}");
+
+    // A broken file closes nothing.
+    write_atomically(&file, "TITLE,x\nCLIENT_LIST,r,not-an-address,1,2\nEND\n");
+    std::thread::sleep(Duration::from_millis(500));
+    let v = server.get(&sessions(b)).1;
+    assert!(v["sessions"][0]["end"].is_null(), "{v}");
 }

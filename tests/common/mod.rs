@@ -178,6 +178,8 @@ pub struct Server {
     /// The syslog listener, when the config has `[vpnlog]`.
     pub syslog: Option<SocketAddr>,
     pub fixture: Fixture,
+    /// The network namespace it runs in, if not ours.
+    pub netns: Option<String>,
 }
 
 impl Server {
@@ -193,7 +195,9 @@ impl Server {
     pub fn start_in_netns(fixture: Fixture, netns: &str) -> Self {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", netns, env!("CARGO_BIN_EXE_mgnt")]);
-        Self::spawn(fixture, cmd)
+        let mut server = Self::spawn(fixture, cmd);
+        server.netns = Some(netns.to_owned());
+        server
     }
 
     /// Stops the process and starts a new one on the same files.
@@ -213,6 +217,7 @@ impl Server {
             api,
             syslog,
             fixture,
+            netns: None,
         }
     }
 
@@ -275,12 +280,61 @@ impl Server {
         if pointed != text {
             std::fs::write(&cfg, pointed).unwrap();
         }
-        mgnt()
-            .args(args)
-            .arg("--config")
-            .arg(&cfg)
-            .output()
-            .unwrap()
+        let mut cmd = match &self.netns {
+            None => mgnt(),
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_mgnt")]);
+                c
+            }
+        };
+        cmd.args(args).arg("--config").arg(&cfg).output().unwrap()
+    }
+
+    /// GET on the admin API with the server's token: status and JSON body
+    /// (or the text as a JSON string). Runs inside the server's namespace.
+    pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let (url, token) = (format!("http://{}{path}", self.api), self.token());
+        let call = move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build()
+                .into();
+            let mut resp = agent
+                .get(&url)
+                .header("Authorization", &format!("Bearer {token}"))
+                .call()
+                .unwrap();
+            let body = resp.body_mut().read_to_string().unwrap();
+            let value = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body));
+            (resp.status().as_u16(), value)
+        };
+        match &self.netns {
+            None => call(),
+            Some(ns) => lab::in_netns(ns, call),
+        }
+    }
+
+    /// Polls GET `path` until `check` accepts the body (30 s at most);
+    /// panics with `what` and the last body.
+    pub fn get_until(
+        &self,
+        path: &str,
+        what: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, body) = self.get(path);
+            if status == 200 && check(&body) {
+                return body;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: {path} still {status} {body:#}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Sends a signal (`HUP`, `TERM`, …) to the server process.
