@@ -81,15 +81,14 @@ fn main() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let accounted = start.elapsed();
-    // Stored: the writer's counter stops moving once the last batch is committed.
-    let mut written = read("mgnt_vpnlog_records_written_total");
-    let stored = loop {
-        std::thread::sleep(Duration::from_millis(100));
-        let now = read("mgnt_vpnlog_records_written_total");
-        if now == written {
-            break start.elapsed() - Duration::from_millis(100);
+    // Stored: everything handed to the writer is committed.
+    let (written, stored) = loop {
+        let queued = read("mgnt_vpnlog_records_queued_total");
+        let written = read("mgnt_vpnlog_records_written_total");
+        if written == queued {
+            break (written, start.elapsed());
         }
-        written = now;
+        std::thread::sleep(Duration::from_millis(20));
     };
     println!(
         "{{\"lines\":{total},\"connections\":{conns},\"sent_s\":{:.3},\"accounted_s\":{:.3},\"stored_s\":{:.3},\"records_written\":{written},\"lines_per_s\":{:.0}}}",

@@ -154,6 +154,17 @@ pub fn render(server: &Server) -> String {
             "mgnt_vpnlog_records_written_total {}",
             ingest.written.load(Relaxed)
         );
+        help(
+            &mut out,
+            "mgnt_vpnlog_records_queued_total",
+            "counter",
+            "Records and raw lines handed to the writer (stored once written reaches it).",
+        );
+        let _ = writeln!(
+            out,
+            "mgnt_vpnlog_records_queued_total {}",
+            ingest.queued.load(Relaxed)
+        );
         vpnlog_regions(&mut out, &ingest.regions());
     }
     help(

@@ -57,6 +57,8 @@ pub struct Ingest {
     pub parsed: AtomicU64,
     pub unparsed: AtomicU64,
     pub written: AtomicU64,
+    /// Items handed to the writer; all are stored when `written` reaches it.
+    pub queued: AtomicU64,
     /// By syslog host (`None`: lines without one).
     servers: Mutex<HashMap<Option<String>, Server>>,
     /// Syslog host → region, from `[[vpnlog.servers]]`.
@@ -86,6 +88,7 @@ impl Ingest {
             parsed: AtomicU64::new(0),
             unparsed: AtomicU64::new(0),
             written: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
             servers: Mutex::new(servers),
             regions: config
                 .servers
@@ -100,6 +103,11 @@ impl Ingest {
             .spawn(move || writer(&rx, &*store, &counter.written))
             .expect("spawning the log writer");
         ingest
+    }
+
+    fn queue(&self, item: Item) {
+        self.queued.fetch_add(1, Relaxed);
+        let _ = self.tx.send(item);
     }
 
     fn origin(&self, host: Option<&str>) -> Origin {
@@ -125,7 +133,7 @@ impl Ingest {
         let mut servers = self.servers();
         let server = servers.entry(origin.host.clone()).or_default();
         for record in f(&mut server.tracker) {
-            let _ = self.tx.send(Item::Record {
+            self.queue(Item::Record {
                 record,
                 origin: origin.clone(),
                 time,
@@ -144,7 +152,7 @@ impl Ingest {
                 .entry(origin.host.clone())
                 .or_default()
                 .unparsed += 1;
-            let _ = self.tx.send(Item::Unparsed {
+            self.queue(Item::Unparsed {
                 time: now(),
                 origin,
                 raw: raw.chars().take(2048).collect(),
@@ -158,7 +166,7 @@ impl Ingest {
 
     /// Queues one latency measurement.
     pub fn latency(&self, latency: Latency, origin: Origin) {
-        let _ = self.tx.send(Item::Latency(latency, origin));
+        self.queue(Item::Latency(latency, origin));
     }
 
     /// Every open session with its server.

@@ -1,6 +1,7 @@
 //! Log records in SQLite, written in batches (one transaction per batch).
 //! Sessions are found again by (server, client address, start), so a session
-//! can be updated by any source, after a restart too.
+//! can be updated by any source, after a restart too; should a replayed log
+//! repeat a key, the newest row is the one meant.
 
 use std::{path::Path, sync::Mutex};
 
@@ -75,7 +76,8 @@ const ADDED: [(&str, &str, &str); 3] = [
 ];
 
 const INDEXES: &str = "
-CREATE INDEX IF NOT EXISTS sessions_by_key ON sessions(peer, start);
+DROP INDEX IF EXISTS sessions_by_key;
+CREATE INDEX IF NOT EXISTS sessions_by_source ON sessions(host, peer, start);
 CREATE INDEX IF NOT EXISTS sessions_open ON sessions(end) WHERE end IS NULL;
 CREATE INDEX IF NOT EXISTS sessions_by_region ON sessions(region, end);
 CREATE INDEX IF NOT EXISTS auth_by_region ON auth_attempts(region, time);
@@ -344,7 +346,7 @@ fn write_record(
             let updated = tx
                 .prepare_cached(
                     "UPDATE sessions SET virtual_addr = ?1, end = ?2, end_reason = ?3, bytes_in = ?4, bytes_out = ?5
-                     WHERE peer = ?6 AND start = ?7 AND host IS ?8",
+                     WHERE id = (SELECT max(id) FROM sessions WHERE host IS ?8 AND peer = ?6 AND start = ?7)",
                 )?
                 .execute(params![
                     s.virtual_addr.map(|a| a.to_string()),
