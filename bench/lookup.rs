@@ -8,7 +8,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use hickory_server::net::xfer::Protocol;
 use mgnt::{
     config::Config,
-    dns::{Data, RouteCache, answer::Responder, fast},
+    dns::{Data, RouteCache, answer::Responder, fast, replay::AnswerCache},
     state::RegionView,
 };
 
@@ -54,10 +54,19 @@ fn benches(c: &mut Criterion) {
     c.bench_function("fast-path reply (geo A + ECS)", |b| {
         let (mut i, mut out) = (0, Vec::with_capacity(512));
         let mut cache = RouteCache::default();
+        let mut answers = AnswerCache::default();
         b.iter(|| {
             i = (i + 1) % queries.len();
             let q = black_box(&queries[i]);
-            black_box(fast::answer(&data, &view, q, src, &mut out, &mut cache))
+            black_box(fast::answer(
+                &data,
+                &view,
+                q,
+                src,
+                &mut out,
+                &mut cache,
+                &mut answers,
+            ))
         })
     });
 

@@ -15,7 +15,7 @@ use hickory_proto::{
 use hickory_server::net::xfer::Protocol;
 use mgnt::{
     config::Config,
-    dns::{Data, answer::Responder, fast},
+    dns::{Data, answer::Responder, fast, replay::AnswerCache},
     state::RegionView,
 };
 
@@ -74,10 +74,13 @@ fn random_query(rng: &mut Rng) -> Vec<u8> {
         *rng.pick(&qtypes)
     };
     let mut m = Message::new(rng.next() as u16, MessageType::Query, OpCode::Query);
-    m.add_query(Query::query(
-        Name::from_ascii(random_case(rng, name)).unwrap(),
-        qtype,
-    ));
+    // Mostly lower case, so questions repeat and replayed answers are tested.
+    let name = if rng.coin(30) {
+        random_case(rng, name)
+    } else {
+        name.to_owned()
+    };
+    m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
     m.metadata.recursion_desired = rng.coin(50);
     m.metadata.checking_disabled = rng.coin(20);
     m.metadata.authentic_data = rng.coin(20);
@@ -132,15 +135,27 @@ async fn fast_and_full_paths_answer_identically() {
     let (mut fast_count, mut total) = (0, 0);
     let mut out = Vec::new();
     let mut cache = mgnt::dns::RouteCache::default();
+    let mut answers = AnswerCache::default();
+    let mut replayed = 0;
     for _ in 0..20_000 {
         let raw = random_query(&mut rng);
         let src: SocketAddr = (random_addr(&mut rng), 5353).into();
         total += 1;
-        if fast::answer(&fast_data, &view, &raw, src.ip(), &mut out, &mut cache).is_none() {
+        let full = responder.respond(&raw, src, Protocol::Udp).await;
+        let fast = fast::answer(&fast_data, &view, &raw, src.ip(), &mut out, &mut cache, &mut answers);
+        if fast.is_none() {
+            // As the server does: keep what the full path said, for replay.
+            if let Some(full) = &full {
+                fast::learn(&fast_data, &raw, full, &mut answers);
+            }
             continue;
         }
         fast_count += 1;
-        let full = responder.respond(&raw, src, Protocol::Udp).await;
+        let is_geo = Message::from_vec(&raw)
+            .ok()
+            .and_then(|m| m.queries.first().map(|q| q.name().to_ascii().to_lowercase()))
+            .is_some_and(|n| n.starts_with("mgnt.") || n.starts_with("direct."));
+        replayed += usize::from(!is_geo);
         assert_eq!(
             Some(&out),
             full.as_ref(),
@@ -149,9 +164,11 @@ async fn fast_and_full_paths_answer_identically() {
             full.as_deref().map(Message::from_vec)
         );
     }
-    eprintln!("fast path answered {fast_count} of {total}");
+    eprintln!("fast path answered {fast_count} of {total}, {replayed} of them replayed");
     assert!(
         fast_count > total / 3,
         "the fast path took only {fast_count} of {total}"
     );
+    assert!(replayed > 1000, "only {replayed} replayed answers");
+    assert!(answers.len() <= mgnt::dns::replay::MAX_ENTRIES);
 }

@@ -14,11 +14,10 @@ use std::{
     sync::Arc,
 };
 
-use hickory_proto::op::ResponseCode;
 use hickory_server::net::xfer::Protocol;
 use tracing::debug;
 
-use super::{RouteCache, answer::Responder, fast};
+use super::{RouteCache, answer::Responder, fast, replay::AnswerCache};
 
 /// Datagrams taken per system call.
 const BATCH: usize = 64;
@@ -176,6 +175,7 @@ pub fn serve(socket: UdpSocket, responder: Arc<Responder>, runtime: tokio::runti
     let fd = socket.as_raw_fd();
     let mut batch = Batch::new();
     let mut cache = RouteCache::default();
+    let mut answers = AnswerCache::default();
     loop {
         let n = match batch.receive(fd) {
             Ok(n) => n,
@@ -195,11 +195,15 @@ pub fn serve(socket: UdpSocket, responder: Arc<Responder>, runtime: tokio::runti
             let len = batch.headers[i].msg_len as usize;
             let query = &batch.queries[i][..len.min(QUERY_BUFFER)];
             let reply = &mut batch.replies[i];
-            if let Some(qtype) = fast::answer(&data, &view, query, src.ip(), reply, &mut cache) {
-                responder.queries.count(Some(qtype), ResponseCode::NoError);
+            let fast = fast::answer(&data, &view, query, src.ip(), reply, &mut cache, &mut answers);
+            if let Some((qtype, rcode)) = fast {
+                responder.queries.count(Some(qtype), rcode);
             } else {
                 match runtime.block_on(responder.respond(query, src, Protocol::Udp)) {
-                    Some(bytes) => *reply = bytes,
+                    Some(bytes) => {
+                        fast::learn(&data, query, &bytes, &mut answers);
+                        *reply = bytes;
+                    }
                     None => continue,
                 }
             }

@@ -8,7 +8,9 @@
 //! template, and the OPT record with the ECS echo. Anything else — other names
 //! and types, odd flags, unknown EDNS options, malformed ECS — returns `None`
 //! and goes to the full path in [`super::answer`], which stays the reference:
-//! a differential test requires identical bytes from both.
+//! a differential test requires identical bytes from both. Plain queries for
+//! other names are answered from [`super::replay`] once the full path has
+//! answered them.
 
 use std::net::IpAddr;
 
@@ -19,7 +21,10 @@ use hickory_proto::{
 };
 use hickory_server::zone_handler::{MessageResponseBuilder, Queries};
 
-use super::{Data, GeoTable, RouteCache, ecs};
+use super::{
+    Data, GeoTable, RouteCache, ecs,
+    replay::{AnswerCache, Shape},
+};
 use crate::state::RegionView;
 
 const OPT: u16 = 41;
@@ -95,11 +100,27 @@ struct Parsed<'a> {
     qtype: u16,
     /// `None` without EDNS; else the client's UDP payload size.
     payload: Option<u16>,
+    dnssec_ok: bool,
     subnet: Option<ecs::ClientSubnet>,
 }
 
-/// Answers `raw` into `out` if it is a plain geo A/AAAA query over UDP and
-/// returns its type; `None` (with `out` in any state) hands it to the full path.
+impl<'a> Parsed<'a> {
+    fn shape(&self, raw: &'a [u8]) -> Shape<'a> {
+        Shape {
+            raw,
+            question: self.question,
+            edns: self.payload.is_some(),
+            dnssec_ok: self.dnssec_ok,
+        }
+    }
+}
+
+/// Query types the fast path never answers: meta types and zone transfers.
+const NEVER: [u16; 6] = [41, 251, 252, 253, 254, 255];
+
+/// Answers `raw` into `out` if it is a plain geo A/AAAA query over UDP, or a
+/// plain query the full path answered before (see [`replay`]); returns its
+/// type and rcode. `None` (with `out` in any state) hands it to the full path.
 pub fn answer(
     data: &Data,
     view: &RegionView,
@@ -107,12 +128,21 @@ pub fn answer(
     src: IpAddr,
     out: &mut Vec<u8>,
     cache: &mut RouteCache,
-) -> Option<RecordType> {
+    answers: &mut AnswerCache,
+) -> Option<(RecordType, ResponseCode)> {
     let q = parse(raw)?;
-    let table_index = data
-        .geo
-        .iter()
-        .position(|t| t.name_wire.eq_ignore_ascii_case(q.name))?;
+    let max_udp = data.config.dns.max_udp_payload;
+    let limit = q.payload.map_or(512, |p| p.clamp(512, max_udp));
+    let Some(table_index) = geo_table(data, q.name) else {
+        let replayed = answers.replay(data, &q.shape(raw), out)?;
+        if q.payload.is_some() {
+            push_opt(out, max_udp, q.subnet, 0);
+        }
+        return (out.len() <= usize::from(limit)).then_some(replayed);
+    };
+    if q.qtype != u16::from(RecordType::A) && q.qtype != u16::from(RecordType::AAAA) {
+        return None;
+    }
     let table = &data.geo[table_index];
     let client = q
         .subnet
@@ -129,7 +159,6 @@ pub fn answer(
     if t.bytes.is_empty() {
         return None;
     }
-    let max_udp = data.config.dns.max_udp_payload;
     out.clear();
     out.extend_from_slice(&raw[..2]);
     out.push(0x80 | 0x04 | (raw[2] & 0x01));
@@ -142,14 +171,33 @@ pub fn answer(
     if q.payload.is_some() {
         push_opt(out, max_udp, q.subnet, scope);
     }
-    let limit = q.payload.map_or(512, |p| p.clamp(512, max_udp));
     if out.len() > usize::from(limit) {
         return None;
     }
     if let Some(c) = data.counters.get(region) {
         c.count(decision.reason);
     }
-    Some(qtype)
+    Some((qtype, ResponseCode::NoError))
+}
+
+fn geo_table(data: &Data, name: &[u8]) -> Option<usize> {
+    data.geo
+        .iter()
+        .position(|t| t.name_wire.eq_ignore_ascii_case(name))
+}
+
+/// Keeps the full path's `answer` to `raw` for replay, if `raw` is a plain
+/// query outside the geo names.
+pub fn learn(data: &Data, raw: &[u8], answer: &[u8], answers: &mut AnswerCache) {
+    let Some(q) = parse(raw) else { return };
+    if geo_table(data, q.name).is_some() {
+        return;
+    }
+    let mut opt = Vec::new();
+    if q.payload.is_some() {
+        push_opt(&mut opt, data.config.dns.max_udp_payload, q.subnet, 0);
+    }
+    answers.learn(data, &q.shape(raw), RecordType::from(q.qtype), answer, &opt);
 }
 
 /// The OPT record hickory emits for our response EDNS: root owner, our
@@ -211,18 +259,17 @@ fn parse(raw: &[u8]) -> Option<Parsed<'_>> {
     }
     let name = &raw[12..=pos];
     let qtype = be16(raw, pos + 1)?;
-    if be16(raw, pos + 3)? != 1
-        || (qtype != u16::from(RecordType::A) && qtype != u16::from(RecordType::AAAA))
-    {
+    if be16(raw, pos + 3)? != 1 || NEVER.contains(&qtype) {
         return None;
     }
     let question_end = pos + 5;
     let question = raw.get(12..question_end)?;
-    let (payload, subnet) = if with_opt {
-        let (payload, subnet) = parse_opt(raw.get(question_end..)?)?;
-        (Some(payload), subnet)
+    let (payload, dnssec_ok, subnet) = if with_opt {
+        let opt = raw.get(question_end..)?;
+        let (payload, subnet) = parse_opt(opt)?;
+        (Some(payload), opt[7] & 0x80 != 0, subnet)
     } else if raw.len() == question_end {
-        (None, None)
+        (None, false, None)
     } else {
         return None;
     };
@@ -231,6 +278,7 @@ fn parse(raw: &[u8]) -> Option<Parsed<'_>> {
         name,
         qtype,
         payload,
+        dnssec_ok,
         subnet,
     })
 }

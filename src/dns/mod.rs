@@ -11,6 +11,7 @@ pub mod ecs;
 pub mod fast;
 pub mod geo_names;
 pub mod listen;
+pub mod replay;
 pub mod zones;
 
 use std::{
