@@ -154,11 +154,26 @@ pub fn rank(
 /// # Panics
 /// Never for a non-empty ranking; config validation guarantees every geo name has a region.
 pub fn decide(ranking: &[Ranked], located: bool, states: &[RegionState]) -> Decision {
-    let serving = |r: &Ranked| states.get(r.region).is_none_or(|s| s.serving);
-    match ranking.iter().position(serving) {
+    decide_by(
+        ranking.len(),
+        |i| (ranking[i].region, ranking[i].overridden),
+        located,
+        states,
+    )
+}
+
+/// [`decide`] over `len` candidates given as (region, overridden), best first.
+fn decide_by(
+    len: usize,
+    at: impl Fn(usize) -> (usize, bool),
+    located: bool,
+    states: &[RegionState],
+) -> Decision {
+    let serving = |region: usize| states.get(region).is_none_or(|s| s.serving);
+    match (0..len).find(|&i| serving(at(i).0)) {
         Some(i) => {
-            let r = ranking[i];
-            let reason = if r.overridden {
+            let (region, overridden) = at(i);
+            let reason = if overridden {
                 Reason::Override
             } else if i > 0 {
                 Reason::Failover
@@ -167,15 +182,54 @@ pub fn decide(ranking: &[Ranked], located: bool, states: &[RegionState]) -> Deci
             } else {
                 Reason::NoLocation
             };
-            Decision {
-                region: r.region,
-                reason,
-            }
+            Decision { region, reason }
         }
         None => Decision {
-            region: ranking[0].region,
+            region: at(0).0,
             reason: Reason::FailOpen,
         },
+    }
+}
+
+/// A ranking reduced to what [`decide`] reads (region order, overrides, and
+/// whether the client was located): 40 bytes instead of a ranking's 520, so
+/// route caches hold more in less memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Order {
+    regions: [u16; MAX_REGIONS],
+    overridden: u16,
+    len: u8,
+    located: bool,
+}
+
+impl Order {
+    /// `None` if a region index does not fit (more than 65,535 regions).
+    pub fn of(ranking: &Ranking, located: bool) -> Option<Self> {
+        let mut o = Self {
+            regions: [0; MAX_REGIONS],
+            overridden: 0,
+            len: ranking.len() as u8,
+            located,
+        };
+        for (i, r) in ranking.iter().enumerate() {
+            o.regions[i] = u16::try_from(r.region).ok()?;
+            o.overridden |= u16::from(r.overridden) << i;
+        }
+        Some(o)
+    }
+
+    pub fn decide(&self, states: &[RegionState]) -> Decision {
+        decide_by(
+            usize::from(self.len),
+            |i| {
+                (
+                    usize::from(self.regions[i]),
+                    self.overridden & (1 << i) != 0,
+                )
+            },
+            self.located,
+            states,
+        )
     }
 }
 
@@ -300,5 +354,33 @@ mod tests {
         let ranking = rank(at(50.83, 4.0), &[0, 1], &REGIONS, &[3, 1]);
         let order: Vec<usize> = ranking.iter().map(|r| r.region).collect();
         assert_eq!(order, [1, 0]);
+    }
+
+    #[test]
+    fn an_order_decides_as_its_ranking_does() {
+        let locations = [FRANKFURT, ASHBURN, SINGAPORE, SAO_PAULO];
+        let clients = [None, Some(FRANKFURT), Some(SINGAPORE), Some(SAO_PAULO)];
+        let preferences: [&[usize]; 4] = [&[], &[2], &[3, 0], &[1, 2, 3, 0]];
+        for client in clients {
+            for preferred in preferences {
+                let ranking = rank(client, &[0, 1, 2, 3], &locations, preferred);
+                for located in [false, true] {
+                    let order = Order::of(&ranking, located).unwrap();
+                    for mask in 0..16u8 {
+                        let states: Vec<RegionState> = (0..4)
+                            .map(|i| RegionState {
+                                serving: mask & (1 << i) != 0,
+                            })
+                            .collect();
+                        assert_eq!(
+                            order.decide(&states),
+                            decide(&ranking, located, &states),
+                            "{client:?} {preferred:?} {mask:04b}"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(std::mem::size_of::<Order>() <= 40);
     }
 }

@@ -142,7 +142,15 @@ async fn fast_and_full_paths_answer_identically() {
         let src: SocketAddr = (random_addr(&mut rng), 5353).into();
         total += 1;
         let full = responder.respond(&raw, src, Protocol::Udp).await;
-        let fast = fast::answer(&fast_data, &view, &raw, src.ip(), &mut out, &mut cache, &mut answers);
+        let fast = fast::answer(
+            &fast_data,
+            &view,
+            &raw,
+            src.ip(),
+            &mut out,
+            &mut cache,
+            &mut answers,
+        );
         if fast.is_none() {
             // As the server does: keep what the full path said, for replay.
             if let Some(full) = &full {
@@ -153,7 +161,11 @@ async fn fast_and_full_paths_answer_identically() {
         fast_count += 1;
         let is_geo = Message::from_vec(&raw)
             .ok()
-            .and_then(|m| m.queries.first().map(|q| q.name().to_ascii().to_lowercase()))
+            .and_then(|m| {
+                m.queries
+                    .first()
+                    .map(|q| q.name().to_ascii().to_lowercase())
+            })
             .is_some_and(|n| n.starts_with("mgnt.") || n.starts_with("direct."));
         replayed += usize::from(!is_geo);
         assert_eq!(
@@ -171,4 +183,38 @@ async fn fast_and_full_paths_answer_identically() {
     );
     assert!(replayed > 1000, "only {replayed} replayed answers");
     assert!(answers.len() <= mgnt::dns::replay::MAX_ENTRIES);
+}
+
+/// The route caches (by GeoIP record, by /24 and by /16 block) must never
+/// change a decision or a scope, next to override prefixes too.
+#[test]
+fn cached_routing_agrees_with_uncached() {
+    let fixture = Fixture::new();
+    let data = Data::load(Config::load(&fixture.config()).unwrap()).unwrap();
+    let table = data
+        .config
+        .geo
+        .iter()
+        .position(|g| g.name.to_ascii() == "mgnt.mkcld.io.")
+        .unwrap();
+    let mut view = RegionView::all_serving(data.config.regions.len());
+    let mut rng = Rng(0x6361_6368_6521);
+    let mut cache = mgnt::dns::RouteCache::default();
+    for i in 0..50_000 {
+        if i % 5_000 == 0 {
+            // Health changes apply through a warm cache at once.
+            for s in &mut view.states {
+                s.serving = rng.coin(70);
+            }
+        }
+        let ip = if rng.coin(30) {
+            // Around the override prefix 81.241.7.0/24, inside 81.240.0.0/14.
+            IpAddr::from([81, 241, rng.below(16) as u8, rng.next() as u8])
+        } else {
+            random_addr(&mut rng)
+        };
+        let cached = data.choose_cached(table, ip, &view.states, &mut cache);
+        let plain = data.choose(&data.geo[table], ip, &view.states);
+        assert_eq!(cached, (plain.decision, plain.scope), "{ip}");
+    }
 }

@@ -195,7 +195,15 @@ pub fn serve(socket: UdpSocket, responder: Arc<Responder>, runtime: tokio::runti
             let len = batch.headers[i].msg_len as usize;
             let query = &batch.queries[i][..len.min(QUERY_BUFFER)];
             let reply = &mut batch.replies[i];
-            let fast = fast::answer(&data, &view, query, src.ip(), reply, &mut cache, &mut answers);
+            let fast = fast::answer(
+                &data,
+                &view,
+                query,
+                src.ip(),
+                reply,
+                &mut cache,
+                &mut answers,
+            );
             if let Some((qtype, rcode)) = fast {
                 responder.queries.count(Some(qtype), rcode);
             } else {

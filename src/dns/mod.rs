@@ -28,7 +28,7 @@ use crate::{
     config::{Config, ConfigError},
     geo::{GeoDb, GeoError, Located},
     metrics::RegionCounters,
-    route::{self, Coord, Decision, Ranking, RegionState},
+    route::{self, Coord, Decision, Order, Ranking, RegionState},
 };
 
 pub use geo_names::GeoTable;
@@ -61,8 +61,10 @@ pub struct Data {
 /// Source of [`Data::generation`].
 static GENERATIONS: AtomicU64 = AtomicU64::new(1);
 
-/// Slots of a [`RouteCache`]; direct-mapped, so lookups never allocate.
-const ROUTE_CACHE_SLOTS: usize = 1024;
+/// Slots of a [`RouteCache`] by GeoIP record and by client block;
+/// direct-mapped, so lookups never allocate. About 1 MiB per UDP thread.
+const ROUTE_CACHE_SLOTS: usize = 4096;
+const BLOCK_CACHE_SLOTS: usize = 4096;
 
 /// One thread's memo of rankings by (geo name, GeoIP record).
 ///
@@ -74,15 +76,15 @@ pub struct RouteCache {
     generation: u64,
     /// By (geo name, GeoIP record).
     slots: Vec<Option<CachedRoute>>,
-    /// By (geo name, client /24 or /56): skips the database walk for hot blocks.
-    blocks: Vec<Option<CachedBlock>>,
+    /// By (geo name, client block) for each of [`BLOCKS`]: skips the
+    /// database walk for blocks the database answers alike.
+    blocks: [Vec<Option<CachedBlock>>; 2],
 }
 
 #[derive(Clone, Copy)]
 struct CachedRoute {
     key: (usize, usize),
-    ranking: Ranking,
-    located: bool,
+    order: Order,
 }
 
 #[derive(Clone, Copy)]
@@ -92,16 +94,17 @@ struct CachedBlock {
     scope: u8,
 }
 
-/// The client blocks cached whole: what ECS from resolvers typically carries.
-const BLOCK_V4: u8 = 24;
-const BLOCK_V6: u8 = 56;
+/// The client blocks cached whole (IPv4, IPv6 prefix lengths), finest first:
+/// what ECS from resolvers typically carries, then what GeoIP networks
+/// commonly span, so one entry serves every /24 of a /16 network.
+const BLOCKS: [(u8, u8); 2] = [(24, 56), (16, 32)];
 
 impl Default for RouteCache {
     fn default() -> Self {
         Self {
             generation: 0,
             slots: vec![None; ROUTE_CACHE_SLOTS],
-            blocks: vec![None; ROUTE_CACHE_SLOTS],
+            blocks: [vec![None; BLOCK_CACHE_SLOTS], vec![None; BLOCK_CACHE_SLOTS]],
         }
     }
 }
@@ -113,7 +116,7 @@ impl RouteCache {
             IpAddr::V6(a) => u128::from(a),
         };
         let h = (bits ^ (bits >> 64) ^ (key.0 as u128)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        (h >> 64) as usize % ROUTE_CACHE_SLOTS
+        (h >> 64) as usize % BLOCK_CACHE_SLOTS
     }
 }
 
@@ -172,16 +175,21 @@ impl Data {
         let ip = crate::geo::canonical(ip);
         if cache.generation != self.generation {
             cache.slots.iter_mut().for_each(|s| *s = None);
-            cache.blocks.iter_mut().for_each(|s| *s = None);
+            for level in &mut cache.blocks {
+                level.iter_mut().for_each(|s| *s = None);
+            }
             cache.generation = self.generation;
         }
-        let block = IpNet::new(ip, if ip.is_ipv4() { BLOCK_V4 } else { BLOCK_V6 })
-            .map_or(IpNet::from(ip), |n| n.trunc());
-        let block_key = (table_index, block.addr());
-        let block_slot = RouteCache::block_slot(&block_key);
-        if let Some(b) = cache.blocks[block_slot].filter(|b| b.key == block_key) {
-            let decision = route::decide(&b.route.ranking, b.route.located, states);
-            return (decision, b.scope);
+        let blocks = BLOCKS.map(|(v4, v6)| {
+            IpNet::new(ip, if ip.is_ipv4() { v4 } else { v6 })
+                .map_or(IpNet::from(ip), |n| n.trunc())
+        });
+        for (level, block) in blocks.iter().enumerate() {
+            let key = (table_index, block.addr());
+            let slot = RouteCache::block_slot(&key);
+            if let Some(b) = cache.blocks[level][slot].filter(|b| b.key == key) {
+                return (b.route.order.decide(states), b.scope);
+            }
         }
         let prefixes = &self.config.overrides.prefixes;
         let hit = self.geodb.hit(ip);
@@ -204,35 +212,40 @@ impl Data {
                     .country
                     .and_then(|c| self.config.overrides.countries.get(&c))
                     .map_or(&[][..], Vec::as_slice);
-                let e = CachedRoute {
-                    key,
-                    ranking: route::rank(
-                        location.coords,
-                        &table.spec.regions,
-                        &self.locations,
-                        preferred,
-                    ),
-                    located: location.coords.is_some() || !preferred.is_empty(),
+                let ranking = route::rank(
+                    location.coords,
+                    &table.spec.regions,
+                    &self.locations,
+                    preferred,
+                );
+                let located = location.coords.is_some() || !preferred.is_empty();
+                let Some(order) = Order::of(&ranking, located) else {
+                    let c = self.choose(table, ip, states);
+                    return (c.decision, c.scope);
                 };
+                let e = CachedRoute { key, order };
                 cache.slots[slot] = Some(e);
                 e
             }
         };
-        let decision = route::decide(&entry.ranking, entry.located, states);
+        let decision = entry.order.decide(states);
         let scope = scope(ip, &hit.network, prefixes);
-        // The whole block answers alike when the database network covers it
+        // A whole block answers alike when the database network covers it
         // and no override prefix splits it.
-        let uniform = hit.network.prefix_len() <= block.prefix_len()
-            && prefixes.iter().all(|(p, _)| {
-                p.prefix_len() <= block.prefix_len()
-                    || !(p.contains(&block.addr()) || block.contains(p))
-            });
-        if uniform {
-            cache.blocks[block_slot] = Some(CachedBlock {
-                key: block_key,
-                route: entry,
-                scope,
-            });
+        for (level, block) in blocks.iter().enumerate() {
+            let uniform = hit.network.prefix_len() <= block.prefix_len()
+                && prefixes.iter().all(|(p, _)| {
+                    p.prefix_len() <= block.prefix_len()
+                        || !(p.contains(&block.addr()) || block.contains(p))
+                });
+            if uniform {
+                let key = (table_index, block.addr());
+                cache.blocks[level][RouteCache::block_slot(&key)] = Some(CachedBlock {
+                    key,
+                    route: entry,
+                    scope,
+                });
+            }
         }
         (decision, scope)
     }
