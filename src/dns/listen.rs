@@ -5,7 +5,7 @@
 //! length framing, many queries per connection, an idle timeout, and a cap on
 //! open connections so a flood of idle clients cannot exhaust file descriptors.
 
-use std::{io, net::SocketAddr, sync::Arc, time::Duration};
+use std::{io, net::SocketAddr, os::fd::AsRawFd, sync::Arc, time::Duration};
 
 use hickory_server::net::xfer::Protocol;
 use socket2::{Domain, Socket, Type};
@@ -94,8 +94,44 @@ fn udp_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     // Best effort: a smaller buffer only means drops under extreme bursts.
     let _ = socket.set_recv_buffer_size(UDP_SOCKET_BUFFER);
     let _ = socket.set_send_buffer_size(UDP_SOCKET_BUFFER);
+    omit_path_mtu_discovery(&socket, addr)?;
     socket.bind(&addr.into())?;
     Ok(socket.into())
+}
+
+/// Answers go out without DF and ignore learned path MTUs (as gdnsd and Knot
+/// do): a forged ICMP "fragmentation needed" cannot shrink our answers, a
+/// resolver behind a small-MTU link still gets them (fragmented), and the
+/// kernel skips the per-packet path-MTU bookkeeping.
+fn omit_path_mtu_discovery(socket: &Socket, addr: SocketAddr) -> io::Result<()> {
+    let (level, name, value) = if addr.is_ipv4() {
+        (
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_OMIT,
+        )
+    } else {
+        (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_OMIT,
+        )
+    };
+    // SAFETY: setsockopt on an open socket with a valid int option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&raw const value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 fn tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -164,5 +200,40 @@ async fn tcp_connection(
         timeout(idle, stream.write_all(&out))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "reply write timed out"))??;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn option(socket: &std::net::UdpSocket, level: i32, name: i32) -> i32 {
+        let (mut value, mut len) = (0i32, std::mem::size_of::<i32>() as libc::socklen_t);
+        // SAFETY: getsockopt into a c_int of the size we pass.
+        let rc = unsafe {
+            libc::getsockopt(
+                socket.as_raw_fd(),
+                level,
+                name,
+                (&raw mut value).cast(),
+                &raw mut len,
+            )
+        };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+        value
+    }
+
+    #[test]
+    fn udp_answers_go_without_path_mtu_discovery() {
+        let v4 = udp_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert_eq!(
+            option(&v4, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER),
+            libc::IP_PMTUDISC_OMIT
+        );
+        let v6 = udp_socket("[::1]:0".parse().unwrap()).unwrap();
+        assert_eq!(
+            option(&v6, libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER),
+            libc::IPV6_PMTUDISC_OMIT
+        );
     }
 }
