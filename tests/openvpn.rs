@@ -284,13 +284,17 @@ fn a_real_tunnel_is_seen_through_syslog_the_management_interface_and_pings() {
     let dir = fixture.path("vpn");
     std::fs::create_dir_all(&dir).unwrap();
     pki(&dir);
+    // The management interface asks for a password, as it should on a shared host.
+    let password_file = dir.join("management.pw");
+    std::fs::write(&password_file, "s3cret-management-pw\n").unwrap();
     fixture.write_config(&(config_text("\"127.0.0.1:0\", \"[::1]:0\"")
         + "\n[provision]\ndata_dir = \"state\"\npool = \"100.64.0.0/10\"\nauth = \"sha1\"\n"
         + &format!(
             "\n[vpnlog]\nlisten = \"127.0.0.1:0\"\npoll_interval = \"1s\"\nlatency_interval = \"1s\"\n\
              latency_pings = 2\nlatency_timeout = \"400ms\"\n\
              [[vpnlog.servers]]\nhost = \"{hostname}\"\nregion = \"europe1\"\n\
-             management = \"127.0.0.1:7505\"\n"
+             management = \"127.0.0.1:7505\"\nmanagement_password_file = \"{}\"\n",
+            password_file.display()
         )));
     // The service runs beside the OpenVPN server, in its namespace: it reads
     // the management interface there and pings the tunnels through its tun.
@@ -322,9 +326,10 @@ fn a_real_tunnel_is_seen_through_syslog_the_management_interface_and_pings() {
         &server_conf,
         format!(
             "local {NET}.1\nca {d}/ca.crt\ncert {d}/server.crt\nkey {d}/server.key\ndh none\n\
-             config {e}/server.conf\nverb 3\nmanagement 127.0.0.1 7505\n",
+             config {e}/server.conf\nverb 3\nmanagement 127.0.0.1 7505 {p}\n",
             d = dir.display(),
             e = export.display(),
+            p = password_file.display(),
         ),
     )
     .unwrap();
