@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Runs the same workloads against a zero-work reflector, gdnsd, Knot and mgnt.
 
-Each server is pinned to CPU 1 and each load generator to CPU 0; servers are
-started one at a time, alternating across rounds. Everything listens on
-127.0.0.1. Prints a Markdown table (medians over the rounds) and mgnt's ratios.
+Each server is pinned to CPU 1 and each load generator to CPU 0; all servers
+run throughout and are measured back to back per workload, in an order that
+rotates across rounds. Everything listens on 127.0.0.1. Prints a Markdown table (medians over the rounds) and mgnt's ratios.
 Usage: peers.py ROUNDS SECONDS
 """
 
@@ -213,27 +213,34 @@ def main():
     results = {}  # (server, generator, workload) -> list of runs
     rss = {}
     servers = list(PORTS)
+    # Every server runs for the whole benchmark (idle ones cost nothing), so
+    # each measurement of a workload is followed at once by the same
+    # measurement of the other servers: slow drifts of this shared machine hit
+    # all of them alike instead of whichever server happened to be running.
+    procs = {}
+    for name in servers:
+        procs[name] = start(name, d)
+        time.sleep(0.3)
+        rss[name] = {"rest": rss_kib(procs[name].pid)}
     for r in range(rounds):
-        order = servers[r % len(servers):] + servers[:r % len(servers)]
-        for name in order:
-            p = start(name, d)
-            time.sleep(0.3)
-            rss.setdefault(name, {})["rest"] = rss_kib(p.pid)
-            for workload in WORKLOADS:
-                if name == "reflector" and workload != "geo-ecs":
-                    continue
-                for gen in ["batched", "dnsperf"]:
-                    before = cpu_ticks(p.pid)
+        for workload in WORKLOADS:
+            for gen in ["batched", "dnsperf"]:
+                order = servers[r % len(servers):] + servers[:r % len(servers)]
+                for name in order:
+                    if name == "reflector" and workload != "geo-ecs":
+                        continue
+                    pid = procs[name].pid
+                    before = cpu_ticks(pid)
                     res = (run_batched(PORTS[name], workload, seconds, prefixes) if gen == "batched"
                            else run_dnsperf(d, PORTS[name], workload, seconds))
-                    used = (cpu_ticks(p.pid) - before) / TICK
+                    used = (cpu_ticks(pid) - before) / TICK
                     answered = res.get("answered") or 1
                     res["cpu_us_per_q"] = used / answered * 1e6
                     results.setdefault((name, gen, workload), []).append(res)
-            rss[name]["load"] = rss_kib(p.pid)
-            p.terminate()
-            p.wait()
-            time.sleep(0.3)
+    for name, p in procs.items():
+        rss[name]["load"] = rss_kib(p.pid)
+        p.terminate()
+        p.wait()
     shipped = shipped_rss(d)
     shutil.rmtree(d, ignore_errors=True)
     report(results, rss, rounds, seconds)
