@@ -207,11 +207,13 @@ fn cached_routing_agrees_with_uncached() {
                 s.serving = rng.coin(70);
             }
         }
-        let ip = if rng.coin(30) {
+        let ip = match rng.below(10) {
             // Around the override prefix 81.241.7.0/24, inside 81.240.0.0/14.
-            IpAddr::from([81, 241, rng.below(16) as u8, rng.next() as u8])
-        } else {
-            random_addr(&mut rng)
+            0..=2 => IpAddr::from([81, 241, rng.below(16) as u8, rng.next() as u8]),
+            // Anywhere, mostly where the database has no record.
+            3 => IpAddr::from((rng.next() as u32).to_be_bytes()),
+            4 => IpAddr::from([127, 0, 0, 1 + rng.below(3) as u8]),
+            _ => random_addr(&mut rng),
         };
         let cached = data.choose_cached(table, ip, &view.states, &mut cache);
         let plain = data.choose(&data.geo[table], ip, &view.states);

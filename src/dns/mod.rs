@@ -193,7 +193,9 @@ impl Data {
         }
         let prefixes = &self.config.overrides.prefixes;
         let hit = self.geodb.hit(ip);
-        let record = hit.as_ref().and_then(|h| h.record());
+        // Addresses the database has no record for (private, unlisted) share
+        // one entry: they all rank in the configured order.
+        let record = hit.as_ref().map(|h| h.record().unwrap_or(usize::MAX));
         let (Some(hit), Some(record), false) = (
             hit.as_ref(),
             record,
