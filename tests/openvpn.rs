@@ -160,6 +160,59 @@ fn tun_address(ns: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs the mgnt command line against `server`; its output, or a panic with stderr.
+fn cli_ok(server: &Server, args: &[&str]) -> String {
+    let out = server.cli(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A site as `mgnt site create` returned it.
+struct Tunnel {
+    uuid: String,
+    user: String,
+    address: String,
+    secret: String,
+}
+
+/// Creates a site and exports the OpenVPN server files for europe1 into
+/// `dir/export`; returns the site and that directory.
+fn provision(server: &Server, dir: &Path) -> (Tunnel, PathBuf) {
+    let created: Value = serde_json::from_str(&cli_ok(server, &["site", "create"])).unwrap();
+    let field = |v: &Value| v.as_str().unwrap().to_owned();
+    let tunnel = Tunnel {
+        uuid: field(&created["site"]["uuid"]),
+        user: field(&created["site"]["username"]),
+        address: field(&created["site"]["address"]),
+        secret: field(&created["secret"]),
+    };
+    let export = dir.join("export");
+    let to = export.to_str().unwrap();
+    cli_ok(server, &["site", "export", to, "--region", "europe1"]);
+    (tunnel, export)
+}
+
+/// The OpenVPN server config: listening on `net`.1, the PKI in `dir`, the
+/// exported files, and `extra` lines.
+fn server_config(dir: &Path, net: &str, export: &Path, extra: &str) -> PathBuf {
+    let path = dir.join("server.ovpn");
+    std::fs::write(
+        &path,
+        format!(
+            "local {net}.1\nca {d}/ca.crt\ncert {d}/server.crt\nkey {d}/server.key\ndh none\n\
+             config {e}/server.conf\nverb 3\n{extra}",
+            d = dir.display(),
+            e = export.display(),
+        ),
+    )
+    .unwrap();
+    path
+}
+
 #[test]
 fn a_routeros_style_client_connects_with_its_tunnel_credentials_only() {
     if let Err(why) = runnable() {
@@ -179,52 +232,21 @@ fn a_routeros_style_client_connects_with_its_tunnel_credentials_only() {
     let dir = server.fixture.path("vpn");
     std::fs::create_dir_all(&dir).unwrap();
     pki(&dir);
-    let mgnt_cli = |args: &[&str]| {
-        let out = server.cli(args);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let created: Value = serde_json::from_str(&mgnt_cli(&["site", "create"])).unwrap();
-    let uuid = created["site"]["uuid"].as_str().unwrap().to_owned();
-    let user = created["site"]["username"].as_str().unwrap().to_owned();
-    let address = created["site"]["address"].as_str().unwrap().to_owned();
-    let secret = created["secret"].as_str().unwrap().to_owned();
-    let export = dir.join("export");
-    mgnt_cli(&[
-        "site",
-        "export",
-        export.to_str().unwrap(),
-        "--region",
-        "europe1",
-    ]);
+    let (t, export) = provision(&server, &dir);
 
     let lab = Lab::new("ov", SUBNET);
-    let server_conf = dir.join("server.ovpn");
-    std::fs::write(
-        &server_conf,
-        format!(
-            "local {SUBNET}.1\nca {d}/ca.crt\ncert {d}/server.crt\nkey {d}/server.key\ndh none\n\
-             config {e}/server.conf\nverb 3\n",
-            d = dir.display(),
-            e = export.display(),
-        ),
-    )
-    .unwrap();
+    let server_conf = server_config(&dir, SUBNET, &export, "");
     let (mut vpn_server, server_log) = openvpn(&lab.server, &server_conf);
     wait_for(&server_log, &["Initialization Sequence Completed"], 20);
 
     // The right secret: connected, holding exactly the allocated address.
     let (mut client, log) = openvpn(
         &lab.region,
-        &client_config(&dir, SUBNET, "good", &user, &secret),
+        &client_config(&dir, SUBNET, "good", &t.user, &t.secret),
     );
     wait_for(&log, &["Initialization Sequence Completed"], 30);
     assert!(
-        tun_address(&lab.region).contains(&format!("inet {address}/10")),
+        tun_address(&lab.region).contains(&format!("inet {}/10", t.address)),
         "{}",
         tun_address(&lab.region)
     );
@@ -233,13 +255,13 @@ fn a_routeros_style_client_connects_with_its_tunnel_credentials_only() {
 
     // A wrong secret is refused.
     let outcomes = ["AUTH_FAILED", "Initialization Sequence Completed"];
-    let bad = client_config(&dir, SUBNET, "bad", &user, "wrong-secret");
+    let bad = client_config(&dir, SUBNET, "bad", &t.user, "wrong-secret");
     assert_eq!(attempt(&lab.region, &bad, &outcomes), "AUTH_FAILED");
 
     // After DELETE (and the export that follows) the tunnel can no longer connect.
-    mgnt_cli(&["site", "delete", &uuid]);
-    mgnt_cli(&["site", "export", export.to_str().unwrap()]);
-    let deleted = client_config(&dir, SUBNET, "deleted", &user, &secret);
+    cli_ok(&server, &["site", "delete", &t.uuid]);
+    cli_ok(&server, &["site", "export", export.to_str().unwrap()]);
+    let deleted = client_config(&dir, SUBNET, "deleted", &t.user, &t.secret);
     assert_eq!(attempt(&lab.region, &deleted, &outcomes), "AUTH_FAILED");
     let _ = vpn_server.kill();
     let _ = vpn_server.wait();
@@ -299,40 +321,14 @@ fn a_real_tunnel_is_seen_through_syslog_the_management_interface_and_pings() {
     // The service runs beside the OpenVPN server, in its namespace: it reads
     // the management interface there and pings the tunnels through its tun.
     let server = Server::start_in_netns(fixture, &lab.server);
-    let cli = |args: &[&str]| {
-        let out = server.cli(args);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<Value>(&out.stdout).unwrap_or(Value::Null)
-    };
-    let created = cli(&["site", "create"]);
-    let uuid = created["site"]["uuid"].as_str().unwrap().to_owned();
-    let user = created["site"]["username"].as_str().unwrap().to_owned();
-    let address = created["site"]["address"].as_str().unwrap().to_owned();
-    let secret = created["secret"].as_str().unwrap().to_owned();
-    let export = dir.join("export");
-    cli(&[
-        "site",
-        "export",
-        export.to_str().unwrap(),
-        "--region",
-        "europe1",
-    ]);
-    let server_conf = dir.join("server.ovpn");
-    std::fs::write(
-        &server_conf,
-        format!(
-            "local {NET}.1\nca {d}/ca.crt\ncert {d}/server.crt\nkey {d}/server.key\ndh none\n\
-             config {e}/server.conf\nverb 3\nmanagement 127.0.0.1 7505 {p}\n",
-            d = dir.display(),
-            e = export.display(),
-            p = password_file.display(),
-        ),
-    )
-    .unwrap();
+    let (t, export) = provision(&server, &dir);
+    let (uuid, address) = (&t.uuid, &t.address);
+    let server_conf = server_config(
+        &dir,
+        NET,
+        &export,
+        &format!("management 127.0.0.1 7505 {}\n", password_file.display()),
+    );
     let mut forwarder = syslog_forwarder(&lab.server, server.syslog.expect("syslog listener"));
     let (mut vpn_server, server_log) =
         openvpn_logging_to(&lab.server, &server_conf, forwarder.stdin.take());
@@ -342,7 +338,7 @@ fn a_real_tunnel_is_seen_through_syslog_the_management_interface_and_pings() {
     // traffic (byte counts come only from the management interface).
     let (mut client, log) = openvpn(
         &lab.region,
-        &client_config(&dir, NET, "good", &user, &secret),
+        &client_config(&dir, NET, "good", &t.user, &t.secret),
     );
     wait_for(&log, &["Initialization Sequence Completed"], 30);
     let sessions = format!("/v1/tunnels/{uuid}/sessions");
@@ -415,7 +411,7 @@ fn a_real_tunnel_is_seen_through_syslog_the_management_interface_and_pings() {
 
     // A wrong secret is refused and recorded as a failure from the router's address.
     let outcomes = ["AUTH_FAILED", "Initialization Sequence Completed"];
-    let bad = client_config(&dir, NET, "bad", &user, "wrong-secret");
+    let bad = client_config(&dir, NET, "bad", &t.user, "wrong-secret");
     assert_eq!(attempt(&lab.region, &bad, &outcomes), "AUTH_FAILED");
     server.get_until(
         "/v1/auth-attempts?result=failure",

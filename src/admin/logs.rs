@@ -10,14 +10,19 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
-use uuid::Uuid;
 
-use super::{Api, handlers::error};
+use super::{
+    Api,
+    fail::{Fail, attempt, uuid},
+};
 use crate::{
     state::now,
-    vpnlog::store::{LogStore, LogStoreError},
+    vpnlog::{
+        service::VpnLog,
+        store::{LogStore, LogStoreError},
+    },
 };
 
 /// Most rows one request returns.
@@ -25,45 +30,33 @@ const LIMIT: u32 = 1000;
 /// The default window of `since`: the last day.
 const DAY: u64 = 24 * 3600;
 
-fn off() -> Response {
-    error(
-        StatusCode::NOT_FOUND,
-        "log ingestion is off: the config has no [vpnlog] table",
-    )
+/// Log ingestion, or the reason it cannot answer.
+fn vpnlog(api: &Api) -> Result<&VpnLog, Fail> {
+    api.server.vpnlog.as_ref().ok_or_else(|| {
+        Fail(
+            StatusCode::NOT_FOUND,
+            "log ingestion is off: the config has no [vpnlog] table".into(),
+        )
+    })
 }
 
-/// Runs a store query on the blocking pool and answers with `wrap(rows)`.
-async fn query<T: Serialize + Send + 'static>(
-    api: &Api,
+/// Runs a store query off the async threads.
+async fn blocking<T: Send + 'static>(
+    store: Arc<dyn LogStore>,
     q: impl FnOnce(&dyn LogStore) -> Result<T, LogStoreError> + Send + 'static,
-    wrap: impl FnOnce(T) -> serde_json::Value,
-) -> Response {
-    let Some(v) = &api.server.vpnlog else {
-        return off();
-    };
-    let store = v.store.clone();
+) -> Result<T, Fail> {
     match tokio::task::spawn_blocking(move || q(&*store)).await {
-        Ok(Ok(rows)) => Json(wrap(rows)).into_response(),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        Err(e) => Err(Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
     }
 }
 
-fn tunnel(id: &str) -> Result<Uuid, String> {
-    Uuid::try_parse(id).map_err(|_| format!("`{id}` is not a UUID"))
-}
-
 pub async fn sessions(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
-    let id = match tunnel(&id) {
-        Ok(id) => id,
-        Err(why) => return error(StatusCode::BAD_REQUEST, why),
-    };
-    query(
-        &api,
-        move |s| s.sessions(id, LIMIT),
-        |rows| json!({ "tunnel": id, "sessions": rows }),
-    )
-    .await
+    let store = attempt!(vpnlog(&api)).store.clone();
+    let id = attempt!(uuid(&id));
+    let rows = attempt!(blocking(store, move |s| s.sessions(id, LIMIT)).await);
+    Json(json!({ "tunnel": id, "sessions": rows })).into_response()
 }
 
 #[derive(Deserialize)]
@@ -77,17 +70,11 @@ pub async fn latency(
     Path(id): Path<String>,
     Query(q): Query<Since>,
 ) -> Response {
-    let id = match tunnel(&id) {
-        Ok(id) => id,
-        Err(why) => return error(StatusCode::BAD_REQUEST, why),
-    };
+    let store = attempt!(vpnlog(&api)).store.clone();
+    let id = attempt!(uuid(&id));
     let since = q.since.unwrap_or_else(|| now().saturating_sub(DAY));
-    query(
-        &api,
-        move |s| s.latency(id, since, LIMIT),
-        |rows| json!({ "tunnel": id, "since": since, "samples": rows }),
-    )
-    .await
+    let rows = attempt!(blocking(store, move |s| s.latency(id, since, LIMIT)).await);
+    Json(json!({ "tunnel": id, "since": since, "samples": rows })).into_response()
 }
 
 #[derive(Deserialize)]
@@ -98,23 +85,21 @@ pub struct AttemptQuery {
 }
 
 pub async fn attempts(State(api): State<Arc<Api>>, Query(q): Query<AttemptQuery>) -> Response {
+    let store = attempt!(vpnlog(&api)).store.clone();
     let failures_only = match q.result.as_deref() {
         None | Some("all") => false,
         Some("failure") => true,
         Some(other) => {
-            return error(
+            return Fail(
                 StatusCode::BAD_REQUEST,
                 format!("`result={other}`: use failure or all"),
-            );
+            )
+            .into();
         }
     };
     let since = q.since.unwrap_or(0);
-    query(
-        &api,
-        move |s| s.attempts(failures_only, since, LIMIT),
-        |rows| json!({ "attempts": rows }),
-    )
-    .await
+    let rows = attempt!(blocking(store, move |s| s.attempts(failures_only, since, LIMIT)).await);
+    Json(json!({ "attempts": rows })).into_response()
 }
 
 /// Live figures (connected now, counted since start) and stored ones (since `since`).
@@ -123,38 +108,29 @@ pub async fn summary(
     Path(region): Path<String>,
     Query(q): Query<Since>,
 ) -> Response {
-    if !api
+    let known = api
         .server
-        .shared
-        .responder
+        .responder()
         .data
         .load()
         .config
-        .regions
-        .iter()
-        .any(|r| r.name == region)
-    {
-        return error(StatusCode::NOT_FOUND, format!("no region `{region}`"));
+        .region_index(&region);
+    if known.is_none() {
+        return Fail(StatusCode::NOT_FOUND, format!("no region `{region}`")).into();
     }
-    let Some(v) = &api.server.vpnlog else {
-        return off();
-    };
+    let v = attempt!(vpnlog(&api));
     let live = v.ingest.regions().remove(&region).unwrap_or_default();
     let since = q.since.unwrap_or_else(|| now().saturating_sub(DAY));
     let name = region.clone();
-    query(
-        &api,
-        move |s| s.region_activity(&name, since),
-        move |stored| {
-            json!({
-                "region": region,
-                "connected_tunnels": live.connected_tunnels,
-                "connected_sessions": live.connected_sessions,
-                "since_start": live,
-                "since": since,
-                "stored": stored,
-            })
-        },
-    )
-    .await
+    let stored =
+        attempt!(blocking(v.store.clone(), move |s| s.region_activity(&name, since)).await);
+    Json(json!({
+        "region": region,
+        "connected_tunnels": live.connected_tunnels,
+        "connected_sessions": live.connected_sessions,
+        "since_start": live,
+        "since": since,
+        "stored": stored,
+    }))
+    .into_response()
 }

@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod auth;
 pub mod client;
+mod fail;
 mod handlers;
 mod logs;
 mod metrics_text;

@@ -12,7 +12,11 @@ use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{Api, handlers::error};
+use super::{
+    Api,
+    fail::{Fail, attempt, uuid},
+    handlers::error,
+};
 use crate::{
     state,
     tunnels::{
@@ -23,15 +27,6 @@ use crate::{
     },
 };
 
-/// A failed request: its status and the JSON error message.
-struct Fail(StatusCode, String);
-
-impl From<Fail> for Response {
-    fn from(Fail(status, message): Fail) -> Self {
-        error(status, message)
-    }
-}
-
 /// The store, or the reason provisioning cannot answer.
 fn store(api: &Api) -> Result<Arc<dyn Store>, Fail> {
     api.server.tunnels.clone().ok_or_else(|| {
@@ -40,10 +35,6 @@ fn store(api: &Api) -> Result<Arc<dyn Store>, Fail> {
             "provisioning is off: the config has no [provision] table".into(),
         )
     })
-}
-
-fn uuid(s: &str) -> Result<Uuid, Fail> {
-    Uuid::try_parse(s).map_err(|_| Fail(StatusCode::BAD_REQUEST, format!("`{s}` is not a UUID")))
 }
 
 /// Runs a store call off the async threads (SQLite and argon2 block).
@@ -81,15 +72,6 @@ async fn reexport(api: &Api, store: Arc<dyn Store>) {
         Ok(Err(e)) => tracing::error!(error = %e, "exporting the OpenVPN files failed"),
         Err(e) => tracing::error!(error = %e, "exporting the OpenVPN files failed"),
     }
-}
-
-macro_rules! attempt {
-    ($e:expr) => {
-        match $e {
-            Ok(v) => v,
-            Err(fail) => return Response::from(fail),
-        }
-    };
 }
 
 fn created(site: &Site, secret: Option<String>) -> Response {

@@ -210,17 +210,8 @@ impl Data {
             Some(e) if e.key == key => e,
             _ => {
                 let location = hit.located();
-                let preferred = location
-                    .country
-                    .and_then(|c| self.config.overrides.countries.get(&c))
-                    .map_or(&[][..], Vec::as_slice);
-                let ranking = route::rank(
-                    location.coords,
-                    &table.spec.regions,
-                    &self.locations,
-                    preferred,
-                );
-                let located = location.coords.is_some() || !preferred.is_empty();
+                let preferred = self.by_country(location.country);
+                let (ranking, located) = self.rank(table, &location, preferred);
                 let Some(order) = Order::of(&ranking, located) else {
                     let c = self.choose(table, ip, states);
                     return (c.decision, c.scope);
@@ -252,6 +243,25 @@ impl Data {
         (decision, scope)
     }
 
+    /// The regions an operator put first for clients in `country`.
+    fn by_country(&self, country: Option<[u8; 2]>) -> &[usize] {
+        country
+            .and_then(|c| self.config.overrides.countries.get(&c))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// `table`'s regions ranked for a client at `location`, `preferred` first,
+    /// and whether that ranking is the client's own (else the configured order).
+    fn rank(&self, table: &GeoTable, location: &Located, preferred: &[usize]) -> (Ranking, bool) {
+        let ranking = route::rank(
+            location.coords,
+            &table.spec.regions,
+            &self.locations,
+            preferred,
+        );
+        (ranking, location.coords.is_some() || !preferred.is_empty())
+    }
+
     /// Routes a client of `table` located at `ip`.
     pub fn choose(&self, table: &GeoTable, ip: IpAddr, states: &[RegionState]) -> Choice {
         let ip = crate::geo::canonical(ip);
@@ -262,18 +272,11 @@ impl Data {
             .iter()
             .filter(|(net, _)| net.contains(&ip))
             .max_by_key(|(net, _)| net.prefix_len());
-        let preferred: &[usize] = match (by_prefix, location.country) {
-            (Some((_, regions)), _) => regions,
-            (None, Some(c)) => overrides.countries.get(&c).map_or(&[], Vec::as_slice),
-            (None, None) => &[],
+        let preferred = match by_prefix {
+            Some((_, regions)) => regions,
+            None => self.by_country(location.country),
         };
-        let ranking = route::rank(
-            location.coords,
-            &table.spec.regions,
-            &self.locations,
-            preferred,
-        );
-        let located = location.coords.is_some() || !preferred.is_empty();
+        let (ranking, located) = self.rank(table, &location, preferred);
         let decision = route::decide(&ranking, located, states);
         let scope = scope(ip, &location.network, &overrides.prefixes);
         Choice {

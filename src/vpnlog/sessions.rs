@@ -261,13 +261,10 @@ impl Tracker {
         reason: &str,
         bytes: Option<(u64, u64)>,
     ) -> Option<Record> {
-        if let Some(b) = bytes
-            && !self.open.contains_key(&peer)
-        {
-            return self.traffic(peer, b);
-        }
-        if let Some(b) = bytes {
-            self.traffic(peer, b);
+        let counted = bytes.and_then(|b| self.traffic(peer, b));
+        if !self.open.contains_key(&peer) {
+            // Closed already (from the log): the final counts are the news.
+            return counted;
         }
         self.close(peer, time, reason.to_owned())
     }
