@@ -213,14 +213,24 @@ fn server_config(dir: &Path, net: &str, export: &Path, extra: &str) -> PathBuf {
     path
 }
 
+/// Whether this machine can run the OpenVPN tests; if not, says why.
+fn can_run() -> bool {
+    let why = runnable().err().or_else(|| {
+        Command::new("openvpn")
+            .arg("--version")
+            .output()
+            .is_err()
+            .then(|| "openvpn is not installed (Debian package openvpn)".to_owned())
+    });
+    if let Some(why) = &why {
+        eprintln!("skipping: {why}");
+    }
+    why.is_none()
+}
+
 #[test]
 fn a_routeros_style_client_connects_with_its_tunnel_credentials_only() {
-    if let Err(why) = runnable() {
-        eprintln!("skipping: {why}");
-        return;
-    }
-    if Command::new("openvpn").arg("--version").output().is_err() {
-        eprintln!("skipping: openvpn is not installed (Debian package openvpn)");
+    if !can_run() {
         return;
     }
     let fixture = Fixture::new();
@@ -290,12 +300,7 @@ fn syslog_forwarder(ns: &str, to: std::net::SocketAddr) -> Child {
 
 #[test]
 fn a_real_tunnel_is_seen_through_syslog_the_management_interface_and_pings() {
-    if let Err(why) = runnable() {
-        eprintln!("skipping: {why}");
-        return;
-    }
-    if Command::new("openvpn").arg("--version").output().is_err() {
-        eprintln!("skipping: openvpn is not installed (Debian package openvpn)");
+    if !can_run() {
         return;
     }
     const NET: &str = "169.254.93";
