@@ -9,7 +9,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use hickory_server::net::xfer::Protocol;
 use mgnt::{
     config::Config,
-    dns::{Data, RouteCache, answer::Responder, fast, replay::AnswerCache},
+    dns::{Data, answer::Responder, fast},
     state::RegionView,
 };
 
@@ -54,20 +54,11 @@ fn benches(c: &mut Criterion) {
     let src: IpAddr = "127.0.0.1".parse().unwrap();
     c.bench_function("fast-path reply (geo A + ECS)", |b| {
         let (mut i, mut out) = (0, Vec::with_capacity(512));
-        let mut cache = RouteCache::default();
-        let mut answers = AnswerCache::default();
+        let mut caches = fast::Caches::default();
         b.iter(|| {
             i = (i + 1) % queries.len();
             let q = black_box(&queries[i]);
-            black_box(fast::answer(
-                &data,
-                &view,
-                q,
-                src,
-                &mut out,
-                &mut cache,
-                &mut answers,
-            ))
+            black_box(fast::answer(&data, &view, q, src, &mut out, &mut caches))
         })
     });
 
@@ -96,19 +87,10 @@ fn benches(c: &mut Criterion) {
         .block_on(responder.respond(&ns1, peer, Protocol::Udp))
         .expect("an answer");
     c.bench_function("replayed reply (static A, EDNS)", |b| {
-        let (mut out, mut cache) = (Vec::with_capacity(512), RouteCache::default());
-        let mut answers = AnswerCache::default();
-        fast::learn(&data, &ns1, &full, &mut answers);
+        let (mut out, mut caches) = (Vec::with_capacity(512), fast::Caches::default());
+        fast::learn(&data, &ns1, &full, &mut caches.answers);
         b.iter(|| {
-            let replayed = fast::answer(
-                &data,
-                &view,
-                black_box(&ns1),
-                src,
-                &mut out,
-                &mut cache,
-                &mut answers,
-            );
+            let replayed = fast::answer(&data, &view, black_box(&ns1), src, &mut out, &mut caches);
             assert!(replayed.is_some());
             black_box(replayed)
         })

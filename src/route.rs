@@ -194,7 +194,7 @@ fn decide_by(
 /// A ranking reduced to what [`decide`] reads (region order, overrides, and
 /// whether the client was located): 40 bytes instead of a ranking's 520, so
 /// route caches hold more in less memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Order {
     regions: [u16; MAX_REGIONS],
     overridden: u16,

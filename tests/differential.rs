@@ -15,7 +15,7 @@ use hickory_proto::{
 use hickory_server::net::xfer::Protocol;
 use mgnt::{
     config::Config,
-    dns::{Data, answer::Responder, fast, replay::AnswerCache},
+    dns::{Data, answer::Responder, fast},
     state::RegionView,
 };
 
@@ -134,27 +134,18 @@ async fn fast_and_full_paths_answer_identically() {
     let mut rng = Rng(0x6d67_6e74_6661_7374);
     let (mut fast_count, mut total) = (0, 0);
     let mut out = Vec::new();
-    let mut cache = mgnt::dns::RouteCache::default();
-    let mut answers = AnswerCache::default();
+    let mut caches = fast::Caches::default();
     let mut replayed = 0;
     for _ in 0..20_000 {
         let raw = random_query(&mut rng);
         let src: SocketAddr = (random_addr(&mut rng), 5353).into();
         total += 1;
         let full = responder.respond(&raw, src, Protocol::Udp).await;
-        let fast = fast::answer(
-            &fast_data,
-            &view,
-            &raw,
-            src.ip(),
-            &mut out,
-            &mut cache,
-            &mut answers,
-        );
+        let fast = fast::answer(&fast_data, &view, &raw, src.ip(), &mut out, &mut caches);
         if fast.is_none() {
             // As the server does: keep what the full path said, for replay.
             if let Some(full) = &full {
-                fast::learn(&fast_data, &raw, full, &mut answers);
+                fast::learn(&fast_data, &raw, full, &mut caches.answers);
             }
             continue;
         }
@@ -182,7 +173,7 @@ async fn fast_and_full_paths_answer_identically() {
         "the fast path took only {fast_count} of {total}"
     );
     assert!(replayed > 1000, "only {replayed} replayed answers");
-    assert!(answers.len() <= mgnt::dns::replay::MAX_ENTRIES);
+    assert!(caches.answers.len() <= mgnt::dns::replay::MAX_ENTRIES);
 }
 
 /// The route caches (by GeoIP record, by /24 and by /16 block) must never

@@ -17,7 +17,7 @@ use std::{
 use hickory_server::net::xfer::Protocol;
 use tracing::debug;
 
-use super::{RouteCache, answer::Responder, fast, replay::AnswerCache};
+use super::{answer::Responder, fast};
 
 /// Datagrams taken per system call.
 const BATCH: usize = 64;
@@ -37,6 +37,9 @@ struct Batch {
     name_lens: Vec<u32>,
     /// Indices of the replies being sent.
     order: Vec<usize>,
+    /// Each datagram's sender (`None`: unusable) and its fast-path parse.
+    sources: Vec<Option<SocketAddr>>,
+    parsed: Vec<Option<fast::Query>>,
 }
 
 impl Batch {
@@ -51,6 +54,8 @@ impl Batch {
             ready: vec![false; BATCH],
             name_lens: vec![0; BATCH],
             order: Vec::with_capacity(BATCH),
+            sources: vec![None; BATCH],
+            parsed: vec![None; BATCH],
         }
     }
 
@@ -174,8 +179,7 @@ impl Batch {
 pub fn serve(socket: UdpSocket, responder: Arc<Responder>, runtime: tokio::runtime::Handle) {
     let fd = socket.as_raw_fd();
     let mut batch = Batch::new();
-    let mut cache = RouteCache::default();
-    let mut answers = AnswerCache::default();
+    let mut caches = fast::Caches::default();
     loop {
         let n = match batch.receive(fd) {
             Ok(n) => n,
@@ -184,39 +188,64 @@ pub fn serve(socket: UdpSocket, responder: Arc<Responder>, runtime: tokio::runti
                 continue;
             }
         };
+        batch.answer(n, &responder, &runtime, &mut caches);
+        batch.send(fd, n);
+    }
+}
+
+impl Batch {
+    /// Answers the `n` datagrams received, marking the replies to send.
+    ///
+    /// All queries are parsed first and their route-cache entries prefetched,
+    /// so the cache misses of a batch overlap instead of following each other.
+    fn answer(
+        &mut self,
+        n: usize,
+        responder: &Responder,
+        runtime: &tokio::runtime::Handle,
+        caches: &mut fast::Caches,
+    ) {
         let data = responder.data.load();
         let view = responder.view.load();
         for i in 0..n {
-            batch.ready[i] = false;
-            batch.name_lens[i] = batch.headers[i].msg_hdr.msg_namelen;
-            let Some(src) = batch.peer(i).filter(|s| s.port() != 0) else {
+            self.ready[i] = false;
+            self.name_lens[i] = self.headers[i].msg_hdr.msg_namelen;
+            self.sources[i] = self.peer(i).filter(|s| s.port() != 0);
+            self.parsed[i] = None;
+            if let Some(src) = self.sources[i] {
+                let query = &self.queries[i][..self.len(i)];
+                self.parsed[i] = fast::Query::parse(&data, query);
+                if let Some(q) = &self.parsed[i] {
+                    q.prefetch(src.ip(), caches);
+                }
+            }
+        }
+        for i in 0..n {
+            let Some(src) = self.sources[i] else {
                 continue;
             };
-            let len = batch.headers[i].msg_len as usize;
-            let query = &batch.queries[i][..len.min(QUERY_BUFFER)];
-            let reply = &mut batch.replies[i];
-            let fast = fast::answer(
-                &data,
-                &view,
-                query,
-                src.ip(),
-                reply,
-                &mut cache,
-                &mut answers,
-            );
+            let query = &self.queries[i][..self.len(i)];
+            let reply = &mut self.replies[i];
+            let fast = self.parsed[i]
+                .as_ref()
+                .and_then(|q| fast::answer_parsed(&data, &view, query, q, src.ip(), reply, caches));
             if let Some((qtype, rcode)) = fast {
                 responder.queries.count(Some(qtype), rcode);
             } else {
                 match runtime.block_on(responder.respond(query, src, Protocol::Udp)) {
                     Some(bytes) => {
-                        fast::learn(&data, query, &bytes, &mut answers);
+                        fast::learn(&data, query, &bytes, &mut caches.answers);
                         *reply = bytes;
                     }
                     None => continue,
                 }
             }
-            batch.ready[i] = true;
+            self.ready[i] = true;
         }
-        batch.send(fd, n);
+    }
+
+    /// Length of datagram `i` of the last receive, within its buffer.
+    fn len(&self, i: usize) -> usize {
+        (self.headers[i].msg_len as usize).min(QUERY_BUFFER)
     }
 }

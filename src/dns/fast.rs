@@ -93,10 +93,19 @@ impl Templates {
     }
 }
 
-/// Where the parts of a fast-path query are.
-struct Parsed<'a> {
-    question: &'a [u8],
-    name: &'a [u8],
+/// One UDP thread's memos: routes by client, and replayable answers.
+#[derive(Default)]
+pub struct Caches {
+    pub routes: RouteCache,
+    pub answers: AnswerCache,
+}
+
+/// Where the parts of a fast-path query are (offsets into its bytes).
+#[derive(Debug, Clone, Copy)]
+struct Parsed {
+    /// The question is `raw[12..question_end]`, its name `raw[12..name_end]`.
+    question_end: usize,
+    name_end: usize,
     qtype: u16,
     /// `None` without EDNS; else the client's UDP payload size.
     payload: Option<u16>,
@@ -104,13 +113,54 @@ struct Parsed<'a> {
     subnet: Option<ecs::ClientSubnet>,
 }
 
-impl<'a> Parsed<'a> {
-    fn shape(&self, raw: &'a [u8]) -> Shape<'a> {
+impl Parsed {
+    fn name<'a>(&self, raw: &'a [u8]) -> &'a [u8] {
+        &raw[12..self.name_end]
+    }
+
+    fn shape<'a>(&self, raw: &'a [u8]) -> Shape<'a> {
         Shape {
             raw,
-            question: self.question,
+            question: &raw[12..self.question_end],
             edns: self.payload.is_some(),
             dnssec_ok: self.dnssec_ok,
+        }
+    }
+}
+
+/// A query the fast path may answer, parsed once: a batch parses all its
+/// queries first and fetches their route-cache entries into the CPU cache
+/// together (see [`Query::prefetch`]), then answers them.
+#[derive(Debug, Clone, Copy)]
+pub struct Query {
+    parsed: Parsed,
+    /// The geo name asked for, by index; `None` for other names.
+    table: Option<usize>,
+}
+
+impl Query {
+    /// Parses `raw`; `None` sends it to the full path.
+    pub fn parse(data: &Data, raw: &[u8]) -> Option<Self> {
+        let parsed = parse(raw)?;
+        let table = geo_table(data, parsed.name(raw));
+        Some(Self { parsed, table })
+    }
+
+    /// The address a geo query is routed by: the ECS address if there is one.
+    fn client(&self, src: IpAddr) -> IpAddr {
+        self.parsed
+            .subnet
+            .filter(|s| s.source_prefix > 0)
+            .map_or(src, |s| s.address)
+    }
+
+    /// Starts loading the route-cache entries this query will read, so that
+    /// the memory latency of a batch's lookups overlaps.
+    pub fn prefetch(&self, src: IpAddr, caches: &Caches) {
+        if let Some(table) = self.table {
+            caches
+                .routes
+                .prefetch(table, crate::geo::canonical(self.client(src)));
         }
     }
 }
@@ -127,14 +177,27 @@ pub fn answer(
     raw: &[u8],
     src: IpAddr,
     out: &mut Vec<u8>,
-    cache: &mut RouteCache,
-    answers: &mut AnswerCache,
+    caches: &mut Caches,
 ) -> Option<(RecordType, ResponseCode)> {
-    let q = parse(raw)?;
+    let q = Query::parse(data, raw)?;
+    answer_parsed(data, view, raw, &q, src, out, caches)
+}
+
+/// [`answer`] for a query already parsed from `raw`.
+pub fn answer_parsed(
+    data: &Data,
+    view: &RegionView,
+    raw: &[u8],
+    query: &Query,
+    src: IpAddr,
+    out: &mut Vec<u8>,
+    caches: &mut Caches,
+) -> Option<(RecordType, ResponseCode)> {
+    let q = &query.parsed;
     let max_udp = data.config.dns.max_udp_payload;
     let limit = q.payload.map_or(512, |p| p.clamp(512, max_udp));
-    let Some(table_index) = geo_table(data, q.name) else {
-        let replayed = answers.replay(data, &q.shape(raw), out)?;
+    let Some(table_index) = query.table else {
+        let replayed = caches.answers.replay(data, &q.shape(raw), out)?;
         if q.payload.is_some() {
             push_opt(out, max_udp, q.subnet, 0);
         }
@@ -144,11 +207,9 @@ pub fn answer(
         return None;
     }
     let table = &data.geo[table_index];
-    let client = q
-        .subnet
-        .filter(|s| s.source_prefix > 0)
-        .map_or(src, |s| s.address);
-    let (decision, scope) = data.choose_cached(table_index, client, &view.states, cache);
+    let client = query.client(src);
+    let (decision, scope) =
+        data.choose_cached(table_index, client, &view.states, &mut caches.routes);
     let region = decision.region;
     let templates = table.templates.get(region)?.as_ref()?;
     let (qtype, t) = if q.qtype == u16::from(RecordType::A) {
@@ -166,7 +227,7 @@ pub fn answer(
     for count in [1, t.answers, t.authorities, u16::from(q.payload.is_some())] {
         out.extend_from_slice(&count.to_be_bytes());
     }
-    out.extend_from_slice(q.question);
+    out.extend_from_slice(&raw[12..q.question_end]);
     out.extend_from_slice(&t.bytes);
     if q.payload.is_some() {
         push_opt(out, max_udp, q.subnet, scope);
@@ -190,7 +251,7 @@ fn geo_table(data: &Data, name: &[u8]) -> Option<usize> {
 /// query outside the geo names.
 pub fn learn(data: &Data, raw: &[u8], answer: &[u8], answers: &mut AnswerCache) {
     let Some(q) = parse(raw) else { return };
-    if geo_table(data, q.name).is_some() {
+    if geo_table(data, q.name(raw)).is_some() {
         return;
     }
     let mut opt = Vec::new();
@@ -235,7 +296,7 @@ fn be16(b: &[u8], at: usize) -> Option<u16> {
 }
 
 /// Accepts only the query shape the templates answer; `None` means "full path".
-fn parse(raw: &[u8]) -> Option<Parsed<'_>> {
+fn parse(raw: &[u8]) -> Option<Parsed> {
     // QR=0, opcode QUERY, TC=0; Z=0.
     if raw.len() < 17 || raw[2] & 0xFA != 0 || raw[3] & 0x40 != 0 {
         return None;
@@ -257,13 +318,13 @@ fn parse(raw: &[u8]) -> Option<Parsed<'_>> {
         }
         pos += 1 + len;
     }
-    let name = &raw[12..=pos];
+    let name_end = pos + 1;
     let qtype = be16(raw, pos + 1)?;
     if be16(raw, pos + 3)? != 1 || NEVER.contains(&qtype) {
         return None;
     }
     let question_end = pos + 5;
-    let question = raw.get(12..question_end)?;
+    raw.get(12..question_end)?;
     let (payload, dnssec_ok, subnet) = if with_opt {
         let opt = raw.get(question_end..)?;
         let (payload, subnet) = parse_opt(opt)?;
@@ -274,8 +335,8 @@ fn parse(raw: &[u8]) -> Option<Parsed<'_>> {
         return None;
     };
     Some(Parsed {
-        question,
-        name,
+        question_end,
+        name_end,
         qtype,
         payload,
         dnssec_ok,

@@ -12,6 +12,7 @@ pub mod fast;
 pub mod geo_names;
 pub mod listen;
 pub mod replay;
+mod route_cache;
 pub mod zones;
 
 use std::{
@@ -23,6 +24,7 @@ use std::{
 };
 
 use ipnet::IpNet;
+use route_cache::BLOCKS;
 
 use crate::{
     config::{Config, ConfigError},
@@ -32,6 +34,7 @@ use crate::{
 };
 
 pub use geo_names::GeoTable;
+pub use route_cache::RouteCache;
 pub use zones::{ZoneError, Zones};
 
 /// Anything that stops a config from being served.
@@ -60,65 +63,6 @@ pub struct Data {
 
 /// Source of [`Data::generation`].
 static GENERATIONS: AtomicU64 = AtomicU64::new(1);
-
-/// Slots of a [`RouteCache`] by GeoIP record and by client block;
-/// direct-mapped, so lookups never allocate. About 1 MiB per UDP thread.
-const ROUTE_CACHE_SLOTS: usize = 4096;
-const BLOCK_CACHE_SLOTS: usize = 4096;
-
-/// One thread's memo of rankings by (geo name, GeoIP record).
-///
-/// The ranking depends only on the record's location, the configured regions
-/// and the country overrides, and millions of addresses share a few thousand
-/// records: caching it skips the record decoding and the distance sort.
-/// Health and drains are applied after the cache, so they act at once.
-pub struct RouteCache {
-    generation: u64,
-    /// By (geo name, GeoIP record).
-    slots: Vec<Option<CachedRoute>>,
-    /// By (geo name, client block) for each of [`BLOCKS`]: skips the
-    /// database walk for blocks the database answers alike.
-    blocks: [Vec<Option<CachedBlock>>; 2],
-}
-
-#[derive(Clone, Copy)]
-struct CachedRoute {
-    key: (usize, usize),
-    order: Order,
-}
-
-#[derive(Clone, Copy)]
-struct CachedBlock {
-    key: (usize, IpAddr),
-    route: CachedRoute,
-    scope: u8,
-}
-
-/// The client blocks cached whole (IPv4, IPv6 prefix lengths), finest first:
-/// what ECS from resolvers typically carries, then what GeoIP networks
-/// commonly span, so one entry serves every /24 of a /16 network.
-const BLOCKS: [(u8, u8); 2] = [(24, 56), (16, 32)];
-
-impl Default for RouteCache {
-    fn default() -> Self {
-        Self {
-            generation: 0,
-            slots: vec![None; ROUTE_CACHE_SLOTS],
-            blocks: [vec![None; BLOCK_CACHE_SLOTS], vec![None; BLOCK_CACHE_SLOTS]],
-        }
-    }
-}
-
-impl RouteCache {
-    fn block_slot(key: &(usize, IpAddr)) -> usize {
-        let bits = match key.1 {
-            IpAddr::V4(a) => u128::from(u32::from(a)),
-            IpAddr::V6(a) => u128::from(a),
-        };
-        let h = (bits ^ (bits >> 64) ^ (key.0 as u128)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        (h >> 64) as usize % BLOCK_CACHE_SLOTS
-    }
-}
 
 /// Where a client was routed, and the ECS scope that answer may be cached for.
 #[derive(Debug, Clone)]
@@ -163,7 +107,8 @@ impl Data {
         self.geo.iter().find(|t| t.name == *name)
     }
 
-    /// [`Self::choose`]'s decision and scope, memoised in `cache` by GeoIP record.
+    /// [`Self::choose`]'s decision and scope, memoised in `cache` by client
+    /// block and by GeoIP record.
     pub fn choose_cached(
         &self,
         table_index: usize,
@@ -171,44 +116,26 @@ impl Data {
         states: &[RegionState],
         cache: &mut RouteCache,
     ) -> (Decision, u8) {
-        let table = &self.geo[table_index];
         let ip = crate::geo::canonical(ip);
-        if cache.generation != self.generation {
-            cache.slots.iter_mut().for_each(|s| *s = None);
-            for level in &mut cache.blocks {
-                level.iter_mut().for_each(|s| *s = None);
-            }
-            cache.generation = self.generation;
-        }
-        let blocks = BLOCKS.map(|(v4, v6)| {
-            IpNet::new(ip, if ip.is_ipv4() { v4 } else { v6 })
-                .map_or(IpNet::from(ip), |n| n.trunc())
-        });
-        for (level, block) in blocks.iter().enumerate() {
-            let key = (table_index, block.addr());
-            let slot = RouteCache::block_slot(&key);
-            if let Some(b) = cache.blocks[level][slot].filter(|b| b.key == key) {
-                return (b.route.order.decide(states), b.scope);
+        cache.sync(self.generation);
+        for level in 0..BLOCKS.len() {
+            if let Some(c) = cache.block(level, table_index, ip) {
+                return (cache.order(c.order).decide(states), c.scope);
             }
         }
+        let table = &self.geo[table_index];
         let prefixes = &self.config.overrides.prefixes;
         let hit = self.geodb.hit(ip);
-        // Addresses the database has no record for (private, unlisted) share
-        // one entry: they all rank in the configured order.
-        let record = hit.as_ref().map(|h| h.record().unwrap_or(usize::MAX));
-        let (Some(hit), Some(record), false) = (
-            hit.as_ref(),
-            record,
-            prefixes.iter().any(|(n, _)| n.contains(&ip)),
-        ) else {
+        let (Some(hit), false) = (hit, prefixes.iter().any(|(n, _)| n.contains(&ip))) else {
             let c = self.choose(table, ip, states);
             return (c.decision, c.scope);
         };
-        let key = (table_index, record);
-        let slot = (record ^ table_index.wrapping_mul(0x9E37_79B9)) % ROUTE_CACHE_SLOTS;
-        let entry = match cache.slots[slot] {
-            Some(e) if e.key == key => e,
-            _ => {
+        // Addresses the database has no record for (private, unlisted) share
+        // one entry: they all rank in the configured order.
+        let record = hit.record().unwrap_or(usize::MAX);
+        let id = match cache.record(table_index, record) {
+            Some(id) => id,
+            None => {
                 let location = hit.located();
                 let preferred = self.by_country(location.country);
                 let (ranking, located) = self.rank(table, &location, preferred);
@@ -216,28 +143,27 @@ impl Data {
                     let c = self.choose(table, ip, states);
                     return (c.decision, c.scope);
                 };
-                let e = CachedRoute { key, order };
-                cache.slots[slot] = Some(e);
-                e
+                let id = cache.intern(order);
+                cache.put_record(table_index, record, id);
+                id
             }
         };
-        let decision = entry.order.decide(states);
+        let decision = cache.order(id).decide(states);
         let scope = scope(ip, &hit.network, prefixes);
         // A whole block answers alike when the database network covers it
         // and no override prefix splits it.
-        for (level, block) in blocks.iter().enumerate() {
-            let uniform = hit.network.prefix_len() <= block.prefix_len()
+        for (level, (v4, v6)) in BLOCKS.into_iter().enumerate() {
+            let len = if ip.is_ipv4() { v4 } else { v6 };
+            let Ok(block) = IpNet::new(ip, len).map(|n| n.trunc()) else {
+                continue;
+            };
+            let uniform = hit.network.prefix_len() <= len
                 && prefixes.iter().all(|(p, _)| {
-                    p.prefix_len() <= block.prefix_len()
-                        || !(p.contains(&block.addr()) || block.contains(p))
+                    p.prefix_len() <= len || !(p.contains(&block.addr()) || block.contains(p))
                 });
             if uniform {
-                let key = (table_index, block.addr());
-                cache.blocks[level][RouteCache::block_slot(&key)] = Some(CachedBlock {
-                    key,
-                    route: entry,
-                    scope,
-                });
+                let value = route_cache::Cached { order: id, scope };
+                cache.put_block(level, table_index, ip, value);
             }
         }
         (decision, scope)
