@@ -25,18 +25,22 @@ const BATCH: usize = 64;
 const QUERY_BUFFER: usize = 4096;
 
 /// Buffers for one batch, reused for the life of the thread.
+///
+/// The receive headers point at `queries` and `names` once and for all (the
+/// kernel only writes lengths into them), so a receive resets just the address
+/// lengths of the datagrams it took last time; replies get their own headers.
 struct Batch {
     queries: Vec<[u8; QUERY_BUFFER]>,
     names: Vec<MaybeUninit<libc::sockaddr_storage>>,
-    iov: Vec<libc::iovec>,
-    headers: Vec<libc::mmsghdr>,
+    recv_iov: Vec<libc::iovec>,
+    recv_headers: Vec<libc::mmsghdr>,
+    /// How many datagrams the last receive took.
+    received: usize,
     replies: Vec<Vec<u8>>,
     /// Whether `replies[i]` goes back to the sender of datagram `i`.
     ready: Vec<bool>,
-    /// Sender address lengths of the last receive (the headers are reused to send).
-    name_lens: Vec<u32>,
-    /// Indices of the replies being sent.
-    order: Vec<usize>,
+    send_iov: Vec<libc::iovec>,
+    send_headers: Vec<libc::mmsghdr>,
     /// Each datagram's sender (`None`: unusable) and its fast-path parse.
     sources: Vec<Option<SocketAddr>>,
     parsed: Vec<Option<fast::Query>>,
@@ -44,47 +48,49 @@ struct Batch {
 
 impl Batch {
     fn new() -> Self {
-        Self {
+        let mut b = Self {
             queries: vec![[0; QUERY_BUFFER]; BATCH],
             names: vec![MaybeUninit::zeroed(); BATCH],
-            iov: Vec::with_capacity(BATCH),
+            recv_iov: Vec::with_capacity(BATCH),
             // SAFETY: mmsghdr is plain data; all-zero is a valid (empty) value.
-            headers: vec![unsafe { std::mem::zeroed() }; BATCH],
+            recv_headers: vec![unsafe { std::mem::zeroed() }; BATCH],
+            received: BATCH,
             replies: (0..BATCH).map(|_| Vec::with_capacity(512)).collect(),
             ready: vec![false; BATCH],
-            name_lens: vec![0; BATCH],
-            order: Vec::with_capacity(BATCH),
+            send_iov: Vec::with_capacity(BATCH),
+            // SAFETY: as above.
+            send_headers: vec![unsafe { std::mem::zeroed() }; BATCH],
             sources: vec![None; BATCH],
             parsed: vec![None; BATCH],
-        }
-    }
-
-    /// Receives up to BATCH datagrams, blocking until at least one arrives.
-    fn receive(&mut self, fd: i32) -> io::Result<usize> {
-        self.iov.clear();
-        for q in &mut self.queries {
-            self.iov.push(libc::iovec {
+        };
+        // The vectors never grow, so these pointers stay valid for the Batch's life.
+        for q in &mut b.queries {
+            b.recv_iov.push(libc::iovec {
                 iov_base: q.as_mut_ptr().cast(),
                 iov_len: QUERY_BUFFER,
             });
         }
         for i in 0..BATCH {
-            let h = &mut self.headers[i].msg_hdr;
-            h.msg_name = self.names[i].as_mut_ptr().cast();
-            h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
-            h.msg_iov = &mut self.iov[i];
+            let h = &mut b.recv_headers[i].msg_hdr;
+            h.msg_name = b.names[i].as_mut_ptr().cast();
+            h.msg_iov = &mut b.recv_iov[i];
             h.msg_iovlen = 1;
-            h.msg_control = std::ptr::null_mut();
-            h.msg_controllen = 0;
-            h.msg_flags = 0;
-            self.headers[i].msg_len = 0;
         }
+        b
+    }
+
+    /// Receives up to BATCH datagrams, blocking until at least one arrives.
+    fn receive(&mut self, fd: i32) -> io::Result<usize> {
+        for h in &mut self.recv_headers[..self.received] {
+            h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
+        }
+        self.received = 0;
         // SAFETY: every header points at a live buffer and address slot of this
         // Batch, with lengths that match; the kernel writes within them only.
         let n = unsafe {
             libc::recvmmsg(
                 fd,
-                self.headers.as_mut_ptr(),
+                self.recv_headers.as_mut_ptr(),
                 BATCH as u32,
                 libc::MSG_WAITFORONE,
                 std::ptr::null_mut(),
@@ -93,12 +99,13 @@ impl Batch {
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(n as usize)
+        self.received = n as usize;
+        Ok(self.received)
     }
 
     /// The sender of datagram `i` of the last receive.
     fn peer(&self, i: usize) -> Option<SocketAddr> {
-        let len = self.headers[i].msg_hdr.msg_namelen as usize;
+        let len = self.recv_headers[i].msg_hdr.msg_namelen as usize;
         let storage = self.names[i].as_ptr();
         // SAFETY: the kernel wrote a socket address of `len` bytes into
         // `names[i]`; its family says which struct it is, and we read only
@@ -128,38 +135,35 @@ impl Batch {
 
     /// Sends every ready reply back to the address its query came from.
     fn send(&mut self, fd: i32, count: usize) {
-        self.iov.clear();
-        self.order.clear();
+        self.send_iov.clear();
+        let mut ready = 0;
         for i in 0..count {
             if self.ready[i] {
-                self.order.push(i);
-                self.iov.push(libc::iovec {
+                self.send_iov.push(libc::iovec {
                     iov_base: self.replies[i].as_mut_ptr().cast(),
                     iov_len: self.replies[i].len(),
                 });
+                let h = &mut self.send_headers[ready].msg_hdr;
+                // The sender's address exactly as the kernel gave it.
+                h.msg_name = self.names[i].as_mut_ptr().cast();
+                h.msg_namelen = self.recv_headers[i].msg_hdr.msg_namelen;
+                ready += 1;
             }
         }
-        let order = std::mem::take(&mut self.order);
-        for (slot, &i) in order.iter().enumerate() {
-            let h = &mut self.headers[slot].msg_hdr;
-            // The sender's address exactly as the kernel gave it.
-            h.msg_name = self.names[i].as_mut_ptr().cast();
-            h.msg_namelen = self.name_lens[i];
-            h.msg_iov = &mut self.iov[slot];
-            h.msg_iovlen = 1;
-            h.msg_control = std::ptr::null_mut();
-            h.msg_controllen = 0;
-            h.msg_flags = 0;
+        // The iovecs are in place now (pushing may not move them: capacity BATCH).
+        for (h, v) in self.send_headers.iter_mut().zip(self.send_iov.iter_mut()) {
+            h.msg_hdr.msg_iov = v;
+            h.msg_hdr.msg_iovlen = 1;
         }
         let mut sent = 0;
-        while sent < order.len() {
-            // SAFETY: headers[sent..order.len()] point at live replies and peer
+        while sent < ready {
+            // SAFETY: send_headers[sent..ready] point at live replies and peer
             // addresses owned by this Batch for the duration of the call.
             let n = unsafe {
                 libc::sendmmsg(
                     fd,
-                    self.headers[sent..].as_mut_ptr(),
-                    (order.len() - sent) as u32,
+                    self.send_headers[sent..].as_mut_ptr(),
+                    (ready - sent) as u32,
                     0,
                 )
             };
@@ -171,7 +175,6 @@ impl Batch {
                 sent += n as usize;
             }
         }
-        self.order = order;
     }
 }
 
@@ -209,7 +212,6 @@ impl Batch {
         let view = responder.view.load();
         for i in 0..n {
             self.ready[i] = false;
-            self.name_lens[i] = self.headers[i].msg_hdr.msg_namelen;
             self.sources[i] = self.peer(i).filter(|s| s.port() != 0);
             self.parsed[i] = None;
             if let Some(src) = self.sources[i] {
@@ -246,6 +248,6 @@ impl Batch {
 
     /// Length of datagram `i` of the last receive, within its buffer.
     fn len(&self, i: usize) -> usize {
-        (self.headers[i].msg_len as usize).min(QUERY_BUFFER)
+        (self.recv_headers[i].msg_len as usize).min(QUERY_BUFFER)
     }
 }
