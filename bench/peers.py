@@ -2,8 +2,9 @@
 """Runs the same workloads against a zero-work reflector, gdnsd, Knot and mgnt.
 
 Each server is pinned to CPU 1 and each load generator to CPU 0; all servers
-run throughout and are measured back to back per workload, in an order that
-rotates across rounds. Everything listens on 127.0.0.1. Prints a Markdown table (medians over the rounds) and mgnt's ratios.
+run throughout. The batched generator loads them in turns of 250 ms within one
+run (so slow drifts of a shared machine hit all alike); dnsperf runs against
+each in turn. The order rotates across rounds. Everything listens on 127.0.0.1. Prints a Markdown table (medians over the rounds) and mgnt's ratios.
 Usage: peers.py ROUNDS SECONDS
 """
 
@@ -172,10 +173,13 @@ def run_dnsperf(d, port, workload, seconds):
     return res
 
 
-def run_batched(port, workload, seconds, prefixes):
-    cmd = ["taskset", "-c", "0", f"{EX}/udpload", f"127.0.0.1:{port}", workload, str(seconds),
-           str(OUTSTANDING), prefixes]
-    return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+def run_batched(ports, workload, seconds, prefixes):
+    """Loads each server for `seconds` in turns of 250 ms; results by port."""
+    cmd = ["taskset", "-c", "0", f"{EX}/udpload", ",".join(f"127.0.0.1:{p}" for p in ports), workload,
+           str(seconds), str(OUTSTANDING), prefixes]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    results = [json.loads(line) for line in out.splitlines()]
+    return {int(r["server"].rsplit(":", 1)[1]): r for r in results}
 
 
 def shipped_rss(d):
@@ -199,7 +203,7 @@ def shipped_rss(d):
     del PORTS["shipped"]
     rest = rss_kib(p.pid)
     # Real-world prefixes: the benchmark's /24s also exist in the shipped database.
-    run_batched(5304, "geo-ecs", 3, f"{d}/prefixes.txt")
+    run_batched([5304], "geo-ecs", 3, f"{d}/prefixes.txt")
     load = rss_kib(p.pid)
     p.terminate()
     p.wait()
@@ -222,21 +226,24 @@ def main():
         procs[name] = start(name, d)
         time.sleep(0.3)
         rss[name] = {"rest": rss_kib(procs[name].pid)}
+    def record(name, gen, workload, res, ticks):
+        res["cpu_us_per_q"] = ticks / TICK / (res.get("answered") or 1) * 1e6
+        results.setdefault((name, gen, workload), []).append(res)
+
     for r in range(rounds):
         for workload in WORKLOADS:
-            for gen in ["batched", "dnsperf"]:
-                order = servers[r % len(servers):] + servers[:r % len(servers)]
-                for name in order:
-                    if name == "reflector" and workload != "geo-ecs":
-                        continue
-                    pid = procs[name].pid
-                    before = cpu_ticks(pid)
-                    res = (run_batched(PORTS[name], workload, seconds, prefixes) if gen == "batched"
-                           else run_dnsperf(d, PORTS[name], workload, seconds))
-                    used = (cpu_ticks(pid) - before) / TICK
-                    answered = res.get("answered") or 1
-                    res["cpu_us_per_q"] = used / answered * 1e6
-                    results.setdefault((name, gen, workload), []).append(res)
+            order = servers[r % len(servers):] + servers[:r % len(servers)]
+            order = [n for n in order if n != "reflector" or workload == "geo-ecs"]
+            # Batched: one generator loads every server in turns of 250 ms.
+            before = {n: cpu_ticks(procs[n].pid) for n in order}
+            res = run_batched([PORTS[n] for n in order], workload, seconds, prefixes)
+            for n in order:
+                record(n, "batched", workload, res[PORTS[n]], cpu_ticks(procs[n].pid) - before[n])
+            # dnsperf: one server after the other.
+            for n in order:
+                before = cpu_ticks(procs[n].pid)
+                res = run_dnsperf(d, PORTS[n], workload, seconds)
+                record(n, "dnsperf", workload, res, cpu_ticks(procs[n].pid) - before)
     for name, p in procs.items():
         rss[name]["load"] = rss_kib(p.pid)
         p.terminate()
@@ -266,9 +273,10 @@ def report(results, rss, rounds, seconds):
                 print(f"| {gen} | {workload} | {label} | {med(runs, 'qps'):,.0f} | "
                       f"{med(runs, 'mean_latency_ms'):.3f} | {max(r['lost'] for r in runs)} | "
                       f"{med(runs, 'cpu_us_per_q'):.2f} |")
-    print("\nmgnt's ratios (qps; CPU per query, lower is better):\n")
-    print("| generator | workload | vs gdnsd | vs Knot | vs ceiling | CPU/q vs gdnsd |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("\nmgnt's ratios (qps; CPU per query, lower is better); the last column pairs mgnt with gdnsd "
+          "round by round and gives the median and range of those ratios:\n")
+    print("| generator | workload | vs gdnsd | vs Knot | vs ceiling | CPU/q vs gdnsd | per round vs gdnsd |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for gen in ["batched", "dnsperf"]:
         for workload in WORKLOADS:
             m = results.get(("mgnt", gen, workload))
@@ -278,8 +286,10 @@ def report(results, rss, rounds, seconds):
             if not (m and g and k and c):
                 continue
             q = med(m, "qps")
+            paired = [a["qps"] / b["qps"] for a, b in zip(m, g) if b["qps"]]
             print(f"| {gen} | {workload} | {q / med(g, 'qps'):.2f} | {q / med(k, 'qps'):.2f} | "
-                  f"{q / med(c, 'qps'):.2f} | {med(m, 'cpu_us_per_q') / med(g, 'cpu_us_per_q'):.2f} |")
+                  f"{q / med(c, 'qps'):.2f} | {med(m, 'cpu_us_per_q') / med(g, 'cpu_us_per_q'):.2f} | "
+                  f"{statistics.median(paired):.2f} ({min(paired):.2f}–{max(paired):.2f}) |")
     print("\nRSS (KiB) at rest / after load:", ", ".join(
         f"{n} {v.get('rest', 0):,} / {v.get('load', 0):,}" for n, v in rss.items()))
 
