@@ -150,7 +150,7 @@ impl Batch {
                 ready += 1;
             }
         }
-        // The iovecs are in place now (pushing may not move them: capacity BATCH).
+        // Pointed at only once every iovec is pushed (a push may move the vector).
         for (h, v) in self.send_headers.iter_mut().zip(self.send_iov.iter_mut()) {
             h.msg_hdr.msg_iov = v;
             h.msg_hdr.msg_iovlen = 1;
