@@ -10,7 +10,9 @@
 //!
 //! Entries are 16 bytes, four to a 64-byte bucket (one cache line per
 //! probe); the orders they point at are interned, because a configuration has
-//! few distinct orders. Lookups never allocate. About 384 KiB per thread.
+//! few distinct orders (at most 24 with four regions). Lookups never
+//! allocate. About 384 KiB of tables per thread, plus the interned orders
+//! (40 bytes each, at most [`MAX_ORDERS`]).
 
 use std::{collections::HashMap, net::IpAddr};
 
@@ -21,6 +23,7 @@ use crate::route::Order;
 /// commonly span, so one entry serves every /24 of a /16 network.
 pub(super) const BLOCKS: [(u8, u8); 2] = [(24, 56), (16, 32)];
 const _: () = {
+    assert!(MAX_ORDERS <= 1 << 16, "order ids are u16");
     let mut i = 0;
     while i < BLOCKS.len() {
         // Keys shift by (width - prefix) and must fit 64 bits.
@@ -34,6 +37,8 @@ const _: () = {
 const BLOCK_BUCKETS: [usize; 2] = [4096, 1024];
 const RECORD_BUCKETS: usize = 1024;
 const WAYS: usize = 4;
+/// Interned orders kept before the cache starts over.
+const MAX_ORDERS: usize = 8192;
 
 pub struct RouteCache {
     generation: u64,
@@ -85,19 +90,16 @@ impl RouteCache {
         &self.orders[usize::from(id)]
     }
 
-    /// `order`'s index, adding it; when the index space is full, the whole
-    /// cache starts over (every id handed out before is void).
+    /// `order`'s index, adding it; past [`MAX_ORDERS`] the whole cache starts
+    /// over (every id handed out before is void).
     pub(super) fn intern(&mut self, order: Order) -> u16 {
         if let Some(&id) = self.ids.get(&order) {
             return id;
         }
-        let id = match u16::try_from(self.orders.len()) {
-            Ok(id) => id,
-            Err(_) => {
-                self.clear();
-                0
-            }
-        };
+        if self.orders.len() >= MAX_ORDERS {
+            self.clear();
+        }
+        let id = self.orders.len() as u16;
         self.orders.push(order);
         self.ids.insert(order, id);
         id
@@ -322,5 +324,21 @@ mod tests {
         c.sync(8);
         assert_eq!(c.record(0, 1234), None);
         assert_eq!(c.intern(order(1)), 0);
+    }
+
+    #[test]
+    fn too_many_orders_start_the_cache_over() {
+        let mut c = RouteCache::default();
+        let b = c.intern(order(1));
+        c.put_record(0, 1, b);
+        // Four regions give 24 orders at most: fill the table directly.
+        while c.orders.len() < MAX_ORDERS {
+            c.orders.push(order(2));
+        }
+        assert_eq!(c.record(0, 1), Some(b));
+        let id = c.intern(order(3));
+        assert_eq!((id, c.orders.len()), (0, 1));
+        assert_eq!(c.record(0, 1), None, "entries pointing at old ids are gone");
+        assert_eq!(*c.order(id), order(3));
     }
 }
