@@ -21,6 +21,14 @@ pub fn big_buffers(fd: RawFd) {
     }
 }
 
+/// An iovec over all of `buf`.
+pub fn iovec(buf: &mut [u8]) -> libc::iovec {
+    libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    }
+}
+
 /// One message header per iovec, without addresses (connected socket or filled in later).
 pub fn headers(iov: &mut [libc::iovec]) -> Vec<libc::mmsghdr> {
     iov.iter_mut()

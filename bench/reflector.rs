@@ -24,12 +24,7 @@ fn main() {
     let mut hdrs: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; BATCH];
     loop {
         iov.clear();
-        for b in &mut bufs {
-            iov.push(libc::iovec {
-                iov_base: b.as_mut_ptr().cast(),
-                iov_len: b.len(),
-            });
-        }
+        iov.extend(bufs.iter_mut().map(|b| mmsg::iovec(b)));
         for i in 0..BATCH {
             let h = &mut hdrs[i].msg_hdr;
             h.msg_name = (&mut names[i] as *mut libc::sockaddr_storage).cast();

@@ -110,10 +110,7 @@ impl Target {
             *slot = next(self.next_id);
             self.sent_at[usize::from(self.next_id)] = Some(Instant::now());
             self.next_id = self.next_id.wrapping_add(1);
-            iov.push(libc::iovec {
-                iov_base: slot.as_mut_ptr().cast(),
-                iov_len: slot.len(),
-            });
+            iov.push(mmsg::iovec(slot));
         }
         let mut hdrs = mmsg::headers(&mut iov);
         // SAFETY: the headers point at the live buffers above.
@@ -136,13 +133,7 @@ impl Target {
 
     /// Takes whatever answers are queued, without waiting.
     fn receive(&mut self, inb: &mut [[u8; 1500]]) {
-        let mut iov: Vec<libc::iovec> = inb
-            .iter_mut()
-            .map(|b| libc::iovec {
-                iov_base: b.as_mut_ptr().cast(),
-                iov_len: b.len(),
-            })
-            .collect();
+        let mut iov: Vec<libc::iovec> = inb.iter_mut().map(|b| mmsg::iovec(b)).collect();
         let mut hdrs = mmsg::headers(&mut iov);
         // SAFETY: headers point at the live receive buffers.
         let n = unsafe {

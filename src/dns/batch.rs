@@ -216,9 +216,9 @@ impl Batch {
             self.parsed[i] = None;
             if let Some(src) = self.sources[i] {
                 let query = &self.queries[i][..self.len(i)];
-                self.parsed[i] = fast::Query::parse(&data, query);
+                self.parsed[i] = fast::Query::parse(&data, query, src.ip());
                 if let Some(q) = &self.parsed[i] {
-                    q.prefetch(src.ip(), caches);
+                    q.prefetch(caches);
                 }
             }
         }
@@ -230,7 +230,7 @@ impl Batch {
             let reply = &mut self.replies[i];
             let fast = self.parsed[i]
                 .as_ref()
-                .and_then(|q| fast::answer_parsed(&data, &view, query, q, src.ip(), reply, caches));
+                .and_then(|q| fast::answer_parsed(&data, &view, query, q, reply, caches));
             if let Some((qtype, rcode)) = fast {
                 responder.queries.count(Some(qtype), rcode);
             } else {

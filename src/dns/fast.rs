@@ -136,31 +136,32 @@ pub struct Query {
     parsed: Parsed,
     /// The geo name asked for, by index; `None` for other names.
     table: Option<usize>,
+    /// The address a geo query is routed by: the ECS address if there is
+    /// one, else the sender's (IPv4-mapped addresses as IPv4).
+    client: IpAddr,
 }
 
 impl Query {
-    /// Parses `raw`; `None` sends it to the full path.
-    pub fn parse(data: &Data, raw: &[u8]) -> Option<Self> {
+    /// Parses `raw`, sent from `src`; `None` sends it to the full path.
+    pub fn parse(data: &Data, raw: &[u8], src: IpAddr) -> Option<Self> {
         let parsed = parse(raw)?;
         let table = geo_table(data, parsed.name(raw));
-        Some(Self { parsed, table })
-    }
-
-    /// The address a geo query is routed by: the ECS address if there is one.
-    fn client(&self, src: IpAddr) -> IpAddr {
-        self.parsed
+        let client = parsed
             .subnet
             .filter(|s| s.source_prefix > 0)
-            .map_or(src, |s| s.address)
+            .map_or(src, |s| s.address);
+        Some(Self {
+            parsed,
+            table,
+            client: crate::geo::canonical(client),
+        })
     }
 
     /// Starts loading the route-cache entries this query will read, so that
     /// the memory latency of a batch's lookups overlaps.
-    pub fn prefetch(&self, src: IpAddr, caches: &Caches) {
+    pub fn prefetch(&self, caches: &Caches) {
         if let Some(table) = self.table {
-            caches
-                .routes
-                .prefetch(table, crate::geo::canonical(self.client(src)));
+            caches.routes.prefetch(table, self.client);
         }
     }
 }
@@ -179,8 +180,8 @@ pub fn answer(
     out: &mut Vec<u8>,
     caches: &mut Caches,
 ) -> Option<(RecordType, ResponseCode)> {
-    let q = Query::parse(data, raw)?;
-    answer_parsed(data, view, raw, &q, src, out, caches)
+    let q = Query::parse(data, raw, src)?;
+    answer_parsed(data, view, raw, &q, out, caches)
 }
 
 /// [`answer`] for a query already parsed from `raw`.
@@ -189,7 +190,6 @@ pub fn answer_parsed(
     view: &RegionView,
     raw: &[u8],
     query: &Query,
-    src: IpAddr,
     out: &mut Vec<u8>,
     caches: &mut Caches,
 ) -> Option<(RecordType, ResponseCode)> {
@@ -207,9 +207,8 @@ pub fn answer_parsed(
         return None;
     }
     let table = &data.geo[table_index];
-    let client = query.client(src);
     let (decision, scope) =
-        data.choose_cached(table_index, client, &view.states, &mut caches.routes);
+        data.choose_cached(table_index, query.client, &view.states, &mut caches.routes);
     let region = decision.region;
     let templates = table.templates.get(region)?.as_ref()?;
     let (qtype, t) = if q.qtype == u16::from(RecordType::A) {
