@@ -10,7 +10,8 @@ use hickory_server::net::xfer::Protocol;
 use mgnt::{
     config::Config,
     dns::{Data, answer::Responder, fast},
-    state::RegionView,
+    locate::Client,
+    route::{self, RegionView},
 };
 
 /// Addresses on four continents (Belgium, USA, Japan, Brazil).
@@ -40,13 +41,13 @@ fn benches(c: &mut Criterion) {
     let data = load();
     let view = RegionView::all_serving(data.config.regions.len());
     let clients: Vec<IpAddr> = CLIENTS.iter().map(|s| s.parse().unwrap()).collect();
-    let table = &data.geo[0];
 
     c.bench_function("geoip lookup + routing decision", |b| {
         let mut i = 0;
         b.iter(|| {
             i = (i + 1) % clients.len();
-            black_box(data.choose(table, black_box(clients[i]), &view.states))
+            let at = data.maps.locate(Client::address(black_box(clients[i])));
+            black_box(route::decide(data.maps.order(at.orders, 0), &view))
         })
     });
 
@@ -62,7 +63,7 @@ fn benches(c: &mut Criterion) {
         })
     });
 
-    let responder = Responder::new(load(), view.clone());
+    let responder = Responder::default();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
@@ -72,6 +73,8 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 1) % queries.len();
             black_box(runtime.block_on(responder.respond(
+                &data,
+                &view,
                 black_box(&queries[i]),
                 peer,
                 Protocol::Udp,
@@ -84,7 +87,7 @@ fn benches(c: &mut Criterion) {
     ns1.extend_from_slice(b"\x03ns1\x05mkcld\x02io\x00\x00\x01\x00\x01");
     ns1.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]);
     let full = runtime
-        .block_on(responder.respond(&ns1, peer, Protocol::Udp))
+        .block_on(responder.respond(&data, &view, &ns1, peer, Protocol::Udp))
         .expect("an answer");
     c.bench_function("replayed reply (static A, EDNS)", |b| {
         let (mut out, mut caches) = (Vec::with_capacity(512), fast::Caches::default());

@@ -1,17 +1,17 @@
 //! Why a client gets the answer it gets: the report behind `mgnt lookup`.
 
-use std::{fmt::Write as _, net::IpAddr};
+use std::fmt::Write as _;
 
 use hickory_proto::rr::RecordType;
 use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::{
-    dns::Data,
     geo::Location,
-    health::{HealthTable, machine::Status},
-    route::{Reason, RegionState},
-    state::RegionView,
+    health::{RegionHealth, machine::Status},
+    locate::Client,
+    route::{self, Reason, RegionState},
+    state::Snapshot,
 };
 
 /// The whole explanation for one client address (or ECS prefix).
@@ -55,8 +55,7 @@ pub struct HealthLine {
 }
 
 impl HealthLine {
-    pub fn of(table: &HealthTable, region: usize) -> Self {
-        let h = &table.regions[region];
+    pub fn of(h: &RegionHealth) -> Self {
         let last = h.last.as_ref();
         Self {
             probed: h.probed,
@@ -90,15 +89,20 @@ impl HealthLine {
     }
 }
 
-/// Explains every geo name for `client`; a prefix is treated as an ECS source prefix.
-pub fn explain(data: &Data, health: &HealthTable, view: &RegionView, client: IpNet) -> Explanation {
-    let ip: IpAddr = client.addr();
+/// Explains every geo name for `client` from one snapshot; a prefix is
+/// treated as an ECS source prefix.
+pub fn explain(snapshot: &Snapshot, client: IpNet) -> Explanation {
+    let data = &snapshot.data;
+    let at = data
+        .maps
+        .locate(Client::prefix(client.addr(), client.prefix_len()));
+    let located = data.maps.db().locate_raw(client.addr());
     let mut names = Vec::with_capacity(data.geo.len());
-    let mut location = None;
-    for table in &data.geo {
-        let choice = data.choose(table, ip, &view.states);
-        let regions = choice
-            .ranking
+    for (geo, table) in data.geo.iter().enumerate() {
+        let decision = route::decide(data.maps.order(at.orders, geo), &snapshot.view);
+        let regions = data
+            .maps
+            .explain(geo, &at, &located)
             .iter()
             .map(|r| {
                 let region = &data.config.regions[r.region];
@@ -107,14 +111,16 @@ pub fn explain(data: &Data, health: &HealthTable, view: &RegionView, client: IpN
                     host: region.host.to_string(),
                     distance_km: r.distance_km.map(|d| d.round()),
                     overridden: r.overridden,
-                    state: view.states.get(r.region).copied().unwrap_or_default(),
-                    health: HealthLine::of(health, r.region),
+                    state: RegionState {
+                        serving: snapshot.view.serving(r.region),
+                    },
+                    health: HealthLine::of(&snapshot.regions[r.region].health),
                 }
             })
             .collect();
         let mut answer = Vec::new();
         for qtype in [RecordType::A, RecordType::AAAA] {
-            let (cname, records) = table.answer(choice.decision.region, qtype);
+            let (cname, records) = table.answer(decision.region, qtype);
             if answer.is_empty() {
                 answer.extend(cname.map(ToString::to_string));
             }
@@ -123,16 +129,15 @@ pub fn explain(data: &Data, health: &HealthTable, view: &RegionView, client: IpN
         names.push(NameExplanation {
             name: table.spec.name.to_string(),
             regions,
-            region: data.config.regions[choice.decision.region].name.clone(),
-            reason: choice.decision.reason,
-            ecs_scope: choice.scope.min(client.prefix_len()),
+            region: data.config.regions[decision.region].name.clone(),
+            reason: decision.reason,
+            ecs_scope: at.scope,
             answer,
         });
-        location.get_or_insert(Location::from(choice.location));
     }
     Explanation {
         client,
-        location: location.unwrap_or_else(|| data.geodb.locate(ip)),
+        location: Location::from(located),
         names,
     }
 }

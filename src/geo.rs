@@ -11,7 +11,7 @@ use std::{
 };
 
 use ipnet::IpNet;
-use maxminddb::{Mmap, Reader};
+use maxminddb::{Mmap, Reader, WithinOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::route::Coord;
@@ -147,59 +147,91 @@ impl GeoDb {
         &self.reader.metadata().database_type
     }
 
-    /// Locates `ip`. Never fails: a broken record only leaves the client unlocated.
+    /// Locates `ip` (decoding its record). Never fails: a broken record only
+    /// leaves the client unlocated.
     pub fn locate(&self, ip: IpAddr) -> Location {
         self.locate_raw(ip).into()
     }
 
-    /// [`Self::locate`] without allocating, for the query path.
+    /// [`Self::locate`] without allocating.
     pub fn locate_raw(&self, ip: IpAddr) -> Located {
-        match self.hit(ip) {
-            Some(hit) => hit.located(),
-            None => unlocated(canonical(ip)),
+        let ip = canonical(ip);
+        let Ok(found) = self.reader.lookup(ip) else {
+            return unlocated(host_net(ip));
+        };
+        let network = network_of(ip, &found);
+        self.located(&found, network)
+    }
+
+    /// The record `ip` falls in, without decoding it, and the database network
+    /// every address of which shares that record (or its absence).
+    pub fn lookup(&self, ip: IpAddr) -> Found {
+        let ip = canonical(ip);
+        match self.reader.lookup(ip) {
+            Ok(found) => Found {
+                record: found.offset(),
+                network: network_of(ip, &found),
+            },
+            Err(_) => Found {
+                record: None,
+                network: host_net(ip),
+            },
         }
     }
 
-    /// The database's answer for `ip`, before its record is decoded.
-    pub fn hit(&self, ip: IpAddr) -> Option<Hit<'_>> {
-        let ip = canonical(ip);
-        let found = self.reader.lookup(ip).ok()?;
-        let network = found
-            .network()
-            .ok()
-            .and_then(|n| IpNet::new(n.network(), n.prefix()).ok())
-            .unwrap_or_else(|| host_net(ip));
-        Some(Hit {
-            db: self,
-            found,
-            network,
-        })
+    /// Every record of the networks in `within` (or all of them), decoded
+    /// once each: what a client anywhere in `within` can be located by.
+    /// Records that fail to decode are left out; a lookup then treats them
+    /// as no record, as [`Self::locate`] leaves such clients unlocated.
+    pub fn records(&self, within: Option<IpNet>) -> Vec<(RecordId, Located)> {
+        let all: Vec<IpNet> = match within {
+            Some(net) => vec![net],
+            None if self.reader.metadata().ip_version == 6 => vec![IpNet::V6(Default::default())],
+            None => vec![IpNet::V4(Default::default())],
+        };
+        let mut seen = HashMap::new();
+        for net in all {
+            let Ok(cidr) = ipnetwork::IpNetwork::new(net.addr(), net.prefix_len()) else {
+                continue;
+            };
+            // Aliases (IPv4 through ::ffff:0:0/96, 6to4, Teredo) are visited
+            // when a prefix is asked for, so an IPv6 override covering one
+            // still sees the IPv4 records behind it.
+            let options = match within {
+                Some(_) => WithinOptions::default().include_aliased_networks(),
+                None => WithinOptions::default(),
+            };
+            let Ok(networks) = self.reader.within(cidr, options) else {
+                continue;
+            };
+            for found in networks.flatten() {
+                let Some(record) = found.offset() else {
+                    continue;
+                };
+                if seen.contains_key(&record) {
+                    continue;
+                }
+                let network = found
+                    .network()
+                    .ok()
+                    .and_then(|n| IpNet::new(n.network(), n.prefix()).ok())
+                    .unwrap_or(net);
+                seen.insert(record, self.located(&found, network));
+            }
+        }
+        let mut out: Vec<_> = seen.into_iter().collect();
+        out.sort_unstable_by_key(|(r, _)| *r);
+        out
     }
-}
 
-/// A database lookup whose record is decoded only when needed: callers that
-/// memoise by [`Hit::record`] skip decoding for records they have seen.
-pub struct Hit<'a> {
-    db: &'a GeoDb,
-    found: maxminddb::LookupResult<'a, Mmap>,
-    pub network: IpNet,
-}
-
-impl Hit<'_> {
-    /// Identifies the record (shared by many networks); `None` when there is none.
-    pub fn record(&self) -> Option<usize> {
-        self.found.offset()
-    }
-
-    pub fn located(&self) -> Located {
-        let network = self.network;
-        let record = self.found.decode::<GeoRecord>().ok().flatten();
+    fn located(&self, found: &maxminddb::LookupResult<'_, Mmap>, network: IpNet) -> Located {
+        let record = found.decode::<GeoRecord>().ok().flatten();
         let country = record.as_ref().and_then(country_of);
         let db_coords = record
             .as_ref()
             .and_then(|r| r.location.as_ref())
             .and_then(|l| valid_coord(l.latitude?, l.longitude?));
-        let centroid = country.and_then(|c| self.db.centroids.get(&c));
+        let centroid = country.and_then(|c| self.centroids.get(&c));
         let (coords, source) = match (db_coords, centroid) {
             (Some(c), _) => (Some(c), CoordSource::Database),
             (None, Some(&c)) => (Some(c), CoordSource::CountryCentroid),
@@ -211,6 +243,34 @@ impl Hit<'_> {
             source,
             network,
         }
+    }
+}
+
+/// Identifies a database record (its offset in the data section); many
+/// networks share one.
+pub type RecordId = usize;
+
+/// What a lookup found for an address, before any decoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Found {
+    /// `None`: the database has no record for the address.
+    pub record: Option<RecordId>,
+    /// Every address in it gets the same answer.
+    pub network: IpNet,
+}
+
+/// The database network of a lookup, in the family of `ip`. A database with
+/// no IPv4 subtree answers every IPv4 address from one IPv6 record: the whole
+/// IPv4 space then shares it.
+fn network_of(ip: IpAddr, found: &maxminddb::LookupResult<'_, Mmap>) -> IpNet {
+    match found
+        .network()
+        .ok()
+        .and_then(|n| IpNet::new(n.network(), n.prefix()).ok())
+    {
+        Some(IpNet::V6(_)) if ip.is_ipv4() => IpNet::V4(Default::default()),
+        Some(n) => n,
+        None => host_net(ip),
     }
 }
 
@@ -226,12 +286,12 @@ fn host_net(ip: IpAddr) -> IpNet {
     IpNet::from(ip)
 }
 
-fn unlocated(ip: IpAddr) -> Located {
+fn unlocated(network: IpNet) -> Located {
     Located {
         country: None,
         coords: None,
         source: CoordSource::None,
-        network: host_net(ip),
+        network,
     }
 }
 

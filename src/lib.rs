@@ -2,28 +2,47 @@
 //!
 //! # Layout
 //!
-//! - [`admin`]: the authenticated HTTP API (regions, drains, explain, reload, metrics).
-//! - [`server`]: `mgnt serve` — wiring, reload, signals.
+//! Pure parts first, then the one owner of region state, then the edges:
+//!
 //! - [`config`]: `mgnt.toml` → a validated [`config::Config`].
-//! - [`geo`]: where a client is (GeoIP database + country centroids).
-//! - [`route`]: which region answers (pure: distance, overrides, failover, fail-open).
-//! - [`health`]: probes (TCP, ICMP), the rise/fall machine, the probe scheduler, the state file.
-//! - [`state`]: drains, the view queries read (health × drains), the state file, atomic writes.
-//! - [`dns`]: zones, geo names, ECS, the responder and the UDP/TCP listeners.
+//! - [`geo`]: the GeoIP database and country centroids (records, networks, locations).
+//! - [`route`]: the pure decision: rank regions by distance and overrides, take the
+//!   first serving one of an order, fail open.
+//! - [`locate`]: "where" as one unit: a client (address or ECS prefix) → every geo
+//!   name's region order and the ECS scope, precomputed at load per GeoIP record
+//!   and override prefix.
+//! - [`health`]: probes (TCP, ICMP), the rise/fall machine, the probe loops (which
+//!   report rounds to the state owner).
+//! - [`dns`]: zones, geo names, ECS, and answers (the full path and the fast path)
+//!   from one load's data and one region view.
+//! - [`state`]: the state owner (machines, drains, loaded data), the snapshot it
+//!   publishes, its storage boundary (state file and audit log).
+//! - [`listen`]: DNS over UDP (batched threads) and TCP, answering from snapshots.
+//! - [`explain`]: why a client gets its answer (`mgnt lookup`, `/v1/explain`).
+//! - [`admin`]: the authenticated HTTP API (regions, drains, explain, reload,
+//!   metrics, provisioning, VPN logs).
 //! - [`metrics`]: lock-free counters and histograms, Prometheus text.
-//! - [`tunnels`]: provisioning: username codec, CGNAT pool, RouterOS and OpenVPN files, SQLite store.
-//! - [`vpnlog`]: OpenVPN log ingestion (for now the line parser).
-//! - [`explain`]: why a client gets its answer (`mgnt lookup`).
+//! - [`tunnels`]: provisioning: username codec, CGNAT pool, RouterOS and OpenVPN
+//!   files, SQLite store.
+//! - [`vpnlog`]: OpenVPN log ingestion: syslog, management interface, status files.
+//! - [`server`]: `mgnt serve`: starts everything, signals.
+//! - [`cli`]: the other commands of the command line.
 
 pub mod admin;
+pub mod cli;
 pub mod config;
 pub mod dns;
 pub mod explain;
 pub mod geo;
 pub mod health;
+pub mod listen;
+pub mod locate;
 pub mod metrics;
 pub mod route;
 pub mod server;
 pub mod state;
 pub mod tunnels;
 pub mod vpnlog;
+
+#[cfg(test)]
+pub(crate) mod testing;

@@ -1,20 +1,10 @@
 //! The `mgnt` command line: parse arguments, run one operation.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
-use ipnet::IpNet;
-use mgnt::{
-    admin::client::Client,
-    config::Config,
-    dns::Data,
-    explain::explain,
-    health::HealthTable,
-    state::{self, file},
-    tunnels::store::{Attempt, SqliteStore, Store},
-};
-use serde_json::json;
+use mgnt::cli;
 
 #[derive(Parser)]
 #[command(version, about = "Geo-aware DNS control plane for the management VPN")]
@@ -91,10 +81,6 @@ enum SiteCommand {
     },
 }
 
-fn load(config: &Path) -> Result<Data> {
-    Ok(Data::load(Config::load(config)?)?)
-}
-
 fn print(v: &serde_json::Value) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
@@ -114,30 +100,9 @@ fn main() -> Result<()> {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(mgnt::server::run(config))?;
         }
-        Command::CheckConfig => {
-            let data = load(&config)?;
-            println!(
-                "{}: ok ({} zones, {} geo names, {} regions, GeoIP {} built {})",
-                config.display(),
-                data.zones.zones.len(),
-                data.geo.len(),
-                data.config.regions.len(),
-                data.geodb.database_type(),
-                data.geodb.build_epoch(),
-            );
-        }
+        Command::CheckConfig => println!("{}", cli::check_config(&config)?),
         Command::Lookup { client, json } => {
-            let data = load(&config)?;
-            let net: IpNet = client
-                .parse()
-                .or_else(|_| client.parse::<std::net::IpAddr>().map(IpNet::from))
-                .with_context(|| format!("`{client}` is not an address or prefix"))?;
-            // What a server restarted now would use: the state file's health and drains.
-            let saved = file::load(&data.config.health.state_file);
-            let health = HealthTable::initial(&data.config, saved.as_ref());
-            let drains = saved.map(|s| s.drains).unwrap_or_default();
-            let view = state::compose(&health, &drains, state::now());
-            let report = explain(&data, &health, &view, net);
+            let report = cli::lookup(&config, &client)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -149,37 +114,30 @@ fn main() -> Result<()> {
             reason,
             until,
             force,
-        } => {
-            let client = Client::new(&Config::load(&config)?)?;
-            let path = format!(
-                "/v1/regions/{region}/drain{}",
-                if force { "?force=true" } else { "" }
-            );
-            print(&client.post(&path, Some(json!({ "reason": reason, "until": until })))?)?;
-        }
-        Command::Undrain { region } => {
-            let client = Client::new(&Config::load(&config)?)?;
-            print(&client.post(&format!("/v1/regions/{region}/undrain"), None)?)?;
-        }
-        Command::Status => {
-            let client = Client::new(&Config::load(&config)?)?;
-            print(&client.get("/v1/regions")?)?;
-        }
+        } => print(&cli::drain(
+            &config,
+            &region,
+            &reason,
+            until.as_deref(),
+            force,
+        )?)?,
+        Command::Undrain { region } => print(&cli::undrain(&config, &region)?)?,
+        Command::Status => print(&cli::client(&config)?.get("/v1/regions")?)?,
         Command::Site { action } => site(&config, action)?,
         Command::AuthVerify { file } => {
-            let ok = auth_verify(&config, &file)?;
+            let ok = cli::auth_verify(&config, &file)?;
             std::process::exit(if ok { 0 } else { 1 });
         }
     }
     Ok(())
 }
 
-fn site(config: &Path, action: SiteCommand) -> Result<()> {
-    let cfg = Config::load(config)?;
+fn site(config: &std::path::Path, action: SiteCommand) -> Result<()> {
     if let SiteCommand::Export { dir, region } = action {
-        return export(config, &cfg, &dir, region.as_deref());
+        println!("{}", cli::export(config, &dir, region.as_deref())?);
+        return Ok(());
     }
-    let client = Client::new(&cfg)?;
+    let client = cli::client(config)?;
     match action {
         SiteCommand::Create => print(&client.post("/v1/sites", None)?),
         SiteCommand::Show { uuid } => print(&client.get(&format!("/v1/sites/{uuid}"))?),
@@ -201,45 +159,4 @@ fn site(config: &Path, action: SiteCommand) -> Result<()> {
         }
         SiteCommand::Export { .. } => unreachable!("handled above"),
     }
-}
-
-fn provision(cfg: &Config) -> Result<&mgnt::config::ProvisionConfig> {
-    cfg.provision
-        .as_ref()
-        .context("provisioning is off: the config has no [provision] table")
-}
-
-fn export(config: &Path, cfg: &Config, dir: &Path, region: Option<&str>) -> Result<()> {
-    let p = provision(cfg)?;
-    let store = SqliteStore::open_for_checks(&p.data_dir.join("tunnels.db"))?;
-    let done = mgnt::tunnels::export::export_store(&store, p, config, dir)?;
-    println!(
-        "{}: {} tunnels{}, {} stale files removed",
-        dir.display(),
-        done.tunnels,
-        region.map(|r| format!(" for {r}")).unwrap_or_default(),
-        done.removed
-    );
-    Ok(())
-}
-
-/// Reads OpenVPN's via-file (username, then password) and checks it.
-fn auth_verify(config: &Path, file: &Path) -> Result<bool> {
-    let cfg = Config::load(config)?;
-    let p = provision(&cfg)?;
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let mut lines = text.lines();
-    let (user, password) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
-    let store = SqliteStore::open_for_checks(&p.data_dir.join("tunnels.db"))?;
-    let site = store.verify(user, password)?;
-    let attempt = Attempt {
-        time: state::now(),
-        username: user.chars().take(64).collect(),
-        site: site.as_ref().map(|s| s.uuid),
-        ok: site.is_some(),
-        source: std::env::var("untrusted_ip").ok(),
-    };
-    store.record_attempt(&attempt)?;
-    Ok(site.is_some())
 }

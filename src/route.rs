@@ -146,20 +146,31 @@ pub fn rank(
     r
 }
 
-/// Takes the first serving region of `ranking`; fails open to the first entry.
-///
-/// `located` says whether the ranking came from the client's position (else
-/// it is the configured order).
-///
-/// # Panics
-/// Never for a non-empty ranking; config validation guarantees every geo name has a region.
-pub fn decide(ranking: &[Ranked], located: bool, states: &[RegionState]) -> Decision {
-    decide_by(
-        ranking.len(),
-        |i| (ranking[i].region, ranking[i].overridden),
-        located,
-        states,
-    )
+/// Serving state per region, indexed like the regions of the data it was
+/// built for (a snapshot's own indices: never read with another load's data).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegionView {
+    pub states: Vec<RegionState>,
+}
+
+impl RegionView {
+    /// Every region serving: the state before any health information exists.
+    pub fn all_serving(regions: usize) -> Self {
+        Self {
+            states: vec![RegionState::default(); regions],
+        }
+    }
+
+    /// Whether `region` may answer; a region the view does not know serves.
+    pub fn serving(&self, region: usize) -> bool {
+        self.states.get(region).is_none_or(|s| s.serving)
+    }
+}
+
+/// Takes the first serving region of `order` ("which", after "where" has
+/// ordered the regions); fails open to the first entry when none serves.
+pub fn decide(order: &Order, view: &RegionView) -> Decision {
+    order.decide(&view.states)
 }
 
 /// [`decide`] over `len` candidates given as (region, overridden), best first.
@@ -193,7 +204,7 @@ fn decide_by(
 
 /// A ranking reduced to what [`decide`] reads (region order, overrides, and
 /// whether the client was located): 40 bytes instead of a ranking's 520, so
-/// route caches hold more in less memory.
+/// the orders of a whole GeoIP database fit in a small interned table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Order {
     regions: [u16; MAX_REGIONS],
@@ -218,7 +229,14 @@ impl Order {
         Some(o)
     }
 
-    pub fn decide(&self, states: &[RegionState]) -> Decision {
+    /// The regions, best first.
+    pub fn regions(&self) -> impl Iterator<Item = usize> + '_ {
+        self.regions[..usize::from(self.len)]
+            .iter()
+            .map(|&r| usize::from(r))
+    }
+
+    fn decide(&self, states: &[RegionState]) -> Decision {
         decide_by(
             usize::from(self.len),
             |i| {
@@ -258,6 +276,16 @@ mod tests {
 
     fn at(lat: f64, lon: f64) -> Option<Coord> {
         Some(Coord { lat, lon })
+    }
+
+    /// The decision over a full ranking, as [`Order`] must reproduce it.
+    fn decide(ranking: &[Ranked], located: bool, states: &[RegionState]) -> Decision {
+        decide_by(
+            ranking.len(),
+            |i| (ranking[i].region, ranking[i].overridden),
+            located,
+            states,
+        )
     }
 
     fn nearest(client: Option<Coord>) -> usize {
@@ -372,9 +400,10 @@ mod tests {
                                 serving: mask & (1 << i) != 0,
                             })
                             .collect();
+                        let view = RegionView { states };
                         assert_eq!(
-                            order.decide(&states),
-                            decide(&ranking, located, &states),
+                            super::decide(&order, &view),
+                            decide(&ranking, located, &view.states),
                             "{client:?} {preferred:?} {mask:04b}"
                         );
                     }

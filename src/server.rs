@@ -1,23 +1,16 @@
-//! `mgnt serve`: wires the DNS listeners, health checks, state and admin API
-//! together, and reloads them on request.
+//! `mgnt serve`: starts the state owner, the DNS listeners, the admin API and
+//! log ingestion, and turns signals into commands.
 
-use std::{
-    path::PathBuf,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-};
+use std::{path::PathBuf, sync::Arc};
 
-use serde::Serialize;
 use tracing::{error, info, warn};
 
 use crate::{
     admin::{self, auth::Tokens},
-    config::{Config, ConfigError},
-    dns::{Data, LoadError, answer::Responder, listen},
-    health::{Health, HealthTable},
-    state::{self, RegionView, Shared},
+    config::Config,
+    dns::{LoadError, answer::Responder},
+    listen,
+    state::{self, StateError, store::FileStore},
     tunnels::store::{SqliteStore, Store, StoreError},
     vpnlog::service::VpnLog,
 };
@@ -42,110 +35,8 @@ pub enum ServeError {
         file: PathBuf,
         source: crate::tunnels::store::StoreError,
     },
-}
-
-/// A running server: what the admin API and signals act on.
-pub struct Server {
-    pub config_path: PathBuf,
-    pub shared: Arc<Shared>,
-    pub health: Arc<Health>,
-    /// Serialises reloads and drain changes: operator actions apply one at a time.
-    pub admin_lock: tokio::sync::Mutex<()>,
-    pub reloads: AtomicU64,
-    pub reload_failures: AtomicU64,
-    /// Provisioning's store, when `[provision]` is configured.
-    pub tunnels: Option<Arc<dyn Store>>,
-    /// Log ingestion and its store, when `[vpnlog]` is configured.
-    pub vpnlog: Option<VpnLog>,
-}
-
-/// What a successful reload loaded.
-#[derive(Debug, Serialize)]
-pub struct ReloadReport {
-    pub zones: usize,
-    pub geo_names: usize,
-    pub regions: usize,
-    pub geoip_build_epoch: u64,
-    /// Changed settings that only take effect after a restart.
-    pub needs_restart: Vec<String>,
-}
-
-fn load(path: &std::path::Path) -> Result<Data, LoadError> {
-    Data::load(Config::load(path)?)
-}
-
-impl Server {
-    pub fn responder(&self) -> &Arc<Responder> {
-        &self.shared.responder
-    }
-
-    /// Re-reads config, zones and GeoIP database; everything is validated before
-    /// anything is swapped, so on any error the old data keeps serving.
-    pub async fn reload(&self) -> Result<ReloadReport, LoadError> {
-        let _one_at_a_time = self.admin_lock.lock().await;
-        let path = self.config_path.clone();
-        let loaded = tokio::task::spawn_blocking(move || load(&path))
-            .await
-            .unwrap_or_else(|e| {
-                Err(LoadError::Config(ConfigError::Parse {
-                    file: self.config_path.clone(),
-                    message: format!("reload task failed: {e}"),
-                }))
-            });
-        let mut data = match loaded {
-            Ok(d) => d,
-            Err(e) => {
-                self.reload_failures.fetch_add(1, Ordering::Relaxed);
-                error!(error = %e, "reload failed; still serving the previous data");
-                return Err(e);
-            }
-        };
-        let responder = self.responder();
-        let old = responder.data.load_full();
-        data.inherit_counters(&old);
-        let needs_restart = restart_only_changes(&old.config, &data.config);
-        for key in &needs_restart {
-            warn!(key, "changed in the config; takes effect after a restart");
-        }
-        let report = ReloadReport {
-            zones: data.zones.zones.len(),
-            geo_names: data.geo.len(),
-            regions: data.config.regions.len(),
-            geoip_build_epoch: data.geodb.build_epoch(),
-            needs_restart,
-        };
-        let config = data.config.clone();
-        self.health.restart(&config);
-        let view = state::compose(
-            &self.shared.health.load(),
-            &self.shared.drains.load(),
-            state::now(),
-        );
-        // Data and view of the same region list, stored back to back.
-        responder.data.store(Arc::new(data));
-        responder.view.store(Arc::new(view));
-        let _ = self.shared.publish().await;
-        self.reloads.fetch_add(1, Ordering::Relaxed);
-        info!(?report, "reloaded");
-        Ok(report)
-    }
-}
-
-fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
-    let mut out = Vec::new();
-    if old.dns.listen != new.dns.listen {
-        out.push("dns.listen".to_owned());
-    }
-    if old.api.listen != new.api.listen {
-        out.push("api.listen".to_owned());
-    }
-    if old.health.state_file != new.health.state_file {
-        out.push("health.state_file".to_owned());
-    }
-    if old.vpnlog != new.vpnlog {
-        out.push("vpnlog".to_owned());
-    }
-    out
+    #[error("the state owner stopped: {0}")]
+    StateOwner(String),
 }
 
 /// Opens the tunnel store in `[provision] data_dir`, if provisioning is on.
@@ -174,7 +65,7 @@ async fn start_vpnlog(config: &Config) -> Result<Option<VpnLog>, ServeError> {
 }
 
 /// Writes the OpenVPN files once at start when `[provision] export_dir` is set.
-fn export_at_start(config: &Config, config_path: &std::path::Path, store: Option<&dyn Store>) {
+fn export_at_start(config: &Config, store: Option<&dyn Store>) {
     let p = config.provision.as_ref();
     let Some((store, p, dir)) = store
         .zip(p)
@@ -182,16 +73,17 @@ fn export_at_start(config: &Config, config_path: &std::path::Path, store: Option
     else {
         return;
     };
-    match crate::tunnels::export::export_store(store, p, config_path, dir) {
+    match crate::tunnels::export::export_store(store, p, &config.file, dir) {
         Ok(e) => info!(dir = %dir.display(), tunnels = e.tunnels, "exported the OpenVPN files"),
         Err(e) => warn!(error = %e, "exporting the OpenVPN files failed"),
     }
 }
 
-/// Serves until SIGINT or SIGTERM; SIGHUP reloads.
+/// Serves until SIGINT or SIGTERM; SIGHUP reloads. Fails if the state owner
+/// ever stops, rather than leave the API waiting on it.
 pub async fn run(config_path: PathBuf) -> Result<(), ServeError> {
     let path = config_path.clone();
-    let data = tokio::task::spawn_blocking(move || load(&path))
+    let data = tokio::task::spawn_blocking(move || state::load(&path))
         .await
         .expect("loading task panicked")?;
     let config = data.config.clone();
@@ -199,34 +91,24 @@ pub async fn run(config_path: PathBuf) -> Result<(), ServeError> {
     if let admin::auth::Origin::Created(file) = origin {
         info!(file = %file.display(), "created an admin API token");
     }
-    let saved = state::file::load(&config.health.state_file);
-    let health_table = HealthTable::initial(&config, saved.as_ref());
-    let drains = saved.map(|s| s.drains).unwrap_or_default();
-    let responder = Arc::new(Responder::new(
+    let store = FileStore {
+        state_file: config.health.state_file.clone(),
+        audit_log: config.api.audit_log.clone(),
+    };
+    let (state, mut owner) = state::start(
         data,
-        RegionView::all_serving(config.regions.len()),
-    ));
-    let shared = Shared::start(
-        responder.clone(),
-        health_table,
-        drains,
-        config.health.state_file.clone(),
-    );
-    let (bound, _dns_tasks) = listen::start(&config.dns, responder).map_err(ServeError::Dns)?;
-    let health = Health::start(&config, shared.clone());
-    let tunnels = open_store(&config)?;
-    export_at_start(&config, &config_path, tunnels.as_deref());
-    let vpnlog = start_vpnlog(&config).await?;
-    let server = Arc::new(Server {
         config_path,
-        shared,
-        health,
-        admin_lock: tokio::sync::Mutex::new(()),
-        reloads: AtomicU64::new(0),
-        reload_failures: AtomicU64::new(0),
-        tunnels,
-        vpnlog,
-    });
+        Box::new(store),
+        true,
+        state::system_clock(),
+    )
+    .await;
+    let responder = Arc::new(Responder::default());
+    let (bound, _dns_tasks) =
+        listen::start(&config.dns, state.reader(), responder.clone()).map_err(ServeError::Dns)?;
+    let tunnels = open_store(&config)?;
+    export_at_start(&config, tunnels.as_deref());
+    let vpnlog = start_vpnlog(&config).await?;
     let api = tokio::net::TcpListener::bind(config.api.listen)
         .await
         .map_err(|source| ServeError::Api {
@@ -237,19 +119,36 @@ pub async fn run(config_path: PathBuf) -> Result<(), ServeError> {
         addr: config.api.listen,
         source,
     })?;
-    tokio::spawn(admin::serve(api, server.clone(), tokens));
+    let cx = admin::Context {
+        state: state.clone(),
+        responder,
+        tunnels,
+        vpnlog,
+    };
+    tokio::spawn(admin::serve(api, cx, tokens));
     for addr in &bound {
         info!(%addr, "serving DNS over UDP and TCP");
         println!("listening dns {addr}");
     }
     info!(addr = %api_addr, "serving the admin API");
     println!("listening api {api_addr}");
-    signals(server).await;
-    info!("shutting down");
-    Ok(())
+    tokio::select! {
+        () = signals(&state) => {
+            info!("shutting down");
+            Ok(())
+        }
+        ended = &mut owner => {
+            let why = match ended {
+                Ok(()) => "it returned".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            error!(%why, "the state owner stopped; exiting");
+            Err(ServeError::StateOwner(why))
+        }
+    }
 }
 
-async fn signals(server: Arc<Server>) {
+async fn signals(state: &state::Handle) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -264,7 +163,11 @@ async fn signals(server: Arc<Server>) {
             _ = term.recv() => return,
             _ = hup.recv() => {
                 info!("SIGHUP: reloading");
-                let _ = server.reload().await;
+                match state.reload("SIGHUP").await {
+                    Ok(report) => info!(?report, "reloaded"),
+                    Err(StateError::Load(_)) => {} // logged by the owner
+                    Err(error) => error!(%error, "reload failed"),
+                }
             }
         }
     }

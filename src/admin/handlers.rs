@@ -1,4 +1,4 @@
-//! Route handlers: parse, act through [`crate::server::Server`], answer JSON.
+//! Route handlers: parse, read a state snapshot or ask the state owner, answer JSON.
 
 use std::{net::IpAddr, sync::Arc, time::SystemTime};
 
@@ -12,13 +12,12 @@ use axum::{
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tracing::{info, warn};
 
-use super::{Api, Caller, audit, metrics_text};
+use super::{Api, Caller, metrics_text};
 use crate::{
     explain::{HealthLine, explain as explain_client},
     metrics::REASONS,
-    state::{self, DrainRecord, Drains},
+    state::{self, DrainRequest, StateError},
 };
 
 /// Longest drain reason kept.
@@ -33,30 +32,27 @@ pub async fn healthz() -> &'static str {
 }
 
 #[derive(Serialize)]
-struct RegionReport {
-    name: String,
+struct RegionReport<'a> {
+    name: &'a str,
     host: String,
     location: crate::route::Coord,
     serving: bool,
     health: HealthLine,
     probe_results: Vec<crate::health::probe::TargetResult>,
-    drain: Option<DrainRecord>,
+    drain: &'a Option<state::DrainRecord>,
     answers: serde_json::Map<String, serde_json::Value>,
 }
 
 pub async fn regions(State(api): State<Arc<Api>>) -> Response {
-    let shared = &api.server.shared;
-    let data = shared.responder.data.load();
-    let view = shared.responder.view.load();
-    let health = shared.health.load();
-    let drains = shared.drains.load();
-    let now = state::now();
+    let snapshot = api.cx.state.snapshot();
+    let data = &snapshot.data;
     let regions: Vec<RegionReport> = data
         .config
         .regions
         .iter()
+        .zip(&snapshot.regions)
         .enumerate()
-        .map(|(i, r)| {
+        .map(|(i, (r, status))| {
             let counters = &data.counters[i];
             let mut answers = serde_json::Map::new();
             answers.insert("total".into(), counters.total().into());
@@ -66,17 +62,18 @@ pub async fn regions(State(api): State<Arc<Api>>) -> Response {
                 answers.insert(key, counters.get(reason).into());
             }
             RegionReport {
-                name: r.name.clone(),
+                name: &status.name,
                 host: r.host.to_string(),
                 location: r.location,
-                serving: view.states.get(i).is_none_or(|s| s.serving),
-                health: HealthLine::of(&health, i),
-                probe_results: health.regions[i]
+                serving: status.serving,
+                health: HealthLine::of(&status.health),
+                probe_results: status
+                    .health
                     .last
                     .as_ref()
                     .map(|l| l.results.clone())
                     .unwrap_or_default(),
-                drain: drains.0.get(&r.name).filter(|d| d.active(now)).cloned(),
+                drain: &status.drain,
                 answers,
             }
         })
@@ -131,66 +128,44 @@ pub async fn drain(
     Query(force): Query<Force>,
     body: Bytes,
 ) -> Response {
-    let server = &api.server;
-    let shared = &server.shared;
-    let data = shared.responder.data.load();
-    let Some(index) = data.config.region_index(&name) else {
+    if api
+        .cx
+        .state
+        .snapshot()
+        .data
+        .config
+        .region_index(&name)
+        .is_none()
+    {
         return error(StatusCode::NOT_FOUND, format!("no region `{name}`"));
-    };
-    let now = state::now();
-    let (reason, until) = match parse_drain(&body, now) {
+    }
+    let (reason, until) = match parse_drain(&body, state::now()) {
         Ok(p) => p,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    let _one_at_a_time = server.admin_lock.lock().await;
-    let previous = shared.drains.load_full();
-    let mut drains = Drains::clone(&previous);
-    let record = DrainRecord {
-        reason: reason.clone(),
-        by: caller.0.clone(),
-        since: now,
-        until,
-    };
-    drains.0.insert(name.clone(), record.clone());
-    let view = state::compose(&shared.health.load(), &drains, now);
-    let geo_regions: Vec<&[usize]> = data.geo.iter().map(|g| g.spec.regions.as_slice()).collect();
-    let stranded: Vec<String> = state::stranded(&geo_regions, &view)
-        .into_iter()
-        .filter(|&g| data.geo[g].spec.regions.contains(&index))
-        .map(|g| data.geo[g].spec.name.to_string())
-        .collect();
-    let audit_entry = |outcome| audit::Entry {
-        time: now,
-        token: &caller.0,
-        action: "drain",
-        region: Some(&name),
-        reason: Some(&reason),
+    let request = DrainRequest {
+        reason,
         until,
         force: force.force,
-        outcome,
+        by: caller.0,
     };
-    if !stranded.is_empty() && !force.force {
-        record_audit(&api, &audit_entry("refused: last serving region"));
-        let message = format!(
-            "`{name}` is the last serving region of {}; add ?force=true to drain it anyway (answers then fail open)",
-            stranded.join(", ")
-        );
-        return (
-            StatusCode::CONFLICT,
-            Json(json!({ "error": message, "geo_names": stranded })),
-        )
-            .into_response();
+    match api.cx.state.drain(&name, request).await {
+        Ok(record) => {
+            Json(json!({ "region": name, "drained": true, "drain": record })).into_response()
+        }
+        Err(StateError::LastServing { region, geo_names }) => {
+            let message = format!(
+                "`{region}` is the last serving region of {}; add ?force=true to drain it anyway (answers then fail open)",
+                geo_names.join(", ")
+            );
+            (
+                StatusCode::CONFLICT,
+                Json(json!({ "error": message, "geo_names": geo_names })),
+            )
+                .into_response()
+        }
+        Err(e) => state_error(&e),
     }
-    if let Err(e) = commit_drains(shared, drains, previous).await {
-        record_audit(&api, &audit_entry("failed: state file not written"));
-        return error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("drain not applied: {e}"),
-        );
-    }
-    record_audit(&api, &audit_entry("drained"));
-    info!(region = %name, by = %caller.0, %reason, ?until, "region drained");
-    Json(json!({ "region": name, "drained": true, "drain": record })).into_response()
 }
 
 pub async fn undrain(
@@ -198,50 +173,23 @@ pub async fn undrain(
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Response {
-    let server = &api.server;
-    let shared = &server.shared;
-    if shared
-        .responder
-        .data
-        .load()
-        .config
-        .region_index(&name)
-        .is_none()
-    {
-        return error(StatusCode::NOT_FOUND, format!("no region `{name}`"));
+    match api.cx.state.undrain(&name, &caller.0).await {
+        Ok(was) => Json(json!({ "region": name, "drained": false, "was_drained": was.is_some() }))
+            .into_response(),
+        Err(e) => state_error(&e),
     }
-    let _one_at_a_time = server.admin_lock.lock().await;
-    let previous = shared.drains.load_full();
-    let mut drains = Drains::clone(&previous);
-    let was = drains.0.remove(&name);
-    let now = state::now();
-    let entry = |outcome| audit::Entry {
-        time: now,
-        token: &caller.0,
-        action: "undrain",
-        region: Some(&name),
-        reason: None,
-        until: None,
-        force: false,
-        outcome,
+}
+
+/// The status for an error of the state owner.
+fn state_error(e: &StateError) -> Response {
+    let status = match e {
+        StateError::NoRegion(_) => StatusCode::NOT_FOUND,
+        StateError::LastServing { .. } => StatusCode::CONFLICT,
+        StateError::Load(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        StateError::Persist(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        StateError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
     };
-    if let Err(e) = commit_drains(shared, drains, previous).await {
-        record_audit(&api, &entry("failed: state file not written"));
-        return error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("undrain not applied: {e}"),
-        );
-    }
-    record_audit(
-        &api,
-        &entry(if was.is_some() {
-            "undrained"
-        } else {
-            "was not drained"
-        }),
-    );
-    info!(region = %name, by = %caller.0, "region undrained");
-    Json(json!({ "region": name, "drained": false, "was_drained": was.is_some() })).into_response()
+    error(status, e.to_string())
 }
 
 #[derive(Deserialize)]
@@ -267,48 +215,24 @@ pub async fn explain(State(api): State<Arc<Api>>, Query(q): Query<ExplainQuery>)
         Ok(c) => c,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    let shared = &api.server.shared;
-    let data = shared.responder.data.load();
-    let report = explain_client(
-        &data,
-        &shared.health.load(),
-        &shared.responder.view.load(),
-        client,
-    );
+    let report = explain_client(&api.cx.state.snapshot(), client);
     Json(report).into_response()
 }
 
 pub async fn reload(State(api): State<Arc<Api>>, Extension(caller): Extension<Caller>) -> Response {
-    let result = api.server.reload().await;
-    let outcome = match &result {
-        Ok(_) => "reloaded".to_owned(),
-        Err(e) => format!("failed: {e}"),
-    };
-    record_audit(
-        &api,
-        &audit::Entry {
-            time: state::now(),
-            token: &caller.0,
-            action: "reload",
-            region: None,
-            reason: None,
-            until: None,
-            force: false,
-            outcome: &outcome,
-        },
-    );
-    match result {
+    match api.cx.state.reload(&caller.0).await {
         Ok(report) => Json(json!({ "reloaded": true, "report": report })).into_response(),
-        Err(e) => (
+        Err(StateError::Load(e)) => (
             StatusCode::UNPROCESSABLE_ENTITY,
             Json(json!({ "reloaded": false, "error": e.to_string(), "serving": "the previous data" })),
         )
             .into_response(),
+        Err(e) => state_error(&e),
     }
 }
 
 pub async fn metrics(State(api): State<Arc<Api>>) -> Response {
-    let body = metrics_text::render(&api.server);
+    let body = metrics_text::render(&api.cx);
     (
         [(
             header::CONTENT_TYPE,
@@ -317,29 +241,6 @@ pub async fn metrics(State(api): State<Arc<Api>>) -> Response {
         body,
     )
         .into_response()
-}
-
-/// Makes `drains` current only once the state file holds them; on a write
-/// error the previous drains are restored, so nothing unpersisted is served.
-async fn commit_drains(
-    shared: &state::Shared,
-    drains: Drains,
-    previous: Arc<Drains>,
-) -> Result<(), String> {
-    shared.drains.store(Arc::new(drains));
-    if let Err(e) = shared.publish().await {
-        shared.drains.store(previous);
-        let _ = shared.publish().await;
-        return Err(format!("cannot write the state file: {e}"));
-    }
-    Ok(())
-}
-
-fn record_audit(api: &Api, entry: &audit::Entry) {
-    let path = &api.server.shared.responder.data.load().config.api.audit_log;
-    if let Err(e) = audit::append(path, entry) {
-        warn!(file = %path.display(), error = %e, "cannot append to the audit log");
-    }
 }
 
 #[cfg(test)]

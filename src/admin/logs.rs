@@ -32,7 +32,7 @@ const DAY: u64 = 24 * 3600;
 
 /// Log ingestion, or the reason it cannot answer.
 fn vpnlog(api: &Api) -> Result<&VpnLog, Fail> {
-    api.server.vpnlog.as_ref().ok_or_else(|| {
+    api.cx.vpnlog.as_ref().ok_or_else(|| {
         Fail(
             StatusCode::NOT_FOUND,
             "log ingestion is off: the config has no [vpnlog] table".into(),
@@ -108,13 +108,7 @@ pub async fn summary(
     Path(region): Path<String>,
     Query(q): Query<Since>,
 ) -> Response {
-    let known = api
-        .server
-        .responder()
-        .data
-        .load()
-        .config
-        .region_index(&region);
+    let known = api.cx.state.snapshot().data.config.region_index(&region);
     if known.is_none() {
         return Fail(StatusCode::NOT_FOUND, format!("no region `{region}`")).into();
     }

@@ -2,21 +2,17 @@
 
 use std::{collections::BTreeMap, fmt::Write as _, sync::atomic::Ordering::Relaxed};
 
+use super::Context;
 use crate::{
     metrics::{REASONS, help},
-    server::Server,
-    state,
     vpnlog::ingest::RegionLive,
 };
 
-pub fn render(server: &Server) -> String {
+pub fn render(cx: &Context) -> String {
     let mut out = String::with_capacity(8 * 1024);
-    let shared = &server.shared;
-    let data = shared.responder.data.load();
-    let view = shared.responder.view.load();
-    let drains = shared.drains.load();
-    let now = state::now();
-    shared.responder.queries.render(&mut out);
+    let snapshot = cx.state.snapshot();
+    let data = &snapshot.data;
+    cx.responder.queries.render(&mut out);
 
     help(
         &mut out,
@@ -48,31 +44,29 @@ pub fn render(server: &Server) -> String {
         "gauge",
         "1 when an operator drained the region.",
     );
-    for (i, region) in data.config.regions.iter().enumerate() {
-        let serving = view.states.get(i).is_none_or(|s| s.serving);
-        let drained = drains.is_drained(&region.name, now);
+    for status in &snapshot.regions {
         let _ = writeln!(
             out,
             "mgnt_region_serving{{region=\"{}\"}} {}",
-            region.name,
-            u8::from(serving)
+            status.name,
+            u8::from(status.serving)
         );
         let _ = writeln!(
             out,
             "mgnt_region_drained{{region=\"{}\"}} {}",
-            region.name,
-            u8::from(drained)
+            status.name,
+            u8::from(status.drain.is_some())
         );
     }
 
-    let health = &server.health;
+    let counters = cx.state.counters();
     help(
         &mut out,
         "mgnt_probes_total",
         "counter",
         "Probe results by region, kind and result.",
     );
-    let probes = health.probes.lock().unwrap_or_else(|p| p.into_inner());
+    let probes = counters.probes.lock().unwrap_or_else(|p| p.into_inner());
     for ((region, kind), stats) in probes.iter() {
         let kind = format!("{kind:?}").to_lowercase();
         let _ = writeln!(
@@ -102,33 +96,59 @@ pub fn render(server: &Server) -> String {
     }
     drop(probes);
 
-    let counters = [
+    let totals = [
         (
             "mgnt_health_transitions_total",
             "Region health state changes.",
-            health.transitions.load(Relaxed),
+            counters.transitions.load(Relaxed),
         ),
         (
             "mgnt_fail_open_total",
             "Times a geo name had no serving region and failed open.",
-            shared.fail_open_events.load(Relaxed),
+            counters.fail_open_events.load(Relaxed),
         ),
         (
             "mgnt_reloads_total",
             "Successful reloads.",
-            server.reloads.load(Relaxed),
+            counters.reloads.load(Relaxed),
         ),
         (
             "mgnt_reload_failures_total",
             "Reloads refused; the previous data kept serving.",
-            server.reload_failures.load(Relaxed),
+            counters.reload_failures.load(Relaxed),
+        ),
+        (
+            "mgnt_state_publishes_total",
+            "Snapshots published by the state owner.",
+            counters.publishes.load(Relaxed),
+        ),
+        (
+            "mgnt_state_persist_failures_total",
+            "Batches of region state that could not be persisted.",
+            counters.persist_failures.load(Relaxed),
         ),
     ];
-    for (name, text, value) in counters {
+    for (name, text, value) in totals {
         help(&mut out, name, "counter", text);
         let _ = writeln!(out, "{name} {value}");
     }
-    if let Some(v) = &server.vpnlog {
+    let gauges = [
+        (
+            "mgnt_state_generation",
+            "The loaded configuration's generation (1 at start, one more per reload).",
+            counters.generation.load(Relaxed),
+        ),
+        (
+            "mgnt_state_queue_depth",
+            "Commands and probe reports waiting for the state owner.",
+            cx.state.queue_depth() as u64,
+        ),
+    ];
+    for (name, text, value) in gauges {
+        help(&mut out, name, "gauge", text);
+        let _ = writeln!(out, "{name} {value}");
+    }
+    if let Some(v) = &cx.vpnlog {
         let ingest = &v.ingest;
         help(
             &mut out,
@@ -176,7 +196,7 @@ pub fn render(server: &Server) -> String {
     let _ = writeln!(
         out,
         "mgnt_geoip_build_epoch_seconds {}",
-        data.geodb.build_epoch()
+        data.maps.db().build_epoch()
     );
     out
 }

@@ -4,7 +4,6 @@
 //! The router is built from [`routes`], the same table the OpenAPI test
 //! compares with `openapi.json`, so no route goes undocumented.
 
-pub mod audit;
 pub mod auth;
 pub mod client;
 mod fail;
@@ -25,15 +24,27 @@ use axum::{
 };
 use tracing::error;
 
-use crate::server::Server;
+use crate::{dns::answer::Responder, state, tunnels::store::Store, vpnlog::service::VpnLog};
 use auth::Tokens;
 
 /// Largest request body accepted; drain reasons are short.
 const MAX_BODY: usize = 16 * 1024;
 
+/// What the API reads and acts on; built by `mgnt serve`.
+pub struct Context {
+    /// Region state: snapshots to read, the owner to send drains and reloads to.
+    pub state: state::Handle,
+    /// The DNS responder, for its query counters.
+    pub responder: Arc<Responder>,
+    /// Provisioning's store, when `[provision]` is configured.
+    pub tunnels: Option<Arc<dyn Store>>,
+    /// Log ingestion and its store, when `[vpnlog]` is configured.
+    pub vpnlog: Option<VpnLog>,
+}
+
 /// Shared by every handler.
 pub struct Api {
-    pub server: Arc<Server>,
+    pub cx: Context,
     tokens: Tokens,
 }
 
@@ -105,8 +116,8 @@ pub fn public_routes() -> Vec<Route> {
     vec![(Method::GET, "/healthz", get(handlers::healthz))]
 }
 
-pub fn router(server: Arc<Server>, tokens: Tokens) -> Router {
-    let api = Arc::new(Api { server, tokens });
+pub fn router(cx: Context, tokens: Tokens) -> Router {
+    let api = Arc::new(Api { cx, tokens });
     let protected = routes()
         .into_iter()
         .fold(Router::new(), |r, (_, path, handler)| {
@@ -124,8 +135,8 @@ pub fn router(server: Arc<Server>, tokens: Tokens) -> Router {
         .with_state(api)
 }
 
-pub async fn serve(listener: tokio::net::TcpListener, server: Arc<Server>, tokens: Tokens) {
-    if let Err(e) = axum::serve(listener, router(server, tokens)).await {
+pub async fn serve(listener: tokio::net::TcpListener, cx: Context, tokens: Tokens) {
+    if let Err(e) = axum::serve(listener, router(cx, tokens)).await {
         error!(error = %e, "admin API stopped");
     }
 }

@@ -29,7 +29,7 @@ use crate::{
 
 /// The store, or the reason provisioning cannot answer.
 fn store(api: &Api) -> Result<Arc<dyn Store>, Fail> {
-    api.server.tunnels.clone().ok_or_else(|| {
+    api.cx.tunnels.clone().ok_or_else(|| {
         Fail(
             StatusCode::NOT_FOUND,
             "provisioning is off: the config has no [provision] table".into(),
@@ -55,14 +55,14 @@ async fn blocking<T: Send + 'static>(
 /// Rewrites the OpenVPN server files after a change, when `export_dir` is set,
 /// so a new tunnel can connect and a deleted one cannot.
 async fn reexport(api: &Api, store: Arc<dyn Store>) {
-    let data = api.server.responder().data.load_full();
+    let data = api.cx.state.snapshot().data.clone();
     let Some(p) = data.config.provision.clone() else {
         return;
     };
     let Some(dir) = p.export_dir.clone() else {
         return;
     };
-    let config_file = api.server.config_path.clone();
+    let config_file = data.config.file.clone();
     let done = tokio::task::spawn_blocking(move || {
         export::export_store(store.as_ref(), &p, &config_file, &dir)
     })
@@ -133,7 +133,7 @@ pub struct VersionQuery {
 
 /// The script installing `job` on a router of `version`.
 fn script(api: &Api, site: &Site, job: &Job, version: Option<&str>) -> Response {
-    let Some(provision) = api.server.responder().data.load().config.provision.clone() else {
+    let Some(provision) = api.cx.state.snapshot().data.config.provision.clone() else {
         return error(StatusCode::NOT_FOUND, "provisioning is off");
     };
     let version = match Version::parse(version.unwrap_or("7")) {

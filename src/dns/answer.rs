@@ -12,7 +12,6 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use arc_swap::ArcSwap;
 use hickory_proto::{
     op::{Edns, Message, Metadata, OpCode, ResponseCode},
     rr::{
@@ -28,15 +27,18 @@ use hickory_server::{
 };
 
 use super::{Data, GeoTable, ecs};
-use crate::{metrics::QueryCounters, state::RegionView};
+use crate::{
+    locate::Client,
+    metrics::QueryCounters,
+    route::{self, RegionView},
+};
 
-/// Answers queries against the current data and region states.
+/// Answers queries (the full path) and counts them.
 ///
-/// Both are swapped whole by writers (reload, health, drain); a query loads
-/// each once, so it sees one consistent version of either.
+/// The data and region view are the caller's, taken from one state snapshot,
+/// so a query never mixes one load's data with another's view.
+#[derive(Default)]
 pub struct Responder {
-    pub data: ArcSwap<Data>,
-    pub view: ArcSwap<RegionView>,
     pub queries: QueryCounters,
 }
 
@@ -48,18 +50,13 @@ struct Ctx<'a> {
 }
 
 impl Responder {
-    pub fn new(data: Data, view: RegionView) -> Self {
-        Self {
-            data: ArcSwap::from_pointee(data),
-            view: ArcSwap::from_pointee(view),
-            queries: QueryCounters::default(),
-        }
-    }
-
-    /// Builds the response to `raw`, or `None` when nothing must be sent
-    /// (fewer than 12 bytes, or a message that is itself a response).
+    /// Builds the response to `raw` from `data` and `view`, or `None` when
+    /// nothing must be sent (fewer than 12 bytes, or a message that is itself
+    /// a response).
     pub async fn respond(
         &self,
+        data: &Data,
+        view: &RegionView,
         raw: &[u8],
         src: SocketAddr,
         protocol: Protocol,
@@ -76,83 +73,79 @@ impl Responder {
             }
         };
         let qtype = request.queries.queries().first().map(|q| q.query_type());
-        let (bytes, rcode) = self.answer(&request, raw, src, protocol).await;
+        let (bytes, rcode) = answer(data, view, &request, raw, src, protocol).await;
         self.queries.count(qtype, rcode);
         Some(bytes)
     }
+}
 
-    /// The response to a parsed request, and its RCODE (for the counters).
-    async fn answer(
-        &self,
-        request: &Request,
-        raw: &[u8],
-        src: SocketAddr,
-        protocol: Protocol,
-    ) -> (Vec<u8>, ResponseCode) {
-        let data = self.data.load();
-        let max_udp = usize::from(data.config.dns.max_udp_payload);
-        let limit = match protocol {
-            Protocol::Udp => request
-                .edns
-                .as_ref()
-                .map_or(512, |e| usize::from(e.max_payload()).clamp(512, max_udp)),
-            _ => usize::from(u16::MAX),
-        };
-        let cx = Ctx { request, limit };
-        let mut edns = request.edns.as_ref().map(|_| {
-            let mut e = Edns::new();
-            e.set_max_payload(max_udp as u16);
-            e.set_version(0);
-            e
-        });
-        let with_edns = |code| (error(&cx, code, edns.as_ref()), code);
-        if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
-            return with_edns(ResponseCode::BADVERS);
-        }
-        let subnet = match request.edns.is_some().then(|| ecs::parse(raw)).transpose() {
-            Ok(s) => s.flatten(),
-            Err(_) => return with_edns(ResponseCode::FormErr),
-        };
-        match request.metadata.op_code {
-            OpCode::Query => {}
-            OpCode::Update => return with_edns(ResponseCode::Refused),
-            _ => return with_edns(ResponseCode::NotImp),
-        }
-        let Ok(info) = request.request_info() else {
-            return with_edns(ResponseCode::FormErr);
-        };
-        let query = info.query;
-        if query.query_class() != DNSClass::IN
-            || matches!(query.query_type(), RecordType::AXFR | RecordType::IXFR)
-        {
-            return with_edns(ResponseCode::Refused);
-        }
-        if let Some(table) = data.geo_table(query.name()) {
-            // RFC 7871 §7.1.2: a source prefix of 0 means "locate by the source address".
-            let client = subnet
-                .filter(|s| s.source_prefix > 0)
-                .map_or(src.ip(), |s| s.address);
-            let view = self.view.load();
-            let choice = data.choose(table, client, &view.states);
-            if let Some(c) = data.counters.get(choice.decision.region) {
-                c.count(choice.decision.reason);
-            }
-            if let (Some(e), Some(s)) = (edns.as_mut(), subnet) {
-                let scope = choice.scope.min(s.source_prefix);
-                echo_subnet(e, s, scope);
-            }
-            let bytes = geo_answer(&cx, table, choice.decision.region, edns.as_ref());
-            return (bytes, ResponseCode::NoError);
+/// The response to a parsed request, and its RCODE (for the counters).
+async fn answer(
+    data: &Data,
+    view: &RegionView,
+    request: &Request,
+    raw: &[u8],
+    src: SocketAddr,
+    protocol: Protocol,
+) -> (Vec<u8>, ResponseCode) {
+    let max_udp = usize::from(data.config.dns.max_udp_payload);
+    let limit = match protocol {
+        Protocol::Udp => request
+            .edns
+            .as_ref()
+            .map_or(512, |e| usize::from(e.max_payload()).clamp(512, max_udp)),
+        _ => usize::from(u16::MAX),
+    };
+    let cx = Ctx { request, limit };
+    let mut edns = request.edns.as_ref().map(|_| {
+        let mut e = Edns::new();
+        e.set_max_payload(max_udp as u16);
+        e.set_version(0);
+        e
+    });
+    let with_edns = |code| (error(&cx, code, edns.as_ref()), code);
+    if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
+        return with_edns(ResponseCode::BADVERS);
+    }
+    let subnet = match request.edns.is_some().then(|| ecs::parse(raw)).transpose() {
+        Ok(s) => s.flatten(),
+        Err(_) => return with_edns(ResponseCode::FormErr),
+    };
+    match request.metadata.op_code {
+        OpCode::Query => {}
+        OpCode::Update => return with_edns(ResponseCode::Refused),
+        _ => return with_edns(ResponseCode::NotImp),
+    }
+    let Ok(info) = request.request_info() else {
+        return with_edns(ResponseCode::FormErr);
+    };
+    let query = info.query;
+    if query.query_class() != DNSClass::IN
+        || matches!(query.query_type(), RecordType::AXFR | RecordType::IXFR)
+    {
+        return with_edns(ResponseCode::Refused);
+    }
+    if let Some(geo) = data.geo_table(query.name()) {
+        let client = Client::of(src.ip(), subnet.map(|s| (s.address, s.source_prefix)));
+        let at = data.maps.locate(client);
+        let decision = route::decide(data.maps.order(at.orders, geo), view);
+        if let Some(c) = data.counters.get(decision.region) {
+            c.count(decision.reason);
         }
         if let (Some(e), Some(s)) = (edns.as_mut(), subnet) {
-            echo_subnet(e, s, 0);
+            echo_subnet(e, s, at.scope);
         }
-        let bytes = catalog_answer(&cx, &data, edns.as_ref()).await;
-        let rcode = bytes
-            .get(3)
-            .map_or(ResponseCode::ServFail, |b| ResponseCode::from(0, b & 0x0F));
-        (bytes, rcode)
+        let bytes = geo_answer(&cx, &data.geo[geo], decision.region, edns.as_ref());
+        return (bytes, ResponseCode::NoError);
     }
+    if let (Some(e), Some(s)) = (edns.as_mut(), subnet) {
+        echo_subnet(e, s, 0);
+    }
+    let bytes = catalog_answer(&cx, data, edns.as_ref()).await;
+    let rcode = bytes
+        .get(3)
+        .map_or(ResponseCode::ServFail, |b| ResponseCode::from(0, b & 0x0F));
+    (bytes, rcode)
 }
 
 /// RFC 7871 §7.2.1: the response carries ECS with the query's family, source

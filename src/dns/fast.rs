@@ -25,7 +25,10 @@ use super::{
     Data, GeoTable, RouteCache, ecs,
     replay::{AnswerCache, Shape},
 };
-use crate::state::RegionView;
+use crate::{
+    locate::Client,
+    route::{self, RegionView},
+};
 
 const OPT: u16 = 41;
 const ECS: u16 = 8;
@@ -136,9 +139,9 @@ pub struct Query {
     parsed: Parsed,
     /// The geo name asked for, by index; `None` for other names.
     table: Option<usize>,
-    /// The address a geo query is routed by: the ECS address if there is
-    /// one, else the sender's (IPv4-mapped addresses as IPv4).
-    client: IpAddr,
+    /// Who a geo query is located as: the ECS address and source prefix if
+    /// there is one, else the sender.
+    client: Client,
 }
 
 impl Query {
@@ -146,22 +149,19 @@ impl Query {
     pub fn parse(data: &Data, raw: &[u8], src: IpAddr) -> Option<Self> {
         let parsed = parse(raw)?;
         let table = geo_table(data, parsed.name(raw));
-        let client = parsed
-            .subnet
-            .filter(|s| s.source_prefix > 0)
-            .map_or(src, |s| s.address);
+        let subnet = parsed.subnet.map(|s| (s.address, s.source_prefix));
         Some(Self {
             parsed,
             table,
-            client: crate::geo::canonical(client),
+            client: Client::of(src, subnet),
         })
     }
 
     /// Starts loading the route-cache entries this query will read, so that
     /// the memory latency of a batch's lookups overlaps.
     pub fn prefetch(&self, caches: &Caches) {
-        if let Some(table) = self.table {
-            caches.routes.prefetch(table, self.client);
+        if self.table.is_some() {
+            caches.routes.prefetch(self.client.addr);
         }
     }
 }
@@ -207,8 +207,10 @@ pub fn answer_parsed(
         return None;
     }
     let table = &data.geo[table_index];
-    let (decision, scope) =
-        data.choose_cached(table_index, query.client, &view.states, &mut caches.routes);
+    let routed = caches
+        .routes
+        .locate(&data.maps, data.generation, query.client);
+    let decision = route::decide(data.maps.order(routed.orders, table_index), view);
     let region = decision.region;
     let templates = table.templates.get(region)?.as_ref()?;
     let (qtype, t) = if q.qtype == u16::from(RecordType::A) {
@@ -229,7 +231,7 @@ pub fn answer_parsed(
     out.extend_from_slice(&raw[12..q.question_end]);
     out.extend_from_slice(&t.bytes);
     if q.payload.is_some() {
-        push_opt(out, max_udp, q.subnet, scope);
+        push_opt(out, max_udp, q.subnet, routed.scope);
     }
     if out.len() > usize::from(limit) {
         return None;
@@ -261,7 +263,8 @@ pub fn learn(data: &Data, raw: &[u8], answer: &[u8], answers: &mut AnswerCache) 
 }
 
 /// The OPT record hickory emits for our response EDNS: root owner, our
-/// payload size, version 0, no flags, and the ECS echo if the query had one.
+/// payload size, version 0, no flags, and the ECS echo with `scope` if the
+/// query had one.
 fn push_opt(out: &mut Vec<u8>, payload: u16, subnet: Option<ecs::ClientSubnet>, scope: u8) {
     out.push(0);
     out.extend_from_slice(&OPT.to_be_bytes());
@@ -286,7 +289,7 @@ fn push_opt(out: &mut Vec<u8>, payload: u16, subnet: Option<ecs::ClientSubnet>, 
     out.extend_from_slice(&option_len.to_be_bytes());
     out.extend_from_slice(&family.to_be_bytes());
     out.push(s.source_prefix);
-    out.push(scope.min(s.source_prefix));
+    out.push(scope);
     out.extend_from_slice(&addr[..octets]);
 }
 

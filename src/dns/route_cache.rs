@@ -1,29 +1,26 @@
-//! One UDP thread's memo of routing orders, by GeoIP record and by client block.
+//! One UDP thread's memo of [`Maps::locate`], by client block.
 //!
-//! The ranking of a geo name's regions depends only on the client's GeoIP
-//! record, the configured regions and the country overrides, and millions of
-//! addresses share a few thousand records: caching it skips the record
-//! decoding and the distance sort, and caching whole client blocks (the /24
-//! an ECS option usually carries, the /16 a GeoIP network commonly spans)
-//! skips the database walk as well. Health and drains are applied after the
-//! cache, so they act at once.
+//! Locating a client walks the GeoIP tree (a few hundred nanoseconds of
+//! dependent memory reads); millions of clients share a few thousand
+//! networks, and resolvers send ECS /24s. The memo keeps locate's output
+//! (the client class and its span) for whole blocks — the /24 an ECS option
+//! usually carries, the /16 a GeoIP network commonly spans — wherever the span
+//! says the whole block is located alike. It memoises nothing else: the scope
+//! is recomputed from the span per query ([`ecs_scope`]), and health and
+//! drains are applied after it, so they act at once.
 //!
-//! Entries are 16 bytes, four to a 64-byte bucket (one cache line per
-//! probe); the orders they point at are interned, because a configuration has
-//! few distinct orders (at most 24 with four regions). Lookups never
-//! allocate. About 384 KiB of tables per thread, plus the interned orders
-//! (40 bytes each, at most [`MAX_ORDERS`]).
+//! Entries are 16 bytes, four to a 64-byte bucket (one cache line per probe);
+//! lookups never allocate. 320 KiB of tables per thread.
 
-use std::{collections::HashMap, net::IpAddr};
+use std::net::IpAddr;
 
-use crate::route::Order;
+use crate::locate::{Client, Maps, OrdersId, ecs_scope};
 
-/// The client blocks cached whole (IPv4, IPv6 prefix lengths), finest first:
+/// The client blocks memoised (IPv4, IPv6 prefix lengths), finest first:
 /// what ECS from resolvers typically carries, then what GeoIP networks
 /// commonly span, so one entry serves every /24 of a /16 network.
-pub(super) const BLOCKS: [(u8, u8); 2] = [(24, 56), (16, 32)];
+const BLOCKS: [(u8, u8); 2] = [(24, 56), (16, 32)];
 const _: () = {
-    assert!(MAX_ORDERS <= 1 << 16, "order ids are u16");
     let mut i = 0;
     while i < BLOCKS.len() {
         // Keys shift by (width - prefix) and must fit 64 bits.
@@ -35,19 +32,17 @@ const _: () = {
 
 /// Buckets per table (powers of two): the /24 level sees the most distinct keys.
 const BLOCK_BUCKETS: [usize; 2] = [4096, 1024];
-const RECORD_BUCKETS: usize = 1024;
 const WAYS: usize = 4;
-/// Interned orders kept before the cache starts over.
-const MAX_ORDERS: usize = 8192;
+
+/// A located client: its class and the ECS scope of its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Routed {
+    pub orders: OrdersId,
+    pub scope: u8,
+}
 
 pub struct RouteCache {
     generation: u64,
-    /// Distinct orders since the last reset; entries hold indices into it.
-    orders: Vec<Order>,
-    ids: HashMap<Order, u16>,
-    /// By (geo name, GeoIP record).
-    records: Table,
-    /// By (geo name, client block), one table per [`BLOCKS`] level.
     blocks: [Table; 2],
 }
 
@@ -55,110 +50,68 @@ impl Default for RouteCache {
     fn default() -> Self {
         Self {
             generation: 0,
-            orders: Vec::new(),
-            ids: HashMap::new(),
-            records: Table::new(RECORD_BUCKETS),
             blocks: BLOCK_BUCKETS.map(Table::new),
         }
     }
 }
 
-/// A cached order and the ECS scope it was found with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Cached {
-    pub order: u16,
-    pub scope: u8,
-}
-
 impl RouteCache {
-    /// Forgets everything cached for another load of the data.
-    pub(super) fn sync(&mut self, generation: u64) {
+    /// [`Maps::locate`] for `client`, memoised; `generation` names the load
+    /// `maps` belongs to (entries of another load are dropped first).
+    pub fn locate(&mut self, maps: &Maps, generation: u64, client: Client) -> Routed {
         if self.generation != generation {
-            self.clear();
+            self.blocks.iter_mut().for_each(Table::clear);
             self.generation = generation;
         }
-    }
-
-    fn clear(&mut self) {
-        self.orders.clear();
-        self.ids.clear();
-        self.records.clear();
-        self.blocks.iter_mut().for_each(Table::clear);
-    }
-
-    pub(super) fn order(&self, id: u16) -> &Order {
-        &self.orders[usize::from(id)]
-    }
-
-    /// `order`'s index, adding it; past [`MAX_ORDERS`] the whole cache starts
-    /// over (every id handed out before is void).
-    pub(super) fn intern(&mut self, order: Order) -> u16 {
-        if let Some(&id) = self.ids.get(&order) {
-            return id;
+        for (level, table) in self.blocks.iter().enumerate() {
+            let (key, family) = block_key(level, client.addr);
+            if let Some((orders, span)) = table.get(key, family) {
+                return Routed {
+                    orders,
+                    scope: ecs_scope(span, &client),
+                };
+            }
         }
-        if self.orders.len() >= MAX_ORDERS {
-            self.clear();
+        let at = maps.locate(client);
+        for (level, (v4, v6)) in BLOCKS.into_iter().enumerate() {
+            let len = if client.addr.is_ipv4() { v4 } else { v6 };
+            // The whole block is located alike when the span lies within it.
+            if at.span <= len {
+                let (key, family) = block_key(level, client.addr);
+                self.blocks[level].put(key, family, at.orders, at.span);
+            }
         }
-        let id = self.orders.len() as u16;
-        self.orders.push(order);
-        self.ids.insert(order, id);
-        id
+        Routed {
+            orders: at.orders,
+            scope: at.scope,
+        }
     }
 
     /// Hints the CPU to load the block entries `ip` will be looked up in.
-    pub(super) fn prefetch(&self, table: usize, ip: IpAddr) {
+    pub fn prefetch(&self, ip: IpAddr) {
         for (level, t) in self.blocks.iter().enumerate() {
-            let (key, meta) = block_key(level, table, ip);
-            t.prefetch(key, meta);
+            let (key, family) = block_key(level, ip);
+            t.prefetch(key, family);
         }
     }
-
-    pub(super) fn block(&self, level: usize, table: usize, ip: IpAddr) -> Option<Cached> {
-        let (key, meta) = block_key(level, table, ip);
-        self.blocks[level].get(key, meta)
-    }
-
-    pub(super) fn put_block(&mut self, level: usize, table: usize, ip: IpAddr, value: Cached) {
-        let (key, meta) = block_key(level, table, ip);
-        self.blocks[level].put(key, meta, value);
-    }
-
-    pub(super) fn record(&self, table: usize, record: usize) -> Option<u16> {
-        let (key, meta) = record_key(table, record);
-        self.records.get(key, meta).map(|c| c.order)
-    }
-
-    pub(super) fn put_record(&mut self, table: usize, record: usize, order: u16) {
-        let (key, meta) = record_key(table, record);
-        self.records.put(key, meta, Cached { order, scope: 0 });
-    }
 }
 
-/// The block of `ip` at `level` as a key, and the geo name and family as `meta`.
-fn block_key(level: usize, table: usize, ip: IpAddr) -> (u64, u32) {
+/// The block of `ip` at `level` as a key, and its family tag (never 0, which
+/// marks an empty entry).
+fn block_key(level: usize, ip: IpAddr) -> (u64, u8) {
     let (v4, v6) = BLOCKS[level];
     match ip {
-        IpAddr::V4(a) => (u64::from(u32::from(a) >> (32 - v4)), meta(table, 0)),
-        IpAddr::V6(a) => ((u128::from(a) >> (128 - v6)) as u64, meta(table, 1)),
+        IpAddr::V4(a) => (u64::from(u32::from(a) >> (32 - v4)), 1),
+        IpAddr::V6(a) => ((u128::from(a) >> (128 - v6)) as u64, 2),
     }
-}
-
-fn record_key(table: usize, record: usize) -> (u64, u32) {
-    (record as u64, meta(table, 0))
-}
-
-/// Never 0, which marks an empty entry. `table` is a geo name's index in the
-/// config (a handful), far below the 2^30 that fit.
-fn meta(table: usize, family: u32) -> u32 {
-    ((table as u32) << 2) | (family << 1) | 1
 }
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Entry {
     key: u64,
-    meta: u32,
-    order: u16,
-    scope: u8,
+    orders: OrdersId,
+    family: u8,
+    span: u8,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -185,13 +138,13 @@ impl Table {
         self.buckets.fill(Bucket::default());
     }
 
-    fn bucket(&self, key: u64, meta: u32) -> usize {
-        let h = (key ^ u64::from(meta).rotate_left(40)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    fn bucket(&self, key: u64, family: u8) -> usize {
+        let h = (key ^ u64::from(family).rotate_left(40)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         (h >> 32) as usize & (self.buckets.len() - 1)
     }
 
-    fn prefetch(&self, key: u64, meta: u32) {
-        let bucket: *const Bucket = &self.buckets[self.bucket(key, meta)];
+    fn prefetch(&self, key: u64, family: u8) {
+        let bucket: *const Bucket = &self.buckets[self.bucket(key, family)];
         #[cfg(target_arch = "x86_64")]
         // SAFETY: a prefetch only hints the cache; the address is a live bucket.
         unsafe {
@@ -202,23 +155,20 @@ impl Table {
         let _ = bucket;
     }
 
-    fn get(&self, key: u64, meta: u32) -> Option<Cached> {
-        self.buckets[self.bucket(key, meta)]
+    fn get(&self, key: u64, family: u8) -> Option<(OrdersId, u8)> {
+        self.buckets[self.bucket(key, family)]
             .0
             .iter()
-            .find(|e| e.meta == meta && e.key == key)
-            .map(|e| Cached {
-                order: e.order,
-                scope: e.scope,
-            })
+            .find(|e| e.family == family && e.key == key)
+            .map(|e| (e.orders, e.span))
     }
 
-    fn put(&mut self, key: u64, meta: u32, value: Cached) {
-        let b = self.bucket(key, meta);
+    fn put(&mut self, key: u64, family: u8, orders: OrdersId, span: u8) {
+        let b = self.bucket(key, family);
         let ways = &mut self.buckets[b].0;
         let way = match ways
             .iter()
-            .position(|e| e.meta == 0 || (e.meta == meta && e.key == key))
+            .position(|e| e.family == 0 || (e.family == family && e.key == key))
         {
             Some(w) => w,
             None => {
@@ -228,9 +178,9 @@ impl Table {
         };
         ways[way] = Entry {
             key,
-            meta,
-            order: value.order,
-            scope: value.scope,
+            orders,
+            family,
+            span,
         };
     }
 }
@@ -238,14 +188,6 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::route::{Coord, rank};
-
-    /// Four unlocated regions in configured order, starting at `first`.
-    fn order(first: usize) -> Order {
-        let locations = [Coord { lat: 0.0, lon: 0.0 }; 4];
-        let candidates: Vec<usize> = (0..4).map(|i| (first + i) % 4).collect();
-        Order::of(&rank(None, &candidates, &locations, &[]), false).unwrap()
-    }
 
     #[test]
     fn entry_and_bucket_sizes() {
@@ -254,91 +196,40 @@ mod tests {
     }
 
     #[test]
-    fn blocks_are_keyed_by_prefix_family_and_name() {
-        let mut c = RouteCache::default();
-        let v = Cached {
-            order: 3,
-            scope: 20,
-        };
-        c.put_block(0, 0, "81.2.69.7".parse().unwrap(), v);
-        assert_eq!(c.block(0, 0, "81.2.69.200".parse().unwrap()), Some(v));
-        assert_eq!(c.block(0, 0, "81.2.70.1".parse().unwrap()), None);
-        assert_eq!(c.block(0, 1, "81.2.69.7".parse().unwrap()), None);
-        assert_eq!(c.block(1, 0, "81.2.69.7".parse().unwrap()), None);
+    fn blocks_are_keyed_by_prefix_and_family() {
+        let mut t = Table::new(64);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let (k, f) = block_key(0, ip("81.2.69.7"));
+        t.put(k, f, 3, 20);
+        assert_eq!(block_key(0, ip("81.2.69.200")), (k, f));
+        assert_ne!(block_key(0, ip("81.2.70.1")), (k, f));
+        assert_eq!(t.get(k, f), Some((3, 20)));
         // An IPv6 block whose top bits equal the IPv4 key is another entry.
         let v6 = IpAddr::V6(std::net::Ipv6Addr::from(u128::from(0x51_0245u32) << 72));
-        assert_eq!(c.block(0, 0, v6), None);
-        c.put_block(1, 0, "2001:db8:1::1".parse().unwrap(), v);
-        assert_eq!(c.block(1, 0, "2001:db8:ffff::1".parse().unwrap()), Some(v));
-        assert_eq!(c.block(1, 0, "2001:db9::1".parse().unwrap()), None);
+        let (k6, f6) = block_key(0, v6);
+        assert_eq!(k6, k);
+        assert_eq!(t.get(k6, f6), None);
+        assert_eq!(
+            block_key(1, ip("2001:db8:1::1")),
+            block_key(1, ip("2001:db8:ffff::1"))
+        );
+        assert_ne!(
+            block_key(1, ip("2001:db8:1::1")),
+            block_key(1, ip("2001:db9::1"))
+        );
     }
 
     #[test]
     fn a_full_bucket_keeps_the_newest_and_replaces_in_place() {
         let mut t = Table::new(1);
         for k in 0..10u64 {
-            t.put(
-                k,
-                1,
-                Cached {
-                    order: k as u16,
-                    scope: 0,
-                },
-            );
-            assert_eq!(t.get(k, 1).map(|c| c.order), Some(k as u16));
+            t.put(k, 1, k as u32, 0);
+            assert_eq!(t.get(k, 1), Some((k as u32, 0)));
         }
         let kept = (0..10u64).filter(|&k| t.get(k, 1).is_some()).count();
         assert_eq!(kept, WAYS);
-        t.put(
-            9,
-            1,
-            Cached {
-                order: 99,
-                scope: 1,
-            },
-        );
-        assert_eq!(
-            t.get(9, 1),
-            Some(Cached {
-                order: 99,
-                scope: 1
-            })
-        );
+        t.put(9, 1, 99, 1);
+        assert_eq!(t.get(9, 1), Some((99, 1)));
         assert_eq!((0..10u64).filter(|&k| t.get(k, 1).is_some()).count(), WAYS);
-    }
-
-    #[test]
-    fn interned_orders_and_generations() {
-        let mut c = RouteCache::default();
-        c.sync(7);
-        let a = c.intern(order(0));
-        let b = c.intern(order(1));
-        assert_ne!(a, b);
-        assert_eq!(c.intern(order(0)), a);
-        assert_eq!(*c.order(b), order(1));
-        c.put_record(0, 1234, b);
-        assert_eq!(c.record(0, 1234), Some(b));
-        assert_eq!(c.record(1, 1234), None);
-        c.sync(7);
-        assert_eq!(c.record(0, 1234), Some(b));
-        c.sync(8);
-        assert_eq!(c.record(0, 1234), None);
-        assert_eq!(c.intern(order(1)), 0);
-    }
-
-    #[test]
-    fn too_many_orders_start_the_cache_over() {
-        let mut c = RouteCache::default();
-        let b = c.intern(order(1));
-        c.put_record(0, 1, b);
-        // Four regions give 24 orders at most: fill the table directly.
-        while c.orders.len() < MAX_ORDERS {
-            c.orders.push(order(2));
-        }
-        assert_eq!(c.record(0, 1), Some(b));
-        let id = c.intern(order(3));
-        assert_eq!((id, c.orders.len()), (0, 1));
-        assert_eq!(c.record(0, 1), None, "entries pointing at old ids are gone");
-        assert_eq!(*c.order(id), order(3));
     }
 }

@@ -1,41 +1,30 @@
-//! Health checks: probe every region, keep rise/fall state, publish who serves.
+//! Health checks: probe every region and report each round.
 //!
-//! Each probed region has its own loop (probe round → [`machine::Machine`] →
-//! sleep `interval` or `recheck`, plus jitter so regions are not probed in
-//! lock-step). Loops send their results to one writer task, the only code that
-//! builds a new [`HealthTable`]; it hands the table to [`Shared::publish`], which
-//! combines it with the drains into the view queries read lock-free.
+//! Each probed region has its own loop (probe round → report → sleep
+//! `interval` or `recheck`, plus jitter so regions are not probed in
+//! lock-step). Loops only report what they saw; the rise/fall machines belong
+//! to the state owner ([`crate::state`]), which answers each report with the
+//! region's machine so the loop knows whether a streak needs rechecking.
 
 pub mod machine;
 pub mod probe;
 
-use std::{
-    collections::BTreeMap,
-    future::Future,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+use std::{future::Future, sync::Arc, time::Duration};
 
-use serde::Serialize;
-use tokio::sync::mpsc;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::{
-    config::{Config, HealthConfig, ProbeSpec},
+    config::{Config, HealthConfig},
     metrics::Histogram,
-    route::RegionState,
-    state::{RegionView, Shared, file::StateFile},
 };
-use machine::{Machine, Thresholds, Transition};
+use machine::Machine;
 use probe::{Pingers, Round};
 
 /// One region's health as last seen.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RegionHealth {
-    pub name: String,
     /// False: no probe targets configured; always serving.
     pub probed: bool,
     pub machine: Machine,
@@ -44,85 +33,33 @@ pub struct RegionHealth {
     pub last: Option<Round>,
 }
 
-/// Every region's health, indexed like the config's regions.
-#[derive(Debug, Clone, Serialize)]
-pub struct HealthTable {
-    pub regions: Vec<RegionHealth>,
-}
-
-impl HealthTable {
-    /// The table at start: the state file's last-known state where it has one,
-    /// up-but-unconfirmed elsewhere.
-    pub fn initial(config: &Config, saved: Option<&StateFile>) -> Self {
-        let regions = config
-            .regions
-            .iter()
-            .map(|r| {
-                let old = saved.and_then(|s| s.regions.get(&r.name));
-                let probed = r.probe.is_some();
-                RegionHealth {
-                    name: r.name.clone(),
-                    probed,
-                    machine: match old {
-                        Some(o) if probed => Machine::restored(o.status),
-                        _ => Machine::unconfirmed(),
-                    },
-                    since: old.and_then(|o| o.since),
-                    last: old.and_then(|o| o.last.clone()),
-                }
-            })
-            .collect();
-        Self { regions }
-    }
-
-    /// The same regions re-indexed for `config`, keeping each one's state by name.
-    pub fn reindex(&self, config: &Config) -> Self {
-        let regions = config
-            .regions
-            .iter()
-            .map(|r| {
-                let probed = r.probe.is_some();
-                match self.regions.iter().find(|o| o.name == r.name) {
-                    Some(old) => RegionHealth {
-                        probed,
-                        ..old.clone()
-                    },
-                    None => RegionHealth {
-                        name: r.name.clone(),
-                        probed,
-                        machine: Machine::unconfirmed(),
-                        since: None,
-                        last: None,
-                    },
-                }
-            })
-            .collect();
-        Self { regions }
-    }
-
-    /// Which regions may answer.
-    pub fn view(&self) -> RegionView {
-        RegionView {
-            states: self
-                .regions
-                .iter()
-                .map(|r| RegionState {
-                    serving: !r.probed || r.machine.serving(),
-                })
-                .collect(),
+impl RegionHealth {
+    /// A region with no history: up but unconfirmed (probed at once).
+    pub fn fresh(probed: bool) -> Self {
+        Self {
+            probed,
+            machine: Machine::unconfirmed(),
+            since: None,
+            last: None,
         }
     }
+
+    /// Whether health lets the region answer.
+    pub fn serving(&self) -> bool {
+        !self.probed || self.machine.serving()
+    }
 }
 
-/// The running health checks: probe loops for the current config and the writer.
-pub struct Health {
-    shared: Arc<Shared>,
-    pingers: Arc<Pingers>,
-    tx: mpsc::Sender<Update>,
-    loops: Mutex<Loops>,
-    pub transitions: AtomicU64,
-    /// Probe outcomes and RTTs per (region, kind), for metrics.
-    pub probes: Mutex<BTreeMap<(String, probe::Kind), ProbeStats>>,
+/// A probe loop's round, sent to the state owner. The owner answers with the
+/// region's machine after applying it; a dropped answer (a reload replaced
+/// this loop's configuration) ends the loop.
+#[derive(Debug)]
+pub struct Report {
+    /// The configuration generation the loop was started for.
+    pub generation: u64,
+    pub region: String,
+    pub round: Round,
+    pub reply: oneshot::Sender<Machine>,
 }
 
 /// Counters of one region's probes of one kind.
@@ -133,52 +70,37 @@ pub struct ProbeStats {
     pub rtt_ms: Histogram,
 }
 
-/// The probe loops of one config generation.
-#[derive(Default)]
-struct Loops {
-    generation: u64,
-    tasks: Vec<tokio::task::AbortHandle>,
+/// The probe loops of the current configuration. Their reports go into the
+/// owner's queue as `T` (one queue, so rounds and commands keep their order).
+pub struct Scheduler<T> {
+    pingers: Arc<Pingers>,
+    reports: mpsc::Sender<T>,
+    loops: Vec<tokio::task::AbortHandle>,
 }
 
-/// A probe loop's report to the writer.
-struct Update {
-    generation: u64,
-    region: usize,
-    machine: Machine,
-    round: Round,
-    transition: Option<Transition>,
-}
-
-impl Health {
-    /// Starts probing every region of `config` that has targets.
-    pub fn start(config: &Config, shared: Arc<Shared>) -> Arc<Self> {
-        let (tx, rx) = mpsc::channel(64);
-        let health = Arc::new(Self {
-            shared,
+impl<T: From<Report> + Send + 'static> Scheduler<T> {
+    /// Opens the ICMP sockets; loops will report to `reports`.
+    pub fn new(reports: mpsc::Sender<T>) -> Self {
+        Self {
             pingers: Arc::new(Pingers::open()),
-            tx,
-            loops: Mutex::new(Loops::default()),
-            transitions: AtomicU64::new(0),
-            probes: Mutex::new(BTreeMap::new()),
-        });
-        tokio::spawn(writer(health.clone(), rx));
-        health.restart(config);
-        health
+            reports,
+            loops: Vec::new(),
+        }
     }
 
-    /// Replaces the probe loops with those of `config` (after a reload); each
-    /// region keeps its state by name, and new regions start unconfirmed.
-    pub fn restart(&self, config: &Config) {
-        let table = self.shared.health.load().reindex(config);
-        self.shared.health.store(Arc::new(table.clone()));
-        let mut loops = self.loops.lock().unwrap_or_else(|p| p.into_inner());
-        loops.tasks.drain(..).for_each(|t| t.abort());
-        loops.generation += 1;
-        let probed: Vec<(usize, ProbeSpec)> = config
+    /// Replaces the probe loops with those of `config` (generation
+    /// `generation`); each starts from the machine `machine_of` gives its region.
+    pub fn restart(
+        &mut self,
+        generation: u64,
+        config: &Config,
+        machine_of: impl Fn(&str) -> Machine,
+    ) {
+        self.loops.drain(..).for_each(|t| t.abort());
+        let probed: Vec<_> = config
             .regions
             .iter()
-            .enumerate()
-            .filter_map(|(i, r)| r.probe.clone().map(|p| (i, p)))
+            .filter_map(|r| Some((r.name.clone(), r.probe.clone()?)))
             .collect();
         if probed.is_empty() {
             info!("no region has probe targets; every region is served unprobed");
@@ -195,17 +117,22 @@ impl Health {
                 let (spec, pingers) = (spec.clone(), pingers.clone());
                 async move { probe::round(&spec, timeout, &pingers).await }
             };
-            let machine = table.regions[region].machine;
-            let generation = loops.generation;
+            let machine = machine_of(&region);
             let task = tokio::spawn(probe_loop(
                 (generation, region),
                 probe,
                 machine,
                 config.health.clone(),
-                self.tx.clone(),
+                self.reports.clone(),
             ));
-            loops.tasks.push(task.abort_handle());
+            self.loops.push(task.abort_handle());
         }
+    }
+}
+
+impl<T> Drop for Scheduler<T> {
+    fn drop(&mut self) {
+        self.loops.iter().for_each(|t| t.abort());
     }
 }
 
@@ -215,106 +142,47 @@ fn jitter(max: Duration) -> Duration {
     Duration::from_millis(rand::random_range(0..=ms))
 }
 
-/// Probes one region until the writer goes away; `probe` runs one round.
-async fn probe_loop<F, Fut>(
-    (generation, region): (u64, usize),
+/// Probes one region until its reports are no longer answered; `probe` runs
+/// one round. `machine` is the region's state when the loop starts.
+async fn probe_loop<F, Fut, T>(
+    (generation, region): (u64, String),
     mut probe: F,
-    mut machine: Machine,
+    machine: Machine,
     cfg: HealthConfig,
-    tx: mpsc::Sender<Update>,
+    reports: mpsc::Sender<T>,
 ) where
     F: FnMut() -> Fut,
     Fut: Future<Output = Round>,
+    T: From<Report>,
 {
-    let thresholds = Thresholds {
-        fall: cfg.fall,
-        rise: cfg.rise,
-    };
     // Unconfirmed regions are probed at once; restored ones after a short spread.
     if machine.confirmed {
         tokio::time::sleep(jitter(cfg.interval / 10)).await;
     }
     loop {
         let round = probe().await;
-        let transition = machine.observe(round.ok, thresholds);
-        let update = Update {
+        let (reply, answer) = oneshot::channel();
+        let report = Report {
             generation,
-            region,
-            machine,
+            region: region.clone(),
             round,
-            transition,
+            reply,
         };
-        if tx.send(update).await.is_err() {
+        if reports.send(report.into()).await.is_err() {
             return;
         }
+        let Ok(machine) = answer.await else {
+            return;
+        };
         let delay = machine.next_delay(cfg.interval, cfg.recheck);
         tokio::time::sleep(delay + jitter(delay / 10)).await;
     }
 }
 
-impl Health {
-    fn record(&self, region: &str, round: &Round) {
-        let mut probes = self.probes.lock().unwrap_or_else(|p| p.into_inner());
-        for r in &round.results {
-            let stats = probes.entry((region.to_owned(), r.kind)).or_default();
-            if r.ok {
-                stats.ok += 1;
-            } else {
-                stats.failed += 1;
-            }
-            if let Some(ms) = r.rtt_ms {
-                stats.rtt_ms.observe(ms);
-            }
-        }
-    }
-}
-
-/// The only code that changes the health table: applies updates in order and publishes.
-async fn writer(health: Arc<Health>, mut rx: mpsc::Receiver<Update>) {
-    while let Some(u) = rx.recv().await {
-        let current = health.loops.lock().map_or(0, |l| l.generation);
-        if u.generation != current {
-            continue; // from a loop of a config that was reloaded away
-        }
-        let mut table = HealthTable::clone(&health.shared.health.load());
-        let Some(entry) = table.regions.get_mut(u.region) else {
-            continue;
-        };
-        entry.machine = u.machine;
-        if let Some(t) = u.transition {
-            entry.since = Some(u.round.at);
-            log_transition(&entry.name, t, &u.round);
-            health.transitions.fetch_add(1, Ordering::Relaxed);
-        }
-        health.record(&entry.name, &u.round);
-        entry.last = Some(u.round);
-        health.shared.health.store(Arc::new(table));
-        // Persisting after every round keeps "last probe" current for `mgnt lookup`.
-        let _ = health.shared.publish().await;
-    }
-}
-
-fn log_transition(region: &str, t: Transition, round: &Round) {
-    let reason = round
-        .results
-        .iter()
-        .map(|r| match &r.error {
-            Some(e) => format!("{:?} {}: {e}", r.kind, r.target),
-            None => format!("{:?} {}: ok", r.kind, r.target),
-        })
-        .collect::<Vec<_>>()
-        .join("; ");
-    let rtt_ms = round
-        .results
-        .iter()
-        .filter_map(|r| r.rtt_ms)
-        .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.min(v))));
-    warn!(region, from = ?t.from, to = ?t.to, %reason, ?rtt_ms, "region health changed");
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use machine::{Thresholds, Transition};
     use tokio::time::Instant;
 
     fn cfg() -> HealthConfig {
@@ -336,25 +204,50 @@ mod tests {
         }
     }
 
+    /// What the owner did with one report.
+    struct Seen {
+        transition: Option<Transition>,
+    }
+
     /// Runs the loop on a scripted series of verdicts under tokio's paused
-    /// clock; returns (seconds since start, update) for each round.
-    async fn run(start: Machine, script: Vec<bool>) -> Vec<(f64, Update)> {
+    /// clock, answering its reports as the owner does; returns (seconds since
+    /// start, what the round did) for each round.
+    async fn run(start: Machine, script: Vec<bool>) -> Vec<(f64, Seen)> {
         let n = script.len();
         let mut verdicts = script.into_iter();
         let probe = move || {
             let ok = verdicts.next().unwrap_or(true);
             async move { round(ok) }
         };
-        let (tx, mut rx) = mpsc::channel(64);
+        let (tx, mut rx) = mpsc::channel::<Report>(64);
         let t0 = Instant::now();
-        let task = tokio::spawn(probe_loop((1, 0), probe, start, cfg(), tx));
+        let task = tokio::spawn(probe_loop((1, "r".into()), probe, start, cfg(), tx));
+        let mut machine = start;
+        let thresholds = Thresholds { fall: 2, rise: 2 };
         let mut out = Vec::new();
         while out.len() < n {
-            let u = rx.recv().await.unwrap();
-            out.push((t0.elapsed().as_secs_f64(), u));
+            let report = rx.recv().await.unwrap();
+            let transition = machine.observe(report.round.ok, thresholds);
+            report.reply.send(machine).unwrap();
+            out.push((t0.elapsed().as_secs_f64(), Seen { transition }));
         }
         task.abort();
         out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unanswered_report_ends_the_loop() {
+        let (tx, mut rx) = mpsc::channel::<Report>(1);
+        let probe = || async { round(true) };
+        let task = tokio::spawn(probe_loop(
+            (1, "r".into()),
+            probe,
+            Machine::unconfirmed(),
+            cfg(),
+            tx,
+        ));
+        drop(rx.recv().await.unwrap());
+        task.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]

@@ -10,11 +10,11 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use super::drain::Drains;
-use crate::health::{HealthTable, machine::Status, probe::Round};
+use crate::health::{machine::Status, probe::Round};
 
 const VERSION: u32 = 1;
 
-#[derive(Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct StateFile {
     pub version: u32,
@@ -23,7 +23,7 @@ pub struct StateFile {
     pub drains: Drains,
 }
 
-#[derive(Serialize, Deserialize, Clone)]
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SavedRegion {
     pub status: Status,
@@ -55,25 +55,18 @@ pub fn load(path: &Path) -> Option<StateFile> {
     }
 }
 
-pub fn save(path: &Path, health: &HealthTable, drains: &Drains) -> std::io::Result<()> {
-    let regions = health
-        .regions
-        .iter()
-        .filter(|r| r.probed)
-        .map(|r| {
-            let saved = SavedRegion {
-                status: r.machine.status,
-                since: r.since,
-                last: r.last.clone(),
-            };
-            (r.name.clone(), saved)
-        })
-        .collect();
-    let file = StateFile {
-        version: VERSION,
-        regions,
-        drains: drains.clone(),
-    };
-    let bytes = serde_json::to_vec_pretty(&file).map_err(std::io::Error::other)?;
+impl StateFile {
+    pub fn new(regions: BTreeMap<String, SavedRegion>, drains: Drains) -> Self {
+        Self {
+            version: VERSION,
+            regions,
+            drains,
+        }
+    }
+}
+
+/// Replaces the state file with `state` (temp file, fsync, rename).
+pub fn save(path: &Path, state: &StateFile) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
     super::write_atomic(path, &bytes)
 }

@@ -1,43 +1,102 @@
-//! What queries read about regions, and the one place it is recomputed.
+//! Region state: one owner, one published snapshot.
 //!
-//! Health checks and drains each keep their own table; [`Shared::publish`]
-//! combines them into a [`RegionView`], swaps it into the responder (queries
-//! never wait), and persists both tables to the state file in one atomic write.
-//! Every writer goes through the single publisher task, so views and files are
-//! never built from a mix of old and new tables.
+//! The state owner ([`owner`]) is a task that alone holds the rise/fall
+//! machines, the drains and the loaded data. Probe loops send it their rounds;
+//! drains, undrains and reloads are commands sent through a [`Handle`] and
+//! answered once the change is persisted; drains end by themselves inside the
+//! owner. After each batch it persists once ([`store`]) and publishes one
+//! immutable [`Snapshot`] with a single swap. Queries, the API and metrics read
+//! snapshots through a [`Reader`]; nothing else stores shared state.
 
+pub mod audit;
 pub mod drain;
 pub mod file;
+mod owner;
+pub mod regions;
+pub mod store;
 
 use std::{
+    collections::BTreeMap,
     path::PathBuf,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, SystemTime},
+    time::SystemTime,
 };
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, Guard};
+use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{error, info};
 
-use crate::{dns::answer::Responder, health::HealthTable, route::RegionState};
+use crate::{
+    config::{Config, ConfigError},
+    dns::{Data, LoadError},
+    health::{ProbeStats, Report, probe::Kind},
+    route::RegionView,
+};
 pub use drain::{DrainRecord, Drains};
+pub use owner::start;
+pub use regions::{RegionStatus, Regions};
 
-/// Serving state per region, indexed like [`crate::config::Config::regions`].
-#[derive(Debug, Clone, Default)]
-pub struct RegionView {
-    pub states: Vec<RegionState>,
+/// Commands and probe reports waiting for the owner, at most.
+const QUEUE: usize = 256;
+
+/// What queries, the API and reports read: one load's data and the region
+/// view built for it, published together.
+pub struct Snapshot {
+    /// The loaded config, zones and maps; `data.generation` numbers the load.
+    pub data: Arc<Data>,
+    /// Which regions may answer (health × drains), by `data`'s region indices.
+    pub view: RegionView,
+    /// Each region's health and drain, same indices.
+    pub regions: Vec<RegionStatus>,
 }
 
-impl RegionView {
-    /// Every region serving: the state before any health information exists.
-    pub fn all_serving(regions: usize) -> Self {
+impl Snapshot {
+    /// A snapshot of `data` with `regions`' state at `now` (what the owner
+    /// publishes, and what `mgnt lookup` builds from the state file).
+    pub fn of(data: Arc<Data>, regions: &Regions, now: u64) -> Self {
+        let (view, regions) = regions.view(&data.config, now);
         Self {
-            states: vec![RegionState::default(); regions],
+            data,
+            view,
+            regions,
         }
     }
+}
+
+/// Reads the current snapshot without waiting (RCU: readers never lock).
+#[derive(Clone)]
+pub struct Reader(Arc<ArcSwap<Snapshot>>);
+
+impl Reader {
+    pub(crate) fn new(first: Snapshot) -> Self {
+        Self(Arc::new(ArcSwap::from_pointee(first)))
+    }
+
+    /// The current snapshot, for a short read (a query, a UDP batch).
+    pub fn load(&self) -> Guard<Arc<Snapshot>> {
+        self.0.load()
+    }
+
+    /// The current snapshot, to keep.
+    pub fn load_full(&self) -> Arc<Snapshot> {
+        self.0.load_full()
+    }
+
+    fn publish(&self, snapshot: Snapshot) {
+        self.0.store(Arc::new(snapshot));
+    }
+}
+
+/// Wall-clock seconds since 1970, injectable so tests can drive drain
+/// expiry with tokio's paused clock.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(now)
 }
 
 /// Seconds since 1970.
@@ -47,152 +106,176 @@ pub fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// A region serves when its health allows and no active drain names it.
-pub fn compose(health: &HealthTable, drains: &Drains, now: u64) -> RegionView {
-    let mut view = health.view();
-    for (state, region) in view.states.iter_mut().zip(&health.regions) {
-        if drains.is_drained(&region.name, now) {
-            state.serving = false;
-        }
+/// Why a command was not carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("no region `{0}`")]
+    NoRegion(String),
+    #[error("`{region}` is the last serving region of {}", geo_names.join(", "))]
+    LastServing {
+        region: String,
+        geo_names: Vec<String>,
+    },
+    #[error("not applied: cannot persist the region state: {0}")]
+    Persist(String),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("the state owner has stopped")]
+    Stopped,
+}
+
+/// What a successful reload loaded.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadReport {
+    pub generation: u64,
+    pub zones: usize,
+    pub geo_names: usize,
+    pub regions: usize,
+    pub geoip_build_epoch: u64,
+    /// Settings that differ from what the server started with and only take
+    /// effect after a restart.
+    pub needs_restart: Vec<String>,
+}
+
+/// An operator's drain request.
+#[derive(Debug, Clone)]
+pub struct DrainRequest {
+    pub reason: String,
+    /// Seconds since 1970.
+    pub until: Option<u64>,
+    pub force: bool,
+    /// The API token's name.
+    pub by: String,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, StateError>>;
+
+/// What the owner is asked to do.
+enum Command {
+    Drain {
+        region: String,
+        request: DrainRequest,
+        reply: Reply<DrainRecord>,
+    },
+    Undrain {
+        region: String,
+        by: String,
+        reply: Reply<Option<DrainRecord>>,
+    },
+    Reload {
+        loaded: Result<Box<Data>, LoadError>,
+        by: String,
+        reply: Reply<ReloadReport>,
+    },
+}
+
+/// What the owner's queue holds: commands and probe reports, in arrival order.
+enum Input {
+    Command(Command),
+    Report(Report),
+}
+
+impl From<Report> for Input {
+    fn from(r: Report) -> Self {
+        Self::Report(r)
     }
-    view
 }
 
-/// The geo names (indices) that would have no serving region left in `view`.
-pub fn stranded(geo_regions: &[&[usize]], view: &RegionView) -> Vec<usize> {
-    geo_regions
-        .iter()
-        .enumerate()
-        .filter(|(_, regions)| regions.iter().all(|&r| !view.states[r].serving))
-        .map(|(i, _)| i)
-        .collect()
-}
-
-type Ack = oneshot::Sender<std::io::Result<()>>;
-
-/// The shared region state of a running server.
-pub struct Shared {
-    pub responder: Arc<Responder>,
-    pub health: ArcSwap<HealthTable>,
-    pub drains: ArcSwap<Drains>,
-    state_file: PathBuf,
+/// Counters of the owner, for metrics.
+#[derive(Default)]
+pub struct Counters {
+    /// The generation of the loaded data.
+    pub generation: AtomicU64,
+    pub publishes: AtomicU64,
+    pub persist_failures: AtomicU64,
     /// Times a geo name entered fail-open (every region down or drained).
     pub fail_open_events: AtomicU64,
-    requests: mpsc::Sender<Ack>,
+    pub reloads: AtomicU64,
+    pub reload_failures: AtomicU64,
+    pub transitions: AtomicU64,
+    /// Probe outcomes and RTTs per (region, kind).
+    pub probes: Mutex<BTreeMap<(String, Kind), ProbeStats>>,
 }
 
-impl Shared {
-    /// Publishes the initial view and starts the publisher task.
-    pub fn start(
-        responder: Arc<Responder>,
-        health: HealthTable,
-        drains: Drains,
-        state_file: PathBuf,
-    ) -> Arc<Self> {
-        let (tx, rx) = mpsc::channel(64);
-        let shared = Arc::new(Self {
-            responder,
-            health: ArcSwap::from_pointee(health),
-            drains: ArcSwap::from_pointee(drains),
-            state_file,
-            fail_open_events: AtomicU64::new(0),
-            requests: tx,
-        });
-        shared.recompute(&mut Vec::new());
-        tokio::spawn(publisher(shared.clone(), rx));
-        shared
+/// Sends commands to the owner and reads what it publishes.
+#[derive(Clone)]
+pub struct Handle {
+    reader: Reader,
+    inputs: mpsc::Sender<Input>,
+    counters: Arc<Counters>,
+    config_path: PathBuf,
+}
+
+impl Handle {
+    pub fn reader(&self) -> Reader {
+        self.reader.clone()
     }
 
-    /// Recomputes the view from the current tables and persists them; returns
-    /// once the state file is on disk (or failed to be written).
-    pub async fn publish(&self) -> std::io::Result<()> {
-        let (ack, done) = oneshot::channel();
-        self.requests
-            .send(ack)
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.reader.load_full()
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Commands and probe reports waiting for the owner.
+    pub fn queue_depth(&self) -> usize {
+        self.inputs.max_capacity() - self.inputs.capacity()
+    }
+
+    /// Drains `region`; answered once the drain is persisted.
+    pub async fn drain(
+        &self,
+        region: &str,
+        request: DrainRequest,
+    ) -> Result<DrainRecord, StateError> {
+        let region = region.to_owned();
+        self.ask(|reply| Command::Drain {
+            region,
+            request,
+            reply,
+        })
+        .await
+    }
+
+    /// Ends `region`'s drain; the drain it ended, if any.
+    pub async fn undrain(&self, region: &str, by: &str) -> Result<Option<DrainRecord>, StateError> {
+        let (region, by) = (region.to_owned(), by.to_owned());
+        self.ask(|reply| Command::Undrain { region, by, reply })
             .await
-            .map_err(|_| std::io::Error::other("state publisher stopped"))?;
-        done.await
-            .map_err(|_| std::io::Error::other("state publisher stopped"))?
     }
 
-    /// The view for the current tables, expiring drains first; tracks fail-open per geo name.
-    fn recompute(&self, fail_open: &mut Vec<bool>) {
-        let now = now();
-        let mut drains = Drains::clone(&self.drains.load());
-        let expired = drains.expire(now);
-        if !expired.is_empty() {
-            info!(regions = ?expired, "drain ended by its `until` time");
-            self.drains.store(Arc::new(drains.clone()));
-        }
-        let view = compose(&self.health.load(), &drains, now);
-        let data = self.responder.data.load();
-        fail_open.resize(data.geo.len(), false);
-        for (i, geo) in data.geo.iter().enumerate() {
-            let all_out = geo
-                .spec
-                .regions
-                .iter()
-                .all(|&r| !view.states.get(r).is_none_or(|s| s.serving));
-            if all_out && !fail_open[i] {
-                self.fail_open_events.fetch_add(1, Ordering::Relaxed);
-                error!(name = %geo.spec.name, "no region is serving; failing open to the nearest");
-            } else if !all_out && fail_open[i] {
-                info!(name = %geo.spec.name, "a region is serving again; fail-open over");
-            }
-            fail_open[i] = all_out;
-        }
-        self.responder.view.store(Arc::new(view));
-    }
-
-    fn save(&self) -> std::io::Result<()> {
-        file::save(&self.state_file, &self.health.load(), &self.drains.load())
-    }
-}
-
-async fn publisher(shared: Arc<Shared>, mut rx: mpsc::Receiver<Ack>) {
-    let mut fail_open = Vec::new();
-    loop {
-        let wake = shared
-            .drains
-            .load()
-            .next_expiry(now())
-            .map(|at| Duration::from_secs(at.saturating_sub(now())));
-        let mut acks = Vec::new();
-        tokio::select! {
-            ack = rx.recv() => match ack {
-                Some(a) => acks.push(a),
-                None => return,
-            },
-            () = sleep_or_forever(wake) => {}
-        }
-        // Coalesce everything already queued into one recompute and one write.
-        while let Ok(a) = rx.try_recv() {
-            acks.push(a);
-        }
-        shared.recompute(&mut fail_open);
-        let s = shared.clone();
-        let result = tokio::task::spawn_blocking(move || s.save())
+    /// Re-reads the config, zones and GeoIP database and has the owner swap
+    /// them in; on any error the previous data keeps serving.
+    pub async fn reload(&self, by: &str) -> Result<ReloadReport, StateError> {
+        let path = self.config_path.clone();
+        let loaded = tokio::task::spawn_blocking(move || load(&path).map(Box::new))
             .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-        if let Err(error) = &result {
-            error!(file = %shared.state_file.display(), %error, "cannot write the state file");
-        }
-        for ack in acks {
-            let _ = ack.send(
-                result
-                    .as_ref()
-                    .map(|_| ())
-                    .map_err(|e| std::io::Error::new(e.kind(), e.to_string())),
-            );
-        }
+            .unwrap_or_else(|e| {
+                Err(LoadError::Config(ConfigError::Parse {
+                    file: self.config_path.clone(),
+                    message: format!("reload task failed: {e}"),
+                }))
+            });
+        let by = by.to_owned();
+        self.ask(|reply| Command::Reload { loaded, by, reply })
+            .await
+    }
+
+    async fn ask<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, StateError> {
+        let (reply, answer) = oneshot::channel();
+        self.inputs
+            .send(Input::Command(command(reply)))
+            .await
+            .map_err(|_| StateError::Stopped)?;
+        answer.await.map_err(|_| StateError::Stopped)?
     }
 }
 
-async fn sleep_or_forever(d: Option<Duration>) {
-    match d {
-        Some(d) => tokio::time::sleep(d).await,
-        None => std::future::pending().await,
-    }
+/// Loads `path`'s config and everything it names.
+pub fn load(path: &std::path::Path) -> Result<Data, LoadError> {
+    Data::load(Config::load(path)?)
 }
 
 /// Writes `bytes` to `path` so that a crash leaves either the old file or the
@@ -219,6 +302,12 @@ pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()>
     result
 }
 
+impl Counters {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,19 +321,5 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"two");
         let names: Vec<_> = std::fs::read_dir(dir.path().join("sub")).unwrap().collect();
         assert_eq!(names.len(), 1, "no temp file left behind");
-    }
-
-    #[test]
-    fn stranded_names_the_geo_names_left_without_a_region() {
-        let view = RegionView {
-            states: vec![
-                RegionState { serving: false },
-                RegionState { serving: true },
-                RegionState { serving: false },
-            ],
-        };
-        let a: &[usize] = &[0, 1];
-        let b: &[usize] = &[0, 2];
-        assert_eq!(stranded(&[a, b], &view), [1]);
     }
 }

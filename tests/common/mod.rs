@@ -294,17 +294,31 @@ impl Server {
     /// GET on the admin API with the server's token: status and JSON body
     /// (or the text as a JSON string). Runs inside the server's namespace.
     pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        self.call(path, None)
+    }
+
+    /// POST `body` (or nothing) on the admin API, as [`Self::get`].
+    pub fn post(&self, path: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
+        self.call(path, Some(body.unwrap_or(serde_json::Value::Null)))
+    }
+
+    /// A GET, or a POST when `body` is given (`Null`: an empty body).
+    fn call(&self, path: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
         let (url, token) = (format!("http://{}{path}", self.api), self.token());
         let call = move || {
             let agent: ureq::Agent = ureq::Agent::config_builder()
                 .http_status_as_error(false)
                 .build()
                 .into();
-            let mut resp = agent
-                .get(&url)
-                .header("Authorization", &format!("Bearer {token}"))
-                .call()
-                .unwrap();
+            let auth = format!("Bearer {token}");
+            let mut resp = match body {
+                None => agent.get(&url).header("Authorization", &auth).call(),
+                Some(serde_json::Value::Null) => {
+                    agent.post(&url).header("Authorization", &auth).send_empty()
+                }
+                Some(b) => agent.post(&url).header("Authorization", &auth).send_json(b),
+            }
+            .unwrap();
             let body = resp.body_mut().read_to_string().unwrap();
             let value = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body));
             (resp.status().as_u16(), value)

@@ -11,13 +11,15 @@ use std::{
     mem::MaybeUninit,
     net::{SocketAddr, UdpSocket},
     os::fd::AsRawFd,
-    sync::Arc,
 };
 
 use hickory_server::net::xfer::Protocol;
 use tracing::debug;
 
-use super::{answer::Responder, fast};
+use crate::{
+    dns::{answer::Responder, fast},
+    state::Reader,
+};
 
 /// Datagrams taken per system call.
 const BATCH: usize = 64;
@@ -179,7 +181,12 @@ impl Batch {
 }
 
 /// Serves `socket` (blocking) until the process ends.
-pub fn serve(socket: UdpSocket, responder: Arc<Responder>, runtime: tokio::runtime::Handle) {
+pub fn serve(
+    socket: UdpSocket,
+    state: &Reader,
+    responder: &Responder,
+    runtime: &tokio::runtime::Handle,
+) {
     let fd = socket.as_raw_fd();
     let mut batch = Batch::new();
     let mut caches = fast::Caches::default();
@@ -191,7 +198,7 @@ pub fn serve(socket: UdpSocket, responder: Arc<Responder>, runtime: tokio::runti
                 continue;
             }
         };
-        batch.answer(n, &responder, &runtime, &mut caches);
+        batch.answer(n, state, responder, runtime, &mut caches);
         batch.send(fd, n);
     }
 }
@@ -199,24 +206,26 @@ pub fn serve(socket: UdpSocket, responder: Arc<Responder>, runtime: tokio::runti
 impl Batch {
     /// Answers the `n` datagrams received, marking the replies to send.
     ///
-    /// All queries are parsed first and their route-cache entries prefetched,
-    /// so the cache misses of a batch overlap instead of following each other.
+    /// The whole batch is answered from one snapshot. All queries are parsed
+    /// first and their route-cache entries prefetched, so the cache misses of
+    /// a batch overlap instead of following each other.
     fn answer(
         &mut self,
         n: usize,
+        state: &Reader,
         responder: &Responder,
         runtime: &tokio::runtime::Handle,
         caches: &mut fast::Caches,
     ) {
-        let data = responder.data.load();
-        let view = responder.view.load();
+        let snapshot = state.load();
+        let (data, view) = (&*snapshot.data, &snapshot.view);
         for i in 0..n {
             self.ready[i] = false;
             self.sources[i] = self.peer(i).filter(|s| s.port() != 0);
             self.parsed[i] = None;
             if let Some(src) = self.sources[i] {
                 let query = &self.queries[i][..self.len(i)];
-                self.parsed[i] = fast::Query::parse(&data, query, src.ip());
+                self.parsed[i] = fast::Query::parse(data, query, src.ip());
                 if let Some(q) = &self.parsed[i] {
                     q.prefetch(caches);
                 }
@@ -230,13 +239,13 @@ impl Batch {
             let reply = &mut self.replies[i];
             let fast = self.parsed[i]
                 .as_ref()
-                .and_then(|q| fast::answer_parsed(&data, &view, query, q, reply, caches));
+                .and_then(|q| fast::answer_parsed(data, view, query, q, reply, caches));
             if let Some((qtype, rcode)) = fast {
                 responder.queries.count(Some(qtype), rcode);
             } else {
-                match runtime.block_on(responder.respond(query, src, Protocol::Udp)) {
+                match runtime.block_on(responder.respond(data, view, query, src, Protocol::Udp)) {
                     Some(bytes) => {
-                        fast::learn(&data, query, &bytes, &mut caches.answers);
+                        fast::learn(data, query, &bytes, &mut caches.answers);
                         *reply = bytes;
                     }
                     None => continue,

@@ -1,4 +1,6 @@
-//! UDP and TCP listeners: bytes between sockets and the [`Responder`].
+//! DNS over UDP and TCP: bytes between sockets and the answering code in
+//! [`crate::dns`], against the state's current [`Snapshot`](crate::state::Snapshot)
+//! (loaded once per UDP batch or TCP query, so data and view always match).
 //!
 //! UDP: several sockets per address with SO_REUSEPORT, so the kernel spreads
 //! queries over receive threads without a shared queue ([`batch`]). TCP (RFC 7766): two-byte
@@ -18,8 +20,9 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use super::{answer::Responder, batch};
-use crate::config::DnsConfig;
+mod batch;
+
+use crate::{config::DnsConfig, dns::answer::Responder, state::Reader};
 
 /// Binds every listen address (UDP and TCP on the same port) and starts serving.
 ///
@@ -27,6 +30,7 @@ use crate::config::DnsConfig;
 /// and the set of tasks, which run until aborted.
 pub fn start(
     config: &DnsConfig,
+    state: Reader,
     responder: Arc<Responder>,
 ) -> io::Result<(Vec<SocketAddr>, JoinSet<()>)> {
     let mut tasks = JoinSet::new();
@@ -36,13 +40,15 @@ pub fn start(
         let (addr, udp, tcp) = bind_all(addr, config.udp_sockets)?;
         for socket in udp {
             socket.set_nonblocking(false)?;
-            let (responder, runtime) = (responder.clone(), tokio::runtime::Handle::current());
+            let (state, responder) = (state.clone(), responder.clone());
+            let runtime = tokio::runtime::Handle::current();
             std::thread::Builder::new()
                 .name(format!("udp {addr}"))
-                .spawn(move || batch::serve(socket, responder, runtime))?;
+                .spawn(move || batch::serve(socket, &state, &responder, &runtime))?;
         }
         let idle = config.tcp_idle_timeout;
-        tasks.spawn(serve_tcp(tcp, responder.clone(), connections.clone(), idle));
+        let answering = (state.clone(), responder.clone());
+        tasks.spawn(serve_tcp(tcp, answering, connections.clone(), idle));
         bound.push(addr);
     }
     Ok((bound, tasks))
@@ -143,7 +149,7 @@ fn tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
 
 async fn serve_tcp(
     listener: TcpListener,
-    responder: Arc<Responder>,
+    answering: (Reader, Arc<Responder>),
     connections: Arc<Semaphore>,
     idle: Duration,
 ) {
@@ -161,10 +167,10 @@ async fn serve_tcp(
             debug!(%peer, "tcp connection limit reached; closing");
             continue;
         };
-        let responder = responder.clone();
+        let (state, responder) = answering.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(error) = tcp_connection(stream, peer, &responder, idle).await {
+            if let Err(error) = tcp_connection(stream, peer, (&state, &responder), idle).await {
                 debug!(%error, %peer, "tcp connection closed");
             }
         });
@@ -175,7 +181,7 @@ async fn serve_tcp(
 async fn tcp_connection(
     mut stream: TcpStream,
     peer: SocketAddr,
-    responder: &Responder,
+    (state, responder): (&Reader, &Responder),
     idle: Duration,
 ) -> io::Result<()> {
     let mut buf = Vec::with_capacity(512);
@@ -191,7 +197,12 @@ async fn tcp_connection(
         timeout(idle, stream.read_exact(&mut buf))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "query body timed out"))??;
-        let Some(reply) = responder.respond(&buf, peer, Protocol::Tcp).await else {
+        let snapshot = state.load_full();
+        let (data, view) = (&snapshot.data, &snapshot.view);
+        let Some(reply) = responder
+            .respond(data, view, &buf, peer, Protocol::Tcp)
+            .await
+        else {
             continue;
         };
         let mut out = Vec::with_capacity(reply.len() + 2);

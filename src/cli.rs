@@ -1,0 +1,153 @@
+//! The commands behind the `mgnt` command line; `main.rs` only parses
+//! arguments and prints what these return.
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use ipnet::IpNet;
+use serde_json::{Value, json};
+
+use crate::{
+    admin::client::{Client, ClientError},
+    config::{Config, ConfigError, ProvisionConfig},
+    dns::LoadError,
+    explain::{Explanation, explain},
+    state::{self, Regions, Snapshot},
+    tunnels::{
+        export::{ExportError, export_store},
+        store::{Attempt, SqliteStore, Store, StoreError},
+    },
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Api(#[from] ClientError),
+    #[error("`{0}` is not an address or prefix")]
+    Client(String),
+    #[error("provisioning is off: the config has no [provision] table")]
+    NoProvision,
+    #[error("{file}: tunnel store: {source}")]
+    Store { file: PathBuf, source: StoreError },
+    #[error(transparent)]
+    Export(#[from] ExportError),
+    #[error("reading {file}: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// `mgnt check-config`: loads everything; the one-line summary.
+pub fn check_config(config: &Path) -> Result<String, CliError> {
+    let data = state::load(config)?;
+    let db = data.maps.db();
+    let (orders, classes) = data.maps.counts();
+    Ok(format!(
+        "{}: ok ({} zones, {} geo names, {} regions, GeoIP {} built {}, {orders} region orders for {classes} client classes)",
+        config.display(),
+        data.zones.zones.len(),
+        data.geo.len(),
+        data.config.regions.len(),
+        db.database_type(),
+        db.build_epoch(),
+    ))
+}
+
+/// `mgnt lookup`: what a server started now would answer `client` (an
+/// address or a prefix), with the state file's health and drains.
+pub fn lookup(config: &Path, client: &str) -> Result<Explanation, CliError> {
+    let net: IpNet = client
+        .parse()
+        .or_else(|_| client.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| CliError::Client(client.to_owned()))?;
+    let data = state::load(config)?;
+    let saved = state::file::load(&data.config.health.state_file);
+    let regions = Regions::restore(&data.config, saved.as_ref());
+    let snapshot = Snapshot::of(Arc::new(data), &regions, state::now());
+    Ok(explain(&snapshot, net))
+}
+
+/// The admin API client for `config`'s server.
+pub fn client(config: &Path) -> Result<Client, CliError> {
+    Ok(Client::new(&Config::load(config)?)?)
+}
+
+/// `mgnt drain`.
+pub fn drain(
+    config: &Path,
+    region: &str,
+    reason: &str,
+    until: Option<&str>,
+    force: bool,
+) -> Result<Value, CliError> {
+    let path = format!(
+        "/v1/regions/{region}/drain{}",
+        if force { "?force=true" } else { "" }
+    );
+    let body = json!({ "reason": reason, "until": until });
+    Ok(client(config)?.post(&path, Some(body))?)
+}
+
+/// `mgnt undrain`.
+pub fn undrain(config: &Path, region: &str) -> Result<Value, CliError> {
+    Ok(client(config)?.post(&format!("/v1/regions/{region}/undrain"), None)?)
+}
+
+fn provision(cfg: &Config) -> Result<&ProvisionConfig, CliError> {
+    cfg.provision.as_ref().ok_or(CliError::NoProvision)
+}
+
+fn open_store(p: &ProvisionConfig) -> Result<SqliteStore, CliError> {
+    let file = p.data_dir.join("tunnels.db");
+    SqliteStore::open_for_checks(&file).map_err(|source| CliError::Store { file, source })
+}
+
+/// `mgnt site export`: writes the OpenVPN files into `dir`; a summary line.
+pub fn export(config: &Path, dir: &Path, region: Option<&str>) -> Result<String, CliError> {
+    let cfg = Config::load(config)?;
+    let p = provision(&cfg)?;
+    let done = export_store(&open_store(p)?, p, config, dir)?;
+    Ok(format!(
+        "{}: {} tunnels{}, {} stale files removed",
+        dir.display(),
+        done.tunnels,
+        region.map(|r| format!(" for {r}")).unwrap_or_default(),
+        done.removed
+    ))
+}
+
+/// `mgnt auth-verify`: checks OpenVPN's via-file (username, then password)
+/// and records the attempt; whether it belongs to a tunnel.
+pub fn auth_verify(config: &Path, file: &Path) -> Result<bool, CliError> {
+    let cfg = Config::load(config)?;
+    let p = provision(&cfg)?;
+    let text = std::fs::read_to_string(file).map_err(|source| CliError::Read {
+        file: file.to_owned(),
+        source,
+    })?;
+    let mut lines = text.lines();
+    let (user, password) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
+    let store = open_store(p)?;
+    let store_err = |source| CliError::Store {
+        file: p.data_dir.join("tunnels.db"),
+        source,
+    };
+    let site = store.verify(user, password).map_err(store_err)?;
+    let attempt = Attempt {
+        time: state::now(),
+        username: user.chars().take(64).collect(),
+        site: site.as_ref().map(|s| s.uuid),
+        ok: site.is_some(),
+        source: std::env::var("untrusted_ip").ok(),
+    };
+    store.record_attempt(&attempt).map_err(store_err)?;
+    Ok(site.is_some())
+}

@@ -1,0 +1,588 @@
+//! The state owner: the one task that changes region state.
+//!
+//! It takes whatever commands and probe reports are queued as one batch,
+//! applies them in order to the values it alone holds (the loaded data, the
+//! machines and drains in [`Regions`]), expires drains whose time has come,
+//! persists once, publishes one snapshot, and only then answers. If persisting
+//! fails, the batch's operator changes are undone and refused, while its probe
+//! rounds are still published: health must keep flowing when a disk is full.
+
+use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
+
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
+use tracing::{error, info, warn};
+
+use super::{
+    Clock, Command, Counters, DrainRecord, DrainRequest, Handle, Input, QUEUE, Reader,
+    ReloadReport, Snapshot, StateError, audit,
+    regions::{Refusal, Regions},
+    store::StateStore,
+};
+use crate::{
+    config::Config,
+    dns::{Data, LoadError},
+    health::{
+        Scheduler,
+        machine::{Machine, Thresholds, Transition},
+        probe::Round,
+    },
+};
+
+/// Most commands and reports applied between two saves.
+const MAX_BATCH: usize = 256;
+
+/// Starts the owner of `data`'s region state: restores what `store` saved,
+/// publishes the first snapshot, starts the probe loops when `probing`, and
+/// returns the handle and the task (which runs as long as the runtime).
+pub async fn start(
+    mut data: Data,
+    config_path: PathBuf,
+    store: Box<dyn StateStore>,
+    probing: bool,
+    clock: Clock,
+) -> (Handle, JoinHandle<()>) {
+    let saved = store.load().await;
+    let regions = Regions::restore(&data.config, saved.as_ref());
+    data.generation = 1;
+    let data = Arc::new(data);
+    let reader = Reader::new(Snapshot::of(data.clone(), &regions, clock()));
+    let (inputs, queue) = mpsc::channel(QUEUE);
+    let counters = Arc::new(Counters::default());
+    counters
+        .generation
+        .store(1, std::sync::atomic::Ordering::Relaxed);
+    let mut owner = Owner {
+        started: data.config.clone(),
+        data,
+        loads: 1,
+        regions,
+        store,
+        reader: reader.clone(),
+        scheduler: probing.then(|| Scheduler::new(inputs.clone())),
+        clock,
+        counters: counters.clone(),
+        fail_open: BTreeMap::new(),
+        persist_failing: false,
+    };
+    owner.restart_probes();
+    owner.track_fail_open();
+    let task = tokio::spawn(owner.run(queue));
+    let handle = Handle {
+        reader,
+        inputs,
+        counters,
+        config_path,
+    };
+    (handle, task)
+}
+
+struct Owner {
+    data: Arc<Data>,
+    /// Loads so far, never reused (a reverted reload's number included).
+    loads: u64,
+    regions: Regions,
+    /// The config the process started with: what `needs_restart` compares to.
+    started: Config,
+    store: Box<dyn StateStore>,
+    reader: Reader,
+    scheduler: Option<Scheduler<Input>>,
+    clock: Clock,
+    counters: Arc<Counters>,
+    /// Whether each geo name (by name) had no serving region at the last publish.
+    fail_open: BTreeMap<String, bool>,
+    /// Persisting failed last time (logged once until it works again).
+    persist_failing: bool,
+}
+
+/// A queued command or report, without its reply channel.
+enum Request {
+    Report {
+        generation: u64,
+        region: String,
+        round: Round,
+    },
+    Drain {
+        region: String,
+        request: DrainRequest,
+    },
+    Undrain {
+        region: String,
+        by: String,
+    },
+    Reload {
+        /// Taken when applied: a load is installed at most once.
+        loaded: Option<Result<Box<Data>, LoadError>>,
+        by: String,
+    },
+}
+
+/// Where each request's answer goes.
+enum Answer {
+    Report(oneshot::Sender<Machine>),
+    Drain(super::Reply<DrainRecord>),
+    Undrain(super::Reply<Option<DrainRecord>>),
+    Reload(super::Reply<ReloadReport>),
+}
+
+/// What applying one request gave.
+enum Outcome {
+    Report(Option<Machine>),
+    Drain(Result<DrainRecord, StateError>),
+    Undrain(Result<Option<DrainRecord>, StateError>),
+    Reload(Result<ReloadReport, StateError>),
+    /// An operator command of a batch that could not be persisted.
+    NotPersisted,
+}
+
+impl Outcome {
+    /// Whether the request changed what operators control.
+    fn changed(&self) -> bool {
+        matches!(
+            self,
+            Self::Drain(Ok(_)) | Self::Undrain(Ok(Some(_))) | Self::Reload(Ok(_))
+        )
+    }
+}
+
+/// Everything one pass over a batch produced.
+#[derive(Default)]
+struct Applied {
+    outcomes: Vec<Outcome>,
+    audit: Vec<audit::Entry>,
+    transitions: Vec<(String, Transition, Round)>,
+    reloaded: bool,
+}
+
+fn split(input: Input) -> (Request, Answer) {
+    match input {
+        Input::Report(r) => (
+            Request::Report {
+                generation: r.generation,
+                region: r.region,
+                round: r.round,
+            },
+            Answer::Report(r.reply),
+        ),
+        Input::Command(Command::Drain {
+            region,
+            request,
+            reply,
+        }) => (Request::Drain { region, request }, Answer::Drain(reply)),
+        Input::Command(Command::Undrain { region, by, reply }) => {
+            (Request::Undrain { region, by }, Answer::Undrain(reply))
+        }
+        Input::Command(Command::Reload { loaded, by, reply }) => (
+            Request::Reload {
+                loaded: Some(loaded),
+                by,
+            },
+            Answer::Reload(reply),
+        ),
+    }
+}
+
+impl Owner {
+    async fn run(mut self, mut queue: mpsc::Receiver<Input>) {
+        loop {
+            let now = (self.clock)();
+            let wake = self
+                .regions
+                .next_expiry(now)
+                .map(|at| Duration::from_secs(at.saturating_sub(now)));
+            let mut batch = Vec::new();
+            tokio::select! {
+                biased;
+                input = queue.recv() => match input {
+                    Some(input) => batch.push(input),
+                    None => return,
+                },
+                () = sleep_or_forever(wake) => {}
+            }
+            // Everything already queued joins the batch: one save, one publish.
+            while batch.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(input) => batch.push(input),
+                    Err(_) => break,
+                }
+            }
+            self.process(batch).await;
+        }
+    }
+
+    /// Applies one batch, persists, publishes, answers.
+    async fn process(&mut self, batch: Vec<Input>) {
+        let now = (self.clock)();
+        let (mut requests, answers): (Vec<Request>, Vec<Answer>) =
+            batch.into_iter().map(split).unzip();
+        let before = (self.data.clone(), self.regions.clone());
+        let mut applied = self.apply(&mut requests, true, now);
+        let saved = self.store.save(&self.regions.saved(), &applied.audit).await;
+        let persisted = match saved {
+            Ok(()) => {
+                if std::mem::take(&mut self.persist_failing) {
+                    info!("region state is persisted again");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                Counters::bump(&self.counters.persist_failures);
+                if !std::mem::replace(&mut self.persist_failing, true) {
+                    error!(error = %e, "cannot persist region state; health is still published, operator changes are refused");
+                }
+                if applied.outcomes.iter().any(Outcome::changed) {
+                    (self.data, self.regions) = before;
+                    let first = std::mem::take(&mut applied.outcomes);
+                    applied = self.apply(&mut requests, false, now);
+                    keep_refusals(&mut applied.outcomes, first);
+                }
+                Err(e.to_string())
+            }
+        };
+        if applied.reloaded && persisted.is_ok() {
+            self.restart_probes();
+        }
+        self.publish(&requests, &applied, now);
+        answer(answers, applied.outcomes, &persisted, &self.counters);
+    }
+
+    /// One pass over the batch; `operator` false skips drains, undrains
+    /// and reloads (a batch that could not be persisted is applied again so).
+    fn apply(&mut self, requests: &mut [Request], operator: bool, now: u64) -> Applied {
+        let mut applied = Applied::default();
+        for request in requests.iter_mut() {
+            let outcome = match request {
+                Request::Report {
+                    generation,
+                    region,
+                    round,
+                } => Outcome::Report(self.observe(*generation, region, round, &mut applied)),
+                _ if !operator => Outcome::NotPersisted,
+                Request::Drain { region, request } => {
+                    Outcome::Drain(self.drain(region, request, now, &mut applied.audit))
+                }
+                Request::Undrain { region, by } => {
+                    Outcome::Undrain(self.undrain(region, by, now, &mut applied.audit))
+                }
+                Request::Reload { loaded, by } => match loaded.take() {
+                    Some(loaded) => {
+                        let result = self.reload(loaded, by, now, &mut applied.audit);
+                        applied.reloaded |= result.is_ok();
+                        Outcome::Reload(result)
+                    }
+                    None => Outcome::NotPersisted,
+                },
+            };
+            applied.outcomes.push(outcome);
+        }
+        for (region, d) in self.regions.expire(now) {
+            info!(%region, reason = %d.reason, by = %d.by, "drain ended by its `until` time");
+            let mut entry =
+                audit::Entry::new(now, "mgnt", "drain-ended", "ended at its until time");
+            (entry.region, entry.reason, entry.until) = (Some(region), Some(d.reason), d.until);
+            applied.audit.push(entry);
+        }
+        applied
+    }
+
+    fn observe(
+        &mut self,
+        generation: u64,
+        region: &str,
+        round: &Round,
+        applied: &mut Applied,
+    ) -> Option<Machine> {
+        if generation != self.data.generation {
+            return None; // from a loop of a configuration reloaded away
+        }
+        let health = &self.data.config.health;
+        let thresholds = Thresholds {
+            fall: health.fall,
+            rise: health.rise,
+        };
+        let (machine, transition) = self.regions.observe(region, round.clone(), thresholds)?;
+        if let Some(t) = transition {
+            applied
+                .transitions
+                .push((region.to_owned(), t, round.clone()));
+        }
+        Some(machine)
+    }
+
+    fn drain(
+        &mut self,
+        region: &str,
+        request: &DrainRequest,
+        now: u64,
+        audit: &mut Vec<audit::Entry>,
+    ) -> Result<DrainRecord, StateError> {
+        let record = DrainRecord {
+            reason: request.reason.clone(),
+            by: request.by.clone(),
+            since: now,
+            until: request.until,
+        };
+        let result = self
+            .regions
+            .drain(&self.data.config, region, record.clone(), request.force);
+        let outcome = match &result {
+            Ok(()) => "drained",
+            Err(Refusal::NoRegion) => "refused: no such region",
+            Err(Refusal::LastServing(_)) => "refused: last serving region",
+        };
+        let mut entry = audit::Entry::new(now, &request.by, "drain", outcome);
+        entry.region = Some(region.to_owned());
+        entry.reason = Some(request.reason.clone());
+        (entry.until, entry.force) = (request.until, request.force);
+        audit.push(entry);
+        match result {
+            Ok(()) => {
+                info!(%region, by = %request.by, reason = %request.reason, until = ?request.until, "region drained");
+                Ok(record)
+            }
+            Err(Refusal::NoRegion) => Err(StateError::NoRegion(region.to_owned())),
+            Err(Refusal::LastServing(geo_names)) => Err(StateError::LastServing {
+                region: region.to_owned(),
+                geo_names,
+            }),
+        }
+    }
+
+    fn undrain(
+        &mut self,
+        region: &str,
+        by: &str,
+        now: u64,
+        audit: &mut Vec<audit::Entry>,
+    ) -> Result<Option<DrainRecord>, StateError> {
+        if self.data.config.region_index(region).is_none() {
+            return Err(StateError::NoRegion(region.to_owned()));
+        }
+        let was = self.regions.undrain(region);
+        let outcome = if was.is_some() {
+            "undrained"
+        } else {
+            "was not drained"
+        };
+        let mut entry = audit::Entry::new(now, by, "undrain", outcome);
+        entry.region = Some(region.to_owned());
+        audit.push(entry);
+        info!(%region, %by, "region undrained");
+        Ok(was)
+    }
+
+    fn reload(
+        &mut self,
+        loaded: Result<Box<Data>, LoadError>,
+        by: &str,
+        now: u64,
+        audit: &mut Vec<audit::Entry>,
+    ) -> Result<ReloadReport, StateError> {
+        let mut data = match loaded {
+            Ok(d) => d,
+            Err(e) => {
+                audit.push(audit::Entry::new(now, by, "reload", format!("failed: {e}")));
+                return Err(StateError::Load(e));
+            }
+        };
+        self.loads += 1;
+        data.generation = self.loads;
+        data.inherit_counters(&self.data);
+        self.regions.reconfigure(&data.config);
+        let report = ReloadReport {
+            generation: data.generation,
+            zones: data.zones.zones.len(),
+            geo_names: data.geo.len(),
+            regions: data.config.regions.len(),
+            geoip_build_epoch: data.maps.db().build_epoch(),
+            needs_restart: restart_only_changes(&self.started, &data.config),
+        };
+        for key in &report.needs_restart {
+            warn!(
+                key,
+                "differs from the running configuration; takes effect after a restart"
+            );
+        }
+        self.data = Arc::from(data);
+        audit.push(audit::Entry::new(now, by, "reload", "reloaded"));
+        Ok(report)
+    }
+
+    /// Publishes the snapshot of the current state, logs what changed.
+    fn publish(&mut self, requests: &[Request], applied: &Applied, now: u64) {
+        for (request, outcome) in requests.iter().zip(&applied.outcomes) {
+            if let (Request::Report { region, round, .. }, Outcome::Report(Some(_))) =
+                (request, outcome)
+            {
+                self.record_probes(region, round);
+            }
+        }
+        for (region, t, round) in &applied.transitions {
+            log_transition(region, *t, round);
+            Counters::bump(&self.counters.transitions);
+        }
+        self.reader
+            .publish(Snapshot::of(self.data.clone(), &self.regions, now));
+        Counters::bump(&self.counters.publishes);
+        self.counters
+            .generation
+            .store(self.data.generation, std::sync::atomic::Ordering::Relaxed);
+        self.track_fail_open();
+    }
+
+    fn record_probes(&self, region: &str, round: &Round) {
+        let mut probes = self
+            .counters
+            .probes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for r in &round.results {
+            let stats = probes.entry((region.to_owned(), r.kind)).or_default();
+            if r.ok {
+                stats.ok += 1;
+            } else {
+                stats.failed += 1;
+            }
+            if let Some(ms) = r.rtt_ms {
+                stats.rtt_ms.observe(ms);
+            }
+        }
+    }
+
+    /// Logs (and counts) each geo name entering or leaving fail-open.
+    fn track_fail_open(&mut self) {
+        let snapshot = self.reader.load();
+        for geo in &snapshot.data.config.geo {
+            let all_out = geo.regions.iter().all(|&r| !snapshot.view.serving(r));
+            let name = geo.name.to_string();
+            let was = self
+                .fail_open
+                .insert(name.clone(), all_out)
+                .unwrap_or(false);
+            if all_out && !was {
+                Counters::bump(&self.counters.fail_open_events);
+                error!(name, "no region is serving; failing open to the nearest");
+            } else if !all_out && was {
+                info!(name, "a region is serving again; fail-open over");
+            }
+        }
+    }
+
+    fn restart_probes(&mut self) {
+        let (regions, data) = (&self.regions, &self.data);
+        if let Some(s) = &mut self.scheduler {
+            s.restart(data.generation, &data.config, |r| regions.machine(r));
+        }
+    }
+}
+
+/// Keeps the first pass's refusals (a refused drain, a failed load) for
+/// commands the second pass skipped: they are answered as they were.
+fn keep_refusals(outcomes: &mut [Outcome], first: Vec<Outcome>) {
+    for (now, then) in outcomes.iter_mut().zip(first) {
+        let refused = matches!(
+            then,
+            Outcome::Drain(Err(_)) | Outcome::Undrain(Err(_)) | Outcome::Reload(Err(_))
+        );
+        if matches!(now, Outcome::NotPersisted) && refused {
+            *now = then;
+        }
+    }
+}
+
+/// Sends every answer; an operator change that was not persisted gets the
+/// store's error.
+fn answer(
+    answers: Vec<Answer>,
+    outcomes: Vec<Outcome>,
+    persisted: &Result<(), String>,
+    counters: &Counters,
+) {
+    let not_persisted = || StateError::Persist(persisted.clone().err().unwrap_or_default());
+    for (answer, outcome) in answers.into_iter().zip(outcomes) {
+        match (answer, outcome) {
+            (Answer::Report(reply), Outcome::Report(Some(machine))) => {
+                let _ = reply.send(machine);
+            }
+            (Answer::Drain(reply), Outcome::Drain(result)) => {
+                let _ = reply.send(result);
+            }
+            (Answer::Undrain(reply), Outcome::Undrain(result)) => {
+                let _ = reply.send(result);
+            }
+            (Answer::Reload(reply), Outcome::Reload(result)) => {
+                let counter = match result {
+                    Ok(_) => &counters.reloads,
+                    Err(_) => &counters.reload_failures,
+                };
+                Counters::bump(counter);
+                if let Err(error) = &result {
+                    error!(%error, "reload failed; still serving the previous data");
+                }
+                let _ = reply.send(result);
+            }
+            (Answer::Drain(reply), Outcome::NotPersisted) => {
+                let _ = reply.send(Err(not_persisted()));
+            }
+            (Answer::Undrain(reply), Outcome::NotPersisted) => {
+                let _ = reply.send(Err(not_persisted()));
+            }
+            (Answer::Reload(reply), Outcome::NotPersisted) => {
+                Counters::bump(&counters.reload_failures);
+                let _ = reply.send(Err(not_persisted()));
+            }
+            // A stale report: dropping its answer ends the loop that sent it.
+            _ => {}
+        }
+    }
+}
+
+fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    if running.dns.listen != new.dns.listen {
+        out.push("dns.listen".to_owned());
+    }
+    if running.api.listen != new.api.listen {
+        out.push("api.listen".to_owned());
+    }
+    if running.health.state_file != new.health.state_file {
+        out.push("health.state_file".to_owned());
+    }
+    if running.api.audit_log != new.api.audit_log {
+        out.push("api.audit_log".to_owned());
+    }
+    if running.vpnlog != new.vpnlog {
+        out.push("vpnlog".to_owned());
+    }
+    out
+}
+
+fn log_transition(region: &str, t: Transition, round: &Round) {
+    let reason = round
+        .results
+        .iter()
+        .map(|r| match &r.error {
+            Some(e) => format!("{:?} {}: {e}", r.kind, r.target),
+            None => format!("{:?} {}: ok", r.kind, r.target),
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let rtt_ms = round
+        .results
+        .iter()
+        .filter_map(|r| r.rtt_ms)
+        .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.min(v))));
+    warn!(region, from = ?t.from, to = ?t.to, %reason, ?rtt_ms, "region health changed");
+}
+
+async fn sleep_or_forever(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests;

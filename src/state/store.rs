@@ -1,0 +1,76 @@
+//! Where region state is persisted: the state owner's storage boundary.
+//!
+//! The owner saves once per batch of commands, and acknowledges a drain,
+//! undrain or reload only after [`StateStore::save`] returned. The default
+//! store is the state file (health and drains, replaced atomically) plus the
+//! audit log (JSON lines); a database store plugs in behind the same trait.
+
+use std::path::PathBuf;
+
+use tracing::warn;
+
+use super::{
+    audit,
+    file::{self, StateFile},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{file}: {source}")]
+    Io {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+#[async_trait::async_trait]
+pub trait StateStore: Send + Sync + 'static {
+    /// The saved state; `None` for a fresh start (nothing saved, or
+    /// unreadable: logged, never a refusal to start).
+    async fn load(&self) -> Option<StateFile>;
+
+    /// Persists `state` and records `audit`.
+    async fn save(&self, state: &StateFile, audit: &[audit::Entry]) -> Result<(), StoreError>;
+}
+
+/// The state file and the audit log.
+pub struct FileStore {
+    pub state_file: PathBuf,
+    pub audit_log: PathBuf,
+}
+
+#[async_trait::async_trait]
+impl StateStore for FileStore {
+    async fn load(&self) -> Option<StateFile> {
+        let path = self.state_file.clone();
+        tokio::task::spawn_blocking(move || file::load(&path))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// The state file is the record: a change is persisted once it is
+    /// renamed into place. The audit lines are appended after it; failing to
+    /// append them is logged and does not undo the change.
+    async fn save(&self, state: &StateFile, audit: &[audit::Entry]) -> Result<(), StoreError> {
+        let (state_file, audit_log) = (self.state_file.clone(), self.audit_log.clone());
+        let (state, audit) = (state.clone(), audit.to_vec());
+        let written = tokio::task::spawn_blocking(move || {
+            file::save(&state_file, &state).map_err(|source| StoreError::Io {
+                file: state_file.clone(),
+                source,
+            })?;
+            if let Err(error) = audit::append(&audit_log, &audit) {
+                warn!(file = %audit_log.display(), %error, "cannot append to the audit log");
+            }
+            Ok(())
+        })
+        .await;
+        written.unwrap_or_else(|e| {
+            Err(StoreError::Io {
+                file: self.state_file.clone(),
+                source: std::io::Error::other(e),
+            })
+        })
+    }
+}
