@@ -5,6 +5,7 @@
 //! Pure parts first, then the one owner of region state, then the edges:
 //!
 //! - [`config`]: `mgnt.toml` → a validated [`config::Config`].
+//! - [`clock`], [`durable`]: epoch seconds; atomic file writes (temp file, fsync, rename).
 //! - [`geo`]: the GeoIP database and country centroids (records, networks, locations).
 //! - [`route`]: the pure decision: rank regions by distance and overrides, take the
 //!   first serving one of an order, fail open.
@@ -30,8 +31,10 @@
 
 pub mod admin;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod dns;
+pub mod durable;
 pub mod explain;
 pub mod geo;
 pub mod health;

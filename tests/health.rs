@@ -108,13 +108,6 @@ fn wait_state(path: &Path, check: impl Fn(&serde_json::Value) -> bool) {
     }
 }
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-}
-
 #[test]
 fn a_stopped_region_fails_over_to_the_next_nearest_and_comes_back() {
     let mut regions: Vec<Region> = REGIONS.iter().map(|(_, ip)| Region::start(ip)).collect();
@@ -144,18 +137,28 @@ fn a_stopped_region_fails_over_to_the_next_nearest_and_comes_back() {
     regions[0].restart();
     let up = wait_for(&server, BELGIUM, "europe1", Duration::from_secs(10));
     assert!(up < Duration::from_secs(5), "recovery took {up:?}");
+}
 
-    // ICMP probes run too (raw sockets as root; unprivileged where the kernel allows).
-    if is_root() {
-        wait_state(&state, |s| {
-            s["regions"]["europe1"]["last"]["results"][1]["ok"] == true
-        });
-        let icmp = &state_json(&state)["regions"]["europe1"]["last"]["results"][1];
-        assert_eq!(icmp["kind"], "icmp");
-        assert!(icmp["rtt_ms"].as_f64().unwrap() >= 0.0);
-    } else {
-        eprintln!("skipping the ICMP assertion: raw ICMP sockets need root");
-    }
+/// ICMP probes: raw sockets as root (unprivileged ones only where the
+/// kernel's `ping_group_range` allows, which is not a default to count on).
+#[test]
+#[ignore = "needs root (raw ICMP sockets); scripts/test runs it as root"]
+fn icmp_probes_answer_with_an_rtt() {
+    assert!(
+        is_root(),
+        "raw ICMP sockets need root; this test is #[ignore]d for other users"
+    );
+    let regions: Vec<Region> = REGIONS.iter().map(|(_, ip)| Region::start(ip)).collect();
+    let fixture = Fixture::new();
+    let state = fixture.path("state/health.json");
+    fixture.write_config(&health_config(&regions, &state));
+    let _server = Server::start_with(fixture);
+    wait_state(&state, |s| {
+        s["regions"]["europe1"]["last"]["results"][1]["ok"] == true
+    });
+    let icmp = &state_json(&state)["regions"]["europe1"]["last"]["results"][1];
+    assert_eq!(icmp["kind"], "icmp");
+    assert!(icmp["rtt_ms"].as_f64().unwrap() >= 0.0);
 }
 
 #[test]

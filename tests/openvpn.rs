@@ -213,26 +213,20 @@ fn server_config(dir: &Path, net: &str, export: &Path, extra: &str) -> PathBuf {
     path
 }
 
-/// Whether this machine can run the OpenVPN tests; if not, says why.
-fn can_run() -> bool {
-    let why = runnable().err().or_else(|| {
-        Command::new("openvpn")
-            .arg("--version")
-            .output()
-            .is_err()
-            .then(|| "openvpn is not installed (Debian package openvpn)".to_owned())
-    });
-    if let Some(why) = &why {
-        eprintln!("skipping: {why}");
-    }
-    why.is_none()
+/// Fails unless this machine can run the OpenVPN tests (root, `ip`,
+/// `openvpn`, `openssl`).
+fn require_tools() {
+    require_root(&[
+        ("openvpn", "openvpn"),
+        ("openssl", "openssl"),
+        ("logger", "bsdutils"),
+    ]);
 }
 
 #[test]
+#[ignore = "needs root (network namespaces, OpenVPN); scripts/test runs it as root"]
 fn a_routeros_style_client_connects_with_its_tunnel_credentials_only() {
-    if !can_run() {
-        return;
-    }
+    require_tools();
     let fixture = Fixture::new();
     fixture.write_config(
         &(config_text("\"127.0.0.1:0\", \"[::1]:0\"")
@@ -299,10 +293,9 @@ fn syslog_forwarder(ns: &str, to: std::net::SocketAddr) -> Child {
 }
 
 #[test]
+#[ignore = "needs root (network namespaces, OpenVPN); scripts/test runs it as root"]
 fn a_real_tunnel_is_seen_through_syslog_the_management_interface_and_pings() {
-    if !can_run() {
-        return;
-    }
+    require_tools();
     const NET: &str = "169.254.93";
     let lab = Lab::new("ol", NET);
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();

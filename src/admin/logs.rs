@@ -18,7 +18,7 @@ use super::{
     fail::{Fail, attempt, uuid},
 };
 use crate::{
-    state::now,
+    clock::now,
     vpnlog::{
         service::VpnLog,
         store::{LogStore, LogStoreError},

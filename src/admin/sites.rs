@@ -18,7 +18,7 @@ use super::{
     handlers::error,
 };
 use crate::{
-    state,
+    clock,
     tunnels::{
         export,
         pool::PoolError,
@@ -97,7 +97,7 @@ pub async fn put(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Respons
 async fn ensure(api: &Api, id: Uuid) -> Response {
     let store = attempt!(store(api));
     let s = store.clone();
-    let (site, secret) = attempt!(blocking(move || s.ensure(id, state::now())).await);
+    let (site, secret) = attempt!(blocking(move || s.ensure(id, clock::now())).await);
     if secret.is_some() {
         reexport(api, store).await;
     }
@@ -117,7 +117,7 @@ pub async fn delete(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Resp
     let store = attempt!(store(&api));
     let id = attempt!(uuid(&id));
     let s = store.clone();
-    if attempt!(blocking(move || s.delete(id, state::now())).await) {
+    if attempt!(blocking(move || s.delete(id, clock::now())).await) {
         reexport(&api, store).await;
         StatusCode::NO_CONTENT.into_response()
     } else {
@@ -190,7 +190,7 @@ pub async fn recreate(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Re
     let store = attempt!(store(&api));
     let id = attempt!(uuid(&id));
     let s = store.clone();
-    match attempt!(blocking(move || s.recreate(id, state::now())).await) {
+    match attempt!(blocking(move || s.recreate(id, clock::now())).await) {
         Some(job) => (StatusCode::CREATED, Json(json!({ "job": job }))).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("no site {id}")),
     }
@@ -219,7 +219,7 @@ pub async fn job_script(
     let site = attempt!(site(&store, job.site).await);
     let response = script(&api, &site, &job, q.version.as_deref());
     if response.status().is_success() {
-        attempt!(blocking(move || store.job_fetched(id, state::now())).await);
+        attempt!(blocking(move || store.job_fetched(id, clock::now())).await);
     }
     response
 }
@@ -227,7 +227,7 @@ pub async fn job_script(
 pub async fn job_applied(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
     let store = attempt!(store(&api));
     let id = attempt!(uuid(&id));
-    if !attempt!(blocking(move || store.job_applied(id, state::now())).await) {
+    if !attempt!(blocking(move || store.job_applied(id, clock::now())).await) {
         return error(StatusCode::NOT_FOUND, format!("no job {id}"));
     }
     Json(json!({ "job": id, "applied": true })).into_response()

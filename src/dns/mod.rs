@@ -1,4 +1,4 @@
-//! The authoritative DNS server: zones, geo names, ECS and the UDP/TCP listeners.
+//! DNS answers: zones, geo names, ECS, and bytes in → bytes out (full and fast path).
 //!
 //! [`Data`] is everything loaded from disk (config, zones, GeoIP database and
 //! the region orders built from it) as one immutable value. [`answer`] (the

@@ -68,5 +68,5 @@ impl StateFile {
 /// Replaces the state file with `state` (temp file, fsync, rename).
 pub fn save(path: &Path, state: &StateFile) -> std::io::Result<()> {
     let bytes = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
-    super::write_atomic(path, &bytes)
+    crate::durable::write_atomic(path, &bytes)
 }

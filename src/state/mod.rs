@@ -22,13 +22,13 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    time::SystemTime,
 };
 
 use arc_swap::{ArcSwap, Guard};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
+pub use crate::clock::{Clock, now, system_clock};
 use crate::{
     config::{Config, ConfigError},
     dns::{Data, LoadError},
@@ -88,22 +88,6 @@ impl Reader {
     fn publish(&self, snapshot: Snapshot) {
         self.0.store(Arc::new(snapshot));
     }
-}
-
-/// Wall-clock seconds since 1970, injectable so tests can drive drain
-/// expiry with tokio's paused clock.
-pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
-
-/// The system clock.
-pub fn system_clock() -> Clock {
-    Arc::new(now)
-}
-
-/// Seconds since 1970.
-pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Why a command was not carried out.
@@ -278,48 +262,8 @@ pub fn load(path: &std::path::Path) -> Result<Data, LoadError> {
     Data::load(Config::load(path)?)
 }
 
-/// Writes `bytes` to `path` so that a crash leaves either the old file or the
-/// new one: a temp file in the same directory, fsync, rename, fsync the directory.
-pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => std::path::Path::new("."),
-    };
-    std::fs::create_dir_all(dir)?;
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
 impl Counters {
     fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn atomic_write_replaces_the_file_and_leaves_no_temp() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sub/state.json");
-        write_atomic(&path, b"one").unwrap();
-        write_atomic(&path, b"two").unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"two");
-        let names: Vec<_> = std::fs::read_dir(dir.path().join("sub")).unwrap().collect();
-        assert_eq!(names.len(), 1, "no temp file left behind");
     }
 }

@@ -10,7 +10,7 @@ use super::{
     pool::Pool,
     store::{Site, Store},
 };
-use crate::{config::ProvisionConfig, state::write_atomic};
+use crate::{config::ProvisionConfig, durable::write_atomic};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {

@@ -28,7 +28,7 @@ use super::{
     sessions::{Record, Session, Tracker},
     store::{Item, Latency, LogStore, Origin},
 };
-use crate::{config::VpnlogConfig, state::now};
+use crate::{clock::now, config::VpnlogConfig};
 
 /// Most items written in one transaction.
 const BATCH: usize = 10_000;

@@ -10,7 +10,7 @@ use super::{
     ingest::Ingest,
     store::{Latency, Rtt},
 };
-use crate::{config::VpnlogConfig, health::probe::Pingers, state::now};
+use crate::{clock::now, config::VpnlogConfig, health::probe::Pingers};
 
 /// Tunnels pinged at once.
 const CONCURRENT: usize = 256;

@@ -11,7 +11,7 @@ use super::{
     store::{LogStore, LogStoreError, SqliteLogStore},
     watch,
 };
-use crate::{config::VpnlogConfig, health::probe::Pingers, state::now};
+use crate::{clock::now, config::VpnlogConfig, health::probe::Pingers};
 
 /// How often records past the retention are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);

@@ -25,7 +25,7 @@ use super::{
     management::{MAX_STATUS, Notice, Reader},
     status::parse_status,
 };
-use crate::{config::LogServer, state::now};
+use crate::{clock::now, config::LogServer};
 
 /// Longest line we accept from a management interface.
 const MAX_LINE: usize = 64 * 1024;

@@ -103,16 +103,20 @@ pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
 }
 
 /// Why namespace tests cannot run here, if they cannot (they need root and `ip`).
-pub fn runnable() -> Result<(), String> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    if !status
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-    {
-        return Err("network namespaces need root".into());
+/// Fails the test, saying why, unless it can do what it needs: root, and
+/// `tools` (commands, with the Debian package that has each). A test that
+/// cannot run must never pass.
+pub fn require_root(tools: &[(&str, &str)]) {
+    assert!(
+        super::is_root(),
+        "this test needs root (network namespaces); it is #[ignore]d for other users"
+    );
+    for (tool, package) in [("ip", "iproute2")].iter().chain(tools) {
+        let found = Command::new(tool).arg("--version").output().is_ok()
+            || Command::new(tool).arg("-V").output().is_ok();
+        assert!(
+            found,
+            "`{tool}` is not installed (Debian package {package}; scripts/test installs it)"
+        );
     }
-    if Command::new("ip").arg("-V").output().is_err() {
-        return Err("iproute2's `ip` is not installed".into());
-    }
-    Ok(())
 }
