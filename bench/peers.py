@@ -2,7 +2,8 @@
 """Runs the same workloads against a zero-work reflector, gdnsd, Knot and mgnt.
 
 Each server is pinned to CPU 1 and each load generator to CPU 0; all servers
-run throughout. The batched generator loads them in turns of 250 ms within one
+run throughout. With MGNT_BASELINE=/path/to/an/older/mgnt, that build runs too
+(as mgnt-prev, same config) and the report adds an A/B table. The batched generator loads them in turns of 250 ms within one
 run (so slow drifts of a shared machine hit all alike); dnsperf runs against
 each in turn. The order rotates across rounds. Everything listens on 127.0.0.1. Prints a Markdown table (medians over the rounds) and mgnt's ratios.
 Usage: peers.py ROUNDS SECONDS
@@ -24,6 +25,9 @@ ZONE = open(os.path.join(ROOT, "zones", "mkcld.io.zone")).read()
 REGIONS = [("europe1", 50.11, 8.68, "192.0.2.11"), ("us1", 39.04, -77.49, "192.0.2.21"),
            ("asia1", 1.35, 103.82, "192.0.2.31"), ("sa1", -23.55, -46.63, "192.0.2.41")]
 PORTS = {"reflector": 5399, "gdnsd": 5301, "knot": 5302, "mgnt": 5303}
+BASELINE = os.environ.get("MGNT_BASELINE")
+if BASELINE:
+    PORTS["mgnt-prev"] = 5305
 WORKLOADS = ["geo", "geo-ecs", "static"]
 OUTSTANDING = 200
 TICK = os.sysconf("SC_CLK_TCK")
@@ -91,11 +95,17 @@ zone:
     file: mkcld.io.zone
     module: mod-geoip/geo
 """)
-    write(f"{d}/mgnt/zones/mkcld.io.zone", ZONE)
     regions = "\n".join(f'[regions.{n}]\nhost = "{n}.mkcld.io"\nlocation = [{la}, {lo}]\n'
                         for n, la, lo, _ in REGIONS)
-    write(f"{d}/mgnt/mgnt.toml", f"""[dns]
-listen = ["127.0.0.1:{PORTS['mgnt']}"]
+    for name in [n for n in PORTS if n.startswith("mgnt")]:
+        write(f"{d}/{name}/zones/mkcld.io.zone", ZONE)
+        write(f"{d}/{name}/mgnt.toml", mgnt_config(PORTS[name], db, regions))
+    return prefixes
+
+
+def mgnt_config(port, db, regions):
+    return f"""[dns]
+listen = ["127.0.0.1:{port}"]
 zones_dir = "zones"
 udp_sockets = 1
 [api]
@@ -108,8 +118,7 @@ name = "mgnt.mkcld.io"
 ttl = 60
 answer = "address"
 regions = ["europe1", "us1", "asia1", "sa1"]
-{regions}""")
-    return prefixes
+{regions}"""
 
 
 def start(name, d):
@@ -120,6 +129,8 @@ def start(name, d):
         cmd = pin + ["gdnsd", "-c", f"{d}/gdnsd", "start"]
     elif name == "knot":
         cmd = pin + ["knotd", "-c", f"{d}/knot/knot.conf"]
+    elif name == "mgnt-prev":
+        cmd = pin + [BASELINE, "serve", "--config", f"{d}/{name}/mgnt.toml"]
     else:
         cmd = pin + [f"{REL}/mgnt", "serve", "--config", f"{d}/mgnt/mgnt.toml"]
     env = dict(os.environ, RUST_LOG="error")
@@ -290,6 +301,21 @@ def report(results, rss, rounds, seconds):
             print(f"| {gen} | {workload} | {q / med(g, 'qps'):.2f} | {q / med(k, 'qps'):.2f} | "
                   f"{q / med(c, 'qps'):.2f} | {med(m, 'cpu_us_per_q') / med(g, 'cpu_us_per_q'):.2f} | "
                   f"{statistics.median(paired):.2f} ({min(paired):.2f}–{max(paired):.2f}) |")
+    if BASELINE:
+        print("\nThis build against the previous one (MGNT_BASELINE), same run; the last column pairs "
+              "them round by round (median and range of CPU/q ratios):\n")
+        print("| generator | workload | qps vs previous | CPU/q vs previous | per round CPU/q |")
+        print("|---|---|---:|---:|---:|")
+        for gen in ["batched", "dnsperf"]:
+            for workload in WORKLOADS:
+                m = results.get(("mgnt", gen, workload))
+                p = results.get(("mgnt-prev", gen, workload))
+                if not (m and p):
+                    continue
+                paired = [a["cpu_us_per_q"] / b["cpu_us_per_q"] for a, b in zip(m, p) if b["cpu_us_per_q"]]
+                print(f"| {gen} | {workload} | {med(m, 'qps') / med(p, 'qps'):.2f} | "
+                      f"{med(m, 'cpu_us_per_q') / med(p, 'cpu_us_per_q'):.2f} | "
+                      f"{statistics.median(paired):.2f} ({min(paired):.2f}–{max(paired):.2f}) |")
     print("\nRSS (KiB) at rest / after load:", ", ".join(
         f"{n} {v.get('rest', 0):,} / {v.get('load', 0):,}" for n, v in rss.items()))
 

@@ -128,8 +128,10 @@ pub struct Maps {
     db: GeoDb,
     /// Interned orders; `sets` index into it.
     orders: Vec<Order>,
-    /// Per [`OrdersId`]: the order of each geo name, by geo index.
-    sets: Vec<Box<[u32]>>,
+    /// Per [`OrdersId`], one row of `geos` entries: each geo name's order
+    /// (an index into `orders`). Flat, so a lookup is two indexed loads.
+    sets: Vec<u32>,
+    geos: usize,
     outside: Classes,
     /// Override prefixes, longest first (the first that contains a client wins).
     prefixes: Vec<(IpNet, Vec<usize>, Classes)>,
@@ -154,6 +156,7 @@ impl Maps {
             db,
             orders: Vec::new(),
             sets: Vec::new(),
+            geos: config.geo.len(),
             outside: Classes::default(),
             prefixes,
             countries: config.overrides.countries.clone(),
@@ -168,7 +171,8 @@ impl Maps {
             let records = maps.db.records(Some(maps.prefixes[i].0));
             maps.prefixes[i].2 = maps.classes(&records, Some(i), &mut interner)?;
         }
-        (maps.orders, maps.sets) = (interner.orders, interner.sets);
+        maps.sets = interner.sets.concat();
+        maps.orders = interner.orders;
         Ok(maps)
     }
 
@@ -260,7 +264,7 @@ impl Maps {
 
     /// Geo name `geo`'s region order for the clients of `orders`.
     pub fn order(&self, orders: OrdersId, geo: usize) -> &Order {
-        let id = self.sets[orders as usize][geo];
+        let id = self.sets[orders as usize * self.geos + geo];
         &self.orders[id as usize]
     }
 
@@ -292,7 +296,7 @@ impl Maps {
 
     /// Distinct region orders and client classes (for reports and tests).
     pub fn counts(&self) -> (usize, usize) {
-        (self.orders.len(), self.sets.len())
+        (self.orders.len(), self.sets.len() / self.geos.max(1))
     }
 }
 

@@ -9,15 +9,12 @@
 
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 
-use tokio::{
-    sync::{mpsc, oneshot},
-    task::JoinHandle,
-};
+use tokio::{sync::mpsc, task::JoinHandle};
 use tracing::{error, info, warn};
 
 use super::{
-    Clock, Command, Counters, DrainRecord, DrainRequest, Handle, Input, QUEUE, Reader,
-    ReloadReport, Snapshot, StateError, audit,
+    Clock, Counters, DrainRecord, DrainRequest, Handle, Input, QUEUE, Reader, ReloadReport,
+    Snapshot, StateError, audit,
     regions::{Refusal, Regions},
     store::StateStore,
 };
@@ -30,6 +27,7 @@ use crate::{
         probe::Round,
     },
 };
+use batch::{Answer, Applied, Outcome, Request, answer, keep_refusals, split};
 
 /// Most commands and reports applied between two saves.
 const MAX_BATCH: usize = 256;
@@ -95,93 +93,6 @@ struct Owner {
     fail_open: BTreeMap<String, bool>,
     /// Persisting failed last time (logged once until it works again).
     persist_failing: bool,
-}
-
-/// A queued command or report, without its reply channel.
-enum Request {
-    Report {
-        generation: u64,
-        region: String,
-        round: Round,
-    },
-    Drain {
-        region: String,
-        request: DrainRequest,
-    },
-    Undrain {
-        region: String,
-        by: String,
-    },
-    Reload {
-        /// Taken when applied: a load is installed at most once.
-        loaded: Option<Result<Box<Data>, LoadError>>,
-        by: String,
-    },
-}
-
-/// Where each request's answer goes.
-enum Answer {
-    Report(oneshot::Sender<Machine>),
-    Drain(super::Reply<DrainRecord>),
-    Undrain(super::Reply<Option<DrainRecord>>),
-    Reload(super::Reply<ReloadReport>),
-}
-
-/// What applying one request gave.
-enum Outcome {
-    Report(Option<Machine>),
-    Drain(Result<DrainRecord, StateError>),
-    Undrain(Result<Option<DrainRecord>, StateError>),
-    Reload(Result<ReloadReport, StateError>),
-    /// An operator command of a batch that could not be persisted.
-    NotPersisted,
-}
-
-impl Outcome {
-    /// Whether the request changed what operators control.
-    fn changed(&self) -> bool {
-        matches!(
-            self,
-            Self::Drain(Ok(_)) | Self::Undrain(Ok(Some(_))) | Self::Reload(Ok(_))
-        )
-    }
-}
-
-/// Everything one pass over a batch produced.
-#[derive(Default)]
-struct Applied {
-    outcomes: Vec<Outcome>,
-    audit: Vec<audit::Entry>,
-    transitions: Vec<(String, Transition, Round)>,
-    reloaded: bool,
-}
-
-fn split(input: Input) -> (Request, Answer) {
-    match input {
-        Input::Report(r) => (
-            Request::Report {
-                generation: r.generation,
-                region: r.region,
-                round: r.round,
-            },
-            Answer::Report(r.reply),
-        ),
-        Input::Command(Command::Drain {
-            region,
-            request,
-            reply,
-        }) => (Request::Drain { region, request }, Answer::Drain(reply)),
-        Input::Command(Command::Undrain { region, by, reply }) => {
-            (Request::Undrain { region, by }, Answer::Undrain(reply))
-        }
-        Input::Command(Command::Reload { loaded, by, reply }) => (
-            Request::Reload {
-                loaded: Some(loaded),
-                by,
-            },
-            Answer::Reload(reply),
-        ),
-    }
 }
 
 impl Owner {
@@ -478,67 +389,6 @@ impl Owner {
     }
 }
 
-/// Keeps the first pass's refusals (a refused drain, a failed load) for
-/// commands the second pass skipped: they are answered as they were.
-fn keep_refusals(outcomes: &mut [Outcome], first: Vec<Outcome>) {
-    for (now, then) in outcomes.iter_mut().zip(first) {
-        let refused = matches!(
-            then,
-            Outcome::Drain(Err(_)) | Outcome::Undrain(Err(_)) | Outcome::Reload(Err(_))
-        );
-        if matches!(now, Outcome::NotPersisted) && refused {
-            *now = then;
-        }
-    }
-}
-
-/// Sends every answer; an operator change that was not persisted gets the
-/// store's error.
-fn answer(
-    answers: Vec<Answer>,
-    outcomes: Vec<Outcome>,
-    persisted: &Result<(), String>,
-    counters: &Counters,
-) {
-    let not_persisted = || StateError::Persist(persisted.clone().err().unwrap_or_default());
-    for (answer, outcome) in answers.into_iter().zip(outcomes) {
-        match (answer, outcome) {
-            (Answer::Report(reply), Outcome::Report(Some(machine))) => {
-                let _ = reply.send(machine);
-            }
-            (Answer::Drain(reply), Outcome::Drain(result)) => {
-                let _ = reply.send(result);
-            }
-            (Answer::Undrain(reply), Outcome::Undrain(result)) => {
-                let _ = reply.send(result);
-            }
-            (Answer::Reload(reply), Outcome::Reload(result)) => {
-                let counter = match result {
-                    Ok(_) => &counters.reloads,
-                    Err(_) => &counters.reload_failures,
-                };
-                Counters::bump(counter);
-                if let Err(error) = &result {
-                    error!(%error, "reload failed; still serving the previous data");
-                }
-                let _ = reply.send(result);
-            }
-            (Answer::Drain(reply), Outcome::NotPersisted) => {
-                let _ = reply.send(Err(not_persisted()));
-            }
-            (Answer::Undrain(reply), Outcome::NotPersisted) => {
-                let _ = reply.send(Err(not_persisted()));
-            }
-            (Answer::Reload(reply), Outcome::NotPersisted) => {
-                Counters::bump(&counters.reload_failures);
-                let _ = reply.send(Err(not_persisted()));
-            }
-            // A stale report: dropping its answer ends the loop that sent it.
-            _ => {}
-        }
-    }
-}
-
 fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
     let mut out = Vec::new();
     if running.dns.listen != new.dns.listen {
@@ -584,5 +434,6 @@ async fn sleep_or_forever(d: Option<Duration>) {
     }
 }
 
+mod batch;
 #[cfg(test)]
 mod tests;

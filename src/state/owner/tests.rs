@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 use super::*;
 use crate::{
     health::{Report, machine::Status, probe::Round},
-    state::{Input, store::FileStore},
+    state::{Command, Input, store::FileStore},
     testing::{Fixture, ROWS},
 };
 
