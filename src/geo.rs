@@ -102,6 +102,9 @@ struct RecordLocation {
 /// A GeoIP database and the centroid table, ready for lookups.
 pub struct GeoDb {
     reader: Reader<Mmap>,
+    /// The file `reader` maps: [`Self::records`] maps it again, so it reads
+    /// the same bytes even if the path has been renamed over since.
+    file: std::fs::File,
     centroids: HashMap<[u8; 2], Coord>,
     path: PathBuf,
 }
@@ -112,12 +115,16 @@ impl GeoDb {
     /// The database must be replaced by renaming a new file over it (as
     /// `geoipupdate` does), never rewritten in place, while a server maps it.
     pub fn open(database: &Path, centroids: &Path) -> Result<Self, GeoError> {
-        // SAFETY: the mapped file is only ever replaced by rename (documented in
-        // README), so the mapping's pages never change underneath the reader.
-        let reader = unsafe { Reader::open_mmap(database) }.map_err(|source| GeoError::Open {
+        let file = std::fs::File::open(database).map_err(|source| GeoError::Read {
             file: database.to_owned(),
             source,
         })?;
+        let reader = map(&file)
+            .and_then(Reader::from_source)
+            .map_err(|source| GeoError::Open {
+                file: database.to_owned(),
+                source,
+            })?;
         // A truncated or corrupt file can pass the metadata check; one lookup
         // through the tree catches most of those at load instead of per query.
         reader
@@ -129,6 +136,7 @@ impl GeoDb {
             })?;
         Ok(Self {
             reader,
+            file,
             centroids: load_centroids(centroids)?,
             path: database.to_owned(),
         })
@@ -180,13 +188,18 @@ impl GeoDb {
     }
 
     /// Every record of the networks in `within` (or all of them), decoded
-    /// once each: what a client anywhere in `within` can be located by.
-    /// Records that fail to decode are left out; a lookup then treats them
-    /// as no record, as [`Self::locate`] leaves such clients unlocated.
+    /// once each: what a client anywhere in `within` can be located by. A
+    /// record that fails to decode is unlocated, as [`Self::locate`] leaves
+    /// such clients. The walk reads every page of the database through a
+    /// mapping of its own, unmapped at the end, so the pages it touched do
+    /// not stay in the server's resident memory.
     pub fn records(&self, within: Option<IpNet>) -> Vec<(RecordId, Located)> {
+        let Ok(reader) = map(&self.file).and_then(Reader::from_source) else {
+            return Vec::new();
+        };
         let all: Vec<IpNet> = match within {
             Some(net) => vec![net],
-            None if self.reader.metadata().ip_version == 6 => vec![IpNet::V6(Default::default())],
+            None if reader.metadata().ip_version == 6 => vec![IpNet::V6(Default::default())],
             None => vec![IpNet::V4(Default::default())],
         };
         let mut seen = HashMap::new();
@@ -201,7 +214,7 @@ impl GeoDb {
                 Some(_) => WithinOptions::default().include_aliased_networks(),
                 None => WithinOptions::default(),
             };
-            let Ok(networks) = self.reader.within(cidr, options) else {
+            let Ok(networks) = reader.within(cidr, options) else {
                 continue;
             };
             for found in networks.flatten() {
@@ -224,7 +237,11 @@ impl GeoDb {
         out
     }
 
-    fn located(&self, found: &maxminddb::LookupResult<'_, Mmap>, network: IpNet) -> Located {
+    fn located<S: AsRef<[u8]>>(
+        &self,
+        found: &maxminddb::LookupResult<'_, S>,
+        network: IpNet,
+    ) -> Located {
         let record = found.decode::<GeoRecord>().ok().flatten();
         let country = record.as_ref().and_then(country_of);
         let db_coords = record
@@ -272,6 +289,13 @@ fn network_of(ip: IpAddr, found: &maxminddb::LookupResult<'_, Mmap>) -> IpNet {
         Some(n) => n,
         None => host_net(ip),
     }
+}
+
+/// Maps `file` read-only.
+fn map(file: &std::fs::File) -> Result<Mmap, maxminddb::MaxMindDbError> {
+    // SAFETY: the mapped file is only ever replaced by rename (documented in
+    // README), never rewritten in place, so its pages never change under us.
+    unsafe { memmap2::MmapOptions::new().map(file) }.map_err(maxminddb::MaxMindDbError::Mmap)
 }
 
 /// IPv4-mapped IPv6 addresses are located as the IPv4 address they carry.

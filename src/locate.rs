@@ -10,10 +10,9 @@
 //! the database tree, a scan of the override prefixes and one table lookup; no
 //! record is decoded and nothing is ranked per query.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    net::IpAddr,
-};
+use std::{collections::BTreeMap, net::IpAddr};
+
+use foldhash::{HashMap, HashMapExt};
 
 use ipnet::IpNet;
 
