@@ -270,6 +270,12 @@ def med(runs, key):
     return statistics.median(r[key] for r in runs)
 
 
+def paired(a_runs, b_runs, key):
+    """Round-by-round ratios of `key` (a over b): their median and range."""
+    r = [a[key] / b[key] for a, b in zip(a_runs, b_runs) if b[key]]
+    return f"{statistics.median(r):.2f} ({min(r):.2f}–{max(r):.2f})"
+
+
 def report(results, rss, rounds, seconds):
     print(f"{rounds} rounds x {seconds} s, server on CPU 1, generator on CPU 0, loopback; medians.\n")
     print("| generator | workload | server | qps | mean latency ms | lost | server CPU µs/query |")
@@ -297,10 +303,9 @@ def report(results, rss, rounds, seconds):
             if not (m and g and k and c):
                 continue
             q = med(m, "qps")
-            paired = [a["qps"] / b["qps"] for a, b in zip(m, g) if b["qps"]]
             print(f"| {gen} | {workload} | {q / med(g, 'qps'):.2f} | {q / med(k, 'qps'):.2f} | "
                   f"{q / med(c, 'qps'):.2f} | {med(m, 'cpu_us_per_q') / med(g, 'cpu_us_per_q'):.2f} | "
-                  f"{statistics.median(paired):.2f} ({min(paired):.2f}–{max(paired):.2f}) |")
+                  f"{paired(m, g, 'qps')} |")
     if BASELINE:
         print("\nThis build against the previous one (MGNT_BASELINE), same run; the last column pairs "
               "them round by round (median and range of CPU/q ratios):\n")
@@ -312,10 +317,9 @@ def report(results, rss, rounds, seconds):
                 p = results.get(("mgnt-prev", gen, workload))
                 if not (m and p):
                     continue
-                paired = [a["cpu_us_per_q"] / b["cpu_us_per_q"] for a, b in zip(m, p) if b["cpu_us_per_q"]]
                 print(f"| {gen} | {workload} | {med(m, 'qps') / med(p, 'qps'):.2f} | "
                       f"{med(m, 'cpu_us_per_q') / med(p, 'cpu_us_per_q'):.2f} | "
-                      f"{statistics.median(paired):.2f} ({min(paired):.2f}–{max(paired):.2f}) |")
+                      f"{paired(m, p, 'cpu_us_per_q')} |")
     print("\nRSS (KiB) at rest / after load:", ", ".join(
         f"{n} {v.get('rest', 0):,} / {v.get('load', 0):,}" for n, v in rss.items()))
 
