@@ -34,8 +34,10 @@ pub enum CliError {
     Client(String),
     #[error("provisioning is off: the config has no [provision] table")]
     NoProvision,
-    #[error("{file}: tunnel store: {source}")]
-    Store { file: PathBuf, source: StoreError },
+    #[error("tunnel store: {0}")]
+    Open(#[from] crate::tunnels::OpenError),
+    #[error("tunnel store: {0}")]
+    Store(#[from] StoreError),
     #[error(transparent)]
     Export(#[from] ExportError),
     #[error("reading {file}: {source}")]
@@ -105,16 +107,16 @@ fn provision(cfg: &Config) -> Result<&ProvisionConfig, CliError> {
     cfg.provision.as_ref().ok_or(CliError::NoProvision)
 }
 
-fn open_store(p: &ProvisionConfig) -> Result<SqliteStore, CliError> {
-    let file = p.data_dir.join("tunnels.db");
-    SqliteStore::open_for_checks(&file).map_err(|source| CliError::Store { file, source })
+/// The store, opened for checks only (no pool: fast with a million tunnels).
+fn open_store(cfg: &Config) -> Result<SqliteStore, CliError> {
+    crate::tunnels::open_store(cfg, true)?.ok_or(CliError::NoProvision)
 }
 
 /// `mgnt site export`: writes the OpenVPN files into `dir`; a summary line.
 pub fn export(config: &Path, dir: &Path, region: Option<&str>) -> Result<String, CliError> {
     let cfg = Config::load(config)?;
     let p = provision(&cfg)?;
-    let done = export_store(&open_store(p)?, p, config, dir)?;
+    let done = export_store(&open_store(&cfg)?, p, config, dir)?;
     Ok(format!(
         "{}: {} tunnels{}, {} stale files removed",
         dir.display(),
@@ -128,19 +130,14 @@ pub fn export(config: &Path, dir: &Path, region: Option<&str>) -> Result<String,
 /// and records the attempt; whether it belongs to a tunnel.
 pub fn auth_verify(config: &Path, file: &Path) -> Result<bool, CliError> {
     let cfg = Config::load(config)?;
-    let p = provision(&cfg)?;
     let text = std::fs::read_to_string(file).map_err(|source| CliError::Read {
         file: file.to_owned(),
         source,
     })?;
     let mut lines = text.lines();
     let (user, password) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
-    let store = open_store(p)?;
-    let store_err = |source| CliError::Store {
-        file: p.data_dir.join("tunnels.db"),
-        source,
-    };
-    let site = store.verify(user, password).map_err(store_err)?;
+    let store = open_store(&cfg)?;
+    let site = store.verify(user, password, state::now())?;
     let attempt = Attempt {
         time: state::now(),
         username: user.chars().take(64).collect(),
@@ -148,6 +145,6 @@ pub fn auth_verify(config: &Path, file: &Path) -> Result<bool, CliError> {
         ok: site.is_some(),
         source: std::env::var("untrusted_ip").ok(),
     };
-    store.record_attempt(&attempt).map_err(store_err)?;
+    store.record_attempt(&attempt)?;
     Ok(site.is_some())
 }

@@ -38,6 +38,10 @@ pub const DEFAULT_STATE_FILE: &str = "state/health.json";
 pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:8053";
 pub const DEFAULT_TOKEN_FILE: &str = "state/admin.token";
 pub const DEFAULT_AUDIT_LOG: &str = "state/audit.log";
+pub const DEFAULT_SECRET_KEY_FILE: &str = "state/secret.key";
+pub const DEFAULT_ROUTERS_LISTEN: &str = "127.0.0.1:8054";
+/// A router that polls every few minutes has days to apply a recreate job.
+pub const DEFAULT_ROTATION_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// The OpenVPN port the routers use; TCP probes default to it.
 pub const DEFAULT_PROBE_PORT: u16 = 8443;
 
@@ -71,6 +75,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// `[provision]`; `None` keeps tunnel provisioning off.
     pub provision: Option<ProvisionConfig>,
+    /// `[routers]`; `None`: no router endpoint (jobs only through the admin API).
+    pub routers: Option<RoutersConfig>,
     /// `[vpnlog]`; `None` keeps log ingestion off.
     pub vpnlog: Option<VpnlogConfig>,
     /// Every configured region, sorted by name; geo names refer to them by index.
@@ -180,6 +186,35 @@ pub struct ProvisionConfig {
     pub port: u16,
     /// Where the server re-exports the OpenVPN files after every change, if set.
     pub export_dir: Option<PathBuf>,
+    /// The key that stored secrets are digested and sealed under.
+    pub secret_key_file: PathBuf,
+    /// How long the last applied tunnel secret keeps working after a recreate.
+    pub rotation_grace: Duration,
+}
+
+/// `[routers]`: the endpoint routers pull their jobs from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutersConfig {
+    pub listen: SocketAddr,
+    /// What routers fetch from (scheme and host, no trailing slash).
+    pub public_url: String,
+    /// `None` only on a loopback address.
+    pub tls: Option<TlsFiles>,
+    /// How often a router's scheduler polls (plus jitter).
+    pub poll_interval: Duration,
+    /// How long a job waits for its router.
+    pub job_expiry: Duration,
+    /// Least time between two polls with one token; faster ones get 429.
+    pub min_poll_gap: Duration,
+    pub max_connections: usize,
+    pub max_connections_per_source: usize,
+}
+
+/// A PEM certificate chain and its private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// `[health]`: when and how strictly regions are probed.

@@ -11,7 +11,7 @@ use crate::{
     dns::{LoadError, answer::Responder},
     listen,
     state::{self, StateError, store::FileStore},
-    tunnels::store::{SqliteStore, Store, StoreError},
+    tunnels::store::Store,
     vpnlog::service::VpnLog,
 };
 
@@ -30,28 +30,16 @@ pub enum ServeError {
     Auth(#[from] admin::auth::AuthError),
     #[error("log ingestion: {0}")]
     Vpnlog(#[from] crate::vpnlog::service::StartError),
-    #[error("{file}: tunnel store: {source}")]
-    Store {
-        file: PathBuf,
-        source: crate::tunnels::store::StoreError,
-    },
+    #[error("tunnel store: {0}")]
+    Store(#[from] crate::tunnels::OpenError),
     #[error("the state owner stopped: {0}")]
     StateOwner(String),
 }
 
 /// Opens the tunnel store in `[provision] data_dir`, if provisioning is on.
 fn open_store(config: &Config) -> Result<Option<Arc<dyn Store>>, ServeError> {
-    let Some(p) = &config.provision else {
-        return Ok(None);
-    };
-    let file = p.data_dir.join("tunnels.db");
-    let err = |source| ServeError::Store {
-        file: file.clone(),
-        source,
-    };
-    std::fs::create_dir_all(&p.data_dir).map_err(|e| err(StoreError::Corrupt(e.to_string())))?;
-    let store = SqliteStore::open(&file, p.pool, p.quarantine.as_secs()).map_err(err)?;
-    Ok(Some(Arc::new(store)))
+    let store = crate::tunnels::open_store(config, false)?;
+    Ok(store.map(|s| Arc::new(s) as Arc<dyn Store>))
 }
 
 /// Starts log ingestion, if `[vpnlog]` is set.

@@ -85,6 +85,11 @@ pub fn routes() -> Vec<Route> {
             "/v1/sites/{uuid}/recreate",
             post(sites::recreate),
         ),
+        (
+            Method::POST,
+            "/v1/sites/{uuid}/router-token",
+            post(sites::router_token),
+        ),
         (Method::GET, "/v1/jobs/{id}", get(sites::job)),
         (Method::GET, "/v1/jobs/{id}/script", get(sites::job_script)),
         (

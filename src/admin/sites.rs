@@ -23,7 +23,7 @@ use crate::{
         export,
         pool::PoolError,
         routeros::{TunnelScript, Version},
-        store::{Job, Site, Store, StoreError},
+        store::{Created, Finished, Job, Outcome, Site, Store, StoreError},
     },
 };
 
@@ -74,11 +74,13 @@ async fn reexport(api: &Api, store: Arc<dyn Store>) {
     }
 }
 
-fn created(site: &Site, secret: Option<String>) -> Response {
-    match secret {
-        Some(secret) => (
+/// 201 with the credentials when `created` holds them (the one time they are
+/// shown), else 200 with the site.
+fn created(site: &Site, created: Option<Created>) -> Response {
+    match created {
+        Some(c) => (
             StatusCode::CREATED,
-            Json(json!({ "site": site, "secret": secret })),
+            Json(json!({ "site": site, "secret": c.secret, "router_token": c.router_token })),
         )
             .into_response(),
         None => Json(json!({ "site": site })).into_response(),
@@ -97,11 +99,11 @@ pub async fn put(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Respons
 async fn ensure(api: &Api, id: Uuid) -> Response {
     let store = attempt!(store(api));
     let s = store.clone();
-    let (site, secret) = attempt!(blocking(move || s.ensure(id, clock::now())).await);
-    if secret.is_some() {
+    let (site, credentials) = attempt!(blocking(move || s.ensure(id, clock::now())).await);
+    if credentials.is_some() {
         reexport(api, store).await;
     }
-    created(&site, secret)
+    created(&site, credentials)
 }
 
 pub async fn get(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
@@ -141,9 +143,12 @@ fn script(api: &Api, site: &Site, job: &Job, version: Option<&str>) -> Response 
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
     let Some(secret) = job.secret.as_deref() else {
+        let state = job.state.as_str();
         return error(
             StatusCode::GONE,
-            "this job was applied; its secret is gone (POST /recreate for a new one)",
+            format!(
+                "this job is {state}; its secret is gone (POST /v1/sites/{{uuid}}/recreate for a new one)"
+            ),
         );
     };
     let rendered = TunnelScript {
@@ -177,7 +182,7 @@ pub async fn routeros(
     let store = attempt!(store(&api));
     let id = attempt!(uuid(&id));
     let site = attempt!(site(&store, id).await);
-    let Some(job) = attempt!(blocking(move || store.pending_job(id)).await) else {
+    let Some(job) = attempt!(blocking(move || store.pending_job(id, clock::now())).await) else {
         return error(
             StatusCode::CONFLICT,
             "no pending job holds this site's secret; POST /v1/sites/{uuid}/recreate for a new one",
@@ -199,7 +204,7 @@ pub async fn recreate(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Re
 pub async fn job(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
     let store = attempt!(store(&api));
     let id = attempt!(uuid(&id));
-    match attempt!(blocking(move || store.job(id)).await) {
+    match attempt!(blocking(move || store.job(id, clock::now())).await) {
         Some(job) => Json(json!({ "job": job })).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("no job {id}")),
     }
@@ -213,7 +218,7 @@ pub async fn job_script(
     let store = attempt!(store(&api));
     let id = attempt!(uuid(&id));
     let s = store.clone();
-    let Some(job) = attempt!(blocking(move || s.job(id)).await) else {
+    let Some(job) = attempt!(blocking(move || s.job(id, clock::now())).await) else {
         return error(StatusCode::NOT_FOUND, format!("no job {id}"));
     };
     let site = attempt!(site(&store, job.site).await);
@@ -227,8 +232,34 @@ pub async fn job_script(
 pub async fn job_applied(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
     let store = attempt!(store(&api));
     let id = attempt!(uuid(&id));
-    if !attempt!(blocking(move || store.job_applied(id, clock::now())).await) {
-        return error(StatusCode::NOT_FOUND, format!("no job {id}"));
+    let finish = move || store.finish_job(id, None, Outcome::Applied, clock::now());
+    finished(attempt!(blocking(finish).await), id)
+}
+
+/// The answer to a job's outcome: 200 (also when reported again), 409 when
+/// the job had ended otherwise, 404 for no such job.
+pub(crate) fn finished(result: Finished, id: Uuid) -> Response {
+    match result {
+        Finished::Done(job) => Json(json!({ "job": job })).into_response(),
+        Finished::Conflict(job) => (
+            StatusCode::CONFLICT,
+            Json(json!({ "error": format!("job {id} is already {}", job.state.as_str()), "job": job })),
+        )
+            .into_response(),
+        Finished::NotFound => error(StatusCode::NOT_FOUND, format!("no job {id}")),
     }
-    Json(json!({ "job": id, "applied": true })).into_response()
+}
+
+/// A new router token for the site (the old one stops working), shown once.
+pub async fn router_token(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
+    let store = attempt!(store(&api));
+    let id = attempt!(uuid(&id));
+    match attempt!(blocking(move || store.new_router_token(id)).await) {
+        Some(token) => (
+            StatusCode::CREATED,
+            Json(json!({ "site": id, "router_token": token })),
+        )
+            .into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no site {id}")),
+    }
 }

@@ -17,6 +17,8 @@ use super::{
 };
 use crate::route::Coord;
 
+mod routers;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
@@ -29,6 +31,7 @@ pub(super) struct RawConfig {
     #[serde(default)]
     api: RawApi,
     provision: Option<RawProvision>,
+    routers: Option<routers::RawRouters>,
     vpnlog: Option<RawVpnlog>,
     #[serde(default)]
     regions: BTreeMap<String, RawRegion>,
@@ -105,6 +108,8 @@ struct RawProvision {
     connect_to: Option<String>,
     port: Option<u16>,
     export_dir: Option<PathBuf>,
+    secret_key_file: Option<PathBuf>,
+    rotation_grace: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -209,6 +214,11 @@ impl RawConfig {
             .as_ref()
             .map(|p| p.validate(&cx, &geo))
             .transpose()?;
+        let routers = self
+            .routers
+            .as_ref()
+            .map(|r| r.validate(&cx, provision.is_some()))
+            .transpose()?;
         let vpnlog = self
             .vpnlog
             .as_ref()
@@ -222,6 +232,7 @@ impl RawConfig {
             health,
             api,
             provision,
+            routers,
             vpnlog,
             regions,
             overrides,
@@ -598,7 +609,17 @@ impl RawProvision {
                 .map(|g| g.name.to_string().trim_end_matches('.').to_owned())
                 .unwrap_or_default(),
         };
+        let rotation_grace = match &self.rotation_grace {
+            None => super::DEFAULT_ROTATION_GRACE,
+            Some(g) => duration(cx, "provision.rotation_grace", g)?,
+        };
+        let secret_key_file = self
+            .secret_key_file
+            .as_deref()
+            .unwrap_or(Path::new(super::DEFAULT_SECRET_KEY_FILE));
         Ok(ProvisionConfig {
+            secret_key_file: cx.path(secret_key_file),
+            rotation_grace,
             data_dir: cx.path(self.data_dir.as_deref().unwrap_or(Path::new("state"))),
             pool,
             quarantine,

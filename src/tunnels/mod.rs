@@ -2,13 +2,72 @@
 //!
 //! Pure parts first: [`username`] (UUID ↔ the 26-character OpenVPN user),
 //! [`pool`] (the CGNAT allocator), [`routeros`] (the router's script) and
-//! [`openvpn`] (the server's ccd files and config fragment); [`store`] keeps
-//! sites in SQLite. Storage, the RouterOS and OpenVPN renderers
-//! and the HTTP API build on them.
+//! [`openvpn`] (the server's ccd files and config fragment); [`keys`] (the
+//! secret key file: digests and sealing); [`store`] keeps sites and jobs.
+//! Storage, the RouterOS and OpenVPN renderers and the HTTP API build on them.
 
 pub mod export;
+pub mod keys;
 pub mod openvpn;
 pub mod pool;
 pub mod routeros;
 pub mod store;
 pub mod username;
+
+use std::{path::PathBuf, sync::Arc};
+
+use crate::config::{Config, DEFAULT_ROTATION_GRACE};
+use store::{Lifetimes, SqliteStore, StoreError};
+
+/// A store that could not be opened, and its file.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {source}")]
+pub struct OpenError {
+    pub file: PathBuf,
+    pub source: StoreError,
+}
+
+/// The lifetimes `config` sets for credentials, jobs and addresses.
+pub fn lifetimes(config: &Config) -> Lifetimes {
+    let p = config.provision.as_ref();
+    let secs = |d: std::time::Duration| d.as_secs();
+    Lifetimes {
+        quarantine: p.map_or(0, |p| secs(p.quarantine)),
+        rotation_grace: secs(p.map_or(DEFAULT_ROTATION_GRACE, |p| p.rotation_grace)),
+        job_expiry: secs(
+            config
+                .routers
+                .as_ref()
+                .map_or(DEFAULT_ROTATION_GRACE, |r| r.job_expiry),
+        ),
+    }
+}
+
+/// Opens `[provision]`'s store (with its key file), if provisioning is on:
+/// for allocating, or only for checking credentials (`checks_only`: no pool).
+pub fn open_store(config: &Config, checks_only: bool) -> Result<Option<SqliteStore>, OpenError> {
+    let Some(p) = &config.provision else {
+        return Ok(None);
+    };
+    let file = p.data_dir.join("tunnels.db");
+    let err = |source| OpenError {
+        file: file.clone(),
+        source,
+    };
+    let keys = keys::Keys::load_or_create(&p.secret_key_file).map_err(|e| OpenError {
+        file: p.secret_key_file.clone(),
+        source: e.into(),
+    })?;
+    let keys = Arc::new(keys);
+    if !checks_only {
+        std::fs::create_dir_all(&p.data_dir)
+            .map_err(|e| err(StoreError::Corrupt(e.to_string())))?;
+    }
+    let lifetimes = lifetimes(config);
+    let store = if checks_only {
+        SqliteStore::open_for_checks(&file, keys, lifetimes)
+    } else {
+        SqliteStore::open(&file, p.pool, keys, lifetimes)
+    };
+    store.map(Some).map_err(err)
+}

@@ -1,29 +1,32 @@
-//! Sites and their tunnels in SQLite: one transaction per change, WAL,
-//! versioned migrations; secrets stored only as argon2 hashes.
-//!
-//! The store sits behind [`Store`] so a PostgreSQL backend can follow. The
-//! CGNAT [`Pool`] is rebuilt from the table at open and changed under the same
-//! lock as the database, so an address is never handed out twice.
+//! The SQLite store: one transaction per change, WAL, `synchronous=FULL`,
+//! versioned migrations. The CGNAT [`Pool`] is rebuilt from the table at open
+//! and changed under the same lock as the database, and only after the
+//! change is committed, so an address is never handed out twice.
 
 use std::{
     net::Ipv4Addr,
     path::Path,
-    sync::{Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard},
 };
 
-use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
 use ipnet::Ipv4Net;
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use serde::Serialize;
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use uuid::Uuid;
 
 use super::{
-    pool::{Pool, PoolError},
-    username::username,
+    Attempt, Created, Finished, Job, JobState, Lifetimes, Outcome, Site, Store, StoreError,
+};
+use crate::tunnels::{
+    keys::{Check, Keys},
+    pool::Pool,
+    username::{tunnel_of, username},
 };
 
+/// Longest failure text kept from a router.
+const MAX_ERROR: usize = 500;
+
 /// Schema versions, applied in order; `PRAGMA user_version` records the last.
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     "CREATE TABLE sites (
         uuid TEXT PRIMARY KEY,
         username TEXT NOT NULL UNIQUE,
@@ -35,7 +38,6 @@ const MIGRATIONS: &[&str] = &[
         address TEXT PRIMARY KEY,
         until INTEGER NOT NULL
     );",
-    // Jobs carry the only plaintext copy of a secret until the router applied them.
     "CREATE TABLE jobs (
         id TEXT PRIMARY KEY,
         site TEXT NOT NULL,
@@ -54,148 +56,23 @@ const MIGRATIONS: &[&str] = &[
         source TEXT
     );
     CREATE INDEX auth_attempts_by_time ON auth_attempts(time);",
+    // Router tokens, secret rotation, the job lifecycle. Jobs' secrets are
+    // sealed in code at open (SQL cannot), before anything reads them.
+    "ALTER TABLE sites ADD COLUMN router_token_hash TEXT;
+    CREATE UNIQUE INDEX sites_by_router_token ON sites(router_token_hash);
+    ALTER TABLE sites ADD COLUMN secret_applied INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE sites ADD COLUMN previous_secret_hash TEXT;
+    ALTER TABLE sites ADD COLUMN previous_until INTEGER;
+    ALTER TABLE jobs ADD COLUMN state TEXT NOT NULL DEFAULT 'pending';
+    ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN finished INTEGER;
+    ALTER TABLE jobs ADD COLUMN error TEXT;
+    UPDATE jobs SET state = 'applied', finished = applied WHERE applied IS NOT NULL;
+    UPDATE jobs SET state = 'superseded' WHERE applied IS NULL AND secret IS NULL;
+    UPDATE jobs SET state = 'fetched', attempts = 1 WHERE state = 'pending' AND fetched IS NOT NULL;
+    UPDATE sites SET secret_applied = 0 WHERE EXISTS (
+        SELECT 1 FROM jobs WHERE jobs.site = sites.uuid AND jobs.state IN ('pending', 'fetched'));",
 ];
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("database: {0}")]
-    Db(#[from] rusqlite::Error),
-    #[error(transparent)]
-    Pool(#[from] PoolError),
-    #[error("stored data is invalid: {0}")]
-    Corrupt(String),
-    #[error("hashing the secret failed: {0}")]
-    Hash(String),
-}
-
-/// A site's tunnel as stored (never the secret).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Site {
-    pub uuid: Uuid,
-    pub username: String,
-    pub address: Ipv4Addr,
-    /// Seconds since 1970.
-    pub created: u64,
-}
-
-/// A job that (re)installs a site's tunnel on its router.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Job {
-    pub id: Uuid,
-    pub site: Uuid,
-    /// `install` (with the site) or `recreate`.
-    pub kind: String,
-    pub created: u64,
-    pub fetched: Option<u64>,
-    pub applied: Option<u64>,
-    /// Plaintext until applied; never serialised.
-    #[serde(skip)]
-    pub secret: Option<String>,
-}
-
-/// What provisioning needs from storage.
-pub trait Store: Send + Sync {
-    /// Returns the site, creating it (address, secret) if it does not exist;
-    /// safe to retry and to race: one site, one address.
-    fn ensure(&self, uuid: Uuid, now: u64) -> Result<(Site, Option<String>), StoreError>;
-    fn get(&self, uuid: Uuid) -> Result<Option<Site>, StoreError>;
-    /// Deletes the site; its address returns to the pool after the quarantine.
-    fn delete(&self, uuid: Uuid, now: u64) -> Result<bool, StoreError>;
-    /// Checks a router's username and password.
-    fn verify(&self, username: &str, password: &str) -> Result<Option<Site>, StoreError>;
-    /// Gives the site a new secret and a job that installs it; `None` for an unknown site.
-    fn recreate(&self, site: Uuid, now: u64) -> Result<Option<Job>, StoreError>;
-    fn job(&self, id: Uuid) -> Result<Option<Job>, StoreError>;
-    /// The newest job of `site` not applied yet.
-    fn pending_job(&self, site: Uuid) -> Result<Option<Job>, StoreError>;
-    /// Records that the router fetched the job's script.
-    fn job_fetched(&self, id: Uuid, now: u64) -> Result<bool, StoreError>;
-    /// Records that the router applied it; the plaintext secret is erased.
-    fn job_applied(&self, id: Uuid, now: u64) -> Result<bool, StoreError>;
-    /// Every site, for exporting the OpenVPN server files.
-    fn sites(&self) -> Result<Vec<Site>, StoreError>;
-    /// Records one authentication attempt.
-    fn record_attempt(&self, attempt: &Attempt) -> Result<(), StoreError>;
-}
-
-/// One router's try to authenticate, as OpenVPN reported it.
-#[derive(Debug, Clone)]
-pub struct Attempt {
-    pub time: u64,
-    pub username: String,
-    pub site: Option<Uuid>,
-    pub ok: bool,
-    pub source: Option<String>,
-}
-
-fn hash_secret(secret: &str) -> Result<String, StoreError> {
-    Ok(Argon2::default()
-        .hash_password(secret.as_bytes())
-        .map_err(|e| StoreError::Hash(e.to_string()))?
-        .to_string())
-}
-
-fn insert_job(
-    tx: &rusqlite::Transaction,
-    site: Uuid,
-    kind: &str,
-    secret: &str,
-    now: u64,
-) -> Result<Job, StoreError> {
-    let job = Job {
-        id: Uuid::new_v4(),
-        site,
-        kind: kind.to_owned(),
-        created: now,
-        fetched: None,
-        applied: None,
-        secret: Some(secret.to_owned()),
-    };
-    tx.execute(
-        "INSERT INTO jobs (id, site, kind, secret, created) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![
-            job.id.to_string(),
-            site.to_string(),
-            kind,
-            secret,
-            now as i64
-        ],
-    )?;
-    Ok(job)
-}
-
-fn select_job(db: &Connection, condition: &str, value: &str) -> Result<Option<Job>, StoreError> {
-    let sql = format!(
-        "SELECT id, site, kind, secret, created, fetched, applied FROM jobs WHERE {condition} \
-         ORDER BY created DESC, rowid DESC LIMIT 1"
-    );
-    let row = db
-        .query_row(&sql, [value], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, Option<String>>(3)?,
-                r.get::<_, i64>(4)?,
-                r.get::<_, Option<i64>>(5)?,
-                r.get::<_, Option<i64>>(6)?,
-            ))
-        })
-        .optional()?;
-    let Some((id, site, kind, secret, created, fetched, applied)) = row else {
-        return Ok(None);
-    };
-    let uuid = |s: &str| Uuid::parse_str(s).map_err(|_| StoreError::Corrupt(format!("uuid `{s}`")));
-    Ok(Some(Job {
-        id: uuid(&id)?,
-        site: uuid(&site)?,
-        kind,
-        created: created.max(0) as u64,
-        fetched: fetched.map(|t| t.max(0) as u64),
-        applied: applied.map(|t| t.max(0) as u64),
-        secret,
-    }))
-}
 
 struct Inner {
     db: Connection,
@@ -204,40 +81,139 @@ struct Inner {
 
 pub struct SqliteStore {
     inner: Mutex<Inner>,
+    keys: Arc<Keys>,
+    lifetimes: Lifetimes,
 }
 
 impl SqliteStore {
     /// Opens (creating and migrating) the database at `path`.
-    pub fn open(path: &Path, net: Ipv4Net, quarantine_secs: u64) -> Result<Self, StoreError> {
+    pub fn open(
+        path: &Path,
+        net: Ipv4Net,
+        keys: Arc<Keys>,
+        lifetimes: Lifetimes,
+    ) -> Result<Self, StoreError> {
         let mut db = Connection::open(path)?;
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.pragma_update(None, "synchronous", "FULL")?;
         db.busy_timeout(std::time::Duration::from_secs(5))?;
-        migrate(&mut db)?;
-        let pool = restore_pool(&db, net, quarantine_secs)?;
+        migrate(&mut db, &keys)?;
+        let pool = restore_pool(&db, net, lifetimes.quarantine)?;
         Ok(Self {
             inner: Mutex::new(Inner { db, pool }),
+            keys,
+            lifetimes,
         })
     }
 
     /// Opens the database for authentication checks only: no pool is rebuilt,
     /// so a check stays fast with a million tunnels. Never allocate through it.
-    pub fn open_for_checks(path: &Path) -> Result<Self, StoreError> {
+    pub fn open_for_checks(
+        path: &Path,
+        keys: Arc<Keys>,
+        lifetimes: Lifetimes,
+    ) -> Result<Self, StoreError> {
         let mut db = Connection::open(path)?;
         db.busy_timeout(std::time::Duration::from_secs(5))?;
-        migrate(&mut db)?;
+        migrate(&mut db, &keys)?;
         let pool = Pool::new(Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 29).expect("a /29"), 0)?;
         Ok(Self {
             inner: Mutex::new(Inner { db, pool }),
+            keys,
+            lifetimes,
         })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Ends open jobs older than the job expiry.
+    fn expire_jobs(&self, db: &Connection, now: u64) -> Result<(), StoreError> {
+        // Signed: before the first expiry time has passed nothing is old enough.
+        let oldest = now as i64 - i64::try_from(self.lifetimes.job_expiry).unwrap_or(i64::MAX);
+        db.execute(
+            "UPDATE jobs SET state = 'expired', secret = NULL, finished = ?1
+             WHERE state IN ('pending', 'fetched') AND created <= ?2",
+            params![now as i64, oldest],
+        )?;
+        Ok(())
+    }
+
+    fn read_job(&self, db: &Connection, sql: &str, key: &str) -> Result<Option<Job>, StoreError> {
+        let row = db
+            .query_row(
+                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE {sql}"),
+                [key],
+                read_job,
+            )
+            .optional()?;
+        row.map(|r| self.job_of(r)).transpose()
+    }
+
+    fn job_of(&self, r: JobRow) -> Result<Job, StoreError> {
+        let id = parse_uuid(&r.id)?;
+        let state = JobState::parse(&r.state)
+            .ok_or_else(|| StoreError::Corrupt(format!("job state `{}`", r.state)))?;
+        let secret = match (&r.secret, state.open()) {
+            (Some(sealed), true) => Some(self.keys.open(sealed, &r.id).ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "job {id}: sealed secret does not open with this key file"
+                ))
+            })?),
+            _ => None,
+        };
+        Ok(Job {
+            id,
+            site: parse_uuid(&r.site)?,
+            kind: r.kind,
+            state,
+            attempts: u32::try_from(r.attempts).unwrap_or(0),
+            created: r.created.max(0) as u64,
+            fetched: r.fetched.map(|t| t.max(0) as u64),
+            finished: r.finished.map(|t| t.max(0) as u64),
+            error: r.error,
+            secret,
+        })
+    }
+
+    /// Inserts an open job carrying `secret` (sealed), superseding the site's
+    /// other open jobs.
+    fn insert_job(
+        &self,
+        tx: &Transaction,
+        site: Uuid,
+        kind: &str,
+        secret: &str,
+        now: u64,
+    ) -> Result<Job, StoreError> {
+        tx.execute(
+            "UPDATE jobs SET state = 'superseded', secret = NULL, finished = ?1
+             WHERE site = ?2 AND state IN ('pending', 'fetched')",
+            params![now as i64, site.to_string()],
+        )?;
+        let id = Uuid::new_v4();
+        let sealed = self.keys.seal(secret, &id.to_string())?;
+        tx.execute(
+            "INSERT INTO jobs (id, site, kind, secret, created, state) VALUES (?1, ?2, ?3, ?4, ?5, 'pending')",
+            params![id.to_string(), site.to_string(), kind, sealed, now as i64],
+        )?;
+        Ok(Job {
+            id,
+            site,
+            kind: kind.to_owned(),
+            state: JobState::Pending,
+            attempts: 0,
+            created: now,
+            fetched: None,
+            finished: None,
+            error: None,
+            secret: Some(secret.to_owned()),
+        })
+    }
 }
 
-fn migrate(db: &mut Connection) -> Result<(), StoreError> {
+fn migrate(db: &mut Connection, keys: &Keys) -> Result<(), StoreError> {
     let version: i64 = db.pragma_query_value(None, "user_version", |r| r.get(0))?;
     let version = usize::try_from(version).unwrap_or(usize::MAX);
     if version > MIGRATIONS.len() {
@@ -252,12 +228,35 @@ fn migrate(db: &mut Connection) -> Result<(), StoreError> {
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
         tx.commit()?;
     }
+    seal_plaintext_secrets(db, keys)
+}
+
+/// Older versions kept an open job's secret in plaintext: seal it.
+fn seal_plaintext_secrets(db: &mut Connection, keys: &Keys) -> Result<(), StoreError> {
+    let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let rows: Vec<(String, String)> = {
+        let mut stmt = tx.prepare("SELECT id, secret FROM jobs WHERE secret IS NOT NULL")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    for (id, secret) in rows.into_iter().filter(|(_, s)| !Keys::is_sealed(s)) {
+        let sealed = keys.seal(&secret, &id)?;
+        tx.execute(
+            "UPDATE jobs SET secret = ?1 WHERE id = ?2",
+            params![sealed, id],
+        )?;
+    }
+    tx.commit()?;
     Ok(())
 }
 
 fn parse_addr(s: &str) -> Result<Ipv4Addr, StoreError> {
     s.parse()
         .map_err(|_| StoreError::Corrupt(format!("address `{s}`")))
+}
+
+fn parse_uuid(s: &str) -> Result<Uuid, StoreError> {
+    Uuid::parse_str(s).map_err(|_| StoreError::Corrupt(format!("uuid `{s}`")))
 }
 
 fn restore_pool(db: &Connection, net: Ipv4Net, quarantine: u64) -> Result<Pool, StoreError> {
@@ -275,20 +274,6 @@ fn restore_pool(db: &Connection, net: Ipv4Net, quarantine: u64) -> Result<Pool, 
     Ok(Pool::restore(net, quarantine, in_use, released)?)
 }
 
-fn row_to_site(
-    uuid: &str,
-    username: String,
-    address: &str,
-    created: i64,
-) -> Result<Site, StoreError> {
-    Ok(Site {
-        uuid: Uuid::parse_str(uuid).map_err(|_| StoreError::Corrupt(format!("uuid `{uuid}`")))?,
-        username,
-        address: parse_addr(address)?,
-        created: created.max(0) as u64,
-    })
-}
-
 /// The site columns every query reads first: uuid, username, address, created.
 const SITE_COLUMNS: &str = "uuid, username, address, created";
 
@@ -296,38 +281,88 @@ fn read_site(r: &rusqlite::Row) -> rusqlite::Result<(String, String, String, i64
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
 }
 
-/// The site `uuid` and its secret hash.
-fn select(db: &Connection, uuid: &Uuid) -> Result<Option<(Site, String)>, StoreError> {
-    let sql = format!("SELECT {SITE_COLUMNS}, secret_hash FROM sites WHERE uuid = ?1");
+fn site_of(
+    (uuid, username, address, created): (String, String, String, i64),
+) -> Result<Site, StoreError> {
+    Ok(Site {
+        uuid: parse_uuid(&uuid)?,
+        username,
+        address: parse_addr(&address)?,
+        created: created.max(0) as u64,
+    })
+}
+
+/// A site's credentials as stored.
+struct Secrets {
+    current: String,
+    previous: Option<String>,
+    previous_until: Option<u64>,
+}
+
+/// The site `uuid` and its secrets.
+fn select(db: &Connection, uuid: &Uuid) -> Result<Option<(Site, Secrets)>, StoreError> {
+    let sql = format!(
+        "SELECT {SITE_COLUMNS}, secret_hash, previous_secret_hash, previous_until FROM sites WHERE uuid = ?1"
+    );
     let row = db
         .query_row(&sql, [uuid.to_string()], |r| {
-            Ok((read_site(r)?, r.get::<_, String>(4)?))
+            let secrets = Secrets {
+                current: r.get(4)?,
+                previous: r.get(5)?,
+                previous_until: r.get::<_, Option<i64>>(6)?.map(|t| t.max(0) as u64),
+            };
+            Ok((read_site(r)?, secrets))
         })
         .optional()?;
-    row.map(|((u, n, a, c), h)| Ok((row_to_site(&u, n, &a, c)?, h)))
+    row.map(|(s, secrets)| Ok((site_of(s)?, secrets)))
         .transpose()
 }
 
-/// A new random secret: 30 bytes in base32, 48 characters (RouterOS allows 233).
-fn new_secret() -> String {
-    let bytes: [u8; 30] = rand::random();
-    data_encoding::BASE32_NOPAD
-        .encode(&bytes)
-        .to_ascii_lowercase()
+const JOB_COLUMNS: &str =
+    "id, site, kind, state, attempts, created, fetched, finished, error, secret";
+
+struct JobRow {
+    id: String,
+    site: String,
+    kind: String,
+    state: String,
+    attempts: i64,
+    created: i64,
+    fetched: Option<i64>,
+    finished: Option<i64>,
+    error: Option<String>,
+    secret: Option<String>,
 }
 
+fn read_job(r: &rusqlite::Row) -> rusqlite::Result<JobRow> {
+    Ok(JobRow {
+        id: r.get(0)?,
+        site: r.get(1)?,
+        kind: r.get(2)?,
+        state: r.get(3)?,
+        attempts: r.get(4)?,
+        created: r.get(5)?,
+        fetched: r.get(6)?,
+        finished: r.get(7)?,
+        error: r.get(8)?,
+        secret: r.get(9)?,
+    })
+}
+
+/// The newest open job of a site.
+const OPEN_JOB: &str =
+    "site = ?1 AND state IN ('pending', 'fetched') ORDER BY created DESC, rowid DESC LIMIT 1";
+
 impl Store for SqliteStore {
-    fn ensure(&self, uuid: Uuid, now: u64) -> Result<(Site, Option<String>), StoreError> {
-        if let Some((site, _)) = select(&self.lock().db, &uuid)? {
-            return Ok((site, None));
-        }
-        // Hash outside the lock (argon2 is slow on purpose), then check again.
-        let secret = new_secret();
-        let hash = hash_secret(&secret)?;
+    fn ensure(&self, uuid: Uuid, now: u64) -> Result<(Site, Option<Created>), StoreError> {
         let mut inner = self.lock();
         if let Some((site, _)) = select(&inner.db, &uuid)? {
             return Ok((site, None));
         }
+        let created = Created {
+            secret: self.keys.new_secret()?,
+            router_token: self.keys.new_secret()?,
+        };
         let Inner { db, pool } = &mut *inner;
         let address = pool.allocate(now)?;
         let site = Site {
@@ -343,10 +378,18 @@ impl Store for SqliteStore {
                 [address.to_string()],
             )?;
             tx.execute(
-                "INSERT INTO sites (uuid, username, address, secret_hash, created) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![uuid.to_string(), site.username, address.to_string(), hash, now as i64],
+                "INSERT INTO sites (uuid, username, address, secret_hash, created, router_token_hash, secret_applied)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0)",
+                params![
+                    uuid.to_string(),
+                    site.username,
+                    address.to_string(),
+                    self.keys.digest(&created.secret),
+                    now as i64,
+                    self.keys.digest(&created.router_token),
+                ],
             )?;
-            insert_job(&tx, uuid, "install", &secret, now)?;
+            self.insert_job(&tx, uuid, "install", &created.secret, now)?;
             tx.commit()?;
             Ok(())
         })();
@@ -355,7 +398,7 @@ impl Store for SqliteStore {
             pool.give_back(address)?;
             return Err(e);
         }
-        Ok((site, Some(secret)))
+        Ok((site, Some(created)))
     }
 
     fn get(&self, uuid: Uuid) -> Result<Option<Site>, StoreError> {
@@ -368,7 +411,7 @@ impl Store for SqliteStore {
             return Ok(false);
         };
         let Inner { db, pool } = &mut *inner;
-        let until = pool.release(site.address, now)?;
+        let until = now + self.lifetimes.quarantine;
         let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute("DELETE FROM jobs WHERE site = ?1", [uuid.to_string()])?;
         tx.execute("DELETE FROM sites WHERE uuid = ?1", [uuid.to_string()])?;
@@ -377,68 +420,187 @@ impl Store for SqliteStore {
             params![site.address.to_string(), until as i64],
         )?;
         tx.commit()?;
+        // Only now may the address wait for reuse: a failed commit keeps it taken.
+        pool.release(site.address, now)?;
         Ok(true)
     }
 
-    fn verify(&self, name: &str, password: &str) -> Result<Option<Site>, StoreError> {
-        let Ok(uuid) = super::username::tunnel_of(name) else {
+    fn verify(&self, name: &str, password: &str, now: u64) -> Result<Option<Site>, StoreError> {
+        let Ok(uuid) = tunnel_of(name) else {
             return Ok(None);
         };
-        let Some((site, hash)) = select(&self.lock().db, &uuid)? else {
+        let inner = self.lock();
+        let Some((site, secrets)) = select(&inner.db, &uuid)? else {
             return Ok(None);
         };
-        let hash = PasswordHash::new(&hash).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        Ok(Argon2::default()
-            .verify_password(password.as_bytes(), &hash)
-            .is_ok()
-            .then_some(site))
+        let (column, check) = match self.keys.check(password, &secrets.current) {
+            Check::NoMatch => {
+                let in_grace = secrets.previous_until.is_some_and(|until| now < until);
+                match secrets.previous.as_deref().filter(|_| in_grace) {
+                    Some(previous) => ("previous_secret_hash", self.keys.check(password, previous)),
+                    None => return Ok(None),
+                }
+            }
+            check => ("secret_hash", check),
+        };
+        match check {
+            Check::NoMatch => Ok(None),
+            Check::Match => Ok(Some(site)),
+            Check::MatchLegacy => {
+                // An argon2 hash of an older version: store the digest now.
+                let sql = format!("UPDATE sites SET {column} = ?1 WHERE uuid = ?2");
+                inner
+                    .db
+                    .execute(&sql, params![self.keys.digest(password), uuid.to_string()])?;
+                Ok(Some(site))
+            }
+        }
     }
 
     fn recreate(&self, site: Uuid, now: u64) -> Result<Option<Job>, StoreError> {
-        if self.get(site)?.is_none() {
-            return Ok(None);
-        }
-        let secret = new_secret();
-        let hash = hash_secret(&secret)?;
+        let secret = self.keys.new_secret()?;
         let mut inner = self.lock();
         let tx = inner
             .db
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // The secret that works on the router now (the current one if its job
+        // was applied, else the one kept from before) stays valid for the grace.
         let n = tx.execute(
-            "UPDATE sites SET secret_hash = ?1 WHERE uuid = ?2",
-            params![hash, site.to_string()],
+            "UPDATE sites SET
+                previous_secret_hash = CASE WHEN secret_applied = 1 THEN secret_hash ELSE previous_secret_hash END,
+                previous_until = ?1,
+                secret_hash = ?2,
+                secret_applied = 0
+             WHERE uuid = ?3",
+            params![
+                (now + self.lifetimes.rotation_grace) as i64,
+                self.keys.digest(&secret),
+                site.to_string()
+            ],
         )?;
         if n == 0 {
             return Ok(None);
         }
-        // Older jobs carried secrets that no longer work: erase them.
-        tx.execute(
-            "UPDATE jobs SET secret = NULL WHERE site = ?1",
-            [site.to_string()],
-        )?;
-        let job = insert_job(&tx, site, "recreate", &secret, now)?;
+        let job = self.insert_job(&tx, site, "recreate", &secret, now)?;
         tx.commit()?;
         Ok(Some(job))
     }
 
-    fn job(&self, id: Uuid) -> Result<Option<Job>, StoreError> {
-        select_job(&self.lock().db, "id = ?1", &id.to_string())
+    fn new_router_token(&self, site: Uuid) -> Result<Option<String>, StoreError> {
+        let token = self.keys.new_secret()?;
+        let n = self.lock().db.execute(
+            "UPDATE sites SET router_token_hash = ?1 WHERE uuid = ?2",
+            params![self.keys.digest(&token), site.to_string()],
+        )?;
+        Ok((n > 0).then_some(token))
     }
 
-    fn pending_job(&self, site: Uuid) -> Result<Option<Job>, StoreError> {
-        select_job(
-            &self.lock().db,
-            "site = ?1 AND applied IS NULL AND secret IS NOT NULL",
-            &site.to_string(),
-        )
+    fn router_site(&self, token: &str) -> Result<Option<Site>, StoreError> {
+        // The digest is deterministic under the key, so it is the lookup key;
+        // comparing digests leaks nothing about the token.
+        let sql = format!("SELECT {SITE_COLUMNS} FROM sites WHERE router_token_hash = ?1");
+        let row = self
+            .lock()
+            .db
+            .query_row(&sql, [self.keys.digest(token)], read_site)
+            .optional()?;
+        row.map(site_of).transpose()
+    }
+
+    fn fetch_job(&self, site: Uuid, now: u64) -> Result<Option<Job>, StoreError> {
+        let inner = self.lock();
+        self.expire_jobs(&inner.db, now)?;
+        let Some(job) = self.read_job(&inner.db, OPEN_JOB, &site.to_string())? else {
+            return Ok(None);
+        };
+        inner.db.execute(
+            "UPDATE jobs SET state = 'fetched', attempts = attempts + 1, fetched = COALESCE(fetched, ?1)
+             WHERE id = ?2",
+            params![now as i64, job.id.to_string()],
+        )?;
+        Ok(Some(Job {
+            state: JobState::Fetched,
+            attempts: job.attempts + 1,
+            fetched: job.fetched.or(Some(now)),
+            ..job
+        }))
+    }
+
+    fn job(&self, id: Uuid, now: u64) -> Result<Option<Job>, StoreError> {
+        let inner = self.lock();
+        self.expire_jobs(&inner.db, now)?;
+        self.read_job(&inner.db, "id = ?1", &id.to_string())
+    }
+
+    fn pending_job(&self, site: Uuid, now: u64) -> Result<Option<Job>, StoreError> {
+        let inner = self.lock();
+        self.expire_jobs(&inner.db, now)?;
+        self.read_job(&inner.db, OPEN_JOB, &site.to_string())
     }
 
     fn job_fetched(&self, id: Uuid, now: u64) -> Result<bool, StoreError> {
         let n = self.lock().db.execute(
-            "UPDATE jobs SET fetched = COALESCE(fetched, ?1) WHERE id = ?2",
+            "UPDATE jobs SET state = 'fetched', attempts = attempts + 1, fetched = COALESCE(fetched, ?1)
+             WHERE id = ?2 AND state IN ('pending', 'fetched')",
             params![now as i64, id.to_string()],
         )?;
         Ok(n > 0)
+    }
+
+    fn finish_job(
+        &self,
+        id: Uuid,
+        site: Option<Uuid>,
+        outcome: Outcome,
+        now: u64,
+    ) -> Result<Finished, StoreError> {
+        let mut inner = self.lock();
+        self.expire_jobs(&inner.db, now)?;
+        let Some(job) = self.read_job(&inner.db, "id = ?1", &id.to_string())? else {
+            return Ok(Finished::NotFound);
+        };
+        if site.is_some_and(|s| s != job.site) {
+            return Ok(Finished::NotFound);
+        }
+        let wanted = match &outcome {
+            Outcome::Applied => JobState::Applied,
+            Outcome::Failed(_) => JobState::Failed,
+        };
+        if !job.state.open() {
+            return Ok(if job.state == wanted {
+                Finished::Done(job)
+            } else {
+                Finished::Conflict(job)
+            });
+        }
+        let error = match outcome {
+            Outcome::Applied => None,
+            Outcome::Failed(e) => Some(e.chars().take(MAX_ERROR).collect::<String>()),
+        };
+        let tx = inner
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "UPDATE jobs SET state = ?1, finished = ?2, error = ?3, secret = NULL WHERE id = ?4",
+            params![wanted.as_str(), now as i64, error, id.to_string()],
+        )?;
+        if wanted == JobState::Applied {
+            // The open job holds the current secret: the router has it now,
+            // so the previous one is done with.
+            tx.execute(
+                "UPDATE sites SET secret_applied = 1, previous_secret_hash = NULL, previous_until = NULL
+                 WHERE uuid = ?1",
+                [job.site.to_string()],
+            )?;
+        }
+        tx.commit()?;
+        Ok(Finished::Done(Job {
+            state: wanted,
+            finished: Some(now),
+            error,
+            secret: None,
+            ..job
+        }))
     }
 
     fn sites(&self) -> Result<Vec<Site>, StoreError> {
@@ -446,11 +608,7 @@ impl Store for SqliteStore {
         let sql = format!("SELECT {SITE_COLUMNS} FROM sites ORDER BY address");
         let mut stmt = inner.db.prepare(&sql)?;
         let rows = stmt.query_map([], read_site)?;
-        rows.map(|row| {
-            let (u, n, a, c) = row?;
-            row_to_site(&u, n, &a, c)
-        })
-        .collect()
+        rows.map(|row| site_of(row?)).collect()
     }
 
     fn record_attempt(&self, a: &Attempt) -> Result<(), StoreError> {
@@ -465,166 +623,5 @@ impl Store for SqliteStore {
             ],
         )?;
         Ok(())
-    }
-
-    fn job_applied(&self, id: Uuid, now: u64) -> Result<bool, StoreError> {
-        let n = self.lock().db.execute(
-            "UPDATE jobs SET applied = COALESCE(applied, ?1), secret = NULL WHERE id = ?2",
-            params![now as i64, id.to_string()],
-        )?;
-        Ok(n > 0)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::{collections::HashSet, sync::Arc};
-
-    use super::*;
-
-    fn open(dir: &Path) -> SqliteStore {
-        SqliteStore::open(
-            &dir.join("tunnels.db"),
-            "100.64.0.0/10".parse().unwrap(),
-            3600,
-        )
-        .unwrap()
-    }
-
-    #[test]
-    fn ensure_is_idempotent_and_shows_the_secret_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path());
-        let id = Uuid::new_v4();
-        let (site, secret) = store.ensure(id, 10).unwrap();
-        let secret = secret.expect("a new site shows its secret");
-        assert_eq!(site.username, username(&id));
-        assert_eq!(site.address, Ipv4Addr::new(100, 64, 0, 2));
-        let (again, none) = store.ensure(id, 11).unwrap();
-        assert_eq!((again, none), (site.clone(), None));
-        assert_eq!(
-            store.verify(&site.username, &secret).unwrap(),
-            Some(site.clone())
-        );
-        assert_eq!(
-            store.verify(&id.to_string(), &secret).unwrap(),
-            Some(site.clone())
-        );
-        assert_eq!(store.verify(&site.username, "wrong").unwrap(), None);
-        assert_eq!(store.verify("nobody", &secret).unwrap(), None);
-    }
-
-    #[test]
-    fn concurrent_ensures_of_one_uuid_give_one_site_and_address() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(open(dir.path()));
-        let id = Uuid::new_v4();
-        let handles: Vec<_> = (0..8)
-            .map(|_| {
-                let store = store.clone();
-                std::thread::spawn(move || store.ensure(id, 0).unwrap())
-            })
-            .collect();
-        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-        let addresses: HashSet<_> = results.iter().map(|(s, _)| s.address).collect();
-        assert_eq!(addresses.len(), 1);
-        assert_eq!(
-            results.iter().filter(|(_, s)| s.is_some()).count(),
-            1,
-            "one creation"
-        );
-    }
-
-    #[test]
-    fn everything_survives_a_reopen_and_deleted_addresses_wait() {
-        let dir = tempfile::tempdir().unwrap();
-        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-        let (site_a, site_b) = {
-            let store = open(dir.path());
-            let (sa, _) = store.ensure(a, 0).unwrap();
-            let (sb, _) = store.ensure(b, 0).unwrap();
-            assert!(store.delete(a, 100).unwrap());
-            assert!(!store.delete(a, 100).unwrap());
-            (sa, sb)
-        };
-        let store = open(dir.path());
-        assert_eq!(store.get(a).unwrap(), None);
-        assert_eq!(store.get(b).unwrap(), Some(site_b.clone()));
-        let (c, _) = store.ensure(Uuid::new_v4(), 200).unwrap();
-        assert_ne!(c.address, site_a.address, "quarantined for an hour");
-        assert_ne!(c.address, site_b.address);
-        let (d, _) = store.ensure(Uuid::new_v4(), 100 + 3600).unwrap();
-        assert_eq!(d.address, site_a.address, "reused after the quarantine");
-    }
-
-    #[test]
-    fn jobs_carry_the_secret_until_applied_and_recreate_rotates_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path());
-        let id = Uuid::new_v4();
-        let (site, secret) = store.ensure(id, 0).unwrap();
-        let install = store.pending_job(id).unwrap().expect("an install job");
-        assert_eq!(
-            (install.kind.as_str(), install.secret.clone()),
-            ("install", secret)
-        );
-        assert!(store.job_fetched(install.id, 5).unwrap());
-        assert!(store.job_applied(install.id, 6).unwrap());
-        let applied = store.job(install.id).unwrap().unwrap();
-        assert_eq!(
-            (applied.fetched, applied.applied, applied.secret),
-            (Some(5), Some(6), None)
-        );
-        assert_eq!(store.pending_job(id).unwrap(), None);
-
-        let job = store.recreate(id, 10).unwrap().unwrap();
-        let new_secret = job.secret.clone().unwrap();
-        assert!(store.verify(&site.username, &new_secret).unwrap().is_some());
-        assert_eq!(store.pending_job(id).unwrap().map(|j| j.id), Some(job.id));
-        assert_eq!(store.recreate(Uuid::new_v4(), 10).unwrap(), None);
-        assert!(store.delete(id, 20).unwrap());
-        assert_eq!(store.job(job.id).unwrap(), None, "jobs go with the site");
-    }
-
-    #[test]
-    fn sites_are_listed_and_attempts_recorded() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path());
-        let (a, _) = store.ensure(Uuid::new_v4(), 0).unwrap();
-        let (b, _) = store.ensure(Uuid::new_v4(), 0).unwrap();
-        assert_eq!(store.sites().unwrap(), [a.clone(), b]);
-        let attempt = Attempt {
-            time: 5,
-            username: a.username.clone(),
-            site: Some(a.uuid),
-            ok: false,
-            source: Some("198.51.100.7".into()),
-        };
-        store.record_attempt(&attempt).unwrap();
-        let checks = SqliteStore::open_for_checks(&dir.path().join("tunnels.db")).unwrap();
-        checks.record_attempt(&attempt).unwrap();
-        let n: i64 = store
-            .lock()
-            .db
-            .query_row("SELECT count(*) FROM auth_attempts WHERE ok = 0", [], |r| {
-                r.get(0)
-            })
-            .unwrap();
-        assert_eq!(n, 2);
-    }
-
-    #[test]
-    fn a_newer_schema_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        drop(open(dir.path()));
-        let db = Connection::open(dir.path().join("tunnels.db")).unwrap();
-        db.pragma_update(None, "user_version", 99).unwrap();
-        drop(db);
-        let err = SqliteStore::open(
-            &dir.path().join("tunnels.db"),
-            "100.64.0.0/10".parse().unwrap(),
-            0,
-        );
-        assert!(matches!(err, Err(StoreError::Corrupt(_))));
     }
 }

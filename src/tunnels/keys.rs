@@ -1,0 +1,309 @@
+//! The secret key file and what is derived from it: keyed digests of random
+//! secrets, and sealing for the few secrets that must be shown again.
+//!
+//! Tunnel secrets and router tokens are random (at least 240 bits), so a
+//! slow password hash buys nothing: a keyed HMAC-SHA-256 digest cannot be
+//! brute-forced without the key, is checked in microseconds, and costs no
+//! memory per check (argon2 took 19 MiB and tens of milliseconds, and 200
+//! concurrent creations took a server to 3.4 GB). A pending job must still
+//! show its tunnel secret to the router that fetches it: that copy is sealed
+//! (ChaCha20-Poly1305, bound to the job) with a second key derived from the
+//! same file, never stored in plaintext. Both keys come from the file through
+//! HKDF-SHA-256 with their own labels, so neither is the other.
+
+use std::{
+    io::Write,
+    os::unix::fs::{OpenOptionsExt, PermissionsExt},
+    path::{Path, PathBuf},
+};
+
+use data_encoding::{BASE32_NOPAD, BASE64URL_NOPAD, HEXLOWER_PERMISSIVE};
+use ring::{
+    aead::{self, Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey},
+    hkdf, hmac,
+    rand::{SecureRandom, SystemRandom},
+};
+
+const DIGEST: &str = "hmac-sha256:";
+const SEALED: &str = "sealed-v1:";
+const KEY_BYTES: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("{file}: {source}")]
+    Io {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}: not a key: expected {} hex digits on one line", KEY_BYTES * 2)]
+    Format { file: PathBuf },
+    #[error(
+        "{file}: readable by others (mode {mode:o}); it holds the key to every secret: chmod 600 it"
+    )]
+    Mode { file: PathBuf, mode: u32 },
+    #[error("the system random generator failed")]
+    Random,
+}
+
+/// The keys derived from the secret key file.
+pub struct Keys {
+    digests: hmac::Key,
+    seals: LessSafeKey,
+    random: SystemRandom,
+}
+
+/// How a presented secret compares with a stored one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    Match,
+    /// It matches an argon2 hash from an older version: store a digest now.
+    MatchLegacy,
+    NoMatch,
+}
+
+impl Keys {
+    /// Reads the key file, creating it (mode 0600, 256 random bits) when missing.
+    pub fn load_or_create(file: &Path) -> Result<Self, KeyError> {
+        let io = |source| KeyError::Io {
+            file: file.to_owned(),
+            source,
+        };
+        let random = SystemRandom::new();
+        let bytes = match std::fs::read_to_string(file) {
+            Ok(text) => {
+                let mode = std::fs::metadata(file).map_err(io)?.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    return Err(KeyError::Mode {
+                        file: file.to_owned(),
+                        mode,
+                    });
+                }
+                HEXLOWER_PERMISSIVE
+                    .decode(text.trim().as_bytes())
+                    .ok()
+                    .filter(|b| b.len() == KEY_BYTES)
+                    .ok_or_else(|| KeyError::Format {
+                        file: file.to_owned(),
+                    })?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut key = [0u8; KEY_BYTES];
+                random.fill(&mut key).map_err(|_| KeyError::Random)?;
+                create(file, &key).map_err(io)?;
+                key.to_vec()
+            }
+            Err(e) => return Err(io(e)),
+        };
+        Ok(Self::from_bytes(&bytes, random))
+    }
+
+    fn from_bytes(ikm: &[u8], random: SystemRandom) -> Self {
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"mgnt secret key file").extract(ikm);
+        let digests = prk
+            .expand(&[b"secret digests v1"], hmac::HMAC_SHA256)
+            .map(hmac::Key::from)
+            .expect("HKDF output of one hash length");
+        let seals = prk
+            .expand(&[b"sealed secrets v1"], &CHACHA20_POLY1305)
+            .map(UnboundKey::from)
+            .map(LessSafeKey::new)
+            .expect("HKDF output of one key length");
+        Self {
+            digests,
+            seals,
+            random,
+        }
+    }
+
+    /// A new random secret: 30 bytes (240 bits) as 48 lower-case base32
+    /// characters, which RouterOS accepts as a password and in a header.
+    pub fn new_secret(&self) -> Result<String, KeyError> {
+        let mut bytes = [0u8; 30];
+        self.random.fill(&mut bytes).map_err(|_| KeyError::Random)?;
+        Ok(BASE32_NOPAD.encode(&bytes).to_ascii_lowercase())
+    }
+
+    /// The stored form of a random secret.
+    pub fn digest(&self, secret: &str) -> String {
+        let tag = hmac::sign(&self.digests, secret.as_bytes());
+        format!("{DIGEST}{}", BASE64URL_NOPAD.encode(tag.as_ref()))
+    }
+
+    /// Compares `secret` with a stored digest (or an older argon2 hash) in
+    /// constant time.
+    pub fn check(&self, secret: &str, stored: &str) -> Check {
+        if let Some(tag) = stored.strip_prefix(DIGEST) {
+            let Ok(tag) = BASE64URL_NOPAD.decode(tag.as_bytes()) else {
+                return Check::NoMatch;
+            };
+            return match hmac::verify(&self.digests, secret.as_bytes(), &tag) {
+                Ok(()) => Check::Match,
+                Err(_) => Check::NoMatch,
+            };
+        }
+        use argon2::{PasswordHash, PasswordVerifier};
+        let legacy = PasswordHash::new(stored).is_ok_and(|hash| {
+            argon2::Argon2::default()
+                .verify_password(secret.as_bytes(), &hash)
+                .is_ok()
+        });
+        if legacy {
+            Check::MatchLegacy
+        } else {
+            Check::NoMatch
+        }
+    }
+
+    /// Seals `plaintext` for storage, bound to `context` (a job's id): it
+    /// opens only with the same key and the same context.
+    pub fn seal(&self, plaintext: &str, context: &str) -> Result<String, KeyError> {
+        let mut nonce = [0u8; aead::NONCE_LEN];
+        self.random.fill(&mut nonce).map_err(|_| KeyError::Random)?;
+        let mut data = plaintext.as_bytes().to_vec();
+        self.seals
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(context.as_bytes()),
+                &mut data,
+            )
+            .map_err(|_| KeyError::Random)?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&data);
+        Ok(format!("{SEALED}{}", BASE64URL_NOPAD.encode(&out)))
+    }
+
+    /// Opens what [`Self::seal`] made for `context`; `None` if it does not
+    /// open (another key, another context, or damaged).
+    pub fn open(&self, sealed: &str, context: &str) -> Option<String> {
+        let bytes = BASE64URL_NOPAD
+            .decode(sealed.strip_prefix(SEALED)?.as_bytes())
+            .ok()?;
+        if bytes.len() < aead::NONCE_LEN {
+            return None;
+        }
+        let (nonce, data) = bytes.split_at(aead::NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut data = data.to_vec();
+        let plain = self
+            .seals
+            .open_in_place(nonce, Aad::from(context.as_bytes()), &mut data)
+            .ok()?;
+        String::from_utf8(plain.to_vec()).ok()
+    }
+
+    /// Whether `stored` is already sealed (older versions kept plaintext).
+    pub fn is_sealed(stored: &str) -> bool {
+        stored.starts_with(SEALED)
+    }
+}
+
+/// Writes a new key file: mode 0600 from the start, synced, never replacing one.
+fn create(file: &Path, key: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)?;
+    writeln!(f, "{}", HEXLOWER_PERMISSIVE.encode(key))?;
+    f.sync_all()?;
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(dir: &Path) -> Keys {
+        Keys::load_or_create(&dir.join("secret.key")).unwrap()
+    }
+
+    #[test]
+    fn the_key_file_is_created_private_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = keys(dir.path());
+        let mode = std::fs::metadata(dir.path().join("secret.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let b = keys(dir.path());
+        let secret = a.new_secret().unwrap();
+        assert_eq!(secret.len(), 48);
+        assert_eq!(
+            b.check(&secret, &a.digest(&secret)),
+            Check::Match,
+            "same key"
+        );
+        let other = tempfile::tempdir().unwrap();
+        assert_eq!(
+            keys(other.path()).check(&secret, &a.digest(&secret)),
+            Check::NoMatch
+        );
+    }
+
+    #[test]
+    fn bad_key_files_are_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret.key");
+        std::fs::write(&file, "abc\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(matches!(
+            Keys::load_or_create(&file),
+            Err(KeyError::Format { .. })
+        ));
+        std::fs::write(&file, format!("{}\n", "ab".repeat(32))).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = Keys::load_or_create(&file).err().unwrap();
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+    }
+
+    #[test]
+    fn digests_match_only_their_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = keys(dir.path());
+        let d = k.digest("s3cret");
+        assert!(d.starts_with(DIGEST));
+        assert_eq!(k.check("s3cret", &d), Check::Match);
+        assert_eq!(k.check("s3cret!", &d), Check::NoMatch);
+        assert_eq!(k.check("s3cret", "hmac-sha256:!!"), Check::NoMatch);
+        assert_eq!(k.check("s3cret", ""), Check::NoMatch);
+    }
+
+    #[test]
+    fn argon2_hashes_of_older_versions_still_match() {
+        use argon2::PasswordHasher;
+        let dir = tempfile::tempdir().unwrap();
+        let k = keys(dir.path());
+        let old = argon2::Argon2::default()
+            .hash_password(b"legacy")
+            .unwrap()
+            .to_string();
+        assert_eq!(k.check("legacy", &old), Check::MatchLegacy);
+        assert_eq!(k.check("other", &old), Check::NoMatch);
+    }
+
+    #[test]
+    fn sealed_secrets_open_only_in_their_context() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = keys(dir.path());
+        let sealed = k.seal("tunnel secret", "job-1").unwrap();
+        assert!(Keys::is_sealed(&sealed));
+        assert!(!sealed.contains("tunnel secret"));
+        assert_eq!(k.open(&sealed, "job-1").as_deref(), Some("tunnel secret"));
+        assert_eq!(k.open(&sealed, "job-2"), None);
+        assert_ne!(
+            sealed,
+            k.seal("tunnel secret", "job-1").unwrap(),
+            "fresh nonce"
+        );
+        let mut damaged = sealed.clone();
+        damaged.pop();
+        assert_eq!(k.open(&damaged, "job-1"), None);
+    }
+}

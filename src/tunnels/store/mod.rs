@@ -1,0 +1,198 @@
+//! Sites, their tunnels and their jobs, behind [`Store`] (SQLite today; a
+//! PostgreSQL backend follows).
+//!
+//! Secrets are random and stored only as keyed digests ([`super::keys`]); a
+//! pending job keeps its tunnel secret sealed so the router that fetches it
+//! can be shown it. A site has three credentials over its life:
+//! - its tunnel secret (OpenVPN password), rotated by a recreate job. Until
+//!   that job is applied, or `rotation_grace` ends, the last applied secret
+//!   keeps working too: a rotation never cuts a live tunnel;
+//! - its router token, with which its router pulls jobs;
+//! - nothing else: the admin API's tokens never reach a router.
+//!
+//! Jobs move pending → fetched → applied | failed | expired | superseded.
+
+mod sqlite;
+#[cfg(test)]
+mod tests;
+
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{keys::KeyError, pool::PoolError};
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+}
+
+/// Lifetimes the store enforces (seconds).
+#[derive(Debug, Clone, Copy)]
+pub struct Lifetimes {
+    /// How long a deleted tunnel's address waits before reuse.
+    pub quarantine: u64,
+    /// How long the last applied secret keeps working after a recreate.
+    pub rotation_grace: u64,
+    /// How long a job waits for its router before it expires.
+    pub job_expiry: u64,
+}
+
+/// A site's tunnel as stored (never a secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Site {
+    pub uuid: Uuid,
+    pub username: String,
+    pub address: Ipv4Addr,
+    /// Seconds since 1970.
+    pub created: u64,
+}
+
+/// What a new site's creator is shown, once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Created {
+    pub secret: String,
+    pub router_token: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Pending,
+    Fetched,
+    Applied,
+    Failed,
+    Expired,
+    Superseded,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Fetched => "fetched",
+            Self::Applied => "applied",
+            Self::Failed => "failed",
+            Self::Expired => "expired",
+            Self::Superseded => "superseded",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Pending,
+            Self::Fetched,
+            Self::Applied,
+            Self::Failed,
+            Self::Expired,
+            Self::Superseded,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == s)
+    }
+
+    /// Whether the job may still be fetched and run.
+    pub fn open(self) -> bool {
+        matches!(self, Self::Pending | Self::Fetched)
+    }
+}
+
+/// A job that (re)installs a site's tunnel on its router.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Job {
+    pub id: Uuid,
+    pub site: Uuid,
+    /// `install` (with the site) or `recreate`.
+    pub kind: String,
+    pub state: JobState,
+    /// Times a router fetched it.
+    pub attempts: u32,
+    /// Seconds since 1970.
+    pub created: u64,
+    pub fetched: Option<u64>,
+    pub finished: Option<u64>,
+    /// What the router reported when it failed.
+    pub error: Option<String>,
+    /// The tunnel secret it installs, while the job is open; never serialised.
+    #[serde(skip)]
+    pub secret: Option<String>,
+}
+
+/// What a router reports for a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    Failed(String),
+}
+
+/// What reporting an outcome did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finished {
+    /// Recorded now, or the same outcome was recorded before (idempotent).
+    Done(Job),
+    /// The job had already ended otherwise (its state is in the job).
+    Conflict(Job),
+    /// No such job (for this site).
+    NotFound,
+}
+
+/// One router's try to authenticate, as OpenVPN reported it.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub time: u64,
+    pub username: String,
+    pub site: Option<Uuid>,
+    pub ok: bool,
+    pub source: Option<String>,
+}
+
+/// What provisioning needs from storage.
+pub trait Store: Send + Sync {
+    /// Returns the site, creating it (address, secret, router token, install
+    /// job) if it does not exist; safe to retry and to race: one site, one
+    /// address. The credentials are returned only to the call that created it.
+    fn ensure(&self, uuid: Uuid, now: u64) -> Result<(Site, Option<Created>), StoreError>;
+    fn get(&self, uuid: Uuid) -> Result<Option<Site>, StoreError>;
+    /// Deletes the site and its jobs; its address returns to the pool after
+    /// the quarantine, once the deletion is committed.
+    fn delete(&self, uuid: Uuid, now: u64) -> Result<bool, StoreError>;
+    /// Checks a router's OpenVPN username and password: the current secret,
+    /// or the last applied one while a rotation is in its grace time.
+    fn verify(&self, username: &str, password: &str, now: u64) -> Result<Option<Site>, StoreError>;
+    /// A new secret and a job that installs it (superseding open jobs); the
+    /// current secret stays valid as described on [`Store`]. `None` for an
+    /// unknown site.
+    fn recreate(&self, site: Uuid, now: u64) -> Result<Option<Job>, StoreError>;
+    /// Issues the site a new router token (the old one stops working).
+    fn new_router_token(&self, site: Uuid) -> Result<Option<String>, StoreError>;
+    /// The site a router token belongs to.
+    fn router_site(&self, token: &str) -> Result<Option<Site>, StoreError>;
+    /// The site's open job for its router, recorded as fetched once more.
+    fn fetch_job(&self, site: Uuid, now: u64) -> Result<Option<Job>, StoreError>;
+    fn job(&self, id: Uuid, now: u64) -> Result<Option<Job>, StoreError>;
+    /// The site's open job, unchanged (for the admin API).
+    fn pending_job(&self, site: Uuid, now: u64) -> Result<Option<Job>, StoreError>;
+    /// Records that the job's script was handed out through the admin API.
+    fn job_fetched(&self, id: Uuid, now: u64) -> Result<bool, StoreError>;
+    /// Records a job's outcome, for `site`'s router only when `site` is given.
+    fn finish_job(
+        &self,
+        id: Uuid,
+        site: Option<Uuid>,
+        outcome: Outcome,
+        now: u64,
+    ) -> Result<Finished, StoreError>;
+    /// Every site, for exporting the OpenVPN server files.
+    fn sites(&self) -> Result<Vec<Site>, StoreError>;
+    /// Records one authentication attempt.
+    fn record_attempt(&self, attempt: &Attempt) -> Result<(), StoreError>;
+}

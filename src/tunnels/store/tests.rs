@@ -1,0 +1,399 @@
+use std::{collections::HashSet, net::Ipv4Addr, path::Path, sync::Arc};
+
+use rusqlite::Connection;
+use uuid::Uuid;
+
+use super::*;
+use crate::tunnels::{keys::Keys, username::username};
+
+const LIFETIMES: Lifetimes = Lifetimes {
+    quarantine: 3600,
+    rotation_grace: 1000,
+    job_expiry: 5000,
+};
+
+fn keys(dir: &Path) -> Arc<Keys> {
+    Arc::new(Keys::load_or_create(&dir.join("secret.key")).unwrap())
+}
+
+fn open(dir: &Path) -> SqliteStore {
+    SqliteStore::open(
+        &dir.join("tunnels.db"),
+        "100.64.0.0/10".parse().unwrap(),
+        keys(dir),
+        LIFETIMES,
+    )
+    .unwrap()
+}
+
+fn ok(store: &SqliteStore, site: &Site, secret: &str, now: u64) -> bool {
+    store.verify(&site.username, secret, now).unwrap().is_some()
+}
+
+#[test]
+fn ensure_is_idempotent_and_shows_the_credentials_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let id = Uuid::new_v4();
+    let (site, created) = store.ensure(id, 10).unwrap();
+    let created = created.expect("a new site shows its credentials");
+    assert_eq!(site.username, username(&id));
+    assert_eq!(site.address, Ipv4Addr::new(100, 64, 0, 2));
+    let (again, none) = store.ensure(id, 11).unwrap();
+    assert_eq!((again, none), (site.clone(), None));
+    assert!(ok(&store, &site, &created.secret, 12));
+    assert!(
+        store
+            .verify(&id.to_string(), &created.secret, 12)
+            .unwrap()
+            .is_some()
+    );
+    assert!(!ok(&store, &site, "wrong", 12));
+    assert!(
+        !ok(&store, &site, &created.router_token, 12),
+        "a router token is no tunnel secret"
+    );
+    assert!(
+        store
+            .verify("nobody", &created.secret, 12)
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        store.router_site(&created.router_token).unwrap(),
+        Some(site.clone())
+    );
+    assert_eq!(store.router_site(&created.secret).unwrap(), None);
+}
+
+#[test]
+fn nothing_secret_is_stored_in_plaintext() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let (_, created) = store.ensure(Uuid::new_v4(), 0).unwrap();
+    let created = created.unwrap();
+    drop(store);
+    let mut bytes = std::fs::read(dir.path().join("tunnels.db")).unwrap();
+    bytes.extend(std::fs::read(dir.path().join("tunnels.db-wal")).unwrap_or_default());
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(!text.contains(&created.secret));
+    assert!(!text.contains(&created.router_token));
+}
+
+#[test]
+fn concurrent_ensures_of_one_uuid_give_one_site_and_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(dir.path()));
+    let id = Uuid::new_v4();
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            std::thread::spawn(move || store.ensure(id, 0).unwrap())
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let addresses: HashSet<_> = results.iter().map(|(s, _)| s.address).collect();
+    assert_eq!(addresses.len(), 1);
+    assert_eq!(
+        results.iter().filter(|(_, c)| c.is_some()).count(),
+        1,
+        "one creation"
+    );
+}
+
+#[test]
+fn everything_survives_a_reopen_and_deleted_addresses_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let (site_a, site_b, secret_b) = {
+        let store = open(dir.path());
+        let (sa, _) = store.ensure(a, 0).unwrap();
+        let (sb, cb) = store.ensure(b, 0).unwrap();
+        assert!(store.delete(a, 100).unwrap());
+        assert!(!store.delete(a, 100).unwrap());
+        (sa, sb, cb.unwrap().secret)
+    };
+    let store = open(dir.path());
+    assert_eq!(store.get(a).unwrap(), None);
+    assert_eq!(store.get(b).unwrap(), Some(site_b.clone()));
+    assert!(
+        ok(&store, &site_b, &secret_b, 150),
+        "same key file, same digests"
+    );
+    let (c, _) = store.ensure(Uuid::new_v4(), 200).unwrap();
+    assert_ne!(c.address, site_a.address, "quarantined for an hour");
+    assert_ne!(c.address, site_b.address);
+    let (d, _) = store.ensure(Uuid::new_v4(), 100 + 3600).unwrap();
+    assert_eq!(d.address, site_a.address, "reused after the quarantine");
+}
+
+#[test]
+fn a_job_is_fetched_then_applied_and_its_secret_erased() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let id = Uuid::new_v4();
+    let (_, created) = store.ensure(id, 0).unwrap();
+    let install = store.pending_job(id, 1).unwrap().expect("an install job");
+    assert_eq!(
+        (install.kind.as_str(), install.state),
+        ("install", JobState::Pending)
+    );
+    assert_eq!(install.secret, created.map(|c| c.secret));
+    let fetched = store.fetch_job(id, 5).unwrap().unwrap();
+    assert_eq!(
+        (fetched.state, fetched.attempts, fetched.fetched),
+        (JobState::Fetched, 1, Some(5))
+    );
+    let again = store.fetch_job(id, 6).unwrap().unwrap();
+    assert_eq!(
+        (again.attempts, again.fetched),
+        (2, Some(5)),
+        "first fetch time kept"
+    );
+    let Finished::Done(done) = store
+        .finish_job(install.id, Some(id), Outcome::Applied, 7)
+        .unwrap()
+    else {
+        panic!("not done");
+    };
+    assert_eq!(
+        (done.state, done.finished, done.secret),
+        (JobState::Applied, Some(7), None)
+    );
+    assert_eq!(store.job(install.id, 8).unwrap().unwrap().secret, None);
+    assert_eq!(store.pending_job(id, 8).unwrap(), None);
+    assert_eq!(store.fetch_job(id, 8).unwrap(), None);
+}
+
+#[test]
+fn results_are_idempotent_and_only_from_the_sites_router() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    store.ensure(a, 0).unwrap();
+    store.ensure(b, 0).unwrap();
+    let job = store.pending_job(a, 0).unwrap().unwrap();
+    assert_eq!(
+        store
+            .finish_job(job.id, Some(b), Outcome::Applied, 1)
+            .unwrap(),
+        Finished::NotFound
+    );
+    let failed = Outcome::Failed("x".repeat(2000));
+    let Finished::Done(first) = store
+        .finish_job(job.id, Some(a), failed.clone(), 2)
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(first.error.as_ref().map(String::len), Some(500), "bounded");
+    assert!(
+        matches!(store.finish_job(job.id, Some(a), failed, 3).unwrap(), Finished::Done(j) if j.finished == Some(2))
+    );
+    assert!(
+        matches!(store.finish_job(job.id, Some(a), Outcome::Applied, 4).unwrap(), Finished::Conflict(j) if j.state == JobState::Failed)
+    );
+    assert_eq!(
+        store
+            .finish_job(Uuid::new_v4(), None, Outcome::Applied, 5)
+            .unwrap(),
+        Finished::NotFound
+    );
+}
+
+#[test]
+fn recreate_keeps_the_applied_secret_until_the_job_is_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let id = Uuid::new_v4();
+    let (site, created) = store.ensure(id, 0).unwrap();
+    let old = created.unwrap().secret;
+    let install = store.fetch_job(id, 1).unwrap().unwrap();
+    store
+        .finish_job(install.id, Some(id), Outcome::Applied, 2)
+        .unwrap();
+
+    let job = store.recreate(id, 10).unwrap().unwrap();
+    let new = job.secret.clone().unwrap();
+    assert!(
+        ok(&store, &site, &old, 11),
+        "a live tunnel renegotiating keeps working"
+    );
+    assert!(ok(&store, &site, &new, 11));
+    store
+        .finish_job(job.id, Some(id), Outcome::Applied, 20)
+        .unwrap();
+    assert!(!ok(&store, &site, &old, 21), "applied: only the new secret");
+    assert!(ok(&store, &site, &new, 21));
+    assert_eq!(store.recreate(Uuid::new_v4(), 10).unwrap(), None);
+}
+
+#[test]
+fn the_grace_ends_and_a_newer_recreate_supersedes_an_older_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let id = Uuid::new_v4();
+    let (site, created) = store.ensure(id, 0).unwrap();
+    let applied = created.unwrap().secret;
+    let install = store.pending_job(id, 0).unwrap().unwrap();
+    store
+        .finish_job(install.id, None, Outcome::Applied, 1)
+        .unwrap();
+
+    let first = store.recreate(id, 10).unwrap().unwrap();
+    let second = store.recreate(id, 20).unwrap().unwrap();
+    let first_state = store.job(first.id, 21).unwrap().unwrap();
+    assert_eq!(
+        (first_state.state, first_state.secret),
+        (JobState::Superseded, None)
+    );
+    assert!(
+        ok(&store, &site, &applied, 21),
+        "the last applied secret, not the superseded one"
+    );
+    assert!(!ok(&store, &site, first.secret.as_deref().unwrap(), 21));
+    assert!(ok(&store, &site, second.secret.as_deref().unwrap(), 21));
+    assert!(
+        !ok(&store, &site, &applied, 20 + 1000),
+        "grace over (rotation_grace 1000 s)"
+    );
+    assert!(ok(
+        &store,
+        &site,
+        second.secret.as_deref().unwrap(),
+        20 + 1000
+    ));
+}
+
+#[test]
+fn open_jobs_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let id = Uuid::new_v4();
+    store.ensure(id, 0).unwrap();
+    let job = store.pending_job(id, 4999).unwrap().unwrap();
+    assert_eq!(
+        store.fetch_job(id, 5000).unwrap(),
+        None,
+        "job_expiry 5000 s"
+    );
+    let expired = store.job(job.id, 5001).unwrap().unwrap();
+    assert_eq!(
+        (expired.state, expired.finished),
+        (JobState::Expired, Some(5000))
+    );
+}
+
+#[test]
+fn a_new_router_token_replaces_the_old_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let id = Uuid::new_v4();
+    let (site, created) = store.ensure(id, 0).unwrap();
+    let token = store.new_router_token(id).unwrap().unwrap();
+    assert_eq!(store.router_site(&token).unwrap(), Some(site));
+    assert_eq!(
+        store.router_site(&created.unwrap().router_token).unwrap(),
+        None
+    );
+    assert_eq!(store.new_router_token(Uuid::new_v4()).unwrap(), None);
+}
+
+/// A database written by the previous schema: argon2 hashes and a job's
+/// secret in plaintext.
+#[test]
+fn an_older_database_is_sealed_and_its_hashes_migrate_on_use() {
+    use argon2::PasswordHasher;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tunnels.db");
+    let db = Connection::open(&path).unwrap();
+    for sql in &super::sqlite::MIGRATIONS[..3] {
+        db.execute_batch(sql).unwrap();
+    }
+    db.pragma_update(None, "user_version", 3).unwrap();
+    let id = Uuid::new_v4();
+    let hash = argon2::Argon2::default()
+        .hash_password(b"old-secret")
+        .unwrap()
+        .to_string();
+    db.execute(
+        "INSERT INTO sites VALUES (?1, ?2, '100.64.0.2', ?3, 0)",
+        rusqlite::params![id.to_string(), username(&id), hash],
+    )
+    .unwrap();
+    db.execute(
+        "INSERT INTO jobs (id, site, kind, secret, created) VALUES ('11111111-1111-4111-8111-111111111111', ?1, 'install', 'old-secret', 0)",
+        [id.to_string()],
+    )
+    .unwrap();
+    drop(db);
+
+    let store = open(dir.path());
+    let site = store.get(id).unwrap().unwrap();
+    let job = store.pending_job(id, 1).unwrap().unwrap();
+    assert_eq!(
+        job.secret.as_deref(),
+        Some("old-secret"),
+        "sealed, and opens"
+    );
+    assert!(ok(&store, &site, "old-secret", 1), "argon2 still checks");
+    let stored: (String, String) = Connection::open(&path)
+        .unwrap()
+        .query_row(
+            "SELECT s.secret_hash, j.secret FROM sites s, jobs j",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(
+        stored.0.starts_with("hmac-sha256:"),
+        "migrated on use: {}",
+        stored.0
+    );
+    assert!(stored.1.starts_with("sealed-v1:"), "{}", stored.1);
+    assert!(ok(&store, &site, "old-secret", 2));
+}
+
+#[test]
+fn sites_are_listed_and_attempts_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let (a, _) = store.ensure(Uuid::new_v4(), 0).unwrap();
+    let (b, _) = store.ensure(Uuid::new_v4(), 0).unwrap();
+    assert_eq!(store.sites().unwrap(), [a.clone(), b]);
+    let attempt = Attempt {
+        time: 5,
+        username: a.username.clone(),
+        site: Some(a.uuid),
+        ok: false,
+        source: Some("198.51.100.7".into()),
+    };
+    store.record_attempt(&attempt).unwrap();
+    let checks =
+        SqliteStore::open_for_checks(&dir.path().join("tunnels.db"), keys(dir.path()), LIFETIMES)
+            .unwrap();
+    checks.record_attempt(&attempt).unwrap();
+    let n: i64 = Connection::open(dir.path().join("tunnels.db"))
+        .unwrap()
+        .query_row("SELECT count(*) FROM auth_attempts WHERE ok = 0", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(n, 2);
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    let db = Connection::open(dir.path().join("tunnels.db")).unwrap();
+    db.pragma_update(None, "user_version", 99).unwrap();
+    drop(db);
+    let err = SqliteStore::open(
+        &dir.path().join("tunnels.db"),
+        "100.64.0.0/10".parse().unwrap(),
+        keys(dir.path()),
+        LIFETIMES,
+    );
+    assert!(matches!(err, Err(StoreError::Corrupt(_))));
+}
