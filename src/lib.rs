@@ -22,6 +22,8 @@
 //! - [`explain`]: why a client gets its answer (`mgnt lookup`, `/v1/explain`).
 //! - [`admin`]: the authenticated HTTP API (regions, drains, explain, reload,
 //!   metrics, provisioning, VPN logs).
+//! - [`routers`]: the router endpoint, where routers pull their jobs with per-site tokens.
+//! - [`edge`]: bounded listeners (connection caps, time limits, TLS) for what comes from outside.
 //! - [`metrics`]: lock-free counters and histograms, Prometheus text.
 //! - [`tunnels`]: provisioning: username codec, CGNAT pool, RouterOS and OpenVPN
 //!   files, SQLite store.
@@ -35,6 +37,7 @@ pub mod clock;
 pub mod config;
 pub mod dns;
 pub mod durable;
+pub mod edge;
 pub mod explain;
 pub mod geo;
 pub mod health;
@@ -42,6 +45,7 @@ pub mod listen;
 pub mod locate;
 pub mod metrics;
 pub mod route;
+pub mod routers;
 pub mod server;
 pub mod state;
 pub mod tunnels;

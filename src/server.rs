@@ -34,6 +34,8 @@ pub enum ServeError {
     Store(#[from] crate::tunnels::OpenError),
     #[error("the state owner stopped: {0}")]
     StateOwner(String),
+    #[error(transparent)]
+    Routers(#[from] crate::routers::RoutersError),
 }
 
 /// Opens the tunnel store in `[provision] data_dir`, if provisioning is on.
@@ -96,6 +98,15 @@ pub async fn run(config_path: PathBuf) -> Result<(), ServeError> {
         listen::start(&config.dns, state.reader(), responder.clone()).map_err(ServeError::Dns)?;
     let tunnels = open_store(&config)?;
     export_at_start(&config, tunnels.as_deref());
+    let routers = match (&config.routers, &tunnels) {
+        (Some(r), Some(store)) => {
+            let (routers, addr) = crate::routers::start(r, store.clone(), state.reader()).await?;
+            info!(%addr, "serving the router endpoint");
+            println!("listening routers {addr}");
+            Some(Arc::new(routers))
+        }
+        _ => None,
+    };
     let vpnlog = start_vpnlog(&config).await?;
     let api = tokio::net::TcpListener::bind(config.api.listen)
         .await
@@ -112,6 +123,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), ServeError> {
         responder,
         tunnels,
         vpnlog,
+        routers: routers.clone(),
     };
     tokio::spawn(admin::serve(api, cx, tokens));
     for addr in &bound {
@@ -121,7 +133,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), ServeError> {
     info!(addr = %api_addr, "serving the admin API");
     println!("listening api {api_addr}");
     tokio::select! {
-        () = signals(&state) => {
+        () = signals(&state, routers.as_deref()) => {
             info!("shutting down");
             Ok(())
         }
@@ -136,7 +148,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), ServeError> {
     }
 }
 
-async fn signals(state: &state::Handle) {
+async fn signals(state: &state::Handle, routers: Option<&crate::routers::Routers>) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -151,6 +163,9 @@ async fn signals(state: &state::Handle) {
             _ = term.recv() => return,
             _ = hup.recv() => {
                 info!("SIGHUP: reloading");
+                if let Some(Err(error)) = routers.map(|r| r.reload_certificate()) {
+                    error!(%error, "router endpoint certificate not reloaded; the old one stays");
+                }
                 match state.reload("SIGHUP").await {
                     Ok(report) => info!(?report, "reloaded"),
                     Err(StateError::Load(_)) => {} // logged by the owner

@@ -1,6 +1,10 @@
 //! `GET /metrics`: every counter of the running server in Prometheus text format.
 
-use std::{collections::BTreeMap, fmt::Write as _, sync::atomic::Ordering::Relaxed};
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+};
 
 use super::Context;
 use crate::{
@@ -148,6 +152,9 @@ pub fn render(cx: &Context) -> String {
         help(&mut out, name, "gauge", text);
         let _ = writeln!(out, "{name} {value}");
     }
+    if let Some(r) = &cx.routers {
+        router_endpoint(&mut out, r);
+    }
     if let Some(v) = &cx.vpnlog {
         let ingest = &v.ingest;
         help(
@@ -240,6 +247,58 @@ fn vpnlog_regions(out: &mut String, regions: &BTreeMap<String, RegionLive>) {
         help(out, name, kind, text);
         for (region, live) in regions {
             let _ = writeln!(out, "{name}{{region=\"{region}\"}} {}", get(live));
+        }
+    }
+}
+
+/// The router endpoint's requests, results and connections, one family each.
+fn router_endpoint(out: &mut String, r: &crate::routers::Routers) {
+    let (c, e) = (&r.counters, &r.edge);
+    type Family<'a> = (&'a str, &'a str, &'a str, Vec<(&'a str, &'a AtomicU64)>);
+    let families: [Family; 3] = [
+        (
+            "mgnt_router_polls_total",
+            "Job polls on the router endpoint, by result.",
+            "result",
+            vec![
+                ("job", &c.jobs_served),
+                ("empty", &c.polls_empty),
+                ("unauthorized", &c.unauthorized),
+                ("rate_limited", &c.rate_limited),
+                ("bad_request", &c.bad_requests),
+            ],
+        ),
+        (
+            "mgnt_router_results_total",
+            "Job results reported by routers, by outcome.",
+            "status",
+            vec![
+                ("applied", &c.results_applied),
+                ("failed", &c.results_failed),
+                ("refused", &c.results_refused),
+            ],
+        ),
+        (
+            "mgnt_router_connections_total",
+            "Connections to the router endpoint, by what became of them.",
+            "result",
+            vec![
+                ("accepted", &e.accepted),
+                ("refused_total_cap", &e.refused_total),
+                ("refused_source_cap", &e.refused_source),
+                ("tls_failed", &e.tls_failed),
+                ("timed_out", &e.timed_out),
+            ],
+        ),
+    ];
+    for (name, text, label, values) in families {
+        help(out, name, "counter", text);
+        for (value, counter) in values {
+            let _ = writeln!(
+                out,
+                "{name}{{{label}=\"{value}\"}} {}",
+                counter.load(Relaxed)
+            );
         }
     }
 }

@@ -40,6 +40,8 @@ pub struct Context {
     pub tunnels: Option<Arc<dyn Store>>,
     /// Log ingestion and its store, when `[vpnlog]` is configured.
     pub vpnlog: Option<VpnLog>,
+    /// The router endpoint, when `[routers]` is configured (for its counters).
+    pub routers: Option<Arc<crate::routers::Routers>>,
 }
 
 /// Shared by every handler.
@@ -187,14 +189,28 @@ mod tests {
                     .map(move |m| (m.to_uppercase(), path.clone()))
             })
             .collect();
+        let routers: BTreeSet<(String, String)> = crate::routers::routes()
+            .into_iter()
+            .map(|(m, p)| (m.to_string(), p.to_owned()))
+            .collect();
         let served: BTreeSet<(String, String)> = routes()
             .into_iter()
             .chain(public_routes())
             .map(|(m, p, _)| (m.to_string(), p.to_owned()))
+            .chain(routers.iter().cloned())
             .collect();
         assert_eq!(served, documented);
+        for (method, path) in &routers {
+            let op = &spec["paths"][path][method.to_lowercase()];
+            assert_eq!(
+                op["security"],
+                serde_json::json!([{"routerToken": []}]),
+                "{path}"
+            );
+            assert_eq!(op["tags"], serde_json::json!(["router endpoint"]), "{path}");
+        }
         let public: Vec<_> = public_routes().into_iter().map(|(_, p, _)| p).collect();
-        for (method, path) in &documented {
+        for (method, path) in documented.difference(&routers) {
             let open =
                 spec["paths"][path][method.to_lowercase()]["security"] == serde_json::json!([]);
             assert_eq!(

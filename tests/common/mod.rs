@@ -169,6 +169,16 @@ pub fn mgnt() -> Command {
     Command::new(env!("CARGO_BIN_EXE_mgnt"))
 }
 
+/// What a started server printed it listens on.
+struct Launched {
+    child: Child,
+    v4: SocketAddr,
+    v6: SocketAddr,
+    api: SocketAddr,
+    syslog: Option<SocketAddr>,
+    routers: Option<SocketAddr>,
+}
+
 /// The real server process; killed on drop.
 pub struct Server {
     child: Child,
@@ -177,6 +187,8 @@ pub struct Server {
     pub api: SocketAddr,
     /// The syslog listener, when the config has `[vpnlog]`.
     pub syslog: Option<SocketAddr>,
+    /// The router endpoint, when the config has `[routers]`.
+    pub routers: Option<SocketAddr>,
     pub fixture: Fixture,
     /// The network namespace it runs in, if not ours.
     pub netns: Option<String>,
@@ -204,34 +216,32 @@ impl Server {
     pub fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let (child, v4, v6, api, syslog) = Self::launch(&self.fixture, mgnt());
-        (self.child, self.v4, self.v6, self.api, self.syslog) = (child, v4, v6, api, syslog);
+        let l = Self::launch(&self.fixture, mgnt());
+        (
+            self.child,
+            self.v4,
+            self.v6,
+            self.api,
+            self.syslog,
+            self.routers,
+        ) = (l.child, l.v4, l.v6, l.api, l.syslog, l.routers);
     }
 
     fn spawn(fixture: Fixture, cmd: Command) -> Self {
-        let (child, v4, v6, api, syslog) = Self::launch(&fixture, cmd);
+        let l = Self::launch(&fixture, cmd);
         Self {
-            child,
-            v4,
-            v6,
-            api,
-            syslog,
+            child: l.child,
+            v4: l.v4,
+            v6: l.v6,
+            api: l.api,
+            syslog: l.syslog,
+            routers: l.routers,
             fixture,
             netns: None,
         }
     }
 
-    #[allow(clippy::type_complexity)]
-    fn launch(
-        fixture: &Fixture,
-        mut cmd: Command,
-    ) -> (
-        Child,
-        SocketAddr,
-        SocketAddr,
-        SocketAddr,
-        Option<SocketAddr>,
-    ) {
+    fn launch(fixture: &Fixture, mut cmd: Command) -> Launched {
         let mut child = cmd
             .args(["serve", "--config"])
             .arg(fixture.config())
@@ -244,6 +254,7 @@ impl Server {
         let mut addrs = Vec::new();
         let mut api = None;
         let mut syslog = None;
+        let mut routers = None;
         while addrs.len() < 2 || api.is_none() {
             let line = lines
                 .next()
@@ -258,8 +269,18 @@ impl Server {
             if let Some(a) = line.strip_prefix("listening syslog ") {
                 syslog = Some(a.parse::<SocketAddr>().unwrap());
             }
+            if let Some(a) = line.strip_prefix("listening routers ") {
+                routers = Some(a.parse::<SocketAddr>().unwrap());
+            }
         }
-        (child, addrs[0], addrs[1], api.unwrap(), syslog)
+        Launched {
+            child,
+            v4: addrs[0],
+            v6: addrs[1],
+            api: api.unwrap(),
+            syslog,
+            routers,
+        }
     }
 
     /// The admin API token the server created.

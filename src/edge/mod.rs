@@ -1,0 +1,10 @@
+//! Listeners for what comes from outside, bounded: a cap on connections in
+//! total and per source address (refused and counted beyond it), a time
+//! limit on every connection, TLS off loopback ([`tls`]), and HTTP served by
+//! hyper with small header and body limits ([`http`]).
+
+pub mod http;
+mod sources;
+pub mod tls;
+
+pub use http::{EdgeCounters, Limits, serve};
