@@ -3,7 +3,7 @@
 
 use std::{path::PathBuf, sync::Arc};
 
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use crate::{
     admin::{self, auth::Tokens},
@@ -11,7 +11,7 @@ use crate::{
     dns::{LoadError, answer::Responder},
     listen,
     state::{self, StateError, store::FileStore},
-    tunnels::store::Store,
+    tunnels::{export::Exporter, store::Store},
     vpnlog::service::VpnLog,
 };
 
@@ -30,8 +30,6 @@ pub enum ServeError {
     Auth(#[from] admin::auth::AuthError),
     #[error("log ingestion: {0}")]
     Vpnlog(#[from] crate::vpnlog::service::StartError),
-    #[error("tunnel store: {0}")]
-    Store(#[from] crate::tunnels::OpenError),
     #[error("the state owner stopped: {0}")]
     StateOwner(String),
     #[error(transparent)]
@@ -39,9 +37,16 @@ pub enum ServeError {
 }
 
 /// Opens the tunnel store in `[provision] data_dir`, if provisioning is on.
-fn open_store(config: &Config) -> Result<Option<Arc<dyn Store>>, ServeError> {
-    let store = crate::tunnels::open_store(config, false)?;
-    Ok(store.map(|s| Arc::new(s) as Arc<dyn Store>))
+/// A store that cannot open (its pool no longer holds every address, say)
+/// turns provisioning off with an error in the log: DNS must keep serving.
+fn open_store(config: &Config) -> Option<Arc<dyn Store>> {
+    match crate::tunnels::open_store(config, false) {
+        Ok(store) => store.map(|s| Arc::new(s) as Arc<dyn Store>),
+        Err(error) => {
+            error!(%error, "provisioning is off: the tunnel store cannot be opened");
+            None
+        }
+    }
 }
 
 /// Starts log ingestion, if `[vpnlog]` is set.
@@ -54,18 +59,16 @@ async fn start_vpnlog(config: &Config) -> Result<Option<VpnLog>, ServeError> {
     Ok(Some(vpnlog))
 }
 
-/// Writes the OpenVPN files once at start when `[provision] export_dir` is set.
-fn export_at_start(config: &Config, store: Option<&dyn Store>) {
-    let p = config.provision.as_ref();
-    let Some((store, p, dir)) = store
-        .zip(p)
-        .and_then(|(s, p)| Some((s, p, p.export_dir.as_ref()?)))
-    else {
-        return;
-    };
-    match crate::tunnels::export::export_store(store, p, &config.file, dir) {
-        Ok(e) => info!(dir = %dir.display(), tunnels = e.tunnels, "exported the OpenVPN files"),
-        Err(e) => warn!(error = %e, "exporting the OpenVPN files failed"),
+/// Starts the OpenVPN file exporter when `[provision] export_dir` is set.
+async fn start_exporter(config: &Config, store: Option<&Arc<dyn Store>>) -> Option<Exporter> {
+    let p = config.provision.as_ref()?;
+    let dir = p.export_dir.as_ref()?;
+    match Exporter::start(store?.clone(), p, &config.file, dir).await {
+        Ok(e) => Some(e),
+        Err(error) => {
+            error!(%error, "the OpenVPN files are not exported");
+            None
+        }
     }
 }
 
@@ -85,7 +88,8 @@ pub async fn run(config_path: PathBuf) -> Result<(), ServeError> {
         state_file: config.health.state_file.clone(),
         audit_log: config.api.audit_log.clone(),
     };
-    let (state, mut owner) = state::start(
+    let tunnels = open_store(&config);
+    let (mut state, mut owner) = state::start(
         data,
         config_path,
         Box::new(store),
@@ -93,11 +97,14 @@ pub async fn run(config_path: PathBuf) -> Result<(), ServeError> {
         state::system_clock(),
     )
     .await;
+    if let Some(tunnels) = tunnels.clone() {
+        let check = move |c: &Config| crate::tunnels::pool_holds(tunnels.as_ref(), c);
+        state = state.with_reload_check(Arc::new(check));
+    }
     let responder = Arc::new(Responder::default());
     let (bound, _dns_tasks) =
         listen::start(&config.dns, state.reader(), responder.clone()).map_err(ServeError::Dns)?;
-    let tunnels = open_store(&config)?;
-    export_at_start(&config, tunnels.as_deref());
+    let exporter = start_exporter(&config, tunnels.as_ref()).await;
     let routers = match (&config.routers, &tunnels) {
         (Some(r), Some(store)) => {
             let (routers, addr) = crate::routers::start(r, store.clone(), state.reader()).await?;
@@ -124,6 +131,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), ServeError> {
         tunnels,
         vpnlog,
         routers: routers.clone(),
+        exporter,
     };
     tokio::spawn(admin::serve(api, cx, tokens));
     for addr in &bound {

@@ -355,3 +355,105 @@ fn kill_9_during_puts_loses_nothing_acknowledged() {
     let (_, v) = api.json("POST", "/v1/sites");
     assert!(!addresses.contains(v["site"]["address"].as_str().unwrap()));
 }
+
+/// 200 creations at once, with deletions among them: the OpenVPN directory
+/// ends with exactly one ccd file per existing site (one writer, per-site
+/// updates read from the store, so no stale snapshot deletes a newer file).
+#[test]
+fn concurrent_creates_and_deletes_leave_exactly_one_ccd_file_per_site() {
+    let fixture = Fixture::new();
+    fixture.write_config(
+        &(config_text("\"127.0.0.1:0\", \"[::1]:0\"")
+            + "\n[provision]\ndata_dir = \"state\"\npool = \"100.64.0.0/22\"\nexport_dir = \"openvpn\"\n"),
+    );
+    let server = Server::start_with(fixture);
+    let api = Arc::new(Api::for_server(&server));
+    let workers: Vec<_> = (0..8)
+        .map(|w| {
+            let api = api.clone();
+            std::thread::spawn(move || {
+                let mut kept = Vec::new();
+                for i in 0..25 {
+                    let (status, created) = api.json("POST", "/v1/sites");
+                    assert_eq!(status, 201, "{created}");
+                    let uuid = created["site"]["uuid"].as_str().unwrap().to_owned();
+                    let user = created["site"]["username"].as_str().unwrap().to_owned();
+                    // Every fifth site of every other worker is deleted again.
+                    if w % 2 == 0 && i % 5 == 0 {
+                        assert_eq!(api.call("DELETE", &format!("/v1/sites/{uuid}")).0, 204);
+                    } else {
+                        kept.push(user);
+                    }
+                }
+                kept
+            })
+        })
+        .collect();
+    let kept: std::collections::BTreeSet<String> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    assert_eq!(kept.len(), 200 - 4 * 5);
+    let files: std::collections::BTreeSet<String> =
+        std::fs::read_dir(server.fixture.path("openvpn/ccd"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+    assert_eq!(files, kept, "one ccd file per site, nothing else");
+}
+
+/// A reload whose pool no longer holds every allocated address is refused
+/// (the next start would be); a start with such a pool keeps DNS serving
+/// with provisioning off.
+#[test]
+fn a_pool_that_drops_allocated_addresses_is_refused_by_reload_and_disables_provisioning_at_start() {
+    let fixture = Fixture::new();
+    let config = |pool: &str| {
+        config_text("\"127.0.0.1:0\", \"[::1]:0\"")
+            + &format!("\n[provision]\ndata_dir = \"state\"\npool = \"{pool}\"\n")
+    };
+    fixture.write_config(&config("100.64.0.0/24"));
+    let server = Server::start_with(fixture);
+    let api = Api::for_server(&server);
+    let (_, created) = api.json("POST", "/v1/sites");
+    assert_eq!(created["site"]["address"], "100.64.0.2");
+
+    server.fixture.write_config(&config("100.65.0.0/24"));
+    let (status, body) = server.post("/v1/reload", None);
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("100.64.0.2"),
+        "{body}"
+    );
+    server.fixture.write_config(&config("100.64.0.0/23"));
+    let (status, body) = server.post("/v1/reload", None);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["report"]["needs_restart"]
+            .to_string()
+            .contains("provision"),
+        "{body}"
+    );
+
+    let mut server = server;
+    server.fixture.write_config(&config("100.65.0.0/24"));
+    server.restart();
+    let dns = udp(
+        server.v4,
+        &query("mgnt.mkcld.io.", hickory_proto::rr::RecordType::A, None),
+    );
+    assert_eq!(
+        dns.response_code,
+        hickory_proto::op::ResponseCode::NoError,
+        "DNS serves"
+    );
+    let (status, body) = Api::for_server(&server).json("POST", "/v1/sites");
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("provisioning is off"),
+        "{body}"
+    );
+}

@@ -42,6 +42,8 @@ pub struct Context {
     pub vpnlog: Option<VpnLog>,
     /// The router endpoint, when `[routers]` is configured (for its counters).
     pub routers: Option<Arc<crate::routers::Routers>>,
+    /// The OpenVPN file exporter, when `[provision] export_dir` is set.
+    pub exporter: Option<crate::tunnels::export::Exporter>,
 }
 
 /// Shared by every handler.

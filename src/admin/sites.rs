@@ -20,7 +20,6 @@ use super::{
 use crate::{
     clock,
     tunnels::{
-        export,
         pool::PoolError,
         routeros::{TunnelScript, Version},
         store::{Created, Finished, Job, Outcome, Site, Store, StoreError},
@@ -52,25 +51,12 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-/// Rewrites the OpenVPN server files after a change, when `export_dir` is set,
-/// so a new tunnel can connect and a deleted one cannot.
-async fn reexport(api: &Api, store: Arc<dyn Store>) {
-    let data = api.cx.state.snapshot().data.clone();
-    let Some(p) = data.config.provision.clone() else {
-        return;
-    };
-    let Some(dir) = p.export_dir.clone() else {
-        return;
-    };
-    let config_file = data.config.file.clone();
-    let done = tokio::task::spawn_blocking(move || {
-        export::export_store(store.as_ref(), &p, &config_file, &dir)
-    })
-    .await;
-    match done {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::error!(error = %e, "exporting the OpenVPN files failed"),
-        Err(e) => tracing::error!(error = %e, "exporting the OpenVPN files failed"),
+/// Brings the OpenVPN server's file of `site` up to date after a change,
+/// when `export_dir` is set, so a new tunnel can connect and a deleted one
+/// cannot; returns once it is written.
+async fn reexport(api: &Api, site: Uuid) {
+    if let Some(exporter) = &api.cx.exporter {
+        exporter.site(site).await;
     }
 }
 
@@ -101,7 +87,7 @@ async fn ensure(api: &Api, id: Uuid) -> Response {
     let s = store.clone();
     let (site, credentials) = attempt!(blocking(move || s.ensure(id, clock::now())).await);
     if credentials.is_some() {
-        reexport(api, store).await;
+        reexport(api, id).await;
     }
     created(&site, credentials)
 }
@@ -120,7 +106,7 @@ pub async fn delete(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Resp
     let id = attempt!(uuid(&id));
     let s = store.clone();
     if attempt!(blocking(move || s.delete(id, clock::now())).await) {
-        reexport(&api, store).await;
+        reexport(&api, id).await;
         StatusCode::NO_CONTENT.into_response()
     } else {
         error(StatusCode::NOT_FOUND, format!("no site {id}"))

@@ -42,6 +42,9 @@ pub enum LoadError {
         file: std::path::PathBuf,
         source: MapsError,
     },
+    /// A check outside the loaded data refused the config.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Everything loaded from disk, validated together; replaced whole on reload.

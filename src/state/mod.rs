@@ -181,6 +181,10 @@ pub struct Counters {
     pub probes: Mutex<BTreeMap<(String, Kind), ProbeStats>>,
 }
 
+/// A check a reloaded config must pass besides loading, from outside the
+/// state (the tunnel store's pool, say); its error refuses the reload.
+pub type ReloadCheck = Arc<dyn Fn(&Config) -> Result<(), String> + Send + Sync>;
+
 /// Sends commands to the owner and reads what it publishes.
 #[derive(Clone)]
 pub struct Handle {
@@ -188,9 +192,16 @@ pub struct Handle {
     inputs: mpsc::Sender<Input>,
     counters: Arc<Counters>,
     config_path: PathBuf,
+    check: Option<ReloadCheck>,
 }
 
 impl Handle {
+    /// Every later reload must also pass `check`.
+    pub fn with_reload_check(mut self, check: ReloadCheck) -> Self {
+        self.check = Some(check);
+        self
+    }
+
     pub fn reader(&self) -> Reader {
         self.reader.clone()
     }
@@ -233,15 +244,21 @@ impl Handle {
     /// Re-reads the config, zones and GeoIP database and has the owner swap
     /// them in; on any error the previous data keeps serving.
     pub async fn reload(&self, by: &str) -> Result<ReloadReport, StateError> {
-        let path = self.config_path.clone();
-        let loaded = tokio::task::spawn_blocking(move || load(&path).map(Box::new))
-            .await
-            .unwrap_or_else(|e| {
-                Err(LoadError::Config(ConfigError::Parse {
-                    file: self.config_path.clone(),
-                    message: format!("reload task failed: {e}"),
-                }))
-            });
+        let (path, check) = (self.config_path.clone(), self.check.clone());
+        let loaded = tokio::task::spawn_blocking(move || {
+            let config = Config::load(&path)?;
+            if let Some(check) = check {
+                check(&config).map_err(LoadError::Refused)?;
+            }
+            Data::load(config).map(Box::new)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(LoadError::Config(ConfigError::Parse {
+                file: self.config_path.clone(),
+                message: format!("reload task failed: {e}"),
+            }))
+        });
         let by = by.to_owned();
         self.ask(|reply| Command::Reload { loaded, by, reply })
             .await

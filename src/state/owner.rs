@@ -73,6 +73,7 @@ pub async fn start(
         inputs,
         counters,
         config_path,
+        check: None,
     };
     (handle, task)
 }
@@ -405,6 +406,22 @@ fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
     }
     if running.vpnlog != new.vpnlog {
         out.push("vpnlog".to_owned());
+    }
+    let provision = |c: &Config| {
+        c.provision.as_ref().map(|p| {
+            let files = (
+                p.data_dir.clone(),
+                p.secret_key_file.clone(),
+                p.export_dir.clone(),
+            );
+            (p.pool, files)
+        })
+    };
+    if provision(running) != provision(new) {
+        out.push("provision (pool, data_dir, secret_key_file, export_dir)".to_owned());
+    }
+    if running.routers != new.routers {
+        out.push("routers".to_owned());
     }
     out
 }

@@ -2,8 +2,24 @@
 //! (named by its username) and the server fragment, each replaced atomically.
 //! Files of deleted tunnels are removed, so with `ccd-exclusive` a deleted
 //! site can no longer connect even if its secret leaked.
+//!
+//! These files serve an OpenVPN server on the machine of `mgnt serve` (with
+//! the `auth-verify` hook); servers elsewhere are fed by their agents. In
+//! `mgnt serve` one task, the [`Exporter`], writes them: the whole directory
+//! at start, then one site per change. For each change it reads that site's
+//! current row, so changes reported out of order still end in the state the
+//! store holds, and nothing it writes can be undone by an older snapshot.
 
-use std::{collections::HashSet, io, path::Path};
+use std::{
+    collections::HashSet,
+    io,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info};
+use uuid::Uuid;
 
 use super::{
     openvpn,
@@ -25,6 +41,76 @@ pub enum ExportError {
     Pool(#[from] super::pool::PoolError),
 }
 
+/// Where the files go and what the server fragment says.
+struct Target {
+    dir: PathBuf,
+    pool: ipnet::Ipv4Net,
+    gateway: std::net::Ipv4Addr,
+    port: u16,
+    auth: String,
+    verify: String,
+}
+
+impl Target {
+    fn new(
+        provision: &ProvisionConfig,
+        config_file: &Path,
+        dir: &Path,
+    ) -> Result<Self, ExportError> {
+        let io_err = |source| ExportError::Io {
+            dir: dir.to_owned(),
+            source,
+        };
+        let verify = format!(
+            "{} --config {} auth-verify",
+            std::env::current_exe().map_err(io_err)?.display(),
+            std::path::absolute(config_file).map_err(io_err)?.display()
+        );
+        Ok(Self {
+            dir: std::path::absolute(dir).map_err(io_err)?,
+            pool: provision.pool,
+            gateway: Pool::new(provision.pool, 0)?.gateway(),
+            port: provision.port,
+            auth: provision.auth.clone(),
+            verify,
+        })
+    }
+
+    fn io(&self, source: io::Error) -> ExportError {
+        ExportError::Io {
+            dir: self.dir.clone(),
+            source,
+        }
+    }
+
+    /// Everything: the fragment, a file per site, stale files removed.
+    fn all(&self, store: &dyn Store) -> Result<Exported, ExportError> {
+        let ccd = self.dir.join("ccd");
+        let server = openvpn::Server {
+            pool: self.pool,
+            gateway: self.gateway,
+            port: self.port,
+            auth: &self.auth,
+            ccd_dir: &ccd.to_string_lossy(),
+            verify_command: &self.verify,
+        };
+        export(&self.dir, &store.sites()?, &server).map_err(|e| self.io(e))
+    }
+
+    /// One site's file, as the store has it now (gone if the site is).
+    fn site(&self, store: &dyn Store, uuid: Uuid) -> Result<(), ExportError> {
+        let file = self.dir.join("ccd").join(super::username::username(&uuid));
+        match store.get(uuid)? {
+            Some(site) => write_atomic(&file, openvpn::ccd(site.address, self.pool).as_bytes()),
+            None => match std::fs::remove_file(&file) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            },
+        }
+        .map_err(|e| self.io(e))
+    }
+}
+
 /// Exports every site of `store` into `dir` for the server `config_file` describes;
 /// the auth hook is this program with that config.
 pub fn export_store(
@@ -33,26 +119,73 @@ pub fn export_store(
     config_file: &Path,
     dir: &Path,
 ) -> Result<Exported, ExportError> {
-    let io_err = |source| ExportError::Io {
-        dir: dir.to_owned(),
-        source,
-    };
-    let dir = std::path::absolute(dir).map_err(io_err)?;
-    let verify = format!(
-        "{} --config {} auth-verify",
-        std::env::current_exe().map_err(io_err)?.display(),
-        std::path::absolute(config_file).map_err(io_err)?.display()
-    );
-    let ccd = dir.join("ccd");
-    let server = openvpn::Server {
-        pool: provision.pool,
-        gateway: Pool::new(provision.pool, 0)?.gateway(),
-        port: provision.port,
-        auth: &provision.auth,
-        ccd_dir: &ccd.to_string_lossy(),
-        verify_command: &verify,
-    };
-    export(&dir, &store.sites()?, &server).map_err(io_err)
+    Target::new(provision, config_file, dir)?.all(store)
+}
+
+/// What the exporter is asked to bring up to date.
+struct Change {
+    site: Uuid,
+    done: oneshot::Sender<()>,
+}
+
+/// The one writer of the OpenVPN files in `mgnt serve`.
+#[derive(Clone)]
+pub struct Exporter {
+    changes: mpsc::Sender<Change>,
+}
+
+impl Exporter {
+    /// Writes everything once, then follows changes.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        provision: &ProvisionConfig,
+        config_file: &Path,
+        dir: &Path,
+    ) -> Result<Self, ExportError> {
+        let target = Arc::new(Target::new(provision, config_file, dir)?);
+        let (t, s) = (target.clone(), store.clone());
+        let all = tokio::task::spawn_blocking(move || t.all(s.as_ref()))
+            .await
+            .map_err(|e| target.io(io::Error::other(e)))??;
+        info!(dir = %target.dir.display(), tunnels = all.tunnels, removed = all.removed, "exported the OpenVPN files");
+        let (changes, queue) = mpsc::channel(1024);
+        tokio::spawn(follow(target, store, queue));
+        Ok(Self { changes })
+    }
+
+    /// Brings `site`'s file up to date; returns once it is written.
+    pub async fn site(&self, site: Uuid) {
+        let (done, written) = oneshot::channel();
+        if self.changes.send(Change { site, done }).await.is_ok() {
+            let _ = written.await;
+        }
+    }
+}
+
+/// Applies changes in batches: each site once per batch, as the store has it.
+async fn follow(target: Arc<Target>, store: Arc<dyn Store>, mut queue: mpsc::Receiver<Change>) {
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while let Ok(more) = queue.try_recv() {
+            batch.push(more);
+        }
+        let mut sites: Vec<Uuid> = batch.iter().map(|c| c.site).collect();
+        sites.sort_unstable();
+        sites.dedup();
+        let (t, s) = (target.clone(), store.clone());
+        let written = tokio::task::spawn_blocking(move || {
+            sites.iter().try_for_each(|&site| t.site(s.as_ref(), site))
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => error!(error = %e, "exporting the OpenVPN files failed"),
+            Err(e) => error!(error = %e, "exporting the OpenVPN files failed"),
+        }
+        batch.into_iter().for_each(|c| {
+            let _ = c.done.send(());
+        });
+    }
 }
 
 /// What an export wrote.

@@ -43,6 +43,24 @@ pub fn lifetimes(config: &Config) -> Lifetimes {
     }
 }
 
+/// Whether `config`'s pool still holds every address `store` allocated (a
+/// reload must not accept a pool the next start would refuse).
+pub fn pool_holds(store: &dyn store::Store, config: &Config) -> Result<(), String> {
+    let Some(p) = &config.provision else {
+        return Ok(());
+    };
+    let addresses = store.addresses().map_err(|e| e.to_string())?;
+    let outside: Vec<_> = addresses.iter().filter(|a| !p.pool.contains(*a)).collect();
+    match outside.first() {
+        None => Ok(()),
+        Some(first) => Err(format!(
+            "[provision] pool {} does not hold {} allocated address(es), {first} among them; keep the old pool until they are moved",
+            p.pool,
+            outside.len()
+        )),
+    }
+}
+
 /// Opens `[provision]`'s store (with its key file), if provisioning is on:
 /// for allocating, or only for checking credentials (`checks_only`: no pool).
 pub fn open_store(config: &Config, checks_only: bool) -> Result<Option<SqliteStore>, OpenError> {

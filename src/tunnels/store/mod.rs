@@ -193,6 +193,8 @@ pub trait Store: Send + Sync {
     ) -> Result<Finished, StoreError>;
     /// Every site, for exporting the OpenVPN server files.
     fn sites(&self) -> Result<Vec<Site>, StoreError>;
+    /// Every address the pool must hold: sites' and quarantined ones.
+    fn addresses(&self) -> Result<Vec<Ipv4Addr>, StoreError>;
     /// Records one authentication attempt.
     fn record_attempt(&self, attempt: &Attempt) -> Result<(), StoreError>;
 }

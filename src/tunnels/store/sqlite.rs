@@ -611,6 +611,15 @@ impl Store for SqliteStore {
         rows.map(|row| site_of(row?)).collect()
     }
 
+    fn addresses(&self) -> Result<Vec<Ipv4Addr>, StoreError> {
+        let inner = self.lock();
+        let mut stmt = inner
+            .db
+            .prepare("SELECT address FROM sites UNION SELECT address FROM released")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        rows.map(|a| parse_addr(&a?)).collect()
+    }
+
     fn record_attempt(&self, a: &Attempt) -> Result<(), StoreError> {
         self.lock().db.execute(
             "INSERT INTO auth_attempts (time, username, site, ok, source) VALUES (?1, ?2, ?3, ?4, ?5)",
