@@ -127,10 +127,9 @@ pub struct Maps {
     db: GeoDb,
     /// Interned orders; `sets` index into it.
     orders: Vec<Order>,
-    /// Per [`OrdersId`], one row of `geos` entries: each geo name's order
-    /// (an index into `orders`). Flat, so a lookup is two indexed loads.
+    /// Per [`OrdersId`], one row with an entry per geo name: its order (an
+    /// index into `orders`). Flat, so a lookup is two indexed loads.
     sets: Vec<u32>,
-    geos: usize,
     outside: Classes,
     /// Override prefixes, longest first (the first that contains a client wins).
     prefixes: Vec<(IpNet, Vec<usize>, Classes)>,
@@ -155,7 +154,6 @@ impl Maps {
             db,
             orders: Vec::new(),
             sets: Vec::new(),
-            geos: config.geo.len(),
             outside: Classes::default(),
             prefixes,
             countries: config.overrides.countries.clone(),
@@ -263,7 +261,7 @@ impl Maps {
 
     /// Geo name `geo`'s region order for the clients of `orders`.
     pub fn order(&self, orders: OrdersId, geo: usize) -> &Order {
-        let id = self.sets[orders as usize * self.geos + geo];
+        let id = self.sets[orders as usize * self.candidates.len() + geo];
         &self.orders[id as usize]
     }
 
@@ -295,7 +293,7 @@ impl Maps {
 
     /// Distinct region orders and client classes (for reports and tests).
     pub fn counts(&self) -> (usize, usize) {
-        (self.orders.len(), self.sets.len() / self.geos.max(1))
+        (self.orders.len(), self.sets.len() / self.candidates.len().max(1))
     }
 }
 

@@ -170,7 +170,17 @@ impl RegionView {
 /// Takes the first serving region of `order` ("which", after "where" has
 /// ordered the regions); fails open to the first entry when none serves.
 pub fn decide(order: &Order, view: &RegionView) -> Decision {
-    order.decide(&view.states)
+    decide_by(
+        usize::from(order.len),
+        |i| {
+            (
+                usize::from(order.regions[i]),
+                order.overridden & (1 << i) != 0,
+            )
+        },
+        order.located,
+        view,
+    )
 }
 
 /// [`decide`] over `len` candidates given as (region, overridden), best first.
@@ -178,10 +188,9 @@ fn decide_by(
     len: usize,
     at: impl Fn(usize) -> (usize, bool),
     located: bool,
-    states: &[RegionState],
+    view: &RegionView,
 ) -> Decision {
-    let serving = |region: usize| states.get(region).is_none_or(|s| s.serving);
-    match (0..len).find(|&i| serving(at(i).0)) {
+    match (0..len).find(|&i| view.serving(at(i).0)) {
         Some(i) => {
             let (region, overridden) = at(i);
             let reason = if overridden {
@@ -235,20 +244,6 @@ impl Order {
             .iter()
             .map(|&r| usize::from(r))
     }
-
-    fn decide(&self, states: &[RegionState]) -> Decision {
-        decide_by(
-            usize::from(self.len),
-            |i| {
-                (
-                    usize::from(self.regions[i]),
-                    self.overridden & (1 << i) != 0,
-                )
-            },
-            self.located,
-            states,
-        )
-    }
 }
 
 #[cfg(test)]
@@ -280,11 +275,14 @@ mod tests {
 
     /// The decision over a full ranking, as [`Order`] must reproduce it.
     fn decide(ranking: &[Ranked], located: bool, states: &[RegionState]) -> Decision {
+        let view = RegionView {
+            states: states.to_vec(),
+        };
         decide_by(
             ranking.len(),
             |i| (ranking[i].region, ranking[i].overridden),
             located,
-            states,
+            &view,
         )
     }
 

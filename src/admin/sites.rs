@@ -84,8 +84,7 @@ pub async fn put(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Respons
 
 async fn ensure(api: &Api, id: Uuid) -> Response {
     let store = attempt!(store(api));
-    let s = store.clone();
-    let (site, credentials) = attempt!(blocking(move || s.ensure(id, clock::now())).await);
+    let (site, credentials) = attempt!(blocking(move || store.ensure(id, clock::now())).await);
     if credentials.is_some() {
         reexport(api, id).await;
     }
@@ -104,8 +103,7 @@ pub async fn get(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Respons
 pub async fn delete(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
     let store = attempt!(store(&api));
     let id = attempt!(uuid(&id));
-    let s = store.clone();
-    if attempt!(blocking(move || s.delete(id, clock::now())).await) {
+    if attempt!(blocking(move || store.delete(id, clock::now())).await) {
         reexport(&api, id).await;
         StatusCode::NO_CONTENT.into_response()
     } else {
@@ -180,8 +178,7 @@ pub async fn routeros(
 pub async fn recreate(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
     let store = attempt!(store(&api));
     let id = attempt!(uuid(&id));
-    let s = store.clone();
-    match attempt!(blocking(move || s.recreate(id, clock::now())).await) {
+    match attempt!(blocking(move || store.recreate(id, clock::now())).await) {
         Some(job) => (StatusCode::CREATED, Json(json!({ "job": job }))).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("no site {id}")),
     }

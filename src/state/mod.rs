@@ -245,20 +245,15 @@ impl Handle {
     /// them in; on any error the previous data keeps serving.
     pub async fn reload(&self, by: &str) -> Result<ReloadReport, StateError> {
         let (path, check) = (self.config_path.clone(), self.check.clone());
-        let loaded = tokio::task::spawn_blocking(move || {
-            let config = Config::load(&path)?;
-            if let Some(check) = check {
-                check(&config).map_err(LoadError::Refused)?;
-            }
-            Data::load(config).map(Box::new)
-        })
-        .await
-        .unwrap_or_else(|e| {
-            Err(LoadError::Config(ConfigError::Parse {
-                file: self.config_path.clone(),
-                message: format!("reload task failed: {e}"),
-            }))
-        });
+        let loaded =
+            tokio::task::spawn_blocking(move || load_checked(&path, check.as_ref()).map(Box::new))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(LoadError::Config(ConfigError::Parse {
+                        file: self.config_path.clone(),
+                        message: format!("reload task failed: {e}"),
+                    }))
+                });
         let by = by.to_owned();
         self.ask(|reply| Command::Reload { loaded, by, reply })
             .await
@@ -276,7 +271,16 @@ impl Handle {
 
 /// Loads `path`'s config and everything it names.
 pub fn load(path: &std::path::Path) -> Result<Data, LoadError> {
-    Data::load(Config::load(path)?)
+    load_checked(path, None)
+}
+
+/// [`load`], refusing a config that `check` refuses before anything else is read.
+fn load_checked(path: &std::path::Path, check: Option<&ReloadCheck>) -> Result<Data, LoadError> {
+    let config = Config::load(path)?;
+    if let Some(check) = check {
+        check(&config).map_err(LoadError::Refused)?;
+    }
+    Data::load(config)
 }
 
 impl Counters {

@@ -66,7 +66,7 @@ pub async fn start(
         persist_failing: false,
     };
     owner.restart_probes();
-    owner.track_fail_open();
+    owner.track_fail_open(&owner.reader.load_full());
     let task = tokio::spawn(owner.run(queue));
     let handle = Handle {
         reader,
@@ -131,7 +131,8 @@ impl Owner {
             batch.into_iter().map(split).unzip();
         let before = (self.data.clone(), self.regions.clone());
         let mut applied = self.apply(&mut requests, true, now);
-        let saved = self.store.save(&self.regions.saved(), &applied.audit).await;
+        let audit = std::mem::take(&mut applied.audit);
+        let saved = self.store.save(self.regions.saved(), audit).await;
         let persisted = match saved {
             Ok(()) => {
                 if std::mem::take(&mut self.persist_failing) {
@@ -335,13 +336,13 @@ impl Owner {
             log_transition(region, *t, round);
             Counters::bump(&self.counters.transitions);
         }
-        self.reader
-            .publish(Snapshot::of(self.data.clone(), &self.regions, now));
+        let snapshot = Snapshot::of(self.data.clone(), &self.regions, now);
+        self.track_fail_open(&snapshot);
+        self.reader.publish(snapshot);
         Counters::bump(&self.counters.publishes);
         self.counters
             .generation
             .store(self.data.generation, std::sync::atomic::Ordering::Relaxed);
-        self.track_fail_open();
     }
 
     fn record_probes(&self, region: &str, round: &Round) {
@@ -364,8 +365,7 @@ impl Owner {
     }
 
     /// Logs (and counts) each geo name entering or leaving fail-open.
-    fn track_fail_open(&mut self) {
-        let snapshot = self.reader.load();
+    fn track_fail_open(&mut self, snapshot: &Snapshot) {
         for geo in &snapshot.data.config.geo {
             let all_out = geo.regions.iter().all(|&r| !snapshot.view.serving(r));
             let name = geo.name.to_string();

@@ -227,24 +227,10 @@ mod tests {
     use super::*;
     use crate::health::machine::Status;
 
-    /// The shipped config with probes on every region named in `probed`,
-    /// and its regions limited to `regions`.
-    pub(crate) fn config(regions: &[&str], probed: &[&str]) -> Config {
-        let mut text = format!(
-            "[dns]\nlisten = [\"127.0.0.1:0\"]\nzones_dir = \"zones\"\n\
-             [geoip]\ndatabase = \"geoip/geo-whois-asn-country.mmdb\"\ncentroids = \"geoip/country-centroids.csv\"\n\
-             [[geo]]\nname = \"mgnt.mkcld.io\"\nregions = {regions:?}\n"
-        );
-        for r in regions {
-            text.push_str(&format!(
-                "[regions.{r}]\nhost = \"{r}.mkcld.io\"\nlocation = [0, 0]\n"
-            ));
-            if probed.contains(r) {
-                text.push_str(&format!("[regions.{r}.probe]\ntcp = [\"127.0.0.1:1\"]\n"));
-            }
-        }
-        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mgnt.toml");
-        Config::parse(&text, &file).unwrap()
+    /// A config of `regions`, probes on the `probed` ones.
+    fn config(regions: &[&str], probed: &[&str]) -> Config {
+        let fixture = crate::testing::Fixture::new(&[]);
+        Config::load(&fixture.config(regions, probed, "")).unwrap()
     }
 
     fn round(ok: bool, at: u64) -> Round {

@@ -30,7 +30,7 @@ pub trait StateStore: Send + Sync + 'static {
     async fn load(&self) -> Option<StateFile>;
 
     /// Persists `state` and records `audit`.
-    async fn save(&self, state: &StateFile, audit: &[audit::Entry]) -> Result<(), StoreError>;
+    async fn save(&self, state: StateFile, audit: Vec<audit::Entry>) -> Result<(), StoreError>;
 }
 
 /// The state file and the audit log.
@@ -52,9 +52,8 @@ impl StateStore for FileStore {
     /// The state file is the record: a change is persisted once it is
     /// renamed into place. The audit lines are appended after it; failing to
     /// append them is logged and does not undo the change.
-    async fn save(&self, state: &StateFile, audit: &[audit::Entry]) -> Result<(), StoreError> {
+    async fn save(&self, state: StateFile, audit: Vec<audit::Entry>) -> Result<(), StoreError> {
         let (state_file, audit_log) = (self.state_file.clone(), self.audit_log.clone());
-        let (state, audit) = (state.clone(), audit.to_vec());
         let written = tokio::task::spawn_blocking(move || {
             file::save(&state_file, &state).map_err(|source| StoreError::Io {
                 file: state_file.clone(),
