@@ -293,7 +293,10 @@ impl Maps {
 
     /// Distinct region orders and client classes (for reports and tests).
     pub fn counts(&self) -> (usize, usize) {
-        (self.orders.len(), self.sets.len() / self.candidates.len().max(1))
+        (
+            self.orders.len(),
+            self.sets.len() / self.candidates.len().max(1),
+        )
     }
 }
 
