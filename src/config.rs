@@ -190,6 +190,21 @@ pub struct ProvisionConfig {
     pub secret_key_file: PathBuf,
     /// How long the last applied tunnel secret keeps working after a recreate.
     pub rotation_grace: Duration,
+    /// Where routers accept management connections from (besides the server's
+    /// own tunnel address).
+    pub management_networks: Vec<ipnet::Ipv4Net>,
+    /// The CA routers install to verify the servers (`ca_file`).
+    pub ca: Option<CaBundle>,
+}
+
+/// The CA certificates in `[provision] ca_file`, read at load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaBundle {
+    pub file: PathBuf,
+    /// The file's certificates, as PEM.
+    pub pem: String,
+    /// SHA-256 of each certificate, lowercase hex (RouterOS's `fingerprint`).
+    pub fingerprints: Vec<String>,
 }
 
 /// `[routers]`: the endpoint routers pull their jobs from.
@@ -206,6 +221,8 @@ pub struct RoutersConfig {
     pub job_expiry: Duration,
     /// Least time between two polls with one token; faster ones get 429.
     pub min_poll_gap: Duration,
+    /// How long a one-time bootstrap token stays usable.
+    pub bootstrap_expiry: Duration,
     pub max_connections: usize,
     pub max_connections_per_source: usize,
 }

@@ -15,7 +15,8 @@ use std::{
     time::Duration,
 };
 
-use common::{lab::*, *};
+use common::{curl::*, lab::*, *};
+use mgnt::tunnels::routeros::{Version, check::check};
 use serde_json::Value;
 
 const SUBNET: &str = "169.254.89";
@@ -177,6 +178,7 @@ struct Tunnel {
     user: String,
     address: String,
     secret: String,
+    router_token: String,
 }
 
 /// Creates a site and exports the OpenVPN server files for europe1 into
@@ -189,6 +191,7 @@ fn provision(server: &Server, dir: &Path) -> (Tunnel, PathBuf) {
         user: field(&created["site"]["username"]),
         address: field(&created["site"]["address"]),
         secret: field(&created["secret"]),
+        router_token: field(&created["router_token"]),
     };
     let export = dir.join("export");
     let to = export.to_str().unwrap();
@@ -437,4 +440,160 @@ fn a_real_tunnel_is_seen_through_syslog_the_management_interface_and_pings() {
     let _ = vpn_server.wait();
     let _ = forwarder.kill();
     let _ = forwarder.wait();
+}
+
+/// What follows `start` in `text`, up to (not including) `end`.
+fn between<'a>(text: &'a str, start: &str, end: char) -> &'a str {
+    let from = text
+        .find(start)
+        .unwrap_or_else(|| panic!("no `{start}` in\n{text}"))
+        + start.len();
+    let len = text[from..].find(end).unwrap();
+    &text[from..from + len]
+}
+
+/// Whether a client with `secret` gets through to `address`.
+fn connects(lab: &Lab, dir: &Path, t: &Tunnel, name: &str, secret: &str) -> bool {
+    let outcomes = ["AUTH_FAILED", "Initialization Sequence Completed"];
+    let config = client_config(dir, ROUTER_NET, name, &t.user, secret);
+    let (mut client, log) = openvpn(&lab.region, &config);
+    let got = wait_for(&log, &outcomes, 30);
+    let ok = got == outcomes[1];
+    if ok {
+        let tun = tun_address(&lab.region);
+        assert!(tun.contains(&format!("inet {}/10", t.address)), "{tun}");
+    }
+    let _ = client.kill();
+    let _ = client.wait();
+    ok
+}
+
+const ROUTER_NET: &str = "169.254.94";
+
+/// The router's side of the product, with curl and an OpenVPN client in the
+/// router's place: the site is created and its first job applied; the portal
+/// issues a bootstrap; the router fetches it with the one-time token (a new
+/// router token, a new secret, the CA pinned by fingerprint), reports the job
+/// and polls; the old secret works until that report and is refused after.
+#[test]
+#[ignore = "needs root (network namespaces, OpenVPN); scripts/test runs it as root"]
+fn a_router_bootstraps_reports_and_its_old_secret_ends_only_then() {
+    require_tools();
+    let fixture = Fixture::new();
+    let dir = fixture.path("vpn");
+    std::fs::create_dir_all(&dir).unwrap();
+    pki(&dir);
+    fixture.write_config(
+        &(config_text("\"127.0.0.1:0\", \"[::1]:0\"")
+            + "\n[provision]\ndata_dir = \"state\"\npool = \"100.64.0.0/10\"\nauth = \"sha1\"\n\
+               ca_file = \"vpn/ca.crt\"\nmanagement_networks = [\"10.20.0.0/16\"]\n\
+               [routers]\nlisten = \"127.0.0.1:0\"\nmin_poll_gap = \"1s\"\n"),
+    );
+    let server = Server::start_with(fixture);
+    let base = format!("http://{}", server.routers.expect("a router endpoint"));
+    let (t, export) = provision(&server, &dir);
+    let poll = |token: &str| {
+        let url = format!("{base}/router/v1/job?version=7.16.2%20(stable)");
+        curl(&[&url, "-H", &bearer(token)])
+    };
+    let report = |token: &str, job: &str| {
+        let url = format!("{base}/router/v1/jobs/{job}/result");
+        let auth = bearer(token);
+        curl(&[&url, "-H", &auth, "--data", r#"{"status":"applied"}"#]).status
+    };
+    // The first job reaches the router and is applied.
+    let first = poll(&t.router_token);
+    assert_eq!(first.status, 200, "{}", first.body);
+    let job = first.header("x-job-id").unwrap().to_owned();
+    assert_eq!(report(&t.router_token, &job), 200);
+
+    let lab = Lab::new("ob", ROUTER_NET);
+    let (mut vpn_server, server_log) =
+        openvpn(&lab.server, &server_config(&dir, ROUTER_NET, &export, ""));
+    wait_for(&server_log, &["Initialization Sequence Completed"], 20);
+    assert!(connects(&lab, &dir, &t, "first", &t.secret));
+
+    // The portal asks for a bootstrap; the router runs the one-liner.
+    let (status, issued) = server.post(
+        &format!("/v1/sites/{}/bootstrap?version=7.16", t.uuid),
+        None,
+    );
+    assert_eq!(status, 201, "{issued}");
+    // public_url defaults to `listen` (port 0 here); the router uses the bound port.
+    let url = &issued["url"]
+        .as_str()
+        .unwrap()
+        .replace("http://127.0.0.1:0", &base);
+    let command = issued["command"].as_str().unwrap();
+    assert!(
+        command.starts_with("/tool fetch url=") && command.contains("/import file-name="),
+        "{command}"
+    );
+    let got = curl(&[url.as_str()]);
+    assert_eq!(got.status, 200, "{}", got.body);
+    let job = got.header("x-job-id").unwrap().to_owned();
+    let script = got.body;
+    assert_eq!(
+        script.lines().next(),
+        Some(format!("# mgnt job {job}").as_str())
+    );
+    let findings = check(&script, Version::parse("7.16").unwrap());
+    assert!(findings.is_empty(), "{findings:#?}");
+    assert_eq!(
+        curl(&[url.as_str()]).status,
+        404,
+        "a bootstrap token works once"
+    );
+    let token = between(&script, "Authorization: Bearer ", '\\').to_owned();
+    let secret = between(&script, "password=\"", '"').to_owned();
+    assert_ne!(secret, t.secret);
+    assert_eq!(
+        poll(&t.router_token).status,
+        401,
+        "the old router token ended"
+    );
+
+    // The CA the script downloads is the one it pins.
+    let ca = curl(&[&format!("{base}/router/v1/ca.pem")]);
+    assert_eq!(ca.status, 200);
+    std::fs::write(dir.join("served-ca.pem"), &ca.body).unwrap();
+    let digest = Command::new("sh")
+        .arg("-c")
+        .arg("openssl x509 -in served-ca.pem -outform DER | sha256sum")
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let digest = String::from_utf8_lossy(&digest.stdout);
+    let pinned = between(&script, "fingerprint=\"", '"');
+    assert!(
+        digest.starts_with(pinned) && pinned.len() == 64,
+        "{digest} vs {pinned}"
+    );
+
+    // Until the router reports the job, both secrets work: no lockout.
+    assert!(connects(&lab, &dir, &t, "old-in-grace", &t.secret));
+    assert!(connects(&lab, &dir, &t, "new", &secret));
+    // The poller reports the bootstrap job, then polls: nothing more to do.
+    assert_eq!(report(&token, &job), 200);
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(poll(&token).status, 204);
+    let (_, j) = server.get(&format!("/v1/jobs/{job}"));
+    assert_eq!(j["job"]["state"], "applied", "{j}");
+    // Now only the new secret works.
+    assert!(!connects(&lab, &dir, &t, "old-after", &t.secret));
+    assert!(connects(&lab, &dir, &t, "new-after", &secret));
+
+    // A recreate reaches the router by its poll, and rotates once more.
+    let (status, _) = server.post(&format!("/v1/sites/{}/recreate", t.uuid), None);
+    assert_eq!(status, 201);
+    std::thread::sleep(Duration::from_millis(1100));
+    let next = poll(&token);
+    assert_eq!(next.status, 200, "{}", next.body);
+    assert!(check(&next.body, Version::parse("7.16").unwrap()).is_empty());
+    let newer = between(&next.body, "password=\"", '"').to_owned();
+    assert_eq!(report(&token, next.header("x-job-id").unwrap()), 200);
+    assert!(!connects(&lab, &dir, &t, "bootstrap-secret-after", &secret));
+    assert!(connects(&lab, &dir, &t, "recreated", &newer));
+    let _ = vpn_server.kill();
+    let _ = vpn_server.wait();
 }

@@ -255,7 +255,7 @@ fn vpnlog_regions(out: &mut String, regions: &BTreeMap<String, RegionLive>) {
 fn router_endpoint(out: &mut String, r: &crate::routers::Routers) {
     let (c, e) = (&r.counters, &r.edge);
     type Family<'a> = (&'a str, &'a str, &'a str, Vec<(&'a str, &'a AtomicU64)>);
-    let families: [Family; 3] = [
+    let families: [Family; 4] = [
         (
             "mgnt_router_polls_total",
             "Job polls on the router endpoint, by result.",
@@ -266,6 +266,15 @@ fn router_endpoint(out: &mut String, r: &crate::routers::Routers) {
                 ("unauthorized", &c.unauthorized),
                 ("rate_limited", &c.rate_limited),
                 ("bad_request", &c.bad_requests),
+            ],
+        ),
+        (
+            "mgnt_router_bootstraps_total",
+            "Bootstrap scripts fetched with a one-time token, by result.",
+            "result",
+            vec![
+                ("served", &c.bootstraps),
+                ("refused", &c.bootstraps_refused),
             ],
         ),
         (

@@ -21,7 +21,8 @@ use crate::{
     clock,
     tunnels::{
         pool::PoolError,
-        routeros::{TunnelScript, Version},
+        routeros::{Version, poller},
+        scripts::Scripts,
         store::{Created, Finished, Job, Outcome, Site, Store, StoreError},
     },
 };
@@ -119,7 +120,8 @@ pub struct VersionQuery {
 
 /// The script installing `job` on a router of `version`.
 fn script(api: &Api, site: &Site, job: &Job, version: Option<&str>) -> Response {
-    let Some(provision) = api.cx.state.snapshot().data.config.provision.clone() else {
+    let snapshot = api.cx.state.snapshot();
+    let Some(scripts) = Scripts::new(&snapshot.data.config) else {
         return error(StatusCode::NOT_FOUND, "provisioning is off");
     };
     let version = match Version::parse(version.unwrap_or("7")) {
@@ -135,15 +137,7 @@ fn script(api: &Api, site: &Site, job: &Job, version: Option<&str>) -> Response 
             ),
         );
     };
-    let rendered = TunnelScript {
-        uuid: site.uuid,
-        username: &site.username,
-        password: secret,
-        connect_to: &provision.connect_to,
-        port: provision.port,
-        auth: &provision.auth,
-    }
-    .render(version);
+    let rendered = scripts.job(site, job.id, secret, version);
     match rendered {
         Ok(text) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response(),
         Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
@@ -245,4 +239,58 @@ pub async fn router_token(State(api): State<Arc<Api>>, Path(id): Path<String>) -
             .into_response(),
         None => error(StatusCode::NOT_FOUND, format!("no site {id}")),
     }
+}
+
+/// `POST /v1/sites/{uuid}/bootstrap?version=V`: a one-time bootstrap token
+/// for the site's router and the line to paste into its terminal.
+pub async fn bootstrap(
+    State(api): State<Arc<Api>>,
+    Path(id): Path<String>,
+    Query(q): Query<VersionQuery>,
+) -> Response {
+    let store = attempt!(store(&api));
+    let id = attempt!(uuid(&id));
+    let config = api.cx.state.snapshot().data.config.clone();
+    let Some(routers) = config.routers.as_ref() else {
+        return error(
+            StatusCode::CONFLICT,
+            "no router endpoint: the config has no [routers] table",
+        );
+    };
+    let Some(text) = q.version.as_deref() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "`version` (the router's RouterOS version, like 6.49 or 7.16) is required",
+        );
+    };
+    // Refused here, where the portal can say so, not on the router.
+    let auth = config
+        .provision
+        .as_ref()
+        .map_or("sha1", |p| p.auth.as_str());
+    let checked = Version::parse(text).and_then(|v| v.supported()?.check_auth(auth));
+    if let Err(e) = checked {
+        return error(StatusCode::BAD_REQUEST, e.to_string());
+    }
+    let expires = clock::now() + routers.bootstrap_expiry.as_secs();
+    let version = text.to_owned();
+    let issue = move || store.new_enrollment(id, &version, expires);
+    let Some(token) = attempt!(blocking(issue).await) else {
+        return error(StatusCode::NOT_FOUND, format!("no site {id}"));
+    };
+    let url = format!(
+        "{}/router/v1/bootstrap.rsc?token={token}",
+        routers.public_url
+    );
+    (
+        StatusCode::CREATED,
+        Json(json!({
+            "site": id,
+            "token": token,
+            "expires": expires,
+            "url": url,
+            "command": poller::one_liner(&url),
+        })),
+    )
+        .into_response()
 }

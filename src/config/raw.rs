@@ -12,8 +12,8 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use super::{
-    AnswerMode, ApiConfig, Config, ConfigError, DnsConfig, GeoName, GeoipConfig, HealthConfig,
-    LogServer, Overrides, ProbeSpec, ProvisionConfig, Region, Require, VpnlogConfig,
+    AnswerMode, ApiConfig, CaBundle, Config, ConfigError, DnsConfig, GeoName, GeoipConfig,
+    HealthConfig, LogServer, Overrides, ProbeSpec, ProvisionConfig, Region, Require, VpnlogConfig,
 };
 use crate::route::Coord;
 
@@ -110,6 +110,8 @@ struct RawProvision {
     export_dir: Option<PathBuf>,
     secret_key_file: Option<PathBuf>,
     rotation_grace: Option<String>,
+    management_networks: Option<Vec<String>>,
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -617,7 +619,27 @@ impl RawProvision {
             .secret_key_file
             .as_deref()
             .unwrap_or(Path::new(super::DEFAULT_SECRET_KEY_FILE));
+        let management_networks = self
+            .management_networks
+            .iter()
+            .flatten()
+            .map(|n| {
+                n.parse::<ipnet::Ipv4Net>().map(|n| n.trunc()).map_err(|_| {
+                    cx.err(
+                        "provision.management_networks",
+                        format!("`{n}` is not an IPv4 prefix (the tunnel carries IPv4)"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let ca = self
+            .ca_file
+            .as_deref()
+            .map(|f| ca_bundle(cx, &cx.path(f)))
+            .transpose()?;
         Ok(ProvisionConfig {
+            management_networks,
+            ca,
             secret_key_file: cx.path(secret_key_file),
             rotation_grace,
             data_dir: cx.path(self.data_dir.as_deref().unwrap_or(Path::new("state"))),
@@ -629,6 +651,36 @@ impl RawProvision {
             export_dir: self.export_dir.as_deref().map(|d| cx.path(d)),
         })
     }
+}
+
+/// Reads the CA certificates routers are to trust.
+fn ca_bundle(cx: &Ctx, file: &Path) -> Result<CaBundle, ConfigError> {
+    use rustls_pki_types::{CertificateDer, pem::PemObject};
+    let err = |reason: String| cx.err("provision.ca_file", format!("{}: {reason}", file.display()));
+    let certs = CertificateDer::pem_file_iter(file)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(err("no PEM certificate in it".into()));
+    }
+    let mut pem = String::new();
+    let mut fingerprints = Vec::new();
+    for cert in &certs {
+        let digest = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
+        fingerprints.push(data_encoding::HEXLOWER.encode(digest.as_ref()));
+        let body = data_encoding::BASE64.encode(cert.as_ref());
+        pem.push_str("-----BEGIN CERTIFICATE-----\n");
+        for chunk in body.as_bytes().chunks(64) {
+            pem.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+            pem.push('\n');
+        }
+        pem.push_str("-----END CERTIFICATE-----\n");
+    }
+    Ok(CaBundle {
+        file: file.to_owned(),
+        pem,
+        fingerprints,
+    })
 }
 
 impl RawVpnlog {

@@ -25,7 +25,8 @@ use crate::{
     clock,
     state::Reader,
     tunnels::{
-        routeros::{TunnelScript, Version},
+        routeros::Version,
+        scripts::Scripts,
         store::{Finished, Outcome, Site, Store, StoreError},
     },
 };
@@ -154,7 +155,8 @@ pub async fn job(
         let wait = cx.min_gap.as_secs().max(1).to_string();
         return (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, wait)]).into_response();
     }
-    let Some(provision) = cx.state.load().data.config.provision.clone() else {
+    let snapshot = cx.state.load();
+    let Some(scripts) = Scripts::new(&snapshot.data.config) else {
         return text(StatusCode::SERVICE_UNAVAILABLE, "provisioning is off");
     };
     let store = cx.store.clone();
@@ -167,29 +169,11 @@ pub async fn job(
         cx.count(|c| &c.polls_empty);
         return StatusCode::NO_CONTENT.into_response();
     };
-    let script = TunnelScript {
-        uuid: site.uuid,
-        username: &site.username,
-        password: &secret,
-        connect_to: &provision.connect_to,
-        port: provision.port,
-        auth: &provision.auth,
-    }
-    .render(version);
+    let script = scripts.job(&site, job.id, &secret, version);
     match script {
         Ok(body) => {
             cx.count(|c| &c.jobs_served);
-            let mut response = format!("# mgnt job {}\n{body}", job.id).into_response();
-            let headers = response.headers_mut();
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; charset=utf-8"),
-            );
-            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            if let Ok(v) = HeaderValue::from_str(&job.id.to_string()) {
-                headers.insert("x-job-id", v);
-            }
-            response
+            script_response(body, job.id)
         }
         Err(e) => {
             cx.count(|c| &c.bad_requests);
@@ -268,4 +252,92 @@ pub async fn result(
             )
         }
     }
+}
+
+#[derive(Deserialize)]
+pub struct BootstrapQuery {
+    token: Option<String>,
+}
+
+/// `GET /router/v1/bootstrap.rsc?token=T`: spends the one-time token for the
+/// bootstrap script (a new router token, a new tunnel secret, the poller).
+pub async fn bootstrap(
+    State(cx): State<Arc<Context>>,
+    Query(q): Query<BootstrapQuery>,
+) -> Response {
+    let refused = |cx: &Context| {
+        cx.count(|c| &c.bootstraps_refused);
+        text(
+            StatusCode::NOT_FOUND,
+            "no such bootstrap token: it was used, replaced or has expired; issue a new one",
+        )
+    };
+    let Some(token) = q.token else {
+        return refused(&cx);
+    };
+    let store = cx.store.clone();
+    let Some(enrolled) = (match blocking(move || store.enroll(&token, clock::now())).await {
+        Ok(e) => e,
+        Err(r) => return r,
+    }) else {
+        return refused(&cx);
+    };
+    let snapshot = cx.state.load();
+    let Some(scripts) = Scripts::new(&snapshot.data.config) else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "provisioning is off");
+    };
+    let (site, job) = (&enrolled.site, &enrolled.job);
+    let secret = job.secret.as_deref().unwrap_or_default();
+    // The version was checked when the token was issued.
+    let rendered = Version::parse(&enrolled.version)
+        .map(|v| scripts.bootstrap(site, job.id, secret, &enrolled.router_token, v));
+    match rendered {
+        Ok(Some(Ok(body))) => {
+            cx.count(|c| &c.bootstraps);
+            script_response(body, job.id)
+        }
+        Ok(None) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the config has no [routers] table",
+        ),
+        Ok(Some(Err(e))) | Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// `GET /router/v1/ca.pem`: the CA routers install (public; scripts pin it).
+pub async fn ca(State(cx): State<Arc<Context>>) -> Response {
+    let snapshot = cx.state.load();
+    match snapshot
+        .data
+        .config
+        .provision
+        .as_ref()
+        .and_then(|p| p.ca.as_ref())
+    {
+        Some(ca) => (
+            [(header::CONTENT_TYPE, "application/x-pem-file")],
+            ca.pem.clone(),
+        )
+            .into_response(),
+        None => text(
+            StatusCode::NOT_FOUND,
+            "no CA: [provision] ca_file is not set",
+        ),
+    }
+}
+
+/// A script as the router gets it: plain text, never cached, its job's id in
+/// `X-Job-Id` (and in its first line, which is what a router can read).
+fn script_response(body: String, job: Uuid) -> Response {
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Ok(v) = HeaderValue::from_str(&job.to_string()) {
+        headers.insert("x-job-id", v);
+    }
+    response
 }

@@ -4,7 +4,11 @@
 //!
 //! `GET /router/v1/job?version=V` answers 200 with the open job's script (its
 //! id in `X-Job-Id` and in the script's first line) or 204;
-//! `POST /router/v1/jobs/{id}/result` records `applied` or `failed`. The
+//! `POST /router/v1/jobs/{id}/result` records `applied` or `failed`;
+//! `GET /router/v1/bootstrap.rsc?token=T` spends a one-time bootstrap token
+//! for the script that installs the poller and the tunnel; `GET
+//! /router/v1/ca.pem` is the CA routers install (public, pinned by the
+//! fingerprints in the scripts). The
 //! token names the site: a router sees only its own jobs. Admin tokens are
 //! not router tokens (and router tokens are refused by the admin API).
 
@@ -26,7 +30,7 @@ use crate::{
     config::RoutersConfig,
     edge::{self, EdgeCounters, Limits, tls::Certificate},
     state::Reader,
-    tunnels::store::Store,
+    tunnels::{scripts, store::Store},
 };
 
 /// Largest request body: a result is a status and a short error text.
@@ -54,6 +58,8 @@ pub struct RouterCounters {
     pub results_applied: AtomicU64,
     pub results_failed: AtomicU64,
     pub results_refused: AtomicU64,
+    pub bootstraps: AtomicU64,
+    pub bootstraps_refused: AtomicU64,
 }
 
 /// A running router endpoint.
@@ -117,12 +123,16 @@ pub async fn start(
     ))
 }
 
-/// Every route of the router endpoint (the OpenAPI test reads this table).
-pub fn routes() -> Vec<(axum::http::Method, &'static str)> {
+/// Every route of the router endpoint and whether it takes a router token
+/// (the OpenAPI test reads this table).
+pub fn routes() -> Vec<(axum::http::Method, &'static str, bool)> {
     use axum::http::Method;
     vec![
-        (Method::GET, "/router/v1/job"),
-        (Method::POST, "/router/v1/jobs/{id}/result"),
+        (Method::GET, "/router/v1/job", true),
+        (Method::POST, "/router/v1/jobs/{id}/result", true),
+        // The one-time token is in the URL: it is what the one-liner fetches.
+        (Method::GET, "/router/v1/bootstrap.rsc", false),
+        (Method::GET, "/router/v1/ca.pem", false),
     ]
 }
 
@@ -130,6 +140,8 @@ fn router(cx: Arc<handlers::Context>) -> Router {
     Router::new()
         .route("/router/v1/job", get(handlers::job))
         .route("/router/v1/jobs/{id}/result", post(handlers::result))
+        .route("/router/v1/bootstrap.rsc", get(handlers::bootstrap))
+        .route(scripts::CA_PATH, get(handlers::ca))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(cx)
 }

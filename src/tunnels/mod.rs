@@ -11,6 +11,7 @@ pub mod keys;
 pub mod openvpn;
 pub mod pool;
 pub mod routeros;
+pub mod scripts;
 pub mod store;
 pub mod username;
 

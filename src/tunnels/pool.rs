@@ -69,7 +69,7 @@ impl Pool {
 
     /// The server's address: the first host of the pool.
     pub fn gateway(&self) -> Ipv4Addr {
-        self.addr(1)
+        gateway(self.net)
     }
 
     pub fn allocated(&self) -> u64 {
@@ -162,6 +162,11 @@ impl Pool {
         self.allocated = self.allocated.saturating_sub(1);
         Ok(until)
     }
+}
+
+/// The server's own address in `net`: its first host.
+pub fn gateway(net: Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(net.trunc().network()) + 1)
 }
 
 #[cfg(test)]

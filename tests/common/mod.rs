@@ -3,6 +3,7 @@
 //! and small query helpers built on hickory-proto's message codec.
 #![allow(dead_code)]
 
+pub mod curl;
 pub mod lab;
 
 use std::{

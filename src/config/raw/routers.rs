@@ -17,6 +17,7 @@ pub(super) struct RawRouters {
     poll_interval: Option<String>,
     job_expiry: Option<String>,
     min_poll_gap: Option<String>,
+    bootstrap_expiry: Option<String>,
     max_connections: Option<usize>,
     max_connections_per_source: Option<usize>,
 }
@@ -96,6 +97,11 @@ impl RawRouters {
                 crate::config::DEFAULT_ROTATION_GRACE,
             )?,
             min_poll_gap: or("min_poll_gap", &self.min_poll_gap, Duration::from_secs(5))?,
+            bootstrap_expiry: or(
+                "bootstrap_expiry",
+                &self.bootstrap_expiry,
+                Duration::from_secs(3600),
+            )?,
             max_connections: positive("max_connections", self.max_connections, 1024)?,
             max_connections_per_source: positive(
                 "max_connections_per_source",

@@ -127,6 +127,17 @@ pub struct Job {
     pub secret: Option<String>,
 }
 
+/// What spending a bootstrap token gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enrolled {
+    pub site: Site,
+    /// The RouterOS version the bootstrap was issued for.
+    pub version: String,
+    pub router_token: String,
+    /// The job installing the tunnel (its secret included).
+    pub job: Job,
+}
+
 /// What a router reports for a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -172,6 +183,18 @@ pub trait Store: Send + Sync {
     /// current secret stays valid as described on [`Store`]. `None` for an
     /// unknown site.
     fn recreate(&self, site: Uuid, now: u64) -> Result<Option<Job>, StoreError>;
+    /// Issues the site a one-time bootstrap token for a router of `version`,
+    /// valid until `until` (replacing an earlier one). `None` for no such site.
+    fn new_enrollment(
+        &self,
+        site: Uuid,
+        version: &str,
+        until: u64,
+    ) -> Result<Option<String>, StoreError>;
+    /// Spends a bootstrap token: the site gets a new router token and a
+    /// `bootstrap` job with a new secret (rotated as by [`Store::recreate`]).
+    /// `None` for an unknown, spent or expired token.
+    fn enroll(&self, token: &str, now: u64) -> Result<Option<Enrolled>, StoreError>;
     /// Issues the site a new router token (the old one stops working).
     fn new_router_token(&self, site: Uuid) -> Result<Option<String>, StoreError>;
     /// The site a router token belongs to.

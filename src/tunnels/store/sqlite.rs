@@ -14,7 +14,8 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use uuid::Uuid;
 
 use super::{
-    Attempt, Created, Finished, Job, JobState, Lifetimes, Outcome, Site, Store, StoreError,
+    Attempt, Created, Enrolled, Finished, Job, JobState, Lifetimes, Outcome, Site, Store,
+    StoreError,
 };
 use crate::tunnels::{
     keys::{Check, Keys},
@@ -72,6 +73,11 @@ pub(super) const MIGRATIONS: &[&str] = &[
     UPDATE jobs SET state = 'fetched', attempts = 1 WHERE state = 'pending' AND fetched IS NOT NULL;
     UPDATE sites SET secret_applied = 0 WHERE EXISTS (
         SELECT 1 FROM jobs WHERE jobs.site = sites.uuid AND jobs.state IN ('pending', 'fetched'));",
+    // One-time bootstrap (enrollment) tokens: one open per site.
+    "ALTER TABLE sites ADD COLUMN enrollment_hash TEXT;
+    CREATE UNIQUE INDEX sites_by_enrollment ON sites(enrollment_hash);
+    ALTER TABLE sites ADD COLUMN enrollment_version TEXT;
+    ALTER TABLE sites ADD COLUMN enrollment_until INTEGER;",
 ];
 
 struct Inner {
@@ -175,6 +181,36 @@ impl SqliteStore {
             error: r.error,
             secret,
         })
+    }
+
+    /// A new secret and a job installing it; the secret working on the router
+    /// now (the current one if its job was applied, else the one kept from
+    /// before) stays valid for the rotation grace. `None` for no such site.
+    fn rotate(
+        &self,
+        tx: &Transaction,
+        site: Uuid,
+        kind: &str,
+        now: u64,
+    ) -> Result<Option<Job>, StoreError> {
+        let secret = self.keys.new_secret()?;
+        let n = tx.execute(
+            "UPDATE sites SET
+                previous_secret_hash = CASE WHEN secret_applied = 1 THEN secret_hash ELSE previous_secret_hash END,
+                previous_until = ?1,
+                secret_hash = ?2,
+                secret_applied = 0
+             WHERE uuid = ?3",
+            params![
+                (now + self.lifetimes.rotation_grace) as i64,
+                self.keys.digest(&secret),
+                site.to_string()
+            ],
+        )?;
+        if n == 0 {
+            return Ok(None);
+        }
+        self.insert_job(tx, site, kind, &secret, now).map(Some)
     }
 
     /// Inserts an open job carrying `secret` (sealed), superseding the site's
@@ -458,32 +494,81 @@ impl Store for SqliteStore {
     }
 
     fn recreate(&self, site: Uuid, now: u64) -> Result<Option<Job>, StoreError> {
-        let secret = self.keys.new_secret()?;
         let mut inner = self.lock();
         let tx = inner
             .db
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        // The secret that works on the router now (the current one if its job
-        // was applied, else the one kept from before) stays valid for the grace.
-        let n = tx.execute(
-            "UPDATE sites SET
-                previous_secret_hash = CASE WHEN secret_applied = 1 THEN secret_hash ELSE previous_secret_hash END,
-                previous_until = ?1,
-                secret_hash = ?2,
-                secret_applied = 0
-             WHERE uuid = ?3",
+        let job = self.rotate(&tx, site, "recreate", now)?;
+        tx.commit()?;
+        Ok(job)
+    }
+
+    fn new_enrollment(
+        &self,
+        site: Uuid,
+        version: &str,
+        until: u64,
+    ) -> Result<Option<String>, StoreError> {
+        let token = self.keys.new_secret()?;
+        let n = self.lock().db.execute(
+            "UPDATE sites SET enrollment_hash = ?1, enrollment_version = ?2, enrollment_until = ?3
+             WHERE uuid = ?4",
             params![
-                (now + self.lifetimes.rotation_grace) as i64,
-                self.keys.digest(&secret),
+                self.keys.digest(&token),
+                version,
+                until as i64,
                 site.to_string()
             ],
         )?;
-        if n == 0 {
+        Ok((n > 0).then_some(token))
+    }
+
+    fn enroll(&self, token: &str, now: u64) -> Result<Option<Enrolled>, StoreError> {
+        let router_token = self.keys.new_secret()?;
+        let mut inner = self.lock();
+        let tx = inner
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let sql = format!(
+            "SELECT {SITE_COLUMNS}, enrollment_version, enrollment_until FROM sites WHERE enrollment_hash = ?1"
+        );
+        let row = tx
+            .query_row(&sql, [self.keys.digest(token)], |r| {
+                Ok((
+                    read_site(r)?,
+                    r.get::<_, Option<String>>(4)?,
+                    r.get::<_, Option<i64>>(5)?,
+                ))
+            })
+            .optional()?;
+        let Some((site, version, until)) = row else {
+            return Ok(None);
+        };
+        let site = site_of(site)?;
+        // Used or not, an expired token is gone.
+        tx.execute(
+            "UPDATE sites SET enrollment_hash = NULL, enrollment_version = NULL, enrollment_until = NULL
+             WHERE uuid = ?1",
+            [site.uuid.to_string()],
+        )?;
+        if until.is_none_or(|u| u < now as i64) {
+            tx.commit()?;
             return Ok(None);
         }
-        let job = self.insert_job(&tx, site, "recreate", &secret, now)?;
+        tx.execute(
+            "UPDATE sites SET router_token_hash = ?1 WHERE uuid = ?2",
+            params![self.keys.digest(&router_token), site.uuid.to_string()],
+        )?;
+        let job = self
+            .rotate(&tx, site.uuid, "bootstrap", now)?
+            .ok_or_else(|| StoreError::Corrupt(format!("site {} vanished", site.uuid)))?;
         tx.commit()?;
-        Ok(Some(job))
+        Ok(Some(Enrolled {
+            site,
+            version: version.unwrap_or_default(),
+            router_token,
+            job,
+        }))
     }
 
     fn new_router_token(&self, site: Uuid) -> Result<Option<String>, StoreError> {

@@ -302,6 +302,78 @@ fn a_new_router_token_replaces_the_old_one() {
 /// A database written by the previous schema: argon2 hashes and a job's
 /// secret in plaintext.
 #[test]
+fn a_bootstrap_token_is_spent_once_and_rotates_token_and_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let (site, created) = store.ensure(Uuid::new_v4(), 10).unwrap();
+    let created = created.unwrap();
+    let install = store.pending_job(site.uuid, 10).unwrap().unwrap();
+    assert!(
+        store
+            .new_enrollment(Uuid::new_v4(), "7.16", 100)
+            .unwrap()
+            .is_none()
+    );
+    let first = store
+        .new_enrollment(site.uuid, "7.16", 100)
+        .unwrap()
+        .unwrap();
+    let token = store
+        .new_enrollment(site.uuid, "7.16", 100)
+        .unwrap()
+        .unwrap();
+    assert!(
+        store.enroll(&first, 20).unwrap().is_none(),
+        "replaced by the newer one"
+    );
+    assert!(store.enroll("nonsense", 20).unwrap().is_none());
+
+    let enrolled = store.enroll(&token, 20).unwrap().expect("a valid token");
+    assert_eq!(enrolled.site, site);
+    assert_eq!(enrolled.version, "7.16");
+    assert_eq!(enrolled.job.kind, "bootstrap");
+    let secret = enrolled.job.secret.clone().unwrap();
+    assert!(store.enroll(&token, 21).unwrap().is_none(), "spent");
+    // The new router token works, the old one no longer; the install job is superseded.
+    assert!(store.router_site(&created.router_token).unwrap().is_none());
+    assert_eq!(
+        store.router_site(&enrolled.router_token).unwrap(),
+        Some(site.clone())
+    );
+    assert_eq!(
+        store.job(install.id, 21).unwrap().unwrap().state,
+        JobState::Superseded
+    );
+    assert!(ok(&store, &site, &secret, 22));
+    let done = store
+        .finish_job(enrolled.job.id, Some(site.uuid), Outcome::Applied, 23)
+        .unwrap();
+    assert!(matches!(done, Finished::Done(_)));
+    assert!(
+        !ok(&store, &site, &created.secret, 24),
+        "the first secret ends when the new one is applied"
+    );
+    assert!(ok(&store, &site, &secret, 24));
+}
+
+#[test]
+fn an_expired_bootstrap_token_is_refused_and_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let (site, _) = store.ensure(Uuid::new_v4(), 10).unwrap();
+    let token = store
+        .new_enrollment(site.uuid, "6.49", 100)
+        .unwrap()
+        .unwrap();
+    assert!(store.enroll(&token, 101).unwrap().is_none());
+    assert!(
+        store.enroll(&token, 50).unwrap().is_none(),
+        "an expired token is removed"
+    );
+    assert!(store.pending_job(site.uuid, 102).unwrap().unwrap().kind == "install");
+}
+
+#[test]
 fn an_older_database_is_sealed_and_its_hashes_migrate_on_use() {
     use argon2::PasswordHasher;
     let dir = tempfile::tempdir().unwrap();

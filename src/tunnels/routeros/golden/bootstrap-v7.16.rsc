@@ -1,0 +1,57 @@
+# mgnt job 9c1d2e3f-4a5b-4c6d-8e7f-0a1b2c3d4e5f
+# mgnt bootstrap of site 3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c: the poller, the tunnel, then a first poll.
+{
+/system scheduler remove [find name="mgnt-poll"]
+/system script remove [find name="mgnt-poll"]
+/system script add name="mgnt-poll" policy=ftp,read,write,policy,test,sensitive source="{\r\n:global mgntJob\r\n:global mgntJobError\r\n:local mgntBase \"https://routers.mkcld.io\"\r\n:local mgntAuth \"Authorization: Bearer rt0ken\"\r\n:if ([:len \$mgntJob] > 0) do={\r\n:local body \"{\\\"status\\\":\\\"applied\\\"}\"\r\n:if ([:len \$mgntJobError] > 0) do={:set body (\"{\\\"status\\\":\\\"failed\\\",\\\"error\\\":\\\"stopped while \" . \$mgntJobError . \"\\\"}\")}\r\n:do {/tool fetch url=(\$mgntBase . \"/router/v1/jobs/\" . \$mgntJob . \"/result\") http-method=post http-header-field=(\$mgntAuth . \",Content-Type: application/json\") http-data=\$body output=none check-certificate=yes; :set mgntJob \"\"} on-error={:log warning (\"mgnt: reporting job \" . \$mgntJob . \" failed\")}\r\n}\r\n:local version [/system resource get version]\r\n:local space [:find \$version \" \"]\r\n:if ([:typeof \$space] = \"num\") do={:set version [:pick \$version 0 \$space]}\r\n/file remove [find name=\"mgnt-job.rsc\"]\r\n:do {/tool fetch url=(\$mgntBase . \"/router/v1/job\?version=\" . \$version) http-header-field=\$mgntAuth dst-path=\"mgnt-job.rsc\" check-certificate=yes} on-error={:log warning \"mgnt: polling for a job failed\"}\r\n:if ([:len [/file find name=\"mgnt-job.rsc\"]] > 0) do={\r\n:if ([/file get [find name=\"mgnt-job.rsc\"] size] > 0) do={:do {/import file-name=\"mgnt-job.rsc\"} on-error={:log warning \"mgnt: the job stopped\"}}\r\n/file remove [find name=\"mgnt-job.rsc\"]\r\n}\r\n:if ([:len \$mgntJob] > 0) do={\r\n:local body \"{\\\"status\\\":\\\"applied\\\"}\"\r\n:if ([:len \$mgntJobError] > 0) do={:set body (\"{\\\"status\\\":\\\"failed\\\",\\\"error\\\":\\\"stopped while \" . \$mgntJobError . \"\\\"}\")}\r\n:do {/tool fetch url=(\$mgntBase . \"/router/v1/jobs/\" . \$mgntJob . \"/result\") http-method=post http-header-field=(\$mgntAuth . \",Content-Type: application/json\") http-data=\$body output=none check-certificate=yes; :set mgntJob \"\"} on-error={:log warning (\"mgnt: reporting job \" . \$mgntJob . \" failed\")}\r\n}\r\n}\r\n"
+/system scheduler add name="mgnt-poll" start-time=00:03:52 interval=300s policy=ftp,read,write,policy,test,sensitive on-event="/system script run mgnt-poll"
+}
+# mgnt management tunnel 3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c (RouterOS 7.16)
+# One block: an imported file gives each top-level line its own scope.
+{
+:global mgntJob "9c1d2e3f-4a5b-4c6d-8e7f-0a1b2c3d4e5f"
+:global mgntJobError "installing the CA"
+:local tag "mgnt:3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c"
+:if (([:len [/certificate find fingerprint="5e8f2a6c1b7d4e9f0a3c6b8d2e5f7a9c1b4d6e8f0a2c4e6b8d0f2a4c6e8b0d2f"]] = 0)) do={
+/tool fetch url="https://routers.mkcld.io/router/v1/ca.pem" dst-path="mgnt-ca.pem" check-certificate=no
+/certificate import file-name="mgnt-ca.pem" passphrase=""
+/file remove [find name="mgnt-ca.pem"]
+}
+:if (([:len [/certificate find fingerprint="5e8f2a6c1b7d4e9f0a3c6b8d2e5f7a9c1b4d6e8f0a2c4e6b8d0f2a4c6e8b0d2f"]] = 0)) do={:error "the downloaded mgnt CA does not match its fingerprint"}
+:set mgntJobError "removing the previous tunnel"
+/interface ovpn-client remove [find name="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c"]
+/ppp profile remove [find name="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c"]
+/ip firewall filter remove [find comment=$tag]
+/ip firewall address-list remove [find comment=$tag]
+:set mgntJobError "adding the tunnel, disabled"
+/ppp profile add name="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" change-tcp-mss=yes use-encryption=required
+/interface ovpn-client add name="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" connect-to="mgnt.mkcld.io" port=8443 mode=ip user="h4vwyhu2jvhixmocpvpj6cq3fq" password="s3cr\"et\$pw" profile="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" certificate=none verify-server-certificate=yes cipher=aes256-cbc auth=sha256 add-default-route=no disabled=yes comment=$tag
+:set mgntJobError "adding the firewall rules"
+/ip firewall address-list add list=$tag address=100.64.0.1 comment=$tag
+/ip firewall address-list add list=$tag address=10.20.0.0/16 comment=$tag
+:local top [/ip firewall filter find dynamic=no]
+:if ([:len $top] > 0) do={/ip firewall filter add chain=input in-interface="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" connection-state=established,related action=accept comment=$tag place-before=[:pick $top 0]} else={/ip firewall filter add chain=input in-interface="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" connection-state=established,related action=accept comment=$tag}
+:if ([:len $top] > 0) do={/ip firewall filter add chain=input in-interface="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" src-address-list=$tag protocol=tcp dst-port=179 action=accept comment=$tag place-before=[:pick $top 0]} else={/ip firewall filter add chain=input in-interface="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" src-address-list=$tag protocol=tcp dst-port=179 action=accept comment=$tag}
+:if ([:len $top] > 0) do={/ip firewall filter add chain=input in-interface="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" src-address-list=$tag protocol=udp dst-port=161 action=accept comment=$tag place-before=[:pick $top 0]} else={/ip firewall filter add chain=input in-interface="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" src-address-list=$tag protocol=udp dst-port=161 action=accept comment=$tag}
+:if ([:len $top] > 0) do={/ip firewall filter add chain=input in-interface="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" src-address-list=$tag protocol=tcp dst-port=8728,8729 action=accept comment=$tag place-before=[:pick $top 0]} else={/ip firewall filter add chain=input in-interface="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" src-address-list=$tag protocol=tcp dst-port=8728,8729 action=accept comment=$tag}
+:if ([:len $top] > 0) do={/ip firewall filter add chain=input in-interface="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" src-address-list=$tag protocol=tcp dst-port=8291 action=accept comment=$tag place-before=[:pick $top 0]} else={/ip firewall filter add chain=input in-interface="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" src-address-list=$tag protocol=tcp dst-port=8291 action=accept comment=$tag}
+:if ([:len $top] > 0) do={/ip firewall filter add chain=input in-interface="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" src-address-list=$tag protocol=tcp dst-port=22 action=accept comment=$tag place-before=[:pick $top 0]} else={/ip firewall filter add chain=input in-interface="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" src-address-list=$tag protocol=tcp dst-port=22 action=accept comment=$tag}
+:if ([:len $top] > 0) do={/ip firewall filter add chain=input in-interface="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" src-address=100.64.0.1 protocol=icmp action=accept comment=$tag place-before=[:pick $top 0]} else={/ip firewall filter add chain=input in-interface="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" src-address=100.64.0.1 protocol=icmp action=accept comment=$tag}
+:if ([:len $top] > 0) do={/ip firewall filter add chain=input in-interface="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" action=drop comment=$tag place-before=[:pick $top 0]} else={/ip firewall filter add chain=input in-interface="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" action=drop comment=$tag}
+:if ([:len $top] > 0) do={/ip firewall filter add chain=output out-interface="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" connection-state=established,related action=accept comment=$tag place-before=[:pick $top 0]} else={/ip firewall filter add chain=output out-interface="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" connection-state=established,related action=accept comment=$tag}
+:if ([:len $top] > 0) do={/ip firewall filter add chain=output out-interface="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" dst-address-list=$tag protocol=udp dst-port=53 action=accept comment=$tag place-before=[:pick $top 0]} else={/ip firewall filter add chain=output out-interface="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" dst-address-list=$tag protocol=udp dst-port=53 action=accept comment=$tag}
+:if ([:len $top] > 0) do={/ip firewall filter add chain=output out-interface="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" dst-address-list=$tag protocol=tcp dst-port=53 action=accept comment=$tag place-before=[:pick $top 0]} else={/ip firewall filter add chain=output out-interface="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" dst-address-list=$tag protocol=tcp dst-port=53 action=accept comment=$tag}
+:if ([:len $top] > 0) do={/ip firewall filter add chain=output out-interface="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" dst-address-list=$tag protocol=udp dst-port=2055 action=accept comment=$tag place-before=[:pick $top 0]} else={/ip firewall filter add chain=output out-interface="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" dst-address-list=$tag protocol=udp dst-port=2055 action=accept comment=$tag}
+:if ([:len $top] > 0) do={/ip firewall filter add chain=output out-interface="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" dst-address-list=$tag protocol=udp dst-port=162 action=accept comment=$tag place-before=[:pick $top 0]} else={/ip firewall filter add chain=output out-interface="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" dst-address-list=$tag protocol=udp dst-port=162 action=accept comment=$tag}
+:if ([:len $top] > 0) do={/ip firewall filter add chain=output out-interface="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" dst-address-list=$tag protocol=udp dst-port=514 action=accept comment=$tag place-before=[:pick $top 0]} else={/ip firewall filter add chain=output out-interface="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" dst-address-list=$tag protocol=udp dst-port=514 action=accept comment=$tag}
+:if ([:len $top] > 0) do={/ip firewall filter add chain=output out-interface="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" dst-address-list=$tag protocol=tcp dst-port=179 action=accept comment=$tag place-before=[:pick $top 0]} else={/ip firewall filter add chain=output out-interface="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" dst-address-list=$tag protocol=tcp dst-port=179 action=accept comment=$tag}
+:if ([:len $top] > 0) do={/ip firewall filter add chain=output out-interface="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" dst-address=100.64.0.1 protocol=icmp action=accept comment=$tag place-before=[:pick $top 0]} else={/ip firewall filter add chain=output out-interface="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" dst-address=100.64.0.1 protocol=icmp action=accept comment=$tag}
+:if ([:len $top] > 0) do={/ip firewall filter add chain=output out-interface="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" action=drop comment=$tag place-before=[:pick $top 0]} else={/ip firewall filter add chain=output out-interface="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" action=drop comment=$tag}
+:if ([:len $top] > 0) do={/ip firewall filter add chain=forward in-interface="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" action=drop comment=$tag place-before=[:pick $top 0]} else={/ip firewall filter add chain=forward in-interface="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" action=drop comment=$tag}
+:if ([:len $top] > 0) do={/ip firewall filter add chain=forward out-interface="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" action=drop comment=$tag place-before=[:pick $top 0]} else={/ip firewall filter add chain=forward out-interface="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" action=drop comment=$tag}
+:set mgntJobError "enabling the tunnel"
+/interface ovpn-client enable [find name="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c"]
+:set mgntJobError ""
+}
+/system script run "mgnt-poll"
+/file remove [find name="mgnt-bootstrap.rsc"]
