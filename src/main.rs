@@ -72,6 +72,14 @@ enum SiteCommand {
     },
     /// Issue new credentials and a job that recreates the tunnel on the router.
     Recreate { uuid: String },
+    /// Issue a one-time bootstrap token; prints the line to paste into the
+    /// router's terminal.
+    Bootstrap {
+        uuid: String,
+        /// The router's RouterOS version (6.49.7, 7.16, …).
+        #[arg(long)]
+        version: String,
+    },
     /// Write the OpenVPN server's ccd files and config fragment into DIR.
     Export {
         dir: PathBuf,
@@ -156,6 +164,20 @@ fn site(config: &std::path::Path, action: SiteCommand) -> Result<()> {
         }
         SiteCommand::Recreate { uuid } => {
             print(&client.post(&format!("/v1/sites/{uuid}/recreate"), None)?)
+        }
+        SiteCommand::Bootstrap { uuid, version } => {
+            let path = format!("/v1/sites/{uuid}/bootstrap?version={version}");
+            let issued = client.post(&path, None)?;
+            let command = issued["command"].as_str().unwrap_or_default();
+            let expires = issued["expires"].as_u64().unwrap_or_default();
+            println!("{command}");
+            eprintln!(
+                "paste it into the router's terminal; the token works once, until {}",
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(expires)
+                )
+            );
+            Ok(())
         }
         SiteCommand::Export { .. } => unreachable!("handled above"),
     }

@@ -397,3 +397,49 @@ fn one_source_cannot_hold_every_connection() {
         "{m}"
     );
 }
+
+#[test]
+fn the_cli_issues_a_bootstrap_line_a_router_can_fetch_once() {
+    let server = start("");
+    let base = format!("http://{}", server.routers.unwrap());
+    let (uuid, _, token) = create(&server);
+    let out = server.cli(&["site", "bootstrap", &uuid, "--version", "6.40"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("older than 6.48"), "{err}");
+
+    let out = server.cli(&["site", "bootstrap", &uuid, "--version", "6.49.7"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(line.starts_with("/tool fetch url=\""), "{line}");
+    assert!(
+        line.ends_with("/import file-name=\"mgnt-bootstrap.rsc\""),
+        "{line}"
+    );
+    // The URL as RouterOS reads it (`\?` is an escaped `?`), on the bound port.
+    let url = line["/tool fetch url=\"".len()..]
+        .split('"')
+        .next()
+        .unwrap()
+        .replace("\\?", "?")
+        .replace("http://127.0.0.1:0", &base);
+    let got = curl(&[&url]);
+    assert_eq!(got.status, 200, "{}", got.body);
+    assert!(got.body.contains("(RouterOS 6.49)"), "{}", got.body);
+    assert!(
+        !got.body.contains("verify-server-certificate"),
+        "v6 has none"
+    );
+    assert_eq!(curl(&[&url]).status, 404, "spent");
+    assert_eq!(
+        poll(&base, &token, &[]).status,
+        401,
+        "the router token was rotated"
+    );
+    let (status, body) = server.post(&format!("/v1/sites/{uuid}/bootstrap"), None);
+    assert_eq!(status, 400, "{body}");
+}
