@@ -126,6 +126,15 @@ pub fn export(config: &Path, dir: &Path, region: Option<&str>) -> Result<String,
     ))
 }
 
+/// `mgnt site renumber`: moves the sites outside `[provision] pool` into it
+/// (the server stopped); what moved.
+pub fn renumber(config: &Path) -> Result<serde_json::Value, CliError> {
+    let cfg = Config::load(config)?;
+    let p = provision(&cfg)?;
+    let moved = open_store(&cfg)?.renumber(p.pool, state::now())?;
+    Ok(serde_json::json!({ "pool": p.pool.to_string(), "renumbered": moved }))
+}
+
 /// `mgnt auth-verify`: checks OpenVPN's via-file (username, then password)
 /// and records the attempt; whether it belongs to a tunnel.
 pub fn auth_verify(config: &Path, file: &Path) -> Result<bool, CliError> {

@@ -80,6 +80,9 @@ enum SiteCommand {
         #[arg(long)]
         version: String,
     },
+    /// Move every site whose address lies outside `[provision] pool` into it
+    /// (run with the server stopped; its next start rewrites the OpenVPN files).
+    Renumber,
     /// Write the OpenVPN server's ccd files and config fragment into DIR.
     Export {
         dir: PathBuf,
@@ -141,9 +144,13 @@ fn main() -> Result<()> {
 }
 
 fn site(config: &std::path::Path, action: SiteCommand) -> Result<()> {
-    if let SiteCommand::Export { dir, region } = action {
-        println!("{}", cli::export(config, &dir, region.as_deref())?);
-        return Ok(());
+    match action {
+        SiteCommand::Export { dir, region } => {
+            println!("{}", cli::export(config, &dir, region.as_deref())?);
+            return Ok(());
+        }
+        SiteCommand::Renumber => return print(&cli::renumber(config)?),
+        _ => {}
     }
     let client = cli::client(config)?;
     match action {
@@ -179,6 +186,6 @@ fn site(config: &std::path::Path, action: SiteCommand) -> Result<()> {
             );
             Ok(())
         }
-        SiteCommand::Export { .. } => unreachable!("handled above"),
+        SiteCommand::Export { .. } | SiteCommand::Renumber => unreachable!("handled above"),
     }
 }

@@ -461,4 +461,31 @@ fn a_pool_that_drops_allocated_addresses_is_refused_by_reload_and_disables_provi
             .contains("provisioning is off"),
         "{body}"
     );
+
+    // Renumbering is explicit: it moves the site into the new pool, and the
+    // next start provisions again (and exports the new address).
+    let out = server.cli(&["site", "renumber"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let moved: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(moved["renumbered"][0]["from"], "100.64.0.2", "{moved}");
+    assert_eq!(moved["renumbered"][0]["to"], "100.65.0.2", "{moved}");
+    server.restart();
+    let api = Api::for_server(&server);
+    let uuid = created["site"]["uuid"].as_str().unwrap();
+    let (status, site) = api.json("GET", &format!("/v1/sites/{uuid}"));
+    assert_eq!(
+        (status, &site["site"]["address"]),
+        (200, &Value::from("100.65.0.2")),
+        "{site}"
+    );
+    let (status, fresh) = api.json("POST", "/v1/sites");
+    assert_eq!(
+        (status, &fresh["site"]["address"]),
+        (201, &Value::from("100.65.0.3")),
+        "{fresh}"
+    );
 }

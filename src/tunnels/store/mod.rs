@@ -127,6 +127,14 @@ pub struct Job {
     pub secret: Option<String>,
 }
 
+/// A site moved into a new pool by `mgnt site renumber`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Renumbered {
+    pub site: Uuid,
+    pub from: Ipv4Addr,
+    pub to: Ipv4Addr,
+}
+
 /// What spending a bootstrap token gave.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Enrolled {

@@ -14,8 +14,8 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use uuid::Uuid;
 
 use super::{
-    Attempt, Created, Enrolled, Finished, Job, JobState, Lifetimes, Outcome, Site, Store,
-    StoreError,
+    Attempt, Created, Enrolled, Finished, Job, JobState, Lifetimes, Outcome, Renumbered, Site,
+    Store, StoreError,
 };
 use crate::tunnels::{
     keys::{Check, Keys},
@@ -128,6 +128,56 @@ impl SqliteStore {
             keys,
             lifetimes,
         })
+    }
+
+    /// Moves every site whose address lies outside `net` to a free address
+    /// in it and forgets quarantined addresses outside it, in one transaction
+    /// (`mgnt site renumber`, with the server stopped: a running server still
+    /// allocates from its old pool). Routers get their new address from the
+    /// server's ccd files at their next connection.
+    pub fn renumber(&self, net: Ipv4Net, now: u64) -> Result<Vec<Renumbered>, StoreError> {
+        let mut inner = self.lock();
+        let tx = inner
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut sites = Vec::new();
+        let mut stmt = tx.prepare("SELECT uuid, address FROM sites ORDER BY created, rowid")?;
+        for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
+            let (uuid, address) = row?;
+            sites.push((parse_uuid(&uuid)?, parse_addr(&address)?));
+        }
+        drop(stmt);
+        let mut released = Vec::new();
+        let mut stmt = tx.prepare("SELECT address, until FROM released")?;
+        for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+            let (address, until) = row?;
+            released.push((parse_addr(&address)?, until.max(0) as u64));
+        }
+        drop(stmt);
+        let (inside, outside): (Vec<_>, Vec<_>) =
+            sites.into_iter().partition(|(_, a)| net.contains(a));
+        for (a, _) in released.iter().filter(|(a, _)| !net.contains(a)) {
+            tx.execute("DELETE FROM released WHERE address = ?1", [a.to_string()])?;
+        }
+        released.retain(|(a, _)| net.contains(a));
+        let mut pool = Pool::restore(
+            net,
+            self.lifetimes.quarantine,
+            inside.iter().map(|(_, a)| *a),
+            released,
+        )?;
+        let mut moved = Vec::with_capacity(outside.len());
+        for (site, from) in outside {
+            let to = pool.allocate(now)?;
+            tx.execute("DELETE FROM released WHERE address = ?1", [to.to_string()])?;
+            tx.execute(
+                "UPDATE sites SET address = ?1 WHERE uuid = ?2",
+                params![to.to_string(), site.to_string()],
+            )?;
+            moved.push(Renumbered { site, from, to });
+        }
+        tx.commit()?;
+        Ok(moved)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {

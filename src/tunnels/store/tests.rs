@@ -374,6 +374,52 @@ fn an_expired_bootstrap_token_is_refused_and_gone() {
 }
 
 #[test]
+fn renumber_moves_only_the_sites_outside_the_new_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let ids: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
+    for (i, id) in ids.iter().enumerate() {
+        store.ensure(*id, 10 + i as u64).unwrap();
+    }
+    store.delete(ids[3], 20).unwrap(); // 100.64.0.5, quarantined
+    let net: ipnet::Ipv4Net = "100.64.0.0/29".parse().unwrap(); // hosts .2-.6
+    drop(store);
+    let store =
+        SqliteStore::open_for_checks(&dir.path().join("tunnels.db"), keys(dir.path()), LIFETIMES)
+            .unwrap();
+    assert_eq!(store.renumber(net, 30).unwrap(), vec![], "every site fits");
+    let small: ipnet::Ipv4Net = "10.9.0.0/30".parse().unwrap(); // one host: .2
+    assert!(
+        matches!(store.renumber(small, 30), Err(StoreError::Pool(_))),
+        "three sites, one address"
+    );
+    let other: ipnet::Ipv4Net = "10.9.0.0/24".parse().unwrap();
+    let moved = store.renumber(other, 30).unwrap();
+    let to: Vec<String> = moved.iter().map(|m| m.to.to_string()).collect();
+    assert_eq!(to, ["10.9.0.2", "10.9.0.3", "10.9.0.4"]);
+    assert_eq!(moved[0].from, Ipv4Addr::new(100, 64, 0, 2));
+    drop(store);
+    // The store opens on the new pool, and allocates after the moved sites.
+    let store = SqliteStore::open(
+        &dir.path().join("tunnels.db"),
+        other,
+        keys(dir.path()),
+        LIFETIMES,
+    )
+    .unwrap();
+    assert_eq!(
+        store.get(ids[1]).unwrap().unwrap().address,
+        Ipv4Addr::new(10, 9, 0, 3)
+    );
+    let (fresh, _) = store.ensure(Uuid::new_v4(), 40).unwrap();
+    assert_eq!(fresh.address, Ipv4Addr::new(10, 9, 0, 5));
+    assert!(
+        store.addresses().unwrap().iter().all(|a| other.contains(a)),
+        "no quarantined address left outside"
+    );
+}
+
+#[test]
 fn an_older_database_is_sealed_and_its_hashes_migrate_on_use() {
     use argon2::PasswordHasher;
     let dir = tempfile::tempdir().unwrap();
