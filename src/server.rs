@@ -3,7 +3,7 @@
 
 use std::{path::PathBuf, sync::Arc};
 
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::{
     admin::{self, auth::Tokens},
@@ -109,6 +109,11 @@ pub async fn run(config_path: PathBuf) -> Result<(), ServeError> {
         (Some(r), Some(store)) => {
             let (routers, addr) = crate::routers::start(r, store.clone(), state.reader()).await?;
             info!(%addr, "serving the router endpoint");
+            if config.provision.as_ref().is_some_and(|p| p.ca.is_none()) {
+                warn!(
+                    "[provision] ca_file is not set: routers will not verify the OpenVPN servers, and their pollers trust the router endpoint only if they already trust its certificate"
+                );
+            }
             println!("listening routers {addr}");
             Some(Arc::new(routers))
         }

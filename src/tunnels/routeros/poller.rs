@@ -52,10 +52,10 @@ impl Poller<'_> {
         let job = quote(JOB_FILE);
         let report = [
             ":if ([:len $mgntJob] > 0) do={".to_owned(),
-            ":local body \"{\\\"status\\\":\\\"applied\\\"}\"".to_owned(),
-            ":if ([:len $mgntJobError] > 0) do={:set body (\"{\\\"status\\\":\\\"failed\\\",\\\"error\\\":\\\"stopped while \" . $mgntJobError . \"\\\"}\")}".to_owned(),
+            ":local mgntBody \"{\\\"status\\\":\\\"applied\\\"}\"".to_owned(),
+            ":if ([:len $mgntJobError] > 0) do={:set mgntBody (\"{\\\"status\\\":\\\"failed\\\",\\\"error\\\":\\\"stopped while \" . $mgntJobError . \"\\\"}\")}".to_owned(),
             format!(
-                ":do {{/tool fetch url=($mgntBase . \"/router/v1/jobs/\" . $mgntJob . \"/result\") http-method=post http-header-field=($mgntAuth . \",Content-Type: application/json\") http-data=$body output=none{check}; :set mgntJob \"\"}} on-error={{:log warning (\"mgnt: reporting job \" . $mgntJob . \" failed\")}}"
+                ":do {{/tool fetch url=($mgntBase . \"/router/v1/jobs/\" . $mgntJob . \"/result\") http-method=post http-header-field=($mgntAuth . \",Content-Type: application/json\") http-data=$mgntBody output=none{check}; :set mgntJob \"\"}} on-error={{:log warning (\"mgnt: reporting job \" . $mgntJob . \" failed\")}}"
             ),
             "}".to_owned(),
         ];
@@ -72,12 +72,12 @@ impl Poller<'_> {
         ];
         lines.extend(report.iter().cloned());
         lines.extend([
-            ":local version [/system resource get version]".to_owned(),
-            ":local space [:find $version \" \"]".to_owned(),
-            ":if ([:typeof $space] = \"num\") do={:set version [:pick $version 0 $space]}".to_owned(),
+            ":local mgntVersion [/system resource get version]".to_owned(),
+            ":local mgntSpace [:find $mgntVersion \" \"]".to_owned(),
+            ":if ([:typeof $mgntSpace] = \"num\") do={:set mgntVersion [:pick $mgntVersion 0 $mgntSpace]}".to_owned(),
             format!("/file remove [find name={job}]"),
             format!(
-                ":do {{/tool fetch url=($mgntBase . \"/router/v1/job?version=\" . $version) http-header-field=$mgntAuth dst-path={job}{check}}} on-error={{:log warning \"mgnt: polling for a job failed\"}}"
+                ":do {{/tool fetch url=($mgntBase . \"/router/v1/job?version=\" . $mgntVersion) http-header-field=$mgntAuth dst-path={job}{check}}} on-error={{:log warning \"mgnt: polling for a job failed\"}}"
             ),
             format!(":if ([:len [/file find name={job}]] > 0) do={{"),
             format!(
