@@ -139,6 +139,8 @@ pub struct ApiConfig {
     pub token_env: Option<String>,
     /// Append-only record of drains and reloads (JSON lines).
     pub audit_log: PathBuf,
+    /// Agents' tokens (`NAME:TOKEN` lines; the name is the OpenVPN server's).
+    pub agent_token_file: Option<PathBuf>,
 }
 
 /// `[vpnlog]`: log ingestion.

@@ -81,6 +81,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), ServeError> {
         .expect("loading task panicked")?;
     let config = data.config.clone();
     let (tokens, origin) = Tokens::load(&config.api, true)?;
+    let agents = Tokens::load_agents(config.api.agent_token_file.as_deref())?;
     if let admin::auth::Origin::Created(file) = origin {
         info!(file = %file.display(), "created an admin API token");
     }
@@ -138,7 +139,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), ServeError> {
         routers: routers.clone(),
         exporter,
     };
-    tokio::spawn(admin::serve(api, cx, tokens));
+    tokio::spawn(admin::serve(api, cx, tokens, agents));
     for addr in &bound {
         info!(%addr, "serving DNS over UDP and TCP");
         println!("listening dns {addr}");

@@ -33,6 +33,8 @@ pub enum AuthError {
     },
     #[error("{file}:{line}: token shorter than {MIN_TOKEN_LEN} characters")]
     Short { file: PathBuf, line: usize },
+    #[error("{file}:{line}: an agent token needs its server's name (`NAME:TOKEN`)")]
+    Unnamed { file: PathBuf, line: usize },
     #[error(
         "refusing to serve the admin API on {listen} without a token: create {file} or set api.token_env"
     )]
@@ -88,6 +90,31 @@ impl Tokens {
             });
         }
         Ok((Self(tokens), origin))
+    }
+
+    /// Agents' tokens from `[api] agent_token_file` (none without it): every
+    /// line `NAME:TOKEN`, the name being the server's identity.
+    pub fn load_agents(file: Option<&Path>) -> Result<Self, AuthError> {
+        let Some(file) = file else {
+            return Ok(Self(Vec::new()));
+        };
+        let text = std::fs::read_to_string(file).map_err(|source| AuthError::Read {
+            file: file.to_owned(),
+            source,
+        })?;
+        let lines = text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty() && !l.trim().starts_with('#'));
+        for (i, line) in lines {
+            if !line.contains(':') {
+                return Err(AuthError::Unnamed {
+                    file: file.to_owned(),
+                    line: i + 1,
+                });
+            }
+        }
+        Ok(Self(parse(&text, file)?))
     }
 
     /// The name of the token `presented` matches, comparing every token in constant time.

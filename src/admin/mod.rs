@@ -4,6 +4,7 @@
 //! The router is built from [`routes`], the same table the OpenAPI test
 //! compares with `openapi.json`, so no route goes undocumented.
 
+mod agents;
 pub mod auth;
 pub mod client;
 mod fail;
@@ -50,6 +51,8 @@ pub struct Context {
 pub struct Api {
     pub cx: Context,
     tokens: Tokens,
+    /// Agents' tokens: accepted on agent routes only.
+    agents: Tokens,
 }
 
 /// The name of the token a request authenticated with.
@@ -125,13 +128,28 @@ pub fn routes() -> Vec<Route> {
     ]
 }
 
+/// Routes for agents, behind agent tokens only.
+pub fn agent_routes() -> Vec<Route> {
+    vec![(
+        Method::GET,
+        "/agent/v1/credentials",
+        get(agents::credentials),
+    )]
+}
+
 /// Routes open to anyone.
 pub fn public_routes() -> Vec<Route> {
     vec![(Method::GET, "/healthz", get(handlers::healthz))]
 }
 
-pub fn router(cx: Context, tokens: Tokens) -> Router {
-    let api = Arc::new(Api { cx, tokens });
+pub fn router(cx: Context, tokens: Tokens, agents: Tokens) -> Router {
+    let api = Arc::new(Api { cx, tokens, agents });
+    let agent = agent_routes()
+        .into_iter()
+        .fold(Router::new(), |r, (_, path, handler)| {
+            r.route(path, handler)
+        })
+        .route_layer(middleware::from_fn_with_state(api.clone(), authenticate_agent));
     let protected = routes()
         .into_iter()
         .fold(Router::new(), |r, (_, path, handler)| {
@@ -144,25 +162,35 @@ pub fn router(cx: Context, tokens: Tokens) -> Router {
             r.route(path, handler)
         });
     protected
+        .merge(agent)
         .merge(public)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(api)
 }
 
-pub async fn serve(listener: tokio::net::TcpListener, cx: Context, tokens: Tokens) {
-    if let Err(e) = axum::serve(listener, router(cx, tokens)).await {
+pub async fn serve(listener: tokio::net::TcpListener, cx: Context, tokens: Tokens, agents: Tokens) {
+    if let Err(e) = axum::serve(listener, router(cx, tokens, agents)).await {
         error!(error = %e, "admin API stopped");
     }
 }
 
-/// 401 with no detail unless a known token is presented.
-async fn authenticate(State(api): State<Arc<Api>>, mut req: Request, next: Next) -> Response {
+/// 401 with no detail unless a known admin token is presented.
+async fn authenticate(State(api): State<Arc<Api>>, req: Request, next: Next) -> Response {
+    check(&api.tokens, req, next).await
+}
+
+/// 401 with no detail unless a known agent token is presented.
+async fn authenticate_agent(State(api): State<Arc<Api>>, req: Request, next: Next) -> Response {
+    check(&api.agents, req, next).await
+}
+
+async fn check(tokens: &Tokens, mut req: Request, next: Next) -> Response {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    let Some(name) = presented.and_then(|p| api.tokens.check(p)) else {
+    let Some(name) = presented.and_then(|p| tokens.check(p)) else {
         return (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Bearer")],
@@ -207,6 +235,7 @@ mod tests {
         let served: BTreeSet<(String, String)> = routes()
             .into_iter()
             .chain(public_routes())
+            .chain(agent_routes())
             .map(|(m, p, _)| (m.to_string(), p.to_owned()))
             .chain(routers.iter().cloned())
             .collect();

@@ -121,6 +121,7 @@ struct RawApi {
     token_file: Option<PathBuf>,
     token_env: Option<String>,
     audit_log: Option<PathBuf>,
+    agent_token_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -572,6 +573,7 @@ impl RawApi {
                     .unwrap_or(Path::new(super::DEFAULT_TOKEN_FILE)),
             ),
             token_env: self.token_env.clone(),
+            agent_token_file: self.agent_token_file.as_deref().map(|f| cx.path(f)),
             audit_log: cx.path(
                 self.audit_log
                     .as_deref()

@@ -47,7 +47,7 @@ pub enum KeyError {
 
 /// The keys derived from the secret key file.
 pub struct Keys {
-    digests: hmac::Key,
+    digests: Digests,
     seals: LessSafeKey,
     random: SystemRandom,
 }
@@ -99,10 +99,11 @@ impl Keys {
 
     fn from_bytes(ikm: &[u8], random: SystemRandom) -> Self {
         let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"mgnt secret key file").extract(ikm);
-        let digests = prk
-            .expand(&[b"secret digests v1"], hmac::HMAC_SHA256)
-            .map(hmac::Key::from)
+        let mut digest_key = [0u8; DIGEST_KEY_BYTES];
+        prk.expand(&[b"secret digests v1"], hmac::HMAC_SHA256)
+            .and_then(|okm| okm.fill(&mut digest_key))
             .expect("HKDF output of one hash length");
+        let digests = Digests::new(digest_key);
         let seals = prk
             .expand(&[b"sealed secrets v1"], &CHACHA20_POLY1305)
             .map(UnboundKey::from)
@@ -125,33 +126,18 @@ impl Keys {
 
     /// The stored form of a random secret.
     pub fn digest(&self, secret: &str) -> String {
-        let tag = hmac::sign(&self.digests, secret.as_bytes());
-        format!("{DIGEST}{}", BASE64URL_NOPAD.encode(tag.as_ref()))
+        self.digests.digest(secret)
     }
 
     /// Compares `secret` with a stored digest (or an older argon2 hash) in
     /// constant time.
     pub fn check(&self, secret: &str, stored: &str) -> Check {
-        if let Some(tag) = stored.strip_prefix(DIGEST) {
-            let Ok(tag) = BASE64URL_NOPAD.decode(tag.as_bytes()) else {
-                return Check::NoMatch;
-            };
-            return match hmac::verify(&self.digests, secret.as_bytes(), &tag) {
-                Ok(()) => Check::Match,
-                Err(_) => Check::NoMatch,
-            };
-        }
-        use argon2::{PasswordHash, PasswordVerifier};
-        let legacy = PasswordHash::new(stored).is_ok_and(|hash| {
-            argon2::Argon2::default()
-                .verify_password(secret.as_bytes(), &hash)
-                .is_ok()
-        });
-        if legacy {
-            Check::MatchLegacy
-        } else {
-            Check::NoMatch
-        }
+        self.digests.check(secret, stored)
+    }
+
+    /// The digest key alone, for agents that check logins themselves.
+    pub fn digests(&self) -> &Digests {
+        &self.digests
     }
 
     /// Seals `plaintext` for storage, bound to `context` (a job's id): it
@@ -215,6 +201,74 @@ fn create(file: &Path, key: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Length of the digest key.
+const DIGEST_KEY_BYTES: usize = 32;
+
+/// The key stored secrets are digested under. Agents get it (never the
+/// sealing key) to check logins where the OpenVPN server runs: with it and
+/// the digests, a 240-bit random secret is still beyond any search.
+#[derive(Clone)]
+pub struct Digests {
+    bytes: [u8; DIGEST_KEY_BYTES],
+    key: hmac::Key,
+}
+
+impl std::fmt::Debug for Digests {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Digests(…)")
+    }
+}
+
+impl Digests {
+    fn new(bytes: [u8; DIGEST_KEY_BYTES]) -> Self {
+        Self {
+            key: hmac::Key::new(hmac::HMAC_SHA256, &bytes),
+            bytes,
+        }
+    }
+
+    /// The key as hex, to hand to an agent.
+    pub fn to_hex(&self) -> String {
+        data_encoding::HEXLOWER.encode(&self.bytes)
+    }
+
+    /// The key an agent was handed.
+    pub fn from_hex(text: &str) -> Option<Self> {
+        let bytes = HEXLOWER_PERMISSIVE.decode(text.trim().as_bytes()).ok()?;
+        Some(Self::new(bytes.try_into().ok()?))
+    }
+
+    pub fn digest(&self, secret: &str) -> String {
+        let tag = hmac::sign(&self.key, secret.as_bytes());
+        format!("{DIGEST}{}", BASE64URL_NOPAD.encode(tag.as_ref()))
+    }
+
+    /// Compares `secret` with a stored digest (or an older argon2 hash) in
+    /// constant time.
+    pub fn check(&self, secret: &str, stored: &str) -> Check {
+        if let Some(tag) = stored.strip_prefix(DIGEST) {
+            let Ok(tag) = BASE64URL_NOPAD.decode(tag.as_bytes()) else {
+                return Check::NoMatch;
+            };
+            return match hmac::verify(&self.key, secret.as_bytes(), &tag) {
+                Ok(()) => Check::Match,
+                Err(_) => Check::NoMatch,
+            };
+        }
+        use argon2::{PasswordHash, PasswordVerifier};
+        let legacy = PasswordHash::new(stored).is_ok_and(|hash| {
+            argon2::Argon2::default()
+                .verify_password(secret.as_bytes(), &hash)
+                .is_ok()
+        });
+        if legacy {
+            Check::MatchLegacy
+        } else {
+            Check::NoMatch
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,6 +315,17 @@ mod tests {
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = Keys::load_or_create(&file).err().unwrap();
         assert!(err.to_string().contains("chmod 600"), "{err}");
+    }
+
+    #[test]
+    fn an_exported_digest_key_checks_what_the_store_digested() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = keys(dir.path());
+        let secret = k.new_secret().unwrap();
+        let agent = Digests::from_hex(&k.digests().to_hex()).unwrap();
+        assert_eq!(agent.check(&secret, &k.digest(&secret)), Check::Match);
+        assert_eq!(agent.check("other", &k.digest(&secret)), Check::NoMatch);
+        assert!(Digests::from_hex("abcd").is_none());
     }
 
     #[test]

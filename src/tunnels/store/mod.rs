@@ -21,7 +21,10 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{keys::KeyError, pool::PoolError};
+use super::{
+    keys::{Digests, KeyError},
+    pool::PoolError,
+};
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +130,28 @@ pub struct Job {
     pub secret: Option<String>,
 }
 
+/// One tunnel's login, as an agent checks it: the username, the address it
+/// gets and the digests its secret is checked against.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credential {
+    pub username: String,
+    pub address: Ipv4Addr,
+    pub secret: String,
+    /// The last applied secret during a rotation, until `previous_until`.
+    pub previous: Option<String>,
+    pub previous_until: Option<u64>,
+}
+
+/// Changes since a sequence number.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credentials {
+    /// The newest change included: ask for changes after it next time.
+    pub seq: u64,
+    pub sites: Vec<Credential>,
+    /// Usernames of deleted sites.
+    pub deleted: Vec<String>,
+}
+
 /// A site moved into a new pool by `mgnt site renumber`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Renumbered {
@@ -226,6 +251,11 @@ pub trait Store: Send + Sync {
     fn sites(&self) -> Result<Vec<Site>, StoreError>;
     /// Every address the pool must hold: sites' and quarantined ones.
     fn addresses(&self) -> Result<Vec<Ipv4Addr>, StoreError>;
+    /// What logins are checked against, changed after `since` (a change
+    /// sequence number; 0 for everything), for agents' caches.
+    fn credentials(&self, since: u64) -> Result<Credentials, StoreError>;
+    /// The key secrets are digested under (for agents).
+    fn digests(&self) -> Digests;
     /// Records one authentication attempt.
     fn record_attempt(&self, attempt: &Attempt) -> Result<(), StoreError>;
 }

@@ -14,7 +14,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use uuid::Uuid;
 
 use super::{
-    Attempt, Created, Enrolled, Finished, Job, JobState, Lifetimes, Outcome, Renumbered, Site,
+    Attempt, Created, Credential, Credentials, Enrolled, Finished, Job, JobState, Lifetimes, Outcome, Renumbered, Site,
     Store, StoreError,
 };
 use crate::tunnels::{
@@ -78,6 +78,30 @@ pub(super) const MIGRATIONS: &[&str] = &[
     CREATE UNIQUE INDEX sites_by_enrollment ON sites(enrollment_hash);
     ALTER TABLE sites ADD COLUMN enrollment_version TEXT;
     ALTER TABLE sites ADD COLUMN enrollment_until INTEGER;",
+    // A change sequence for agents' credential caches: every change to what a
+    // login is checked against takes the next number; deletions leave a
+    // tombstone. Triggers, so no write path can forget it.
+    "CREATE TABLE change_seq (id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NOT NULL);
+    INSERT INTO change_seq VALUES (1, (SELECT COALESCE(MAX(rowid), 0) FROM sites));
+    ALTER TABLE sites ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+    UPDATE sites SET seq = rowid;
+    CREATE INDEX sites_by_seq ON sites(seq);
+    CREATE TABLE tombstones (username TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+    CREATE INDEX tombstones_by_seq ON tombstones(seq);
+    CREATE TRIGGER sites_inserted AFTER INSERT ON sites BEGIN
+        UPDATE change_seq SET value = value + 1;
+        UPDATE sites SET seq = (SELECT value FROM change_seq) WHERE uuid = NEW.uuid;
+        DELETE FROM tombstones WHERE username = NEW.username;
+    END;
+    CREATE TRIGGER sites_changed
+        AFTER UPDATE OF address, secret_hash, previous_secret_hash, previous_until ON sites BEGIN
+        UPDATE change_seq SET value = value + 1;
+        UPDATE sites SET seq = (SELECT value FROM change_seq) WHERE uuid = NEW.uuid;
+    END;
+    CREATE TRIGGER sites_deleted AFTER DELETE ON sites BEGIN
+        UPDATE change_seq SET value = value + 1;
+        INSERT OR REPLACE INTO tombstones VALUES (OLD.username, (SELECT value FROM change_seq));
+    END;",
 ];
 
 struct Inner {
@@ -753,6 +777,53 @@ impl Store for SqliteStore {
             .prepare("SELECT address FROM sites UNION SELECT address FROM released")?;
         let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
         rows.map(|a| parse_addr(&a?)).collect()
+    }
+
+    fn credentials(&self, since: u64) -> Result<Credentials, StoreError> {
+        let inner = self.lock();
+        let tx = inner.db.unchecked_transaction()?;
+        let seq: i64 = tx.query_row("SELECT value FROM change_seq", [], |r| r.get(0))?;
+        let mut sites = Vec::new();
+        let mut stmt = tx.prepare(
+            "SELECT username, address, secret_hash, previous_secret_hash, previous_until
+             FROM sites WHERE seq > ?1 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map([since as i64], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, Option<i64>>(4)?,
+            ))
+        })?;
+        for row in rows {
+            let (username, address, secret, previous, until) = row?;
+            sites.push(Credential {
+                username,
+                address: parse_addr(&address)?,
+                secret,
+                previous,
+                previous_until: until.map(|t| t.max(0) as u64),
+            });
+        }
+        drop(stmt);
+        let mut stmt =
+            tx.prepare("SELECT username FROM tombstones WHERE seq > ?1 ORDER BY seq")?;
+        let deleted = stmt
+            .query_map([since as i64], |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        drop(stmt);
+        tx.finish()?;
+        Ok(Credentials {
+            seq: seq.max(0) as u64,
+            sites,
+            deleted,
+        })
+    }
+
+    fn digests(&self) -> crate::tunnels::keys::Digests {
+        self.keys.digests().clone()
     }
 
     fn record_attempt(&self, a: &Attempt) -> Result<(), StoreError> {

@@ -420,6 +420,45 @@ fn renumber_moves_only_the_sites_outside_the_new_pool() {
 }
 
 #[test]
+fn every_credential_change_takes_the_next_sequence_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let all = store.credentials(0).unwrap();
+    assert_eq!((all.seq, all.sites.len()), (0, 0));
+    let (a, created) = store.ensure(Uuid::new_v4(), 10).unwrap();
+    let (b, _) = store.ensure(Uuid::new_v4(), 10).unwrap();
+    let all = store.credentials(0).unwrap();
+    assert_eq!(all.sites.len(), 2);
+    assert_eq!(all.sites[0].username, a.username);
+    assert_eq!(all.sites[0].address, a.address);
+    let keys = keys(dir.path());
+    assert_eq!(
+        keys.check(&created.unwrap().secret, &all.sites[0].secret),
+        crate::tunnels::keys::Check::Match
+    );
+    let install = store.pending_job(a.uuid, 10).unwrap().unwrap();
+    store.finish_job(install.id, None, Outcome::Applied, 11).unwrap();
+    let seen = store.credentials(0).unwrap().seq;
+    assert!(store.credentials(seen).unwrap().sites.is_empty(), "nothing new");
+    // A rotation changes a's credential only; a router token does not count.
+    store.new_router_token(b.uuid).unwrap();
+    let job = store.recreate(a.uuid, 20).unwrap().unwrap();
+    let changed = store.credentials(seen).unwrap();
+    assert_eq!(changed.sites.len(), 1);
+    assert_eq!(changed.sites[0].username, a.username);
+    assert!(changed.sites[0].previous.is_some() && changed.sites[0].previous_until == Some(1020));
+    // Applying ends the previous secret: a change again.
+    store.finish_job(job.id, None, Outcome::Applied, 21).unwrap();
+    let applied = store.credentials(changed.seq).unwrap();
+    assert_eq!(applied.sites[0].previous, None);
+    // A deletion is a tombstone.
+    store.delete(b.uuid, 22).unwrap();
+    let deleted = store.credentials(applied.seq).unwrap();
+    assert_eq!((deleted.sites.len(), deleted.deleted), (0, vec![b.username.clone()]));
+    assert!(deleted.seq > applied.seq);
+}
+
+#[test]
 fn an_older_database_is_sealed_and_its_hashes_migrate_on_use() {
     use argon2::PasswordHasher;
     let dir = tempfile::tempdir().unwrap();

@@ -1,0 +1,86 @@
+//! Routes for agents (`/agent/v1/…`), beside every OpenVPN server; agent
+//! tokens only. An agent is known by its token's name; its region comes from
+//! the `[[vpnlog.servers]]` entry of that name, never from what it says.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    Json,
+    extract::{Query, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    Extension,
+};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{Api, Caller, handlers::error};
+use crate::tunnels::store::Credentials;
+
+/// Longest a credentials request waits for a change.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+/// How often a waiting request looks for changes (one indexed query).
+const LOOK_EVERY: Duration = Duration::from_millis(250);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialsQuery {
+    /// The last change the agent has (0: everything).
+    since: Option<u64>,
+    /// Seconds to wait for a change when there is none yet.
+    wait: Option<u64>,
+}
+
+/// `GET /agent/v1/credentials?since=SEQ&wait=SECS`: what logins are checked
+/// against, changed after `since` (a long poll when `wait` is given), with
+/// the digest key, the pool's netmask and who the agent is.
+pub async fn credentials(
+    State(api): State<Arc<Api>>,
+    Extension(Caller(name)): Extension<Caller>,
+    Query(q): Query<CredentialsQuery>,
+) -> Response {
+    let Some(store) = api.cx.tunnels.clone() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "provisioning is off: the config has no [provision] table",
+        );
+    };
+    let since = q.since.unwrap_or(0);
+    let wait = Duration::from_secs(q.wait.unwrap_or(0)).min(MAX_WAIT);
+    let deadline = tokio::time::Instant::now() + wait;
+    let changes = loop {
+        let s = store.clone();
+        let got = tokio::task::spawn_blocking(move || s.credentials(since)).await;
+        let changes: Credentials = match got {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        };
+        let changed = !changes.sites.is_empty() || !changes.deleted.is_empty();
+        if since == 0 || changed || tokio::time::Instant::now() >= deadline {
+            break changes;
+        }
+        tokio::time::sleep(LOOK_EVERY).await;
+    };
+    let snapshot = api.cx.state.snapshot();
+    let config = &snapshot.data.config;
+    let Some(provision) = config.provision.as_ref() else {
+        return error(StatusCode::NOT_FOUND, "provisioning is off");
+    };
+    let region = config
+        .vpnlog
+        .as_ref()
+        .and_then(|v| v.servers.iter().find(|s| s.host == name))
+        .map(|s| s.region.clone());
+    Json(json!({
+        "server": name,
+        "region": region,
+        "seq": changes.seq,
+        "full": since == 0,
+        "sites": changes.sites,
+        "deleted": changes.deleted,
+        "netmask": provision.pool.netmask().to_string(),
+        "digest_key": store.digests().to_hex(),
+    }))
+    .into_response()
+}
