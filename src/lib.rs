@@ -20,6 +20,8 @@
 //!   publishes, its storage boundary (state file and audit log).
 //! - [`listen`]: DNS over UDP (batched threads) and TCP, answering from snapshots.
 //! - [`explain`]: why a client gets its answer (`mgnt lookup`, `/v1/explain`).
+//! - [`agent`]: `mgnt agent`, beside each OpenVPN server: logins through the
+//!   management interface from a credential cache kept in step with the control plane.
 //! - [`admin`]: the authenticated HTTP API (regions, drains, explain, reload,
 //!   metrics, provisioning, VPN logs).
 //! - [`routers`]: the router endpoint, where routers pull their jobs with per-site tokens.
@@ -32,6 +34,7 @@
 //! - [`cli`]: the other commands of the command line.
 
 pub mod admin;
+pub mod agent;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -43,6 +46,7 @@ pub mod geo;
 pub mod health;
 pub mod listen;
 pub mod locate;
+pub mod management;
 pub mod metrics;
 pub mod route;
 pub mod routers;

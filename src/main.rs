@@ -54,6 +54,10 @@ enum Command {
     /// OpenVPN's auth-user-pass-verify (via-file): exit 0 when the username
     /// and password in FILE belong to a tunnel, 1 otherwise; records the attempt.
     AuthVerify { file: PathBuf },
+    /// Beside an OpenVPN server (`--management-client-auth`): answer its
+    /// logins from the control plane's credentials. `--config` names the
+    /// agent's file (an `[agent]` table).
+    Agent,
 }
 
 #[derive(Subcommand)]
@@ -135,6 +139,11 @@ fn main() -> Result<()> {
         Command::Undrain { region } => print(&cli::undrain(&config, &region)?)?,
         Command::Status => print(&cli::client(&config)?.get("/v1/regions")?)?,
         Command::Site { action } => site(&config, action)?,
+        Command::Agent => {
+            let agent = mgnt::agent::AgentConfig::load(&config)?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(mgnt::agent::run(agent))?;
+        }
         Command::AuthVerify { file } => {
             let ok = cli::auth_verify(&config, &file)?;
             std::process::exit(if ok { 0 } else { 1 });

@@ -597,3 +597,176 @@ fn a_router_bootstraps_reports_and_its_old_secret_ends_only_then() {
     let _ = vpn_server.kill();
     let _ = vpn_server.wait();
 }
+
+/// `mgnt agent` in `ns` with `config`; its log lines arrive on the channel.
+fn agent(ns: &str, config: &Path) -> (Child, mpsc::Receiver<String>) {
+    let mut child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            env!("CARGO_BIN_EXE_mgnt"),
+            "agent",
+            "--config",
+        ])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mgnt agent");
+    let (tx, rx) = mpsc::channel();
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// An OpenVPN server whose logins are answered over its management
+/// interface (`--management-client-auth`): no verify script, no ccd files.
+fn client_auth_server_config(
+    dir: &Path,
+    net: &str,
+    management: &str,
+    password_file: &Path,
+) -> PathBuf {
+    let path = dir.join("server-agent.ovpn");
+    std::fs::write(
+        &path,
+        format!(
+            "local {net}.1\nport 8443\nproto tcp-server\ndev tun\nmode server\ntls-server\n\
+             topology subnet\nifconfig 100.64.0.1 255.192.0.0\npush \"topology subnet\"\n\
+             push \"route-gateway 100.64.0.1\"\ndata-ciphers AES-256-CBC\n\
+             data-ciphers-fallback AES-256-CBC\nauth SHA1\nusername-as-common-name\n\
+             verify-client-cert none\nkeepalive 10 60\n\
+             ca {d}/ca.crt\ncert {d}/server.crt\nkey {d}/server.key\ndh none\n\
+             management {management} {pw}\nmanagement-client-auth\nverb 3\n",
+            d = dir.display(),
+            pw = password_file.display(),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// The agent beside a real OpenVPN server: logins answered from the control
+/// plane's credentials, a deleted tunnel's live session ended, and logins
+/// still answered with the control plane stopped and the agent restarted.
+#[test]
+#[ignore = "needs root (network namespaces, OpenVPN); scripts/test runs it as root"]
+fn the_agent_answers_logins_and_keeps_answering_with_the_control_plane_away() {
+    require_tools();
+    const NET: &str = "169.254.95";
+    let lab = Lab::new("oa", NET);
+    let fixture = Fixture::new();
+    let dir = fixture.path("vpn");
+    std::fs::create_dir_all(&dir).unwrap();
+    pki(&dir);
+    let agent_token = "agent-token-for-vpn1-0123456789";
+    std::fs::write(
+        fixture.path("agents.token"),
+        format!("vpn1:{agent_token}\n"),
+    )
+    .unwrap();
+    let config = config_text("\"127.0.0.1:0\", \"[::1]:0\"").replace(
+        "[api]\nlisten = \"127.0.0.1:0\"\n",
+        "[api]\nlisten = \"127.0.0.1:0\"\nagent_token_file = \"agents.token\"\n",
+    ) + "\n[provision]\ndata_dir = \"state\"\npool = \"100.64.0.0/10\"\nauth = \"sha1\"\n";
+    fixture.write_config(&config);
+    let mut server = Server::start_in_netns(fixture, &lab.server);
+    let (a, _) = provision(&server, &dir);
+    let (b, _) = provision(&server, &dir);
+
+    // Agent routes take agent tokens only, and admin routes refuse them.
+    let (status, _) = server.get("/agent/v1/credentials");
+    assert_eq!(status, 401, "an admin token on an agent route");
+    let with_agent_token = |path: &str| {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.server,
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
+            .arg(format!("http://{}{path}", server.api))
+            .args(["-H", &format!("Authorization: Bearer {agent_token}")])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(
+        with_agent_token("/v1/regions"),
+        "401",
+        "an agent token on an admin route"
+    );
+    assert_eq!(with_agent_token("/agent/v1/credentials"), "200");
+
+    let password_file = dir.join("management.pw");
+    std::fs::write(&password_file, "management-pw-0123\n").unwrap();
+    let conf = client_auth_server_config(&dir, NET, "127.0.0.1 7506", &password_file);
+    let (mut vpn_server, server_log) = openvpn(&lab.server, &conf);
+    wait_for(&server_log, &["Initialization Sequence Completed"], 20);
+
+    let token_file = dir.join("agent.token");
+    std::fs::write(&token_file, format!("{agent_token}\n")).unwrap();
+    let agent_conf = dir.join("agent.toml");
+    std::fs::write(
+        &agent_conf,
+        format!(
+            "[agent]\nmanagement = \"127.0.0.1:7506\"\nmanagement_password_file = \"{}\"\n\
+             control = \"http://{}\"\ntoken_file = \"{}\"\ncache_dir = \"{}\"\n",
+            password_file.display(),
+            server.api,
+            token_file.display(),
+            dir.join("agent-cache").display(),
+        ),
+    )
+    .unwrap();
+    let (mut agent1, agent_log) = agent(&lab.server, &agent_conf);
+    wait_for(&agent_log, &["credentials read in full"], 20);
+
+    // The right secret: exactly the site's address, pushed by the agent.
+    let (mut client_a, log_a) = openvpn(
+        &lab.region,
+        &client_config(&dir, NET, "a", &a.user, &a.secret),
+    );
+    wait_for(&log_a, &["Initialization Sequence Completed"], 30);
+    let tun = tun_address(&lab.region);
+    assert!(tun.contains(&format!("inet {}/10", a.address)), "{tun}");
+    // A wrong secret is refused.
+    let outcomes = ["AUTH_FAILED", "Initialization Sequence Completed"];
+    let wrong = client_config(&dir, NET, "wrong", &b.user, "wrong-secret");
+    assert_eq!(attempt(&lab.region, &wrong, &outcomes), "AUTH_FAILED");
+
+    // Deleting a site ends its live session; it cannot come back.
+    cli_ok(&server, &["site", "delete", &a.uuid]);
+    wait_for(&log_a, &["AUTH_FAILED"], 30);
+    let _ = client_a.kill();
+    let _ = client_a.wait();
+
+    // The control plane stops, the agent restarts: logins still work, from the cache.
+    server.stop();
+    let _ = agent1.kill();
+    let _ = agent1.wait();
+    let (mut agent2, agent_log) = agent(&lab.server, &agent_conf);
+    wait_for(&agent_log, &["answering OpenVPN logins"], 20);
+    let good_b = client_config(&dir, NET, "b", &b.user, &b.secret);
+    assert_eq!(attempt(&lab.region, &good_b, &outcomes), outcomes[1]);
+    let deleted = client_config(&dir, NET, "a-again", &a.user, &a.secret);
+    assert_eq!(attempt(&lab.region, &deleted, &outcomes), "AUTH_FAILED");
+    let _ = agent2.kill();
+    let _ = agent2.wait();
+    let _ = vpn_server.kill();
+    let _ = vpn_server.wait();
+}

@@ -5,11 +5,10 @@
 use std::{sync::Arc, time::Duration};
 
 use axum::{
-    Json,
+    Extension, Json,
     extract::{Query, State},
     http::StatusCode,
     response::{IntoResponse, Response},
-    Extension,
 };
 use serde::Deserialize;
 use serde_json::json;

@@ -149,7 +149,10 @@ pub fn router(cx: Context, tokens: Tokens, agents: Tokens) -> Router {
         .fold(Router::new(), |r, (_, path, handler)| {
             r.route(path, handler)
         })
-        .route_layer(middleware::from_fn_with_state(api.clone(), authenticate_agent));
+        .route_layer(middleware::from_fn_with_state(
+            api.clone(),
+            authenticate_agent,
+        ));
     let protected = routes()
         .into_iter()
         .fold(Router::new(), |r, (_, path, handler)| {

@@ -1,22 +1,20 @@
 //! The sources besides syslog: each OpenVPN server's management interface
 //! and status file, polled on `[vpnlog] poll_interval`.
 //!
-//! A management connection that fails or ends is retried with exponential
-//! backoff (1 s doubling to 60 s, reset after a minute connected). Problems
-//! are logged when they change, not on every retry.
+//! A management connection that fails or ends is made again with backoff
+//! ([`crate::management::keep`]).
 
 use std::{
     collections::HashMap,
     net::SocketAddr,
     path::Path,
     sync::Arc,
-    time::{Duration, Instant, UNIX_EPOCH},
+    time::{Duration, UNIX_EPOCH},
 };
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-    time::{MissedTickBehavior, interval, sleep, timeout},
+    time::{MissedTickBehavior, interval},
 };
 use tracing::{info, warn};
 
@@ -25,53 +23,19 @@ use super::{
     management::{MAX_STATUS, Notice, Reader},
     status::parse_status,
 };
-use crate::{clock::now, config::LogServer};
-
-/// Longest line we accept from a management interface.
-const MAX_LINE: usize = 64 * 1024;
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
-
-#[derive(Debug, thiserror::Error)]
-enum WatchError {
-    #[error("connecting: {0}")]
-    Connect(std::io::Error),
-    #[error("no connection within 10 s")]
-    ConnectTimeout,
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    #[error("the interface asks for a password: set management_password_file")]
-    NeedsPassword,
-    #[error("reading the password file {0}: {1}")]
-    PasswordFile(String, std::io::Error),
-    #[error("a line longer than {MAX_LINE} bytes")]
-    LongLine,
-    #[error("the interface closed the connection")]
-    Closed,
-}
+use crate::{
+    clock::now,
+    config::LogServer,
+    management::{Lines, ManagementError},
+};
 
 /// Watches one server's management interface for as long as the service runs.
 pub async fn management(server: LogServer, every: Duration, ingest: Arc<Ingest>) {
     let Some(addr) = server.management else {
         return;
     };
-    let mut backoff = Duration::from_secs(1);
-    let mut last_problem = String::new();
-    loop {
-        let began = Instant::now();
-        let problem = match watch(&server, addr, every, &ingest).await {
-            Ok(()) => WatchError::Closed.to_string(),
-            Err(e) => e.to_string(),
-        };
-        if began.elapsed() > MAX_BACKOFF {
-            backoff = Duration::from_secs(1);
-        }
-        if problem != last_problem {
-            warn!(host = %server.host, %addr, problem = %problem, retry_in = ?backoff, "OpenVPN management interface");
-            last_problem = problem;
-        }
-        sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
-    }
+    let label = format!("log watcher of {}", server.host);
+    crate::management::keep(addr, &label, || watch(&server, addr, every, &ingest)).await;
 }
 
 async fn watch(
@@ -79,18 +43,9 @@ async fn watch(
     addr: SocketAddr,
     every: Duration,
     ingest: &Ingest,
-) -> Result<(), WatchError> {
-    let mut stream = timeout(Duration::from_secs(10), TcpStream::connect(addr))
-        .await
-        .map_err(|_| WatchError::ConnectTimeout)?
-        .map_err(WatchError::Connect)?;
-    if let Some(file) = &server.management_password_file {
-        let text = tokio::fs::read_to_string(file)
-            .await
-            .map_err(|e| WatchError::PasswordFile(file.display().to_string(), e))?;
-        let password = text.lines().next().unwrap_or("");
-        stream.write_all(format!("{password}\n").as_bytes()).await?;
-    }
+) -> Result<(), ManagementError> {
+    let password = server.management_password_file.as_deref();
+    let mut stream = crate::management::connect(addr, password).await?;
     let secs = every.as_secs().max(1);
     stream
         .write_all(format!("bytecount {secs}\nstatus 3\n").as_bytes())
@@ -99,7 +54,7 @@ async fn watch(
     let host = Some(server.host.as_str());
     let mut reader = Reader::default();
     let mut clients: HashMap<u64, SocketAddr> = HashMap::new();
-    let mut buf: Vec<u8> = Vec::with_capacity(MAX_LINE);
+    let mut lines = Lines::new(password.is_some());
     let mut chunk = vec![0u8; 16 * 1024];
     let mut poll = interval(every);
     poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -111,22 +66,11 @@ async fn watch(
                 if n == 0 {
                     return Ok(());
                 }
-                buf.extend_from_slice(&chunk[..n]);
-                let mut used = 0;
-                while let Some(end) = buf[used..].iter().position(|&b| b == b'\n') {
-                    let line = String::from_utf8_lossy(&buf[used..used + end]);
-                    if let Some(notice) = reader.line(line.trim_end_matches('\r')) {
+                lines.feed(&chunk[..n], |line| {
+                    if let Some(notice) = reader.line(line) {
                         apply(notice, host, &mut clients, ingest);
                     }
-                    used += end + 1;
-                }
-                buf.drain(..used);
-                if buf.starts_with(b"ENTER PASSWORD:") && server.management_password_file.is_none() {
-                    return Err(WatchError::NeedsPassword);
-                }
-                if buf.len() > MAX_LINE {
-                    return Err(WatchError::LongLine);
-                }
+                })?;
             }
             _ = poll.tick() => stream.write_all(b"status 3\n").await?,
         }

@@ -213,10 +213,15 @@ impl Server {
         server
     }
 
-    /// Stops the process and starts a new one on the same files.
-    pub fn restart(&mut self) {
+    /// Stops the process (the files stay).
+    pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Stops the process and starts a new one on the same files.
+    pub fn restart(&mut self) {
+        self.stop();
         let l = Self::launch(&self.fixture, mgnt());
         (
             self.child,

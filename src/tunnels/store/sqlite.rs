@@ -14,8 +14,8 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use uuid::Uuid;
 
 use super::{
-    Attempt, Created, Credential, Credentials, Enrolled, Finished, Job, JobState, Lifetimes, Outcome, Renumbered, Site,
-    Store, StoreError,
+    Attempt, Created, Credential, Credentials, Enrolled, Finished, Job, JobState, Lifetimes,
+    Outcome, Renumbered, Site, Store, StoreError,
 };
 use crate::tunnels::{
     keys::{Check, Keys},
@@ -808,8 +808,7 @@ impl Store for SqliteStore {
             });
         }
         drop(stmt);
-        let mut stmt =
-            tx.prepare("SELECT username FROM tombstones WHERE seq > ?1 ORDER BY seq")?;
+        let mut stmt = tx.prepare("SELECT username FROM tombstones WHERE seq > ?1 ORDER BY seq")?;
         let deleted = stmt
             .query_map([since as i64], |r| r.get::<_, String>(0))?
             .collect::<Result<Vec<_>, _>>()?;

@@ -437,9 +437,14 @@ fn every_credential_change_takes_the_next_sequence_number() {
         crate::tunnels::keys::Check::Match
     );
     let install = store.pending_job(a.uuid, 10).unwrap().unwrap();
-    store.finish_job(install.id, None, Outcome::Applied, 11).unwrap();
+    store
+        .finish_job(install.id, None, Outcome::Applied, 11)
+        .unwrap();
     let seen = store.credentials(0).unwrap().seq;
-    assert!(store.credentials(seen).unwrap().sites.is_empty(), "nothing new");
+    assert!(
+        store.credentials(seen).unwrap().sites.is_empty(),
+        "nothing new"
+    );
     // A rotation changes a's credential only; a router token does not count.
     store.new_router_token(b.uuid).unwrap();
     let job = store.recreate(a.uuid, 20).unwrap().unwrap();
@@ -448,13 +453,18 @@ fn every_credential_change_takes_the_next_sequence_number() {
     assert_eq!(changed.sites[0].username, a.username);
     assert!(changed.sites[0].previous.is_some() && changed.sites[0].previous_until == Some(1020));
     // Applying ends the previous secret: a change again.
-    store.finish_job(job.id, None, Outcome::Applied, 21).unwrap();
+    store
+        .finish_job(job.id, None, Outcome::Applied, 21)
+        .unwrap();
     let applied = store.credentials(changed.seq).unwrap();
     assert_eq!(applied.sites[0].previous, None);
     // A deletion is a tombstone.
     store.delete(b.uuid, 22).unwrap();
     let deleted = store.credentials(applied.seq).unwrap();
-    assert_eq!((deleted.sites.len(), deleted.deleted), (0, vec![b.username.clone()]));
+    assert_eq!(
+        (deleted.sites.len(), deleted.deleted),
+        (0, vec![b.username.clone()])
+    );
     assert!(deleted.seq > applied.seq);
 }
 

@@ -1,0 +1,78 @@
+//! `mgnt agent`: runs beside an OpenVPN server started with
+//! `--management-client-auth`, answers its logins from a credential cache
+//! kept in step with the control plane (and on disk), and ends the sessions
+//! of deleted tunnels. With client-auth on, OpenVPN admits nobody while the
+//! agent is away: run it supervised.
+//!
+//! Pure parts: [`config`], [`cache`] (decisions), [`wire`] (the management
+//! protocol); edges: [`sync`] (the control plane), [`session`] (OpenVPN).
+
+pub mod cache;
+pub mod config;
+mod session;
+mod sync;
+pub mod wire;
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+pub use config::{AgentConfig, AgentConfigError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] AgentConfigError),
+    #[error("{file}: {reason}")]
+    Token { file: String, reason: String },
+    #[error("control plane client: {0}")]
+    Control(String),
+}
+
+/// Reads the agent's token: the first line of `token_file` (just the token;
+/// the control plane knows it as `NAME:TOKEN`).
+fn token(config: &AgentConfig) -> Result<String, AgentError> {
+    let err = |reason: String| AgentError::Token {
+        file: config.token_file.display().to_string(),
+        reason,
+    };
+    let text = std::fs::read_to_string(&config.token_file).map_err(|e| err(e.to_string()))?;
+    let token = text.lines().next().unwrap_or("").trim();
+    // A line copied from the control plane's file still works.
+    let token = token.rsplit_once(':').map_or(token, |(_, t)| t).to_owned();
+    if token.len() < 16 {
+        return Err(err(
+            "no token of 16 characters or more on its first line".into()
+        ));
+    }
+    Ok(token)
+}
+
+/// Runs the agent until SIGINT or SIGTERM.
+pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
+    let control = sync::Control::new(&config, token(&config)?).map_err(AgentError::Control)?;
+    let cache = match cache::Cache::load(&config.cache_dir) {
+        Ok(c) => {
+            info!(tunnels = c.len(), seq = c.seq, "credential cache loaded");
+            c
+        }
+        Err(e) => {
+            warn!(error = %e, "starting with an empty credential cache");
+            cache::Cache::default()
+        }
+    };
+    let config = Arc::new(config);
+    let (tx, rx) = watch::channel(Arc::new(cache));
+    let counters = Arc::new(session::Counters::default());
+    tokio::spawn(sync::run(Arc::new(control), config.clone(), tx));
+    tokio::spawn(session::run(config.clone(), rx, counters));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| AgentError::Control(e.to_string()))?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    info!("stopping");
+    Ok(())
+}

@@ -1,0 +1,144 @@
+//! Keeps the credential cache in step with the control plane: a long poll for
+//! changes after the cache's sequence number, a full re-read every
+//! [`FULL_EVERY`] as a safety net, the control URLs tried in turn. The task
+//! is the cache's one writer: it saves each new cache, then publishes it.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::{sync::watch, time::Instant};
+use tracing::{info, warn};
+
+use super::{
+    AgentConfig,
+    cache::{Cache, Changes},
+};
+
+/// How long one request waits for a change.
+const WAIT: Duration = Duration::from_secs(25);
+/// How often everything is read again, in case a change was missed.
+const FULL_EVERY: Duration = Duration::from_secs(600);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// A client for the control plane's agent routes.
+pub struct Control {
+    agent: ureq::Agent,
+    urls: Vec<String>,
+    token: String,
+}
+
+impl Control {
+    pub fn new(config: &AgentConfig, token: String) -> Result<Self, String> {
+        let mut builder = ureq::Agent::config_builder()
+            .timeout_global(Some(WAIT + Duration::from_secs(15)))
+            .http_status_as_error(false);
+        if let Some(file) = &config.ca_file {
+            let pem = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+                .filter_map(|item| match item {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                    _ => None,
+                })
+                .collect();
+            if certs.is_empty() {
+                return Err(format!("{}: no PEM certificate in it", file.display()));
+            }
+            let tls = ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::Specific(Arc::new(certs)))
+                .build();
+            builder = builder.tls_config(tls);
+        }
+        Ok(Self {
+            agent: builder.build().new_agent(),
+            urls: config.control.clone(),
+            token,
+        })
+    }
+
+    /// Changes after `since`, from the first control URL that answers.
+    pub fn changes(&self, since: u64, wait: Duration) -> Result<Changes, String> {
+        let mut problems = Vec::new();
+        for base in &self.urls {
+            let url = format!(
+                "{base}/agent/v1/credentials?since={since}&wait={}",
+                wait.as_secs()
+            );
+            let answer = self
+                .agent
+                .get(&url)
+                .header("Authorization", &format!("Bearer {}", self.token))
+                .call();
+            match answer {
+                Ok(mut r) if r.status() == 200 => {
+                    return r
+                        .body_mut()
+                        .with_config()
+                        .limit(64 << 20)
+                        .read_json::<Changes>()
+                        .map_err(|e| format!("{base}: unreadable answer: {e}"));
+                }
+                Ok(r) => problems.push(format!("{base}: HTTP {}", r.status())),
+                Err(e) => problems.push(format!("{base}: {e}")),
+            }
+        }
+        Err(problems.join("; "))
+    }
+}
+
+/// Runs for as long as the agent does.
+pub async fn run(
+    control: Arc<Control>,
+    config: Arc<AgentConfig>,
+    cache: watch::Sender<Arc<Cache>>,
+) {
+    let mut backoff = Duration::from_secs(1);
+    let mut last_full: Option<Instant> = None;
+    let mut last_problem = String::new();
+    loop {
+        let full = last_full.is_none_or(|t| t.elapsed() >= FULL_EVERY);
+        let since = if full { 0 } else { cache.borrow().seq };
+        let c = control.clone();
+        let got = tokio::task::spawn_blocking(move || c.changes(since, WAIT))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+        let problem = match got {
+            Ok(changes) => {
+                let mut next = (**cache.borrow()).clone();
+                let (server, region) = (changes.server.clone(), changes.region.clone());
+                let changed = full || !changes.sites.is_empty() || !changes.deleted.is_empty();
+                match next.apply(changes) {
+                    Ok(()) if changed => {
+                        if let Err(e) = next.save(&config.cache_dir) {
+                            warn!(error = %e, "keeping the credential cache on disk");
+                        }
+                        if full {
+                            info!(%server, region = ?region, tunnels = next.len(), seq = next.seq, "credentials read in full");
+                            last_full = Some(Instant::now());
+                        }
+                        cache.send_replace(Arc::new(next));
+                        None
+                    }
+                    Ok(()) => None,
+                    Err(e) => Some(e),
+                }
+            }
+            Err(e) => Some(e),
+        };
+        match problem {
+            None => {
+                if !last_problem.is_empty() {
+                    info!("the control plane answers again");
+                    last_problem.clear();
+                }
+                backoff = Duration::from_secs(1);
+            }
+            Some(p) => {
+                if p != last_problem {
+                    warn!(problem = %p, retry_in = ?backoff, "cannot reach the control plane; logins are answered from the cache");
+                    last_problem = p;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
