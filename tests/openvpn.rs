@@ -749,6 +749,28 @@ fn the_agent_answers_logins_and_keeps_answering_with_the_control_plane_away() {
     let wrong = client_config(&dir, NET, "wrong", &b.user, "wrong-secret");
     assert_eq!(attempt(&lab.region, &wrong, &outcomes), "AUTH_FAILED");
 
+    // A rotation: the applied secret works until the new one is applied, then only the new.
+    let job_of = |script: &str| script.lines().next().unwrap()["# mgnt job ".len()..].to_owned();
+    let install = cli_ok(&server, &["site", "script", &b.uuid]);
+    let (status, _) = server.post(&format!("/v1/jobs/{}/applied", job_of(&install)), None);
+    assert_eq!(status, 200);
+    cli_ok(&server, &["site", "recreate", &b.uuid]);
+    let script = cli_ok(&server, &["site", "script", &b.uuid]);
+    let rotated = between(&script, "password=\"", '"').to_owned();
+    let new_b = client_config(&dir, NET, "b-new", &b.user, &rotated);
+    let old_b = client_config(&dir, NET, "b-old", &b.user, &b.secret);
+    let until = |config: &Path, want: &str| {
+        // The agent learns of a change by its long poll: give it a few tries.
+        (0..10).any(|_| attempt(&lab.region, config, &outcomes) == want)
+    };
+    assert!(until(&new_b, outcomes[1]), "the new secret works");
+    assert_eq!(attempt(&lab.region, &old_b, &outcomes), outcomes[1], "the old one in its grace");
+    let (status, _) = server.post(&format!("/v1/jobs/{}/applied", job_of(&script)), None);
+    assert_eq!(status, 200);
+    assert!(until(&old_b, "AUTH_FAILED"), "the old secret ends when the new one is applied");
+    assert_eq!(attempt(&lab.region, &new_b, &outcomes), outcomes[1]);
+    let b = Tunnel { secret: rotated, ..b };
+
     // Deleting a site ends its live session; it cannot come back.
     cli_ok(&server, &["site", "delete", &a.uuid]);
     wait_for(&log_a, &["AUTH_FAILED"], 30);
