@@ -57,7 +57,11 @@ enum Command {
     /// Beside an OpenVPN server (`--management-client-auth`): answer its
     /// logins from the control plane's credentials. `--config` names the
     /// agent's file (an `[agent]` table).
-    Agent,
+    Agent {
+        /// Print the nftables rules the agent installs, and exit.
+        #[arg(long)]
+        print_rules: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -139,8 +143,12 @@ fn main() -> Result<()> {
         Command::Undrain { region } => print(&cli::undrain(&config, &region)?)?,
         Command::Status => print(&cli::client(&config)?.get("/v1/regions")?)?,
         Command::Site { action } => site(&config, action)?,
-        Command::Agent => {
+        Command::Agent { print_rules } => {
             let agent = mgnt::agent::AgentConfig::load(&config)?;
+            if print_rules {
+                print!("{}", mgnt::agent::rules(&agent)?);
+                return Ok(());
+            }
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(mgnt::agent::run(agent))?;
         }

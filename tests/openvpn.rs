@@ -184,19 +184,24 @@ struct Tunnel {
 /// Creates a site and exports the OpenVPN server files for europe1 into
 /// `dir/export`; returns the site and that directory.
 fn provision(server: &Server, dir: &Path) -> (Tunnel, PathBuf) {
+    let tunnel = provision_site(server);
+    let export = dir.join("export");
+    let to = export.to_str().unwrap();
+    cli_ok(server, &["site", "export", to, "--region", "europe1"]);
+    (tunnel, export)
+}
+
+/// Creates a site with `mgnt site create`.
+fn provision_site(server: &Server) -> Tunnel {
     let created: Value = serde_json::from_str(&cli_ok(server, &["site", "create"])).unwrap();
     let field = |v: &Value| v.as_str().unwrap().to_owned();
-    let tunnel = Tunnel {
+    Tunnel {
         uuid: field(&created["site"]["uuid"]),
         user: field(&created["site"]["username"]),
         address: field(&created["site"]["address"]),
         secret: field(&created["secret"]),
         router_token: field(&created["router_token"]),
-    };
-    let export = dir.join("export");
-    let to = export.to_str().unwrap();
-    cli_ok(server, &["site", "export", to, "--region", "europe1"]);
-    (tunnel, export)
+    }
 }
 
 /// The OpenVPN server config: listening on `net`.1, the PKI in `dir`, the
@@ -655,6 +660,70 @@ fn client_auth_server_config(
     path
 }
 
+const AGENT_TOKEN: &str = "agent-token-for-vpn1-0123456789";
+
+/// A control plane with an agent token in namespace `ns`, `sites` sites, an
+/// OpenVPN server answering logins over its management interface (listening
+/// on `net`.1) and the agent's file (not started).
+struct AgentLab {
+    server: Server,
+    dir: PathBuf,
+    sites: Vec<Tunnel>,
+    agent_conf: PathBuf,
+    vpn_server: (Child, mpsc::Receiver<String>),
+}
+
+impl AgentLab {
+    fn start(ns: &str, net: &str, provision: &str, sites: usize) -> Self {
+        let fixture = Fixture::new();
+        let dir = fixture.path("vpn");
+        std::fs::create_dir_all(&dir).unwrap();
+        pki(&dir);
+        std::fs::write(
+            fixture.path("agents.token"),
+            format!("vpn1:{AGENT_TOKEN}\n"),
+        )
+        .unwrap();
+        let config = config_text("\"127.0.0.1:0\", \"[::1]:0\"").replace(
+            "[api]\nlisten = \"127.0.0.1:0\"\n",
+            "[api]\nlisten = \"127.0.0.1:0\"\nagent_token_file = \"agents.token\"\n",
+        ) + "\n[provision]\ndata_dir = \"state\"\npool = \"100.64.0.0/10\"\nauth = \"sha1\"\n"
+            + provision;
+        fixture.write_config(&config);
+        let server = Server::start_in_netns(fixture, ns);
+        let sites = (0..sites).map(|_| provision_site(&server)).collect();
+        let password_file = dir.join("management.pw");
+        std::fs::write(&password_file, "management-pw-0123\n").unwrap();
+        let conf = client_auth_server_config(&dir, net, "127.0.0.1 7506", &password_file);
+        let (vpn, log) = openvpn(ns, &conf);
+        wait_for(&log, &["Initialization Sequence Completed"], 20);
+        let token_file = dir.join("agent.token");
+        std::fs::write(&token_file, format!("{AGENT_TOKEN}\n")).unwrap();
+        let agent_conf = dir.join("agent.toml");
+        std::fs::write(
+            &agent_conf,
+            format!(
+                "[agent]\nmanagement = \"127.0.0.1:7506\"\nmanagement_password_file = \"{}\"\n\
+                 control = \"http://{}\"\ntoken_file = \"{}\"\ncache_dir = \"{}\"\n\
+                 openvpn_config = \"{}\"\n",
+                password_file.display(),
+                server.api,
+                token_file.display(),
+                dir.join("agent-cache").display(),
+                conf.display(),
+            ),
+        )
+        .unwrap();
+        Self {
+            server,
+            dir,
+            sites,
+            agent_conf,
+            vpn_server: (vpn, log),
+        }
+    }
+}
+
 /// The agent beside a real OpenVPN server: logins answered from the control
 /// plane's credentials, a deleted tunnel's live session ended, and logins
 /// still answered with the control plane stopped and the agent restarted.
@@ -664,24 +733,14 @@ fn the_agent_answers_logins_and_keeps_answering_with_the_control_plane_away() {
     require_tools();
     const NET: &str = "169.254.95";
     let lab = Lab::new("oa", NET);
-    let fixture = Fixture::new();
-    let dir = fixture.path("vpn");
-    std::fs::create_dir_all(&dir).unwrap();
-    pki(&dir);
-    let agent_token = "agent-token-for-vpn1-0123456789";
-    std::fs::write(
-        fixture.path("agents.token"),
-        format!("vpn1:{agent_token}\n"),
-    )
-    .unwrap();
-    let config = config_text("\"127.0.0.1:0\", \"[::1]:0\"").replace(
-        "[api]\nlisten = \"127.0.0.1:0\"\n",
-        "[api]\nlisten = \"127.0.0.1:0\"\nagent_token_file = \"agents.token\"\n",
-    ) + "\n[provision]\ndata_dir = \"state\"\npool = \"100.64.0.0/10\"\nauth = \"sha1\"\n";
-    fixture.write_config(&config);
-    let mut server = Server::start_in_netns(fixture, &lab.server);
-    let (a, _) = provision(&server, &dir);
-    let (b, _) = provision(&server, &dir);
+    let AgentLab {
+        mut server,
+        dir,
+        sites,
+        agent_conf,
+        vpn_server: (mut vpn_server, _server_log),
+    } = AgentLab::start(&lab.server, NET, "", 2);
+    let [a, b] = <[Tunnel; 2]>::try_from(sites).ok().unwrap();
 
     // Agent routes take agent tokens only, and admin routes refuse them.
     let (status, _) = server.get("/agent/v1/credentials");
@@ -700,7 +759,7 @@ fn the_agent_answers_logins_and_keeps_answering_with_the_control_plane_away() {
                 "%{http_code}",
             ])
             .arg(format!("http://{}{path}", server.api))
-            .args(["-H", &format!("Authorization: Bearer {agent_token}")])
+            .args(["-H", &format!("Authorization: Bearer {AGENT_TOKEN}")])
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -712,27 +771,6 @@ fn the_agent_answers_logins_and_keeps_answering_with_the_control_plane_away() {
     );
     assert_eq!(with_agent_token("/agent/v1/credentials"), "200");
 
-    let password_file = dir.join("management.pw");
-    std::fs::write(&password_file, "management-pw-0123\n").unwrap();
-    let conf = client_auth_server_config(&dir, NET, "127.0.0.1 7506", &password_file);
-    let (mut vpn_server, server_log) = openvpn(&lab.server, &conf);
-    wait_for(&server_log, &["Initialization Sequence Completed"], 20);
-
-    let token_file = dir.join("agent.token");
-    std::fs::write(&token_file, format!("{agent_token}\n")).unwrap();
-    let agent_conf = dir.join("agent.toml");
-    std::fs::write(
-        &agent_conf,
-        format!(
-            "[agent]\nmanagement = \"127.0.0.1:7506\"\nmanagement_password_file = \"{}\"\n\
-             control = \"http://{}\"\ntoken_file = \"{}\"\ncache_dir = \"{}\"\n",
-            password_file.display(),
-            server.api,
-            token_file.display(),
-            dir.join("agent-cache").display(),
-        ),
-    )
-    .unwrap();
     let (mut agent1, agent_log) = agent(&lab.server, &agent_conf);
     wait_for(&agent_log, &["credentials read in full"], 20);
 
@@ -764,12 +802,22 @@ fn the_agent_answers_logins_and_keeps_answering_with_the_control_plane_away() {
         (0..10).any(|_| attempt(&lab.region, config, &outcomes) == want)
     };
     assert!(until(&new_b, outcomes[1]), "the new secret works");
-    assert_eq!(attempt(&lab.region, &old_b, &outcomes), outcomes[1], "the old one in its grace");
+    assert_eq!(
+        attempt(&lab.region, &old_b, &outcomes),
+        outcomes[1],
+        "the old one in its grace"
+    );
     let (status, _) = server.post(&format!("/v1/jobs/{}/applied", job_of(&script)), None);
     assert_eq!(status, 200);
-    assert!(until(&old_b, "AUTH_FAILED"), "the old secret ends when the new one is applied");
+    assert!(
+        until(&old_b, "AUTH_FAILED"),
+        "the old secret ends when the new one is applied"
+    );
     assert_eq!(attempt(&lab.region, &new_b, &outcomes), outcomes[1]);
-    let b = Tunnel { secret: rotated, ..b };
+    let b = Tunnel {
+        secret: rotated,
+        ..b
+    };
 
     // Deleting a site ends its live session; it cannot come back.
     cli_ok(&server, &["site", "delete", &a.uuid]);
@@ -791,4 +839,134 @@ fn the_agent_answers_logins_and_keeps_answering_with_the_control_plane_away() {
     let _ = agent2.wait();
     let _ = vpn_server.kill();
     let _ = vpn_server.wait();
+}
+
+/// Whether `ns` gets an answer to a ping of `addr` (three tries).
+fn pings(ns: &str, addr: &str) -> bool {
+    Command::new("ip")
+        .args([
+            "netns", "exec", ns, "ping", "-n", "-q", "-c", "3", "-i", "0.2", "-W", "1", addr,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+/// Isolation on the server: with IP forwarding on (the management network
+/// behind the server needs it), the agent's rules keep router A from
+/// reaching router B while the management network reaches both; without
+/// them A reaches B, so the test sees the difference; `--print-rules` gives
+/// the same rules to load by hand.
+#[test]
+#[ignore = "needs root (network namespaces, OpenVPN, nftables); scripts/test runs it as root"]
+fn tunnels_cannot_reach_each_other_while_the_management_network_reaches_both() {
+    require_root(&[
+        ("openvpn", "openvpn"),
+        ("openssl", "openssl"),
+        ("nft", "nftables"),
+        ("ping", "iputils-ping"),
+    ]);
+    const BASE: &str = "169.254.96";
+    let star = Star::new("oi", BASE, 3);
+    let (hub, a_ns, b_ns, mgmt) = (&star.hub, &star.leaves[0], &star.leaves[1], &star.leaves[2]);
+    let mgmt_net = format!("{BASE}.8/30");
+    let lab = AgentLab::start(
+        hub,
+        BASE,
+        &format!("management_networks = [\"{mgmt_net}\"]\n"),
+        2,
+    );
+    let (dir, sites) = (&lab.dir, &lab.sites);
+    ip(&[
+        "netns",
+        "exec",
+        hub,
+        "sysctl",
+        "-q",
+        "-w",
+        "net.ipv4.ip_forward=1",
+    ]);
+    // B reaches the server's address through the hub; the management host
+    // reaches the tunnels through it.
+    ip(&[
+        "-n",
+        b_ns,
+        "route",
+        "add",
+        &format!("{BASE}.0/30"),
+        "via",
+        &star.hub_addr(1),
+    ]);
+    ip(&[
+        "-n",
+        mgmt,
+        "route",
+        "add",
+        "100.64.0.0/10",
+        "via",
+        &star.hub_addr(2),
+    ]);
+
+    let (mut agent1, agent_log) = agent(hub, &lab.agent_conf);
+    wait_for(&agent_log, &["firewall rules installed"], 20);
+    let mut clients = Vec::new();
+    for (i, (ns, t)) in [(a_ns, &sites[0]), (b_ns, &sites[1])]
+        .into_iter()
+        .enumerate()
+    {
+        let config = client_config(dir, BASE, &format!("r{i}"), &t.user, &t.secret);
+        let (client, log) = openvpn(ns, &config);
+        wait_for(&log, &["Initialization Sequence Completed"], 30);
+        ip(&["-n", ns, "route", "add", &mgmt_net, "dev", "tun0"]);
+        clients.push(client);
+    }
+    let (a, b) = (&sites[0].address, &sites[1].address);
+    assert!(
+        pings(mgmt, a) && pings(mgmt, b),
+        "the management network reaches both"
+    );
+    assert!(!pings(a_ns, b), "router A must not reach router B");
+    assert!(!pings(b_ns, a), "nor B reach A");
+
+    // Without the rules A reaches B: the test can tell.
+    ip(&[
+        "netns", "exec", hub, "nft", "delete", "table", "inet", "mgnt",
+    ]);
+    assert!(pings(a_ns, b), "forwarding works without the rules");
+    // The printed rules, loaded by hand, isolate again.
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            hub,
+            env!("CARGO_BIN_EXE_mgnt"),
+            "agent",
+            "--print-rules",
+            "--config",
+        ])
+        .arg(&lab.agent_conf)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rules = dir.join("printed.nft");
+    std::fs::write(&rules, &out.stdout).unwrap();
+    ip(&["netns", "exec", hub, "nft", "-f", rules.to_str().unwrap()]);
+    assert!(!pings(a_ns, b), "isolated again");
+    assert!(pings(mgmt, a));
+
+    for mut c in clients {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let _ = agent1.kill();
+    let _ = agent1.wait();
+    let (mut vpn, _) = lab.vpn_server;
+    let _ = vpn.kill();
+    let _ = vpn.wait();
 }

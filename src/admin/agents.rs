@@ -14,7 +14,18 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{Api, Caller, handlers::error};
-use crate::tunnels::store::Credentials;
+use crate::tunnels::{
+    ports::{INBOUND, OUTBOUND},
+    store::Credentials,
+};
+
+/// The port table as agents read it.
+fn ports(table: &[(&str, &str)]) -> serde_json::Value {
+    table
+        .iter()
+        .map(|(protocol, ports)| json!({ "protocol": protocol, "ports": ports }))
+        .collect()
+}
 
 /// Longest a credentials request waits for a change.
 const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -79,6 +90,12 @@ pub async fn credentials(
         "sites": changes.sites,
         "deleted": changes.deleted,
         "netmask": provision.pool.netmask().to_string(),
+        "policy": {
+            "pool": provision.pool.trunc().to_string(),
+            "networks": provision.management_networks,
+            "inbound": ports(INBOUND),
+            "outbound": ports(OUTBOUND),
+        },
         "digest_key": store.digests().to_hex(),
     }))
     .into_response()

@@ -10,6 +10,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use super::firewall::Policy;
 use crate::tunnels::{
     keys::{Check, Digests},
     store::Credential,
@@ -40,6 +41,8 @@ pub struct Changes {
     pub deleted: Vec<String>,
     pub netmask: Ipv4Addr,
     pub digest_key: String,
+    /// What may cross the server (the agent's firewall rules).
+    pub policy: Policy,
 }
 
 /// How a login went.
@@ -59,6 +62,8 @@ struct Stored {
     netmask: Option<Ipv4Addr>,
     digest_key: String,
     sites: Vec<Credential>,
+    #[serde(default)]
+    policy: Option<Policy>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -69,6 +74,7 @@ pub struct Cache {
     digests: Option<Digests>,
     digest_key: String,
     sites: HashMap<String, Credential>,
+    policy: Option<Policy>,
 }
 
 impl Cache {
@@ -82,6 +88,11 @@ impl Cache {
 
     pub fn contains(&self, username: &str) -> bool {
         self.sites.contains_key(username)
+    }
+
+    /// What may cross the server, as the control plane last said.
+    pub fn policy(&self) -> Option<&Policy> {
+        self.policy.as_ref()
     }
 
     /// Applies changes from the control plane (a full answer replaces all).
@@ -101,6 +112,7 @@ impl Cache {
         self.netmask = Some(changes.netmask);
         self.digests = Some(digests);
         self.digest_key = changes.digest_key;
+        self.policy = Some(changes.policy);
         Ok(())
     }
 
@@ -149,6 +161,7 @@ impl Cache {
                 .into_iter()
                 .map(|s| (s.username.clone(), s))
                 .collect(),
+            policy: stored.policy,
         })
     }
 
@@ -168,6 +181,7 @@ impl Cache {
             netmask: self.netmask,
             digest_key: self.digest_key.clone(),
             sites: self.sites.values().cloned().collect(),
+            policy: self.policy.clone(),
         };
         let bytes = serde_json::to_vec(&stored).map_err(|e| io(std::io::Error::other(e)))?;
         crate::durable::write_atomic(&file, &bytes).map_err(io)?;
@@ -190,6 +204,12 @@ mod tests {
             deleted,
             netmask: Ipv4Addr::new(255, 192, 0, 0),
             digest_key: keys.digests().to_hex(),
+            policy: Policy {
+                pool: "100.64.0.0/10".parse().unwrap(),
+                networks: vec![],
+                inbound: vec![],
+                outbound: vec![],
+            },
         }
     }
 
@@ -248,6 +268,7 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         let back = Cache::load(&at).unwrap();
         assert_eq!((back.seq, back.len()), (7, 1));
+        assert_eq!(back.policy(), cache.policy());
         assert!(matches!(back.decide("a", "s", 0), Decision::Allow { .. }));
         std::fs::write(at.join(FILE), "{not json").unwrap();
         assert!(matches!(Cache::load(&at), Err(CacheError::Format { .. })));

@@ -38,6 +38,11 @@ pub struct AgentConfig {
     pub cache_dir: PathBuf,
     /// CA certificates for an `https://` control plane (else the public roots).
     pub ca_file: Option<PathBuf>,
+    /// Whether the agent installs its nftables rules.
+    pub firewall: bool,
+    /// The OpenVPN server's config, checked at start (client-to-client,
+    /// management-client-auth).
+    pub openvpn_config: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -62,6 +67,8 @@ struct RawAgent {
     token_file: PathBuf,
     cache_dir: Option<PathBuf>,
     ca_file: Option<PathBuf>,
+    firewall: Option<bool>,
+    openvpn_config: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -135,6 +142,8 @@ impl AgentConfig {
             token_file: path(&a.token_file),
             cache_dir: path(a.cache_dir.as_deref().unwrap_or(Path::new("agent-cache"))),
             ca_file: a.ca_file.as_deref().map(path),
+            firewall: a.firewall.unwrap_or(true),
+            openvpn_config: a.openvpn_config.as_deref().map(path),
         })
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod firewall;
 mod session;
 mod sync;
 pub mod wire;
@@ -28,6 +29,28 @@ pub enum AgentError {
     Token { file: String, reason: String },
     #[error("control plane client: {0}")]
     Control(String),
+    #[error("{file}: {problem}")]
+    OpenVpn { file: String, problem: String },
+    #[error(
+        "firewall: {0} (set `firewall = false` to manage it yourself; `mgnt agent --print-rules` shows the rules)"
+    )]
+    Firewall(String),
+}
+
+/// Refuses an OpenVPN server config the agent cannot work beside.
+fn check_openvpn(config: &AgentConfig) -> Result<(), AgentError> {
+    let Some(file) = &config.openvpn_config else {
+        return Ok(());
+    };
+    let err = |problem: String| AgentError::OpenVpn {
+        file: file.display().to_string(),
+        problem,
+    };
+    let text = std::fs::read_to_string(file).map_err(|e| err(e.to_string()))?;
+    match firewall::openvpn_problems(&text).first() {
+        Some(p) => Err(err((*p).to_owned())),
+        None => Ok(()),
+    }
 }
 
 /// Reads the agent's token: the first line of `token_file` (just the token;
@@ -49,8 +72,28 @@ fn token(config: &AgentConfig) -> Result<String, AgentError> {
     Ok(token)
 }
 
+/// The firewall rules the agent installs (`mgnt agent --print-rules`), from
+/// the control plane, or from the cache when it cannot be reached.
+pub fn rules(config: &AgentConfig) -> Result<String, AgentError> {
+    let control = sync::Control::new(config, token(config)?).map_err(AgentError::Control)?;
+    let mut cache = cache::Cache::default();
+    let fetched = control
+        .changes(0, std::time::Duration::ZERO)
+        .and_then(|changes| cache.apply(changes));
+    if let Err(e) = fetched {
+        warn!(error = %e, "the control plane did not answer; the rules come from the cache");
+        cache = cache::Cache::load(&config.cache_dir)
+            .map_err(|e| AgentError::Control(e.to_string()))?;
+    }
+    let policy = cache.policy().ok_or_else(|| {
+        AgentError::Control("no rules known yet: the control plane never answered".into())
+    })?;
+    policy.rules().map_err(AgentError::Firewall)
+}
+
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
+    check_openvpn(&config)?;
     let control = sync::Control::new(&config, token(&config)?).map_err(AgentError::Control)?;
     let cache = match cache::Cache::load(&config.cache_dir) {
         Ok(c) => {
@@ -62,10 +105,30 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
             cache::Cache::default()
         }
     };
+    // Isolation from the start, with the rules last known (a first start
+    // installs them with the first answer).
+    let applied = match cache.policy() {
+        Some(policy) if config.firewall => {
+            firewall::install(policy).map_err(AgentError::Firewall)?;
+            info!(pool = %policy.pool, "firewall rules installed from the cache");
+            Some(policy.clone())
+        }
+        None if config.firewall => {
+            let probe = firewall::Policy {
+                pool: "100.64.0.0/10".parse().expect("a prefix"),
+                networks: Vec::new(),
+                inbound: Vec::new(),
+                outbound: Vec::new(),
+            };
+            firewall::check(&probe).map_err(AgentError::Firewall)?;
+            None
+        }
+        _ => None,
+    };
     let config = Arc::new(config);
     let (tx, rx) = watch::channel(Arc::new(cache));
     let counters = Arc::new(session::Counters::default());
-    tokio::spawn(sync::run(Arc::new(control), config.clone(), tx));
+    tokio::spawn(sync::run(Arc::new(control), config.clone(), tx, applied));
     tokio::spawn(session::run(config.clone(), rx, counters));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| AgentError::Control(e.to_string()))?;

@@ -11,6 +11,7 @@ use tracing::{info, warn};
 use super::{
     AgentConfig,
     cache::{Cache, Changes},
+    firewall::{self, Policy},
 };
 
 /// How long one request waits for a change.
@@ -84,11 +85,32 @@ impl Control {
     }
 }
 
-/// Runs for as long as the agent does.
+/// Installs the firewall rules of `cache` unless they are the ones in place.
+async fn firewall(cache: &Cache, applied: &mut Option<Policy>) {
+    let Some(policy) = cache.policy() else {
+        return;
+    };
+    if applied.as_ref() == Some(policy) {
+        return;
+    }
+    let p = policy.clone();
+    match tokio::task::spawn_blocking(move || firewall::install(&p)).await {
+        Ok(Ok(())) => {
+            info!(pool = %policy.pool, networks = policy.networks.len(), "firewall rules installed");
+            *applied = Some(policy.clone());
+        }
+        Ok(Err(e)) => warn!(error = %e, "installing the firewall rules; kept the previous ones"),
+        Err(e) => warn!(error = %e, "installing the firewall rules"),
+    }
+}
+
+/// Runs for as long as the agent does; `applied` is the firewall policy in
+/// place (`None`: none yet).
 pub async fn run(
     control: Arc<Control>,
     config: Arc<AgentConfig>,
     cache: watch::Sender<Arc<Cache>>,
+    mut applied: Option<Policy>,
 ) {
     let mut backoff = Duration::from_secs(1);
     let mut last_full: Option<Instant> = None;
@@ -113,6 +135,9 @@ pub async fn run(
                         if full {
                             info!(%server, region = ?region, tunnels = next.len(), seq = next.seq, "credentials read in full");
                             last_full = Some(Instant::now());
+                        }
+                        if config.firewall {
+                            firewall(&next, &mut applied).await;
                         }
                         cache.send_replace(Arc::new(next));
                         None

@@ -10,6 +10,7 @@ pub mod export;
 pub mod keys;
 pub mod openvpn;
 pub mod pool;
+pub mod ports;
 pub mod routeros;
 pub mod scripts;
 pub mod store;

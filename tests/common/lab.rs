@@ -120,3 +120,70 @@ pub fn require_root(tools: &[(&str, &str)]) {
         );
     }
 }
+
+/// A hub namespace with a veth pair to each of several leaf namespaces: leaf
+/// `i` is `base.(4i+2)/30`, the hub's side `base.(4i+1)`. Link-local only;
+/// deleted on drop.
+pub struct Star {
+    pub hub: String,
+    pub leaves: Vec<String>,
+    base: String,
+}
+
+impl Star {
+    pub fn new(tag: &str, base: &str, leaves: usize) -> Self {
+        let id = std::process::id() % 100_000;
+        let star = Self {
+            hub: format!("mgnt-{tag}h-{id}"),
+            leaves: (0..leaves).map(|i| format!("mgnt-{tag}{i}-{id}")).collect(),
+            base: base.to_owned(),
+        };
+        ip(&["netns", "add", &star.hub]);
+        ip(&["-n", &star.hub, "link", "set", "lo", "up"]);
+        for (i, leaf) in star.leaves.iter().enumerate() {
+            let (h, l) = (format!("{tag}h{i}x{id}"), format!("{tag}l{i}x{id}"));
+            ip(&["netns", "add", leaf]);
+            ip(&["link", "add", &h, "type", "veth", "peer", "name", &l]);
+            ip(&["link", "set", &h, "netns", &star.hub]);
+            ip(&["link", "set", &l, "netns", leaf]);
+            ip(&[
+                "-n",
+                &star.hub,
+                "addr",
+                "add",
+                &format!("{}/30", star.hub_addr(i)),
+                "dev",
+                &h,
+            ]);
+            ip(&[
+                "-n",
+                leaf,
+                "addr",
+                "add",
+                &format!("{}/30", star.leaf_addr(i)),
+                "dev",
+                &l,
+            ]);
+            ip(&["-n", &star.hub, "link", "set", &h, "up"]);
+            ip(&["-n", leaf, "link", "set", &l, "up"]);
+            ip(&["-n", leaf, "link", "set", "lo", "up"]);
+        }
+        star
+    }
+
+    pub fn hub_addr(&self, leaf: usize) -> String {
+        format!("{}.{}", self.base, 4 * leaf + 1)
+    }
+
+    pub fn leaf_addr(&self, leaf: usize) -> String {
+        format!("{}.{}", self.base, 4 * leaf + 2)
+    }
+}
+
+impl Drop for Star {
+    fn drop(&mut self) {
+        for ns in self.leaves.iter().chain([&self.hub]) {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}

@@ -22,6 +22,7 @@ use ipnet::Ipv4Net;
 use uuid::Uuid;
 
 use super::{ScriptError, Version, text::quote};
+use crate::tunnels::ports::{INBOUND, OUTBOUND};
 
 /// The CA that signed the OpenVPN servers' (and the router endpoint's)
 /// certificates, as the router gets it.
@@ -53,27 +54,6 @@ pub struct TunnelScript<'a> {
     /// `None`: the router cannot verify the server (said in the script).
     pub ca: Option<Ca<'a>>,
 }
-
-/// Management traffic the tunnel may carry towards the router (input), from
-/// the management networks only.
-const INBOUND: [(&str, &str); 5] = [
-    ("tcp", "179"),       // BGP security feeds
-    ("udp", "161"),       // SNMP
-    ("tcp", "8728,8729"), // RouterOS API
-    ("tcp", "8291"),      // Winbox
-    ("tcp", "22"),        // SSH
-];
-
-/// Management traffic the router sends into the tunnel (output), to the
-/// management networks only.
-const OUTBOUND: [(&str, &str); 6] = [
-    ("udp", "53"),   // DNS for content filtering
-    ("tcp", "53"),   // DNS for content filtering
-    ("udp", "2055"), // traffic-flow export
-    ("udp", "162"),  // SNMP traps
-    ("udp", "514"),  // system logs
-    ("tcp", "179"),  // BGP security feeds
-];
 
 /// The file a downloaded CA is written to before it is imported.
 const CA_FILE: &str = "mgnt-ca.pem";
@@ -212,7 +192,7 @@ impl TunnelScript<'_> {
         let mut rules = vec![format!(
             "chain=input in-interface={name} connection-state=established,related action=accept"
         )];
-        for (proto, ports) in INBOUND {
+        for &(proto, ports) in INBOUND {
             rules.push(format!(
                 "chain=input in-interface={name} src-address-list=$tag protocol={proto} dst-port={ports} action=accept"
             ));
@@ -225,7 +205,7 @@ impl TunnelScript<'_> {
         rules.push(format!(
             "chain=output out-interface={name} connection-state=established,related action=accept"
         ));
-        for (proto, ports) in OUTBOUND {
+        for &(proto, ports) in OUTBOUND {
             rules.push(format!(
                 "chain=output out-interface={name} dst-address-list=$tag protocol={proto} dst-port={ports} action=accept"
             ));
