@@ -684,11 +684,15 @@ impl AgentLab {
             format!("vpn1:{AGENT_TOKEN}\n"),
         )
         .unwrap();
+        // A fixed API port (the namespace is the test's own): the agent
+        // finds the control plane again after a restart.
         let config = config_text("\"127.0.0.1:0\", \"[::1]:0\"").replace(
             "[api]\nlisten = \"127.0.0.1:0\"\n",
-            "[api]\nlisten = \"127.0.0.1:0\"\nagent_token_file = \"agents.token\"\n",
+            "[api]\nlisten = \"127.0.0.1:18053\"\nagent_token_file = \"agents.token\"\n",
         ) + "\n[provision]\ndata_dir = \"state\"\npool = \"100.64.0.0/10\"\nauth = \"sha1\"\n"
-            + provision;
+            + provision
+            // Not `127.0.0.1:0`: the CLI helper points that at the API's port.
+            + "\n[vpnlog]\nlisten = \"127.0.0.1:15514\"\n[[vpnlog.servers]]\nhost = \"vpn1\"\nregion = \"europe1\"\n";
         fixture.write_config(&config);
         let server = Server::start_in_netns(fixture, ns);
         let sites = (0..sites).map(|_| provision_site(&server)).collect();
@@ -782,6 +786,19 @@ fn the_agent_answers_logins_and_keeps_answering_with_the_control_plane_away() {
     wait_for(&log_a, &["Initialization Sequence Completed"], 30);
     let tun = tun_address(&lab.region);
     assert!(tun.contains(&format!("inet {}/10", a.address)), "{tun}");
+    // The agent reports the session under its server's name and region.
+    let sessions_a = format!("/v1/tunnels/{}/sessions", a.uuid);
+    let body = server.get_until(&sessions_a, "the agent's report of A's session", |b| {
+        b["sessions"].as_array().is_some_and(|s| s.len() == 1)
+    });
+    let s = &body["sessions"][0];
+    assert_eq!(
+        (&s["host"], &s["region"]),
+        (&Value::from("vpn1"), &Value::from("europe1")),
+        "{s}"
+    );
+    assert_eq!(s["virtual_addr"], a.address.as_str(), "{s}");
+    assert!(s["end"].is_null(), "{s}");
     // A wrong secret is refused.
     let outcomes = ["AUTH_FAILED", "Initialization Sequence Completed"];
     let wrong = client_config(&dir, NET, "wrong", &b.user, "wrong-secret");
@@ -824,6 +841,9 @@ fn the_agent_answers_logins_and_keeps_answering_with_the_control_plane_away() {
     wait_for(&log_a, &["AUTH_FAILED"], 30);
     let _ = client_a.kill();
     let _ = client_a.wait();
+    server.get_until(&sessions_a, "A's session closed", |b| {
+        b["sessions"][0]["end_reason"] == "disconnect"
+    });
 
     // The control plane stops, the agent restarts: logins still work, from the cache.
     server.stop();
@@ -835,6 +855,54 @@ fn the_agent_answers_logins_and_keeps_answering_with_the_control_plane_away() {
     assert_eq!(attempt(&lab.region, &good_b, &outcomes), outcomes[1]);
     let deleted = client_config(&dir, NET, "a-again", &a.user, &a.secret);
     assert_eq!(attempt(&lab.region, &deleted, &outcomes), "AUTH_FAILED");
+    // What happened meanwhile waits in the agent's spool, across one more
+    // agent restart; the control plane gets it when it is back.
+    let away = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let spool = dir.join("agent-cache/reports.jsonl");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(&spool).map_or(0, |t| t.lines().count()) < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing spooled in {}",
+            spool.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = agent2.kill();
+    let _ = agent2.wait();
+    let (mut agent2, agent_log) = agent(&lab.server, &agent_conf);
+    wait_for(&agent_log, &["reports kept from before a restart"], 20);
+    server.restart();
+    let sessions_b = format!("/v1/tunnels/{}/sessions", b.uuid);
+    server.get_until(
+        &sessions_b,
+        "B's session from while the control plane was away",
+        |body| {
+            body["sessions"].as_array().is_some_and(|s| {
+                s.iter().any(|s| {
+                    s["start"].as_u64() >= Some(away - 60) && s["end_reason"] == "disconnect"
+                })
+            })
+        },
+    );
+    server.get_until(
+        &format!("/v1/auth-attempts?result=failure&since={}", away - 60),
+        "the refused login",
+        |body| {
+            body["attempts"].as_array().is_some_and(|a| {
+                a.iter().any(|x| {
+                    x["ok"] == false
+                        && x["region"] == "europe1"
+                        && x["peer"]
+                            .as_str()
+                            .is_some_and(|p| p.starts_with(&format!("{NET}.2:")))
+                })
+            })
+        },
+    );
     let _ = agent2.kill();
     let _ = agent2.wait();
     let _ = vpn_server.kill();

@@ -12,11 +12,16 @@ use axum::{
 };
 use serde::Deserialize;
 use serde_json::json;
+use tracing::warn;
 
 use super::{Api, Caller, handlers::error};
-use crate::tunnels::{
-    ports::{INBOUND, OUTBOUND},
-    store::Credentials,
+use crate::{
+    tunnels::{
+        ports::{INBOUND, OUTBOUND},
+        store::{Attempt, Credentials},
+        username::tunnel_of,
+    },
+    vpnlog::report::{Batch, MAX_BATCH, Report},
 };
 
 /// The port table as agents read it.
@@ -99,4 +104,65 @@ pub async fn credentials(
         "digest_key": store.digests().to_hex(),
     }))
     .into_response()
+}
+
+/// `POST /agent/v1/reports`: what the agent saw of its server (logins,
+/// sessions, counters), fed to that server's session tracker under the
+/// agent's name; logins are also recorded with the tunnels' attempts.
+pub async fn reports(
+    State(api): State<Arc<Api>>,
+    Extension(Caller(name)): Extension<Caller>,
+    Json(batch): Json<Batch>,
+) -> Response {
+    if batch.reports.len() > MAX_BATCH {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("at most {MAX_BATCH} reports per batch"),
+        );
+    }
+    if batch.dropped > 0 {
+        warn!(server = %name, dropped = batch.dropped, "an agent dropped reports: its buffer was full");
+    }
+    let attempts: Vec<Attempt> = batch
+        .reports
+        .iter()
+        .filter_map(|r| match r {
+            Report::Login {
+                time,
+                user,
+                peer,
+                ok,
+            } => Some(Attempt {
+                time: *time,
+                username: user.chars().take(64).collect(),
+                site: tunnel_of(user).ok(),
+                ok: *ok,
+                source: peer.map(|p| p.ip().to_string()),
+            }),
+            _ => None,
+        })
+        .collect();
+    if let (Some(store), false) = (api.cx.tunnels.clone(), attempts.is_empty()) {
+        let recorded = tokio::task::spawn_blocking(move || {
+            attempts.iter().try_for_each(|a| store.record_attempt(a))
+        })
+        .await;
+        match recorded {
+            Ok(Ok(())) => {}
+            // Not stored: the agent keeps the batch and sends it again.
+            Ok(Err(e)) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+    let accepted = batch.reports.len();
+    if let Some(vpnlog) = &api.cx.vpnlog {
+        vpnlog.ingest.track(Some(&name), |tracker| {
+            batch
+                .reports
+                .into_iter()
+                .filter_map(|r| r.feed(tracker))
+                .collect::<Vec<_>>()
+        });
+    }
+    Json(json!({ "accepted": accepted })).into_response()
 }

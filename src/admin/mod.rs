@@ -30,6 +30,8 @@ use auth::Tokens;
 
 /// Largest request body accepted; drain reasons are short.
 const MAX_BODY: usize = 16 * 1024;
+/// Largest body on agent routes (a batch of reports).
+const AGENT_MAX_BODY: usize = 1 << 20;
 
 /// What the API reads and acts on; built by `mgnt serve`.
 pub struct Context {
@@ -130,11 +132,14 @@ pub fn routes() -> Vec<Route> {
 
 /// Routes for agents, behind agent tokens only.
 pub fn agent_routes() -> Vec<Route> {
-    vec![(
-        Method::GET,
-        "/agent/v1/credentials",
-        get(agents::credentials),
-    )]
+    vec![
+        (
+            Method::GET,
+            "/agent/v1/credentials",
+            get(agents::credentials),
+        ),
+        (Method::POST, "/agent/v1/reports", post(agents::reports)),
+    ]
 }
 
 /// Routes open to anyone.
@@ -152,7 +157,9 @@ pub fn router(cx: Context, tokens: Tokens, agents: Tokens) -> Router {
         .route_layer(middleware::from_fn_with_state(
             api.clone(),
             authenticate_agent,
-        ));
+        ))
+        // Report batches are larger than anything an operator sends.
+        .layer(DefaultBodyLimit::max(AGENT_MAX_BODY));
     let protected = routes()
         .into_iter()
         .fold(Router::new(), |r, (_, path, handler)| {

@@ -40,6 +40,8 @@ pub struct AgentConfig {
     pub ca_file: Option<PathBuf>,
     /// Whether the agent installs its nftables rules.
     pub firewall: bool,
+    /// Most reports kept while the control plane is away.
+    pub buffer_max: usize,
     /// The OpenVPN server's config, checked at start (client-to-client,
     /// management-client-auth).
     pub openvpn_config: Option<PathBuf>,
@@ -69,6 +71,7 @@ struct RawAgent {
     ca_file: Option<PathBuf>,
     firewall: Option<bool>,
     openvpn_config: Option<PathBuf>,
+    buffer_max: Option<usize>,
 }
 
 impl AgentConfig {
@@ -143,6 +146,10 @@ impl AgentConfig {
             cache_dir: path(a.cache_dir.as_deref().unwrap_or(Path::new("agent-cache"))),
             ca_file: a.ca_file.as_deref().map(path),
             firewall: a.firewall.unwrap_or(true),
+            buffer_max: match a.buffer_max {
+                Some(0) => return Err(invalid("buffer_max", "must be at least 1".into())),
+                v => v.unwrap_or(100_000),
+            },
             openvpn_config: a.openvpn_config.as_deref().map(path),
         })
     }

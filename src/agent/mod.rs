@@ -10,6 +10,7 @@
 pub mod cache;
 pub mod config;
 pub mod firewall;
+mod outbox;
 mod session;
 mod sync;
 pub mod wire;
@@ -128,8 +129,10 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let config = Arc::new(config);
     let (tx, rx) = watch::channel(Arc::new(cache));
     let counters = Arc::new(session::Counters::default());
-    tokio::spawn(sync::run(Arc::new(control), config.clone(), tx, applied));
-    tokio::spawn(session::run(config.clone(), rx, counters));
+    let control = Arc::new(control);
+    let outbox = outbox::start(control.clone(), &config.cache_dir, config.buffer_max);
+    tokio::spawn(sync::run(control, config.clone(), tx, applied));
+    tokio::spawn(session::run(config.clone(), rx, counters, outbox));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| AgentError::Control(e.to_string()))?;
     tokio::select! {

@@ -6,6 +6,7 @@
 
 use std::{
     collections::HashMap,
+    net::{IpAddr, SocketAddr},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering::Relaxed},
@@ -24,17 +25,21 @@ use uuid::Uuid;
 use super::{
     AgentConfig,
     cache::{Cache, Decision},
+    outbox::Outbox,
     wire::{self, Event, Kind, Reader},
 };
 use crate::{
     clock::now,
     management::{Lines, ManagementError},
     tunnels::username::username,
+    vpnlog::report::Report,
 };
 
 /// How often the interface is asked something, and how long it may stay silent.
 const PROBE_EVERY: Duration = Duration::from_secs(15);
 const SILENT_FOR: Duration = Duration::from_secs(45);
+/// How often OpenVPN reports each client's byte counts.
+const BYTECOUNT_EVERY: Duration = Duration::from_secs(30);
 
 /// What the agent counted.
 #[derive(Default)]
@@ -50,50 +55,156 @@ pub async fn run(
     config: Arc<AgentConfig>,
     cache: watch::Receiver<Arc<Cache>>,
     counters: Arc<Counters>,
+    outbox: Outbox,
 ) {
     let label = "agent (nobody is admitted until it is back)";
     crate::management::keep(config.management, label, || {
         counters.reconnects.fetch_add(1, Relaxed);
-        serve(&config, cache.clone(), &counters)
+        serve(&config, cache.clone(), &counters, &outbox)
     })
     .await;
 }
 
 /// The tunnel a login names: its username, or its UUID.
 fn tunnel(event: &Event) -> String {
-    let name = event.get("username").unwrap_or_default();
+    let name = event
+        .get("username")
+        .or_else(|| event.get("common_name"))
+        .unwrap_or_default();
     Uuid::parse_str(name).map_or_else(|_| name.to_owned(), |u| username(&u))
 }
 
-/// The answer to a login.
-fn answer(event: &Event, cache: &Cache, counters: &Counters) -> Option<String> {
-    let kid = event.kid?;
-    let user = tunnel(event);
-    let password = event.get("password").unwrap_or_default();
-    Some(match cache.decide(&user, password, now()) {
-        Decision::Allow { address, netmask } => {
-            counters.allowed.fetch_add(1, Relaxed);
-            wire::allow(event.cid, kid, address, netmask)
+/// The client's address as OpenVPN gives it (`trusted_` once established,
+/// `untrusted_` while logging in).
+fn peer(event: &Event, prefix: &str) -> Option<SocketAddr> {
+    let ip: IpAddr = event
+        .get(&format!("{prefix}_ip"))
+        .or_else(|| event.get(&format!("{prefix}_ip6")))?
+        .parse()
+        .ok()?;
+    let port = event.get(&format!("{prefix}_port"))?.parse().ok()?;
+    Some(SocketAddr::new(ip, port))
+}
+
+/// A live session: its tunnel and client address.
+struct Live {
+    user: String,
+    peer: Option<SocketAddr>,
+}
+
+/// What the session task keeps and reports to.
+struct State<'a> {
+    sessions: HashMap<u64, Live>,
+    counters: &'a Counters,
+    outbox: &'a Outbox,
+}
+
+impl State<'_> {
+    /// The answer to a login, reported.
+    fn login(&mut self, event: &Event, cache: &Cache) -> String {
+        let Some(kid) = event.kid else {
+            return String::new();
+        };
+        let user = tunnel(event);
+        let password = event.get("password").unwrap_or_default();
+        let time = now();
+        let (reply, ok) = match cache.decide(&user, password, time) {
+            Decision::Allow { address, netmask } => {
+                self.counters.allowed.fetch_add(1, Relaxed);
+                (wire::allow(event.cid, kid, address, netmask), true)
+            }
+            Decision::Deny(reason) => {
+                self.counters.denied.fetch_add(1, Relaxed);
+                info!(user = %user, cid = event.cid, reason, "login refused");
+                (wire::deny(event.cid, kid, reason), false)
+            }
+        };
+        let peer = peer(event, "untrusted");
+        if ok {
+            self.sessions.insert(
+                event.cid,
+                Live {
+                    user: user.clone(),
+                    peer,
+                },
+            );
         }
-        Decision::Deny(reason) => {
-            counters.denied.fetch_add(1, Relaxed);
-            info!(user = %user, cid = event.cid, reason, "login refused");
-            wire::deny(event.cid, kid, reason)
+        self.outbox.report(Report::Login {
+            time,
+            user,
+            peer,
+            ok,
+        });
+        reply
+    }
+
+    /// What to write back for one notification.
+    fn handle(&mut self, event: Event, cache: &Cache) -> String {
+        match event.kind {
+            Kind::Connect | Kind::Reauth => return self.login(&event, cache),
+            Kind::Established => {
+                let user = tunnel(&event);
+                let peer = peer(&event, "trusted");
+                if let Some(peer) = peer {
+                    self.outbox.report(Report::Established {
+                        time: event
+                            .get("time_unix")
+                            .and_then(|t| t.parse().ok())
+                            .unwrap_or_else(now),
+                        user: user.clone(),
+                        peer,
+                        address: event
+                            .get("ifconfig_pool_remote_ip")
+                            .and_then(|a| a.parse().ok()),
+                    });
+                }
+                self.sessions.insert(event.cid, Live { user, peer });
+            }
+            Kind::Disconnect => {
+                let live = self.sessions.remove(&event.cid);
+                let number = |k: &str| event.get(k).and_then(|v| v.parse::<u64>().ok());
+                let at = peer(&event, "trusted").or(live.and_then(|l| l.peer));
+                if let Some(peer) = at {
+                    self.outbox.report(Report::Disconnect {
+                        time: now(),
+                        peer,
+                        bytes: number("bytes_received").zip(number("bytes_sent")),
+                    });
+                }
+            }
         }
-    })
+        String::new()
+    }
+
+    fn bytes(&self, cid: u64, received: u64, sent: u64) {
+        if let Some(peer) = self.sessions.get(&cid).and_then(|l| l.peer) {
+            self.outbox.report(Report::Bytes {
+                peer,
+                received,
+                sent,
+            });
+        }
+    }
 }
 
 async fn serve(
     config: &AgentConfig,
     mut cache: watch::Receiver<Arc<Cache>>,
     counters: &Counters,
+    outbox: &Outbox,
 ) -> Result<(), ManagementError> {
     let password = config.management_password_file.as_deref();
     let mut stream = crate::management::connect(config.management, password).await?;
+    stream
+        .write_all(format!("bytecount {}\n", BYTECOUNT_EVERY.as_secs()).as_bytes())
+        .await?;
     info!(addr = %config.management, "answering OpenVPN logins");
     let mut reader = Reader::default();
-    // Live sessions: client id → tunnel username.
-    let mut sessions: HashMap<u64, String> = HashMap::new();
+    let mut state = State {
+        sessions: HashMap::new(),
+        counters,
+        outbox,
+    };
     let mut lines = Lines::new(password.is_some());
     let mut chunk = vec![0u8; 16 * 1024];
     let mut probe = interval(PROBE_EVERY);
@@ -108,8 +219,10 @@ async fn serve(
                 heard = Instant::now();
                 let mut out = String::new();
                 lines.feed(&chunk[..n], |line| {
-                    if let Some(event) = reader.line(line) {
-                        out.push_str(&handle(event, &cache.borrow(), &mut sessions, counters));
+                    if let Some((cid, received, sent)) = wire::bytecount(line) {
+                        state.bytes(cid, received, sent);
+                    } else if let Some(event) = reader.line(line) {
+                        out.push_str(&state.handle(event, &cache.borrow()));
                     }
                 })?;
                 if !out.is_empty() {
@@ -121,13 +234,15 @@ async fn serve(
                     return Ok(());
                 }
                 let current = cache.borrow_and_update().clone();
-                let gone: Vec<u64> = sessions
+                let gone: Vec<u64> = state
+                    .sessions
                     .iter()
-                    .filter(|(_, user)| !current.contains(user))
+                    .filter(|(_, live)| !current.contains(&live.user))
                     .map(|(&cid, _)| cid)
                     .collect();
                 for cid in gone {
-                    sessions.remove(&cid);
+                    // Its DISCONNECT still comes, with the address in it.
+                    state.sessions.remove(&cid);
                     counters.killed.fetch_add(1, Relaxed);
                     info!(cid, "ending the session of a deleted tunnel");
                     stream.write_all(wire::kill(cid).as_bytes()).await?;
@@ -139,32 +254,6 @@ async fn serve(
                 }
                 stream.write_all(b"pid\n").await?;
             }
-        }
-    }
-}
-
-/// What to write back for one notification.
-fn handle(
-    event: Event,
-    cache: &Cache,
-    sessions: &mut HashMap<u64, String>,
-    counters: &Counters,
-) -> String {
-    match event.kind {
-        Kind::Connect | Kind::Reauth => {
-            let reply = answer(&event, cache, counters).unwrap_or_default();
-            if reply.starts_with("client-auth") {
-                sessions.insert(event.cid, tunnel(&event));
-            }
-            reply
-        }
-        Kind::Established => {
-            sessions.insert(event.cid, tunnel(&event));
-            String::new()
-        }
-        Kind::Disconnect => {
-            sessions.remove(&event.cid);
-            String::new()
         }
     }
 }

@@ -8,6 +8,8 @@ use std::{sync::Arc, time::Duration};
 use tokio::{sync::watch, time::Instant};
 use tracing::{info, warn};
 
+use crate::vpnlog::report::Batch;
+
 use super::{
     AgentConfig,
     cache::{Cache, Changes},
@@ -101,6 +103,26 @@ async fn firewall(cache: &Cache, applied: &mut Option<Policy>) {
         }
         Ok(Err(e)) => warn!(error = %e, "installing the firewall rules; kept the previous ones"),
         Err(e) => warn!(error = %e, "installing the firewall rules"),
+    }
+}
+
+impl Control {
+    /// Posts a batch of reports to the first control URL that takes it.
+    pub fn post_reports(&self, batch: &Batch) -> Result<(), String> {
+        let mut problems = Vec::new();
+        for base in &self.urls {
+            let answer = self
+                .agent
+                .post(&format!("{base}/agent/v1/reports"))
+                .header("Authorization", &format!("Bearer {}", self.token))
+                .send_json(batch);
+            match answer {
+                Ok(r) if r.status() == 200 => return Ok(()),
+                Ok(r) => problems.push(format!("{base}: HTTP {}", r.status())),
+                Err(e) => problems.push(format!("{base}: {e}")),
+            }
+        }
+        Err(problems.join("; "))
     }
 }
 

@@ -74,6 +74,15 @@ impl Reader {
     }
 }
 
+/// `>BYTECOUNT_CLI:cid,received,sent`: a client's counters.
+pub fn bytecount(line: &str) -> Option<(u64, u64, u64)> {
+    let mut f = line
+        .strip_prefix(">BYTECOUNT_CLI:")?
+        .split(',')
+        .map(|v| v.trim().parse::<u64>().ok());
+    Some((f.next()??, f.next()??, f.next()??))
+}
+
 /// Admits a client and pushes its address (no ccd file needed).
 pub fn allow(cid: u64, kid: u64, address: Ipv4Addr, netmask: Ipv4Addr) -> String {
     format!("client-auth {cid} {kid}\nifconfig-push {address} {netmask}\nEND\n")
@@ -139,6 +148,13 @@ mod tests {
         }
         let e = r.line(">CLIENT:ENV,END").unwrap();
         assert_eq!(e.env.len(), MAX_ENV);
+    }
+
+    #[test]
+    fn byte_counts_are_read() {
+        assert_eq!(bytecount(">BYTECOUNT_CLI:3,100,200"), Some((3, 100, 200)));
+        assert_eq!(bytecount(">BYTECOUNT_CLI:3,x,200"), None);
+        assert_eq!(bytecount(">BYTECOUNT:1,2"), None);
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod ingest;
 pub mod latency;
 pub mod management;
 pub mod parse;
+pub mod report;
 pub mod service;
 pub mod sessions;
 pub mod status;

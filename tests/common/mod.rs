@@ -219,10 +219,19 @@ impl Server {
         let _ = self.child.wait();
     }
 
-    /// Stops the process and starts a new one on the same files.
+    /// Stops the process and starts a new one on the same files (in the
+    /// same namespace).
     pub fn restart(&mut self) {
         self.stop();
-        let l = Self::launch(&self.fixture, mgnt());
+        let cmd = match &self.netns {
+            None => mgnt(),
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_mgnt")]);
+                c
+            }
+        };
+        let l = Self::launch(&self.fixture, cmd);
         (
             self.child,
             self.v4,
