@@ -18,7 +18,7 @@ use crate::{
     state::{self, Regions, Snapshot},
     tunnels::{
         export::{ExportError, export_store},
-        store::{Attempt, SqliteStore, Store, StoreError},
+        store::{SqliteStore, StoreError},
     },
 };
 
@@ -136,24 +136,32 @@ pub fn renumber(config: &Path) -> Result<serde_json::Value, CliError> {
 }
 
 /// `mgnt auth-verify`: checks OpenVPN's via-file (username, then password)
-/// and records the attempt; whether it belongs to a tunnel.
+/// with the control plane on this machine (which records the attempt);
+/// whether it belongs to a tunnel. No answer means no.
 pub fn auth_verify(config: &Path, file: &Path) -> Result<bool, CliError> {
     let cfg = Config::load(config)?;
-    let text = std::fs::read_to_string(file).map_err(|source| CliError::Read {
-        file: file.to_owned(),
-        source,
-    })?;
+    let p = provision(&cfg)?;
+    let read = |f: &Path| {
+        std::fs::read_to_string(f).map_err(|source| CliError::Read {
+            file: f.to_owned(),
+            source,
+        })
+    };
+    let text = read(file)?;
     let mut lines = text.lines();
     let (user, password) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
-    let store = open_store(&cfg)?;
-    let site = store.verify(user, password, state::now())?;
-    let attempt = Attempt {
-        time: state::now(),
-        username: user.chars().take(64).collect(),
-        site: site.as_ref().map(|s| s.uuid),
-        ok: site.is_some(),
-        source: std::env::var("untrusted_ip").ok(),
-    };
-    store.record_attempt(&attempt)?;
-    Ok(site.is_some())
+    let token = read(&p.hook_token_file)?
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    let client = crate::admin::client::Client::with_token(&cfg, token);
+    let body = serde_json::json!({
+        "username": user,
+        "password": password,
+        "source": std::env::var("untrusted_ip").ok(),
+    });
+    let answer = client.post("/hook/v1/verify", Some(body))?;
+    Ok(answer["ok"] == serde_json::Value::Bool(true))
 }

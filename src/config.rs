@@ -192,6 +192,9 @@ pub struct ProvisionConfig {
     pub secret_key_file: PathBuf,
     /// How long the last applied tunnel secret keeps working after a recreate.
     pub rotation_grace: Duration,
+    /// The token `mgnt auth-verify` (OpenVPN's via-file hook) asks the
+    /// control plane with; the OpenVPN user must be able to read it.
+    pub hook_token_file: PathBuf,
     /// Where routers accept management connections from (besides the server's
     /// own tunnel address).
     pub management_networks: Vec<ipnet::Ipv4Net>,

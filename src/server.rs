@@ -82,6 +82,11 @@ pub async fn run(config_path: PathBuf) -> Result<(), ServeError> {
     let config = data.config.clone();
     let (tokens, origin) = Tokens::load(&config.api, true)?;
     let agents = Tokens::load_agents(config.api.agent_token_file.as_deref())?;
+    // The via-file hook's token, for an OpenVPN server beside this one.
+    let hook = match &config.provision {
+        Some(p) => Tokens::load_hook(&p.hook_token_file)?,
+        None => Tokens::none(),
+    };
     if let admin::auth::Origin::Created(file) = origin {
         info!(file = %file.display(), "created an admin API token");
     }
@@ -139,7 +144,12 @@ pub async fn run(config_path: PathBuf) -> Result<(), ServeError> {
         routers: routers.clone(),
         exporter,
     };
-    tokio::spawn(admin::serve(api, cx, tokens, agents));
+    let tokens = admin::AllTokens {
+        admin: tokens,
+        agents,
+        hook,
+    };
+    tokio::spawn(admin::serve(api, cx, tokens));
     for addr in &bound {
         info!(%addr, "serving DNS over UDP and TCP");
         println!("listening dns {addr}");

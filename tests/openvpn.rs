@@ -235,18 +235,19 @@ fn require_tools() {
 #[ignore = "needs root (network namespaces, OpenVPN); scripts/test runs it as root"]
 fn a_routeros_style_client_connects_with_its_tunnel_credentials_only() {
     require_tools();
+    // The hook asks the control plane over its loopback: both in the server's namespace.
+    let lab = Lab::new("ov", SUBNET);
     let fixture = Fixture::new();
     fixture.write_config(
         &(config_text("\"127.0.0.1:0\", \"[::1]:0\"")
             + "\n[provision]\ndata_dir = \"state\"\npool = \"100.64.0.0/10\"\nauth = \"sha1\"\n"),
     );
-    let server = Server::start_with(fixture);
+    let server = Server::start_in_netns(fixture, &lab.server);
     let dir = server.fixture.path("vpn");
     std::fs::create_dir_all(&dir).unwrap();
     pki(&dir);
     let (t, export) = provision(&server, &dir);
 
-    let lab = Lab::new("ov", SUBNET);
     let server_conf = server_config(&dir, SUBNET, &export, "");
     let (mut vpn_server, server_log) = openvpn(&lab.server, &server_conf);
     wait_for(&server_log, &["Initialization Sequence Completed"], 20);
@@ -494,17 +495,22 @@ fn a_router_bootstraps_reports_and_its_old_secret_ends_only_then() {
                ca_file = \"vpn/ca.crt\"\nmanagement_networks = [\"10.20.0.0/16\"]\n\
                [routers]\nlisten = \"127.0.0.1:0\"\nmin_poll_gap = \"1s\"\n"),
     );
-    let server = Server::start_with(fixture);
+    let lab = Lab::new("ob", ROUTER_NET);
+    let server = Server::start_in_netns(fixture, &lab.server);
     let base = format!("http://{}", server.routers.expect("a router endpoint"));
     let (t, export) = provision(&server, &dir);
     let poll = |token: &str| {
         let url = format!("{base}/router/v1/job?version=7.16.2%20(stable)");
-        curl(&[&url, "-H", &bearer(token)])
+        curl_in(&lab.server, &[&url, "-H", &bearer(token)])
     };
     let report = |token: &str, job: &str| {
         let url = format!("{base}/router/v1/jobs/{job}/result");
         let auth = bearer(token);
-        curl(&[&url, "-H", &auth, "--data", r#"{"status":"applied"}"#]).status
+        curl_in(
+            &lab.server,
+            &[&url, "-H", &auth, "--data", r#"{"status":"applied"}"#],
+        )
+        .status
     };
     // The first job reaches the router and is applied.
     let first = poll(&t.router_token);
@@ -512,7 +518,6 @@ fn a_router_bootstraps_reports_and_its_old_secret_ends_only_then() {
     let job = first.header("x-job-id").unwrap().to_owned();
     assert_eq!(report(&t.router_token, &job), 200);
 
-    let lab = Lab::new("ob", ROUTER_NET);
     let (mut vpn_server, server_log) =
         openvpn(&lab.server, &server_config(&dir, ROUTER_NET, &export, ""));
     wait_for(&server_log, &["Initialization Sequence Completed"], 20);
@@ -534,7 +539,7 @@ fn a_router_bootstraps_reports_and_its_old_secret_ends_only_then() {
         command.starts_with("/tool fetch url=") && command.contains("/import file-name="),
         "{command}"
     );
-    let got = curl(&[url.as_str()]);
+    let got = curl_in(&lab.server, &[url.as_str()]);
     assert_eq!(got.status, 200, "{}", got.body);
     let job = got.header("x-job-id").unwrap().to_owned();
     let script = got.body;
@@ -545,7 +550,7 @@ fn a_router_bootstraps_reports_and_its_old_secret_ends_only_then() {
     let findings = check(&script, Version::parse("7.16").unwrap());
     assert!(findings.is_empty(), "{findings:#?}");
     assert_eq!(
-        curl(&[url.as_str()]).status,
+        curl_in(&lab.server, &[url.as_str()]).status,
         404,
         "a bootstrap token works once"
     );
@@ -559,7 +564,7 @@ fn a_router_bootstraps_reports_and_its_old_secret_ends_only_then() {
     );
 
     // The CA the script downloads is the one it pins.
-    let ca = curl(&[&format!("{base}/router/v1/ca.pem")]);
+    let ca = curl_in(&lab.server, &[&format!("{base}/router/v1/ca.pem")]);
     assert_eq!(ca.status, 200);
     std::fs::write(dir.join("served-ca.pem"), &ca.body).unwrap();
     let digest = Command::new("sh")

@@ -244,6 +244,25 @@ fn cli_export_and_auth_verify_work_on_the_same_store() {
         let (code, _, err) = run(&["auth-verify", creds.to_str().unwrap()]);
         assert_eq!(code, want, "{password}: {err}");
     }
+    // The hook asks the control plane with a token of its own, good for nothing else.
+    let hook = std::fs::read_to_string(server.fixture.path("state/hook.token")).unwrap();
+    let hook = hook.trim();
+    let mode = std::fs::metadata(server.fixture.path("state/hook.token"))
+        .unwrap()
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    for path in ["/v1/regions", "/agent/v1/credentials"] {
+        let url = format!("http://{}{path}", server.api);
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &url, "-H"])
+            .arg(format!("Authorization: Bearer {hook}"))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "401", "{path}");
+    }
     let (code, _, _) = run(&["site", "delete", &uuid]);
     assert_eq!(code, Some(0));
     std::fs::write(&creds, format!("{user}\n{secret}\n")).unwrap();

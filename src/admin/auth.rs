@@ -117,6 +117,33 @@ impl Tokens {
         Ok(Self(parse(&text, file)?))
     }
 
+    /// No token at all (routes behind it answer 401).
+    pub fn none() -> Self {
+        Self(Vec::new())
+    }
+
+    /// The OpenVPN hook's token (`[provision] hook_token_file`), created with
+    /// a random token (mode 0600) when missing.
+    pub fn load_hook(file: &Path) -> Result<Self, AuthError> {
+        let token = match std::fs::read_to_string(file) {
+            Ok(text) => text.lines().next().unwrap_or("").trim().to_owned(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(file)?,
+            Err(source) => {
+                return Err(AuthError::Read {
+                    file: file.to_owned(),
+                    source,
+                });
+            }
+        };
+        if token.len() < MIN_TOKEN_LEN {
+            return Err(AuthError::Short {
+                file: file.to_owned(),
+                line: 1,
+            });
+        }
+        Ok(Self(vec![("hook".to_owned(), token)]))
+    }
+
     /// The name of the token `presented` matches, comparing every token in constant time.
     pub fn check(&self, presented: &str) -> Option<&str> {
         let mut found = None;

@@ -40,6 +40,20 @@ impl Client {
         })
     }
 
+    /// Uses `api.listen` with `token` (the OpenVPN hook's).
+    pub fn with_token(config: &Config, token: String) -> Self {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(std::time::Duration::from_secs(10)))
+            .build()
+            .into();
+        Self {
+            base: format!("http://{}", config.api.listen),
+            token,
+            agent,
+        }
+    }
+
     pub fn get(&self, path: &str) -> Result<Value, ClientError> {
         self.call("GET", path, None)
     }

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod client;
 mod fail;
 mod handlers;
+mod hook;
 mod logs;
 mod metrics_text;
 mod sites;
@@ -55,6 +56,8 @@ pub struct Api {
     tokens: Tokens,
     /// Agents' tokens: accepted on agent routes only.
     agents: Tokens,
+    /// The via-file hook's token: accepted on the hook's route only.
+    hook: Tokens,
 }
 
 /// The name of the token a request authenticated with.
@@ -142,13 +145,39 @@ pub fn agent_routes() -> Vec<Route> {
     ]
 }
 
+/// The via-file hook's route, behind its token only.
+pub fn hook_routes() -> Vec<Route> {
+    vec![(Method::POST, "/hook/v1/verify", post(hook::verify))]
+}
+
 /// Routes open to anyone.
 pub fn public_routes() -> Vec<Route> {
     vec![(Method::GET, "/healthz", get(handlers::healthz))]
 }
 
-pub fn router(cx: Context, tokens: Tokens, agents: Tokens) -> Router {
-    let api = Arc::new(Api { cx, tokens, agents });
+/// The tokens the API accepts, each set on its own routes.
+pub struct AllTokens {
+    pub admin: Tokens,
+    pub agents: Tokens,
+    pub hook: Tokens,
+}
+
+pub fn router(cx: Context, tokens: AllTokens) -> Router {
+    let api = Arc::new(Api {
+        cx,
+        tokens: tokens.admin,
+        agents: tokens.agents,
+        hook: tokens.hook,
+    });
+    let hook = hook_routes()
+        .into_iter()
+        .fold(Router::new(), |r, (_, path, handler)| {
+            r.route(path, handler)
+        })
+        .route_layer(middleware::from_fn_with_state(
+            api.clone(),
+            authenticate_hook,
+        ));
     let agent = agent_routes()
         .into_iter()
         .fold(Router::new(), |r, (_, path, handler)| {
@@ -173,13 +202,14 @@ pub fn router(cx: Context, tokens: Tokens, agents: Tokens) -> Router {
         });
     protected
         .merge(agent)
+        .merge(hook)
         .merge(public)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(api)
 }
 
-pub async fn serve(listener: tokio::net::TcpListener, cx: Context, tokens: Tokens, agents: Tokens) {
-    if let Err(e) = axum::serve(listener, router(cx, tokens, agents)).await {
+pub async fn serve(listener: tokio::net::TcpListener, cx: Context, tokens: AllTokens) {
+    if let Err(e) = axum::serve(listener, router(cx, tokens)).await {
         error!(error = %e, "admin API stopped");
     }
 }
@@ -187,6 +217,11 @@ pub async fn serve(listener: tokio::net::TcpListener, cx: Context, tokens: Token
 /// 401 with no detail unless a known admin token is presented.
 async fn authenticate(State(api): State<Arc<Api>>, req: Request, next: Next) -> Response {
     check(&api.tokens, req, next).await
+}
+
+/// 401 with no detail unless the hook's token is presented.
+async fn authenticate_hook(State(api): State<Arc<Api>>, req: Request, next: Next) -> Response {
+    check(&api.hook, req, next).await
 }
 
 /// 401 with no detail unless a known agent token is presented.
@@ -246,6 +281,7 @@ mod tests {
             .into_iter()
             .chain(public_routes())
             .chain(agent_routes())
+            .chain(hook_routes())
             .map(|(m, p, _)| (m.to_string(), p.to_owned()))
             .chain(routers.iter().cloned())
             .collect();

@@ -112,6 +112,7 @@ struct RawProvision {
     rotation_grace: Option<String>,
     management_networks: Option<Vec<String>>,
     ca_file: Option<PathBuf>,
+    hook_token_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -640,6 +641,11 @@ impl RawProvision {
             .map(|f| ca_bundle(cx, &cx.path(f)))
             .transpose()?;
         Ok(ProvisionConfig {
+            hook_token_file: cx.path(
+                self.hook_token_file
+                    .as_deref()
+                    .unwrap_or(Path::new("state/hook.token")),
+            ),
             management_networks,
             ca,
             secret_key_file: cx.path(secret_key_file),

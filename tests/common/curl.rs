@@ -21,7 +21,20 @@ impl Got {
 /// Runs curl (the router's side) and parses its `-i` output; the error is
 /// curl's own message when no HTTP answer came (TLS refused, say).
 pub fn try_curl(args: &[&str]) -> Result<Got, String> {
-    let out = Command::new("curl")
+    try_curl_in(None, args)
+}
+
+/// Like [`try_curl`], inside network namespace `ns` when given.
+pub fn try_curl_in(ns: Option<&str>, args: &[&str]) -> Result<Got, String> {
+    let mut cmd = match ns {
+        None => Command::new("curl"),
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "curl"]);
+            c
+        }
+    };
+    let out = cmd
         .args(["-sS", "-i", "--max-time", "10"])
         .args(args)
         .output()
@@ -47,6 +60,11 @@ pub fn try_curl(args: &[&str]) -> Result<Got, String> {
 
 pub fn curl(args: &[&str]) -> Got {
     try_curl(args).unwrap_or_else(|e| panic!("curl {args:?}: {e}"))
+}
+
+/// curl inside network namespace `ns`.
+pub fn curl_in(ns: &str, args: &[&str]) -> Got {
+    try_curl_in(Some(ns), args).unwrap_or_else(|e| panic!("curl in {ns} {args:?}: {e}"))
 }
 
 pub fn bearer(token: &str) -> String {
