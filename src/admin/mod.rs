@@ -162,6 +162,15 @@ pub struct AllTokens {
     pub hook: Tokens,
 }
 
+/// A router serving `routes`.
+fn table(routes: Vec<Route>) -> Router<Arc<Api>> {
+    routes
+        .into_iter()
+        .fold(Router::new(), |r, (_, path, handler)| {
+            r.route(path, handler)
+        })
+}
+
 pub fn router(cx: Context, tokens: AllTokens) -> Router {
     let api = Arc::new(Api {
         cx,
@@ -169,37 +178,20 @@ pub fn router(cx: Context, tokens: AllTokens) -> Router {
         agents: tokens.agents,
         hook: tokens.hook,
     });
-    let hook = hook_routes()
-        .into_iter()
-        .fold(Router::new(), |r, (_, path, handler)| {
-            r.route(path, handler)
-        })
-        .route_layer(middleware::from_fn_with_state(
-            api.clone(),
-            authenticate_hook,
-        ));
-    let agent = agent_routes()
-        .into_iter()
-        .fold(Router::new(), |r, (_, path, handler)| {
-            r.route(path, handler)
-        })
+    let hook = table(hook_routes()).route_layer(middleware::from_fn_with_state(
+        api.clone(),
+        authenticate_hook,
+    ));
+    let agent = table(agent_routes())
         .route_layer(middleware::from_fn_with_state(
             api.clone(),
             authenticate_agent,
         ))
         // Report batches are larger than anything an operator sends.
         .layer(DefaultBodyLimit::max(AGENT_MAX_BODY));
-    let protected = routes()
-        .into_iter()
-        .fold(Router::new(), |r, (_, path, handler)| {
-            r.route(path, handler)
-        })
-        .route_layer(middleware::from_fn_with_state(api.clone(), authenticate));
-    let public = public_routes()
-        .into_iter()
-        .fold(Router::new(), |r, (_, path, handler)| {
-            r.route(path, handler)
-        });
+    let protected =
+        table(routes()).route_layer(middleware::from_fn_with_state(api.clone(), authenticate));
+    let public = table(public_routes());
     protected
         .merge(agent)
         .merge(hook)
