@@ -19,7 +19,7 @@ use tokio::{
     sync::watch,
     time::{Instant, interval},
 };
-use tracing::info;
+use tracing::{debug, info};
 use uuid::Uuid;
 
 use super::{
@@ -115,7 +115,7 @@ impl State<'_> {
             }
             Decision::Deny(reason) => {
                 self.counters.denied.fetch_add(1, Relaxed);
-                info!(user = %user, cid = event.cid, reason, "login refused");
+                debug!(user = %user, cid = event.cid, reason, "login refused");
                 (wire::deny(event.cid, kid, reason), false)
             }
         };
