@@ -156,7 +156,7 @@ pub fn auth_verify(config: &Path, file: &Path) -> Result<bool, CliError> {
         .unwrap_or("")
         .trim()
         .to_owned();
-    let client = crate::admin::client::Client::with_token(&cfg, token);
+    let client = crate::admin::client::Client::with_token(&cfg, token)?;
     let body = serde_json::json!({
         "username": user,
         "password": password,

@@ -141,6 +141,12 @@ pub struct ApiConfig {
     pub audit_log: PathBuf,
     /// Agents' tokens (`NAME:TOKEN` lines; the name is the OpenVPN server's).
     pub agent_token_file: Option<PathBuf>,
+    /// `None` only on a loopback address.
+    pub tls: Option<TlsFiles>,
+    /// CA certificates the command line (and the hook) trust for `tls`.
+    pub tls_ca_file: Option<PathBuf>,
+    pub max_connections: usize,
+    pub max_connections_per_source: usize,
 }
 
 /// `[vpnlog]`: log ingestion.

@@ -32,6 +32,8 @@ pub enum ServeError {
     Vpnlog(#[from] crate::vpnlog::service::StartError),
     #[error("the state owner stopped: {0}")]
     StateOwner(String),
+    #[error("admin API TLS: {0}")]
+    ApiTls(#[from] crate::edge::tls::TlsError),
     #[error(transparent)]
     Routers(#[from] crate::routers::RoutersError),
 }
@@ -142,6 +144,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), ServeError> {
         tunnels,
         vpnlog,
         routers: routers.clone(),
+        api_edge: Arc::new(crate::edge::EdgeCounters::default()),
         exporter,
     };
     let tokens = admin::AllTokens {
@@ -149,7 +152,13 @@ pub async fn run(config_path: PathBuf) -> Result<(), ServeError> {
         agents,
         hook,
     };
-    tokio::spawn(admin::serve(api, cx, tokens));
+    let api_tls = config
+        .api
+        .tls
+        .as_ref()
+        .map(crate::edge::tls::Certificate::load)
+        .transpose()?;
+    tokio::spawn(admin::serve(api, cx, tokens, api_tls.clone()));
     for addr in &bound {
         info!(%addr, "serving DNS over UDP and TCP");
         println!("listening dns {addr}");
@@ -157,7 +166,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), ServeError> {
     info!(addr = %api_addr, "serving the admin API");
     println!("listening api {api_addr}");
     tokio::select! {
-        () = signals(&state, routers.as_deref()) => {
+        () = signals(&state, routers.as_deref(), api_tls.as_deref()) => {
             info!("shutting down");
             Ok(())
         }
@@ -172,7 +181,11 @@ pub async fn run(config_path: PathBuf) -> Result<(), ServeError> {
     }
 }
 
-async fn signals(state: &state::Handle, routers: Option<&crate::routers::Routers>) {
+async fn signals(
+    state: &state::Handle,
+    routers: Option<&crate::routers::Routers>,
+    api_tls: Option<&crate::edge::tls::Certificate>,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -189,6 +202,9 @@ async fn signals(state: &state::Handle, routers: Option<&crate::routers::Routers
                 info!("SIGHUP: reloading");
                 if let Some(Err(error)) = routers.map(|r| r.reload_certificate()) {
                     error!(%error, "router endpoint certificate not reloaded; the old one stays");
+                }
+                if let Some(Err(error)) = api_tls.map(|c| c.reload()) {
+                    error!(%error, "admin API certificate not reloaded; the old one stays");
                 }
                 match state.reload("SIGHUP").await {
                     Ok(report) => info!(?report, "reloaded"),

@@ -505,3 +505,51 @@ fn curl_drains_as_the_readme_shows() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"drained\":true"));
     assert_eq!(region_for(&server, BELGIUM), "us1");
 }
+
+/// The admin API over TLS (what a listener off loopback must use): HTTPS
+/// with the configured certificate, nothing in clear, and the command line
+/// trusting `tls_ca_file`.
+#[test]
+fn the_api_speaks_tls_when_configured_and_the_cli_follows() {
+    let fixture = Fixture::new();
+    certificate(fixture.dir.path(), "api");
+    fixture.write_config(&config_text("\"127.0.0.1:0\", \"[::1]:0\"").replace(
+        "[api]\nlisten = \"127.0.0.1:0\"\n",
+        "[api]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"api.crt\"\ntls_key = \"api.key\"\n\
+         tls_ca_file = \"api-ca.crt\"\n",
+    ));
+    let server = Server::start_with(fixture);
+    let (ca, port) = (server.fixture.path("api-ca.crt"), server.api.port());
+    let curl = |url: &str, extra: &[&str]| {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "5",
+                url,
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let https = format!("https://localhost:{port}/healthz");
+    assert_eq!(curl(&https, &["--cacert", ca.to_str().unwrap()]), "200");
+    assert_ne!(curl(&https, &[]), "200", "an unknown CA is not trusted");
+    assert_ne!(
+        curl(&format!("http://127.0.0.1:{port}/healthz"), &[]),
+        "200",
+        "nothing in clear"
+    );
+    let out = server.cli(&["status"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("europe1"));
+}

@@ -128,6 +128,16 @@ const BROKEN: &[(&str, &str, &[&str])] = &[
         "[vpnlog]\nretention = \"soon\"\n[overrides]",
         &["vpnlog.retention", "not a duration"],
     ),
+    (
+        "[api]\nlisten = \"127.0.0.1:0\"",
+        "[api]\nlisten = \"0.0.0.0:0\"",
+        &["api.tls_cert", "not a loopback address"],
+    ),
+    (
+        "[api]\nlisten = \"127.0.0.1:0\"",
+        "[api]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"api.crt\"",
+        &["api.tls_key", "required with tls_cert"],
+    ),
 ];
 
 #[test]
@@ -185,9 +195,11 @@ fn lookup_reports_location_and_answer_as_json() {
 #[test]
 fn a_non_loopback_admin_api_without_a_token_is_refused() {
     let f = Fixture::new();
+    // Off loopback the API needs TLS (a config error otherwise) and a token.
+    certificate(f.dir.path(), "api");
     let text = config_text("\"127.0.0.1:0\"").replace(
         "[api]\nlisten = \"127.0.0.1:0\"",
-        "[api]\nlisten = \"0.0.0.0:0\"",
+        "[api]\nlisten = \"0.0.0.0:0\"\ntls_cert = \"api.crt\"\ntls_key = \"api.key\"",
     );
     f.write_config(&text);
     let out = mgnt()

@@ -58,8 +58,31 @@ fn pki(dir: &Path) {
     );
 }
 
+/// A child process, killed when dropped (also when a test fails half-way).
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Reaped {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
 /// Runs OpenVPN in `ns`; lines of its output arrive on the returned channel.
-fn openvpn(ns: &str, config: &Path) -> (Child, mpsc::Receiver<String>) {
+fn openvpn(ns: &str, config: &Path) -> (Reaped, mpsc::Receiver<String>) {
     openvpn_logging_to(ns, config, None)
 }
 
@@ -69,7 +92,7 @@ fn openvpn_logging_to(
     ns: &str,
     config: &Path,
     mut forward: Option<ChildStdin>,
-) -> (Child, mpsc::Receiver<String>) {
+) -> (Reaped, mpsc::Receiver<String>) {
     let mut child = Command::new("ip")
         .args(["netns", "exec", ns, "openvpn", "--config"])
         .arg(config)
@@ -100,7 +123,7 @@ fn openvpn_logging_to(
             }
         }
     });
-    (child, rx)
+    (Reaped(child), rx)
 }
 
 /// Waits for a line containing one of `wanted`; returns which, or panics with the log.
@@ -609,7 +632,7 @@ fn a_router_bootstraps_reports_and_its_old_secret_ends_only_then() {
 }
 
 /// `mgnt agent` in `ns` with `config`; its log lines arrive on the channel.
-fn agent(ns: &str, config: &Path) -> (Child, mpsc::Receiver<String>) {
+fn agent(ns: &str, config: &Path) -> (Reaped, mpsc::Receiver<String>) {
     let mut child = Command::new("ip")
         .args([
             "netns",
@@ -635,7 +658,7 @@ fn agent(ns: &str, config: &Path) -> (Child, mpsc::Receiver<String>) {
             }
         }
     });
-    (child, rx)
+    (Reaped(child), rx)
 }
 
 /// An OpenVPN server whose logins are answered over its management
@@ -675,7 +698,7 @@ struct AgentLab {
     dir: PathBuf,
     sites: Vec<Tunnel>,
     agent_conf: PathBuf,
-    vpn_server: (Child, mpsc::Receiver<String>),
+    vpn_server: (Reaped, mpsc::Receiver<String>),
 }
 
 impl AgentLab {

@@ -6,7 +6,6 @@ mod common;
 use std::{
     io::Read,
     net::{SocketAddr, TcpStream},
-    path::Path,
     process::Command,
     time::Duration,
 };
@@ -207,79 +206,6 @@ fn a_recreate_keeps_the_live_tunnel_until_the_router_applied_it() {
         "applied: the old secret is done"
     );
     assert!(logs_in(&server, &uuid, &new));
-}
-
-/// Writes a CA and a certificate for localhost/127.0.0.1 signed by it into
-/// `dir` (`NAME-ca.crt`, `NAME.crt`, `NAME.key`), with the openssl command.
-fn certificate(dir: &Path, name: &str) {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl is required (Debian package openssl; scripts/test installs it)");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let (ca_key, ca_crt) = (format!("{name}-ca.key"), format!("{name}-ca.crt"));
-    let (key, csr, crt) = (
-        format!("{name}.key"),
-        format!("{name}.csr"),
-        format!("{name}.crt"),
-    );
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ];
-    run(&[
-        &["req", "-x509"][..],
-        &ec,
-        &[
-            "-days",
-            "2",
-            "-subj",
-            "/CN=test CA",
-            "-keyout",
-            &ca_key,
-            "-out",
-            &ca_crt,
-        ],
-    ]
-    .concat());
-    run(&[
-        &["req"][..],
-        &ec,
-        &["-subj", "/CN=localhost", "-keyout", &key, "-out", &csr],
-    ]
-    .concat());
-    std::fs::write(
-        dir.join("san.ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
-    )
-    .unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        &csr,
-        "-CA",
-        &ca_crt,
-        "-CAkey",
-        &ca_key,
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "san.ext",
-        "-out",
-        &crt,
-    ]);
 }
 
 #[test]

@@ -1,9 +1,15 @@
 //! The command-line side of the admin API (`mgnt drain`, `undrain`, `status`).
 
+use std::{
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
+
 use serde_json::Value;
 
 use super::auth::{AuthError, Tokens};
-use crate::config::Config;
+use crate::config::{ApiConfig, Config};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -13,6 +19,8 @@ pub enum ClientError {
     Http { url: String, source: ureq::Error },
     #[error("{status}: {body}")]
     Status { status: u16, body: String },
+    #[error("the API's CA ({file}): {reason}")]
+    Ca { file: PathBuf, reason: String },
 }
 
 /// A client for the server that `config` describes.
@@ -22,36 +30,55 @@ pub struct Client {
     agent: ureq::Agent,
 }
 
+/// The API's base URL for a client on this machine: `https://` when the
+/// API has TLS, and a loopback address for a wildcard `listen`.
+fn base(api: &ApiConfig) -> String {
+    let mut addr = api.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let scheme = if api.tls.is_some() { "https" } else { "http" };
+    format!("{scheme}://{addr}")
+}
+
+/// An HTTP agent trusting `api.tls_ca_file` (else the public roots).
+fn agent(api: &ApiConfig, timeout: Duration) -> Result<ureq::Agent, ClientError> {
+    let mut builder = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout));
+    if let Some(file) = &api.tls_ca_file {
+        let tls = crate::edge::tls::client_trusting(file).map_err(|reason| ClientError::Ca {
+            file: file.clone(),
+            reason,
+        })?;
+        builder = builder.tls_config(tls);
+    }
+    Ok(builder.build().into())
+}
+
 impl Client {
     /// Uses `api.listen` and the first token of `api.token_file` (or `api.token_env`).
     pub fn new(config: &Config) -> Result<Self, ClientError> {
         let api = &config.api;
         // The client never creates a token file of its own.
         let (tokens, _) = Tokens::load(api, false)?;
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(std::time::Duration::from_secs(30)))
-            .build()
-            .into();
         Ok(Self {
-            base: format!("http://{}", api.listen),
+            base: base(api),
             token: tokens.first().to_owned(),
-            agent,
+            agent: agent(api, Duration::from_secs(30))?,
         })
     }
 
     /// Uses `api.listen` with `token` (the OpenVPN hook's).
-    pub fn with_token(config: &Config, token: String) -> Self {
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(std::time::Duration::from_secs(10)))
-            .build()
-            .into();
-        Self {
-            base: format!("http://{}", config.api.listen),
+    pub fn with_token(config: &Config, token: String) -> Result<Self, ClientError> {
+        Ok(Self {
+            base: base(&config.api),
             token,
-            agent,
-        }
+            agent: agent(&config.api, Duration::from_secs(10))?,
+        })
     }
 
     pub fn get(&self, path: &str) -> Result<Value, ClientError> {

@@ -155,6 +155,7 @@ pub fn render(cx: &Context) -> String {
     if let Some(r) = &cx.routers {
         router_endpoint(&mut out, r);
     }
+    api_edge(&mut out, &cx.api_edge);
     if let Some(v) = &cx.vpnlog {
         let ingest = &v.ingest;
         help(
@@ -254,7 +255,6 @@ fn vpnlog_regions(out: &mut String, regions: &BTreeMap<String, RegionLive>) {
 /// The router endpoint's requests, results and connections, one family each.
 fn router_endpoint(out: &mut String, r: &crate::routers::Routers) {
     let (c, e) = (&r.counters, &r.edge);
-    type Family<'a> = (&'a str, &'a str, &'a str, Vec<(&'a str, &'a AtomicU64)>);
     let families: [Family; 4] = [
         (
             "mgnt_router_polls_total",
@@ -291,15 +291,39 @@ fn router_endpoint(out: &mut String, r: &crate::routers::Routers) {
             "mgnt_router_connections_total",
             "Connections to the router endpoint, by what became of them.",
             "result",
-            vec![
-                ("accepted", &e.accepted),
-                ("refused_total_cap", &e.refused_total),
-                ("refused_source_cap", &e.refused_source),
-                ("tls_failed", &e.tls_failed),
-                ("timed_out", &e.timed_out),
-            ],
+            connections(e),
         ),
     ];
+    families_out(out, families);
+}
+
+/// An accept loop's counters, by what became of the connections.
+fn connections(e: &crate::edge::EdgeCounters) -> Vec<(&str, &AtomicU64)> {
+    vec![
+        ("accepted", &e.accepted),
+        ("refused_total_cap", &e.refused_total),
+        ("refused_source_cap", &e.refused_source),
+        ("tls_failed", &e.tls_failed),
+        ("timed_out", &e.timed_out),
+    ]
+}
+
+type Family<'a> = (&'a str, &'a str, &'a str, Vec<(&'a str, &'a AtomicU64)>);
+
+/// The admin API's connections.
+fn api_edge(out: &mut String, e: &crate::edge::EdgeCounters) {
+    families_out(
+        out,
+        [(
+            "mgnt_api_connections_total",
+            "Connections to the admin API, by what became of them.",
+            "result",
+            connections(e),
+        )],
+    );
+}
+
+fn families_out<'a>(out: &mut String, families: impl IntoIterator<Item = Family<'a>>) {
     for (name, text, label, values) in families {
         help(out, name, "counter", text);
         for (value, counter) in values {

@@ -24,7 +24,6 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{MethodRouter, delete, get, post, put},
 };
-use tracing::error;
 
 use crate::{dns::answer::Responder, state, tunnels::store::Store, vpnlog::service::VpnLog};
 use auth::Tokens;
@@ -48,6 +47,8 @@ pub struct Context {
     pub routers: Option<Arc<crate::routers::Routers>>,
     /// The OpenVPN file exporter, when `[provision] export_dir` is set.
     pub exporter: Option<crate::tunnels::export::Exporter>,
+    /// The API's own accept loop, for its counters.
+    pub api_edge: Arc<crate::edge::EdgeCounters>,
 }
 
 /// Shared by every handler.
@@ -200,10 +201,24 @@ pub fn router(cx: Context, tokens: AllTokens) -> Router {
         .with_state(api)
 }
 
-pub async fn serve(listener: tokio::net::TcpListener, cx: Context, tokens: AllTokens) {
-    if let Err(e) = axum::serve(listener, router(cx, tokens)).await {
-        error!(error = %e, "admin API stopped");
-    }
+/// Serves the API on `listener` behind the bounded accept loop (TLS with
+/// `tls`): `api.max_connections` in all and per source; a connection lasts
+/// at most two minutes (an agent's long poll is 25 s).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    cx: Context,
+    tokens: AllTokens,
+    tls: Option<Arc<crate::edge::tls::Certificate>>,
+) {
+    let counters = cx.api_edge.clone();
+    let api = &cx.state.snapshot().data.config.api;
+    let limits = crate::edge::Limits {
+        max_connections: api.max_connections,
+        max_per_source: api.max_connections_per_source,
+        connection_time: std::time::Duration::from_secs(120),
+        header_time: std::time::Duration::from_secs(10),
+    };
+    crate::edge::serve(listener, router(cx, tokens), limits, tls, counters).await;
 }
 
 /// 401 with no detail unless a known admin token is presented.

@@ -35,20 +35,7 @@ impl Control {
             .timeout_global(Some(WAIT + Duration::from_secs(15)))
             .http_status_as_error(false);
         if let Some(file) = &config.ca_file {
-            let pem = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
-            let certs: Vec<_> = ureq::tls::parse_pem(&pem)
-                .filter_map(|item| match item {
-                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
-                    _ => None,
-                })
-                .collect();
-            if certs.is_empty() {
-                return Err(format!("{}: no PEM certificate in it", file.display()));
-            }
-            let tls = ureq::tls::TlsConfig::builder()
-                .root_certs(ureq::tls::RootCerts::Specific(Arc::new(certs)))
-                .build();
-            builder = builder.tls_config(tls);
+            builder = builder.tls_config(crate::edge::tls::client_trusting(file)?);
         }
         Ok(Self {
             agent: builder.build().new_agent(),

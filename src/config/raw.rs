@@ -13,7 +13,8 @@ use serde::Deserialize;
 
 use super::{
     AnswerMode, ApiConfig, CaBundle, Config, ConfigError, DnsConfig, GeoName, GeoipConfig,
-    HealthConfig, LogServer, Overrides, ProbeSpec, ProvisionConfig, Region, Require, VpnlogConfig,
+    HealthConfig, LogServer, Overrides, ProbeSpec, ProvisionConfig, Region, Require, TlsFiles,
+    VpnlogConfig,
 };
 use crate::route::Coord;
 
@@ -123,6 +124,11 @@ struct RawApi {
     token_env: Option<String>,
     audit_log: Option<PathBuf>,
     agent_token_file: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_ca_file: Option<PathBuf>,
+    max_connections: Option<usize>,
+    max_connections_per_source: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -553,6 +559,38 @@ impl RawProbe {
     }
 }
 
+/// A count of at least one, or `default`.
+fn positive(cx: &Ctx, key: &str, v: Option<usize>, default: usize) -> Result<usize, ConfigError> {
+    match v {
+        Some(0) => Err(cx.err(key, "must be at least 1")),
+        v => Ok(v.unwrap_or(default)),
+    }
+}
+
+/// A listener's `tls_cert` and `tls_key`: both or neither, and both when
+/// `listen` is not a loopback address (`what` must not cross in clear).
+fn tls_pair(
+    cx: &Ctx,
+    table: &str,
+    listen: SocketAddr,
+    (cert, key): (&Option<PathBuf>, &Option<PathBuf>),
+    what: &str,
+) -> Result<Option<TlsFiles>, ConfigError> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles {
+            cert: cx.path(cert),
+            key: cx.path(key),
+        })),
+        (None, None) if listen.ip().is_loopback() => Ok(None),
+        (None, None) => Err(cx.err(
+            format!("{table}.tls_cert"),
+            format!("required (with tls_key) when `listen` is not a loopback address: {what} must not cross a network in clear"),
+        )),
+        (Some(_), None) => Err(cx.err(format!("{table}.tls_key"), "required with tls_cert")),
+        (None, Some(_)) => Err(cx.err(format!("{table}.tls_cert"), "required with tls_key")),
+    }
+}
+
 impl RawApi {
     fn validate(&self, cx: &Ctx) -> Result<ApiConfig, ConfigError> {
         let listen = self.listen.as_deref().unwrap_or(super::DEFAULT_API_LISTEN);
@@ -575,6 +613,21 @@ impl RawApi {
             ),
             token_env: self.token_env.clone(),
             agent_token_file: self.agent_token_file.as_deref().map(|f| cx.path(f)),
+            tls: tls_pair(
+                cx,
+                "api",
+                listen,
+                (&self.tls_cert, &self.tls_key),
+                "admin and agent tokens",
+            )?,
+            tls_ca_file: self.tls_ca_file.as_deref().map(|f| cx.path(f)),
+            max_connections: positive(cx, "api.max_connections", self.max_connections, 1024)?,
+            max_connections_per_source: positive(
+                cx,
+                "api.max_connections_per_source",
+                self.max_connections_per_source,
+                64,
+            )?,
             audit_log: cx.path(
                 self.audit_log
                     .as_deref()

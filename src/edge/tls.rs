@@ -96,3 +96,21 @@ impl ResolvesServerCert for Certificate {
         Some(self.current.load_full())
     }
 }
+
+/// A TLS client configuration trusting only the certificates in `ca_file`
+/// (for reaching a control plane whose certificate a private CA signed).
+pub fn client_trusting(ca_file: &Path) -> Result<ureq::tls::TlsConfig, String> {
+    let pem = std::fs::read(ca_file).map_err(|e| format!("{}: {e}", ca_file.display()))?;
+    let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .collect();
+    if certs.is_empty() {
+        return Err(format!("{}: no PEM certificate in it", ca_file.display()));
+    }
+    Ok(ureq::tls::TlsConfig::builder()
+        .root_certs(ureq::tls::RootCerts::Specific(Arc::new(certs)))
+        .build())
+}

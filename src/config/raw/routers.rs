@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use serde::Deserialize;
 
 use super::{Ctx, duration};
-use crate::config::{ConfigError, RoutersConfig, TlsFiles};
+use crate::config::{ConfigError, RoutersConfig};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,21 +37,13 @@ impl RawRouters {
         let listen: SocketAddr = text
             .parse()
             .map_err(|_| cx.err("routers.listen", format!("`{text}` is not an address:port")))?;
-        let tls = match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => Some(TlsFiles {
-                cert: cx.path(cert),
-                key: cx.path(key),
-            }),
-            (None, None) if listen.ip().is_loopback() => None,
-            (None, None) => {
-                return Err(cx.err(
-                    "routers.tls_cert",
-                    "required (with tls_key) when `listen` is not a loopback address: router tokens must not cross a network in clear",
-                ));
-            }
-            (Some(_), None) => return Err(cx.err("routers.tls_key", "required with tls_cert")),
-            (None, Some(_)) => return Err(cx.err("routers.tls_cert", "required with tls_key")),
-        };
+        let tls = super::tls_pair(
+            cx,
+            "routers",
+            listen,
+            (&self.tls_cert, &self.tls_key),
+            "router tokens",
+        )?;
         let public_url = match &self.public_url {
             Some(url) => url.trim_end_matches('/').to_owned(),
             None if tls.is_none() => format!("http://{listen}"),
@@ -82,10 +74,8 @@ impl RawRouters {
         if poll_interval < Duration::from_secs(10) {
             return Err(cx.err("routers.poll_interval", "must be 10s or more"));
         }
-        let positive = |key: &str, v: Option<usize>, default: usize| match v {
-            Some(0) => Err(cx.err(format!("routers.{key}"), "must be at least 1")),
-            v => Ok(v.unwrap_or(default)),
-        };
+        let positive =
+            |key: &str, v, default| super::positive(cx, &format!("routers.{key}"), v, default);
         Ok(RoutersConfig {
             listen,
             public_url,
