@@ -737,7 +737,7 @@ impl AgentLab {
             format!(
                 "[agent]\nmanagement = \"127.0.0.1:7506\"\nmanagement_password_file = \"{}\"\n\
                  control = \"http://{}\"\ntoken_file = \"{}\"\ncache_dir = \"{}\"\n\
-                 openvpn_config = \"{}\"\n",
+                 openvpn_config = \"{}\"\nlatency_interval = \"1s\"\n",
                 password_file.display(),
                 server.api,
                 token_file.display(),
@@ -827,6 +827,20 @@ fn the_agent_answers_logins_and_keeps_answering_with_the_control_plane_away() {
     );
     assert_eq!(s["virtual_addr"], a.address.as_str(), "{s}");
     assert!(s["end"].is_null(), "{s}");
+    // The agent pings the tunnel where its address routes, and reports the round.
+    server.get_until(
+        &format!("/v1/tunnels/{}/latency", a.uuid),
+        "a latency round from the agent",
+        |b| {
+            b["samples"].as_array().is_some_and(|s| {
+                s.iter().any(|x| {
+                    x["host"] == "vpn1"
+                        && x["received"].as_u64() > Some(0)
+                        && x["rtt_ms"]["avg"].is_number()
+                })
+            })
+        },
+    );
     // A wrong secret is refused.
     let outcomes = ["AUTH_FAILED", "Initialization Sequence Completed"];
     let wrong = client_config(&dir, NET, "wrong", &b.user, "wrong-secret");

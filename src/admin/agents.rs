@@ -156,9 +156,17 @@ pub async fn reports(
     }
     let accepted = batch.reports.len();
     if let Some(vpnlog) = &api.cx.vpnlog {
-        vpnlog.ingest.track(Some(&name), |tracker| {
-            batch
-                .reports
+        let ingest = &vpnlog.ingest;
+        ingest.mark_agent(&name);
+        let (latency, records): (Vec<Report>, Vec<Report>) = batch
+            .reports
+            .into_iter()
+            .partition(|r| matches!(r, Report::Latency { .. }));
+        for l in latency.iter().filter_map(Report::latency) {
+            ingest.agent_latency(&name, l);
+        }
+        ingest.track(Some(&name), |tracker| {
+            records
                 .into_iter()
                 .filter_map(|r| r.feed(tracker))
                 .collect::<Vec<_>>()

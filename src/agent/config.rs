@@ -42,6 +42,9 @@ pub struct AgentConfig {
     pub firewall: bool,
     /// Most reports kept while the control plane is away.
     pub buffer_max: usize,
+    /// How often each live tunnel is pinged, and how many times.
+    pub latency_interval: std::time::Duration,
+    pub latency_pings: u16,
     /// The OpenVPN server's config, checked at start (client-to-client,
     /// management-client-auth).
     pub openvpn_config: Option<PathBuf>,
@@ -72,6 +75,8 @@ struct RawAgent {
     firewall: Option<bool>,
     openvpn_config: Option<PathBuf>,
     buffer_max: Option<usize>,
+    latency_interval: Option<String>,
+    latency_pings: Option<u16>,
 }
 
 impl AgentConfig {
@@ -146,6 +151,20 @@ impl AgentConfig {
             cache_dir: path(a.cache_dir.as_deref().unwrap_or(Path::new("agent-cache"))),
             ca_file: a.ca_file.as_deref().map(path),
             firewall: a.firewall.unwrap_or(true),
+            latency_interval: match a.latency_interval.as_deref().map(humantime::parse_duration) {
+                None => std::time::Duration::from_secs(60),
+                Some(Ok(d)) if d >= std::time::Duration::from_secs(1) => d,
+                Some(_) => {
+                    return Err(invalid(
+                        "latency_interval",
+                        "must be a duration of 1s or more (`60s`, `5m`)".into(),
+                    ));
+                }
+            },
+            latency_pings: match a.latency_pings {
+                Some(0) => return Err(invalid("latency_pings", "must be at least 1".into())),
+                v => v.unwrap_or(3),
+            },
             buffer_max: match a.buffer_max {
                 Some(0) => return Err(invalid("buffer_max", "must be at least 1".into())),
                 v => v.unwrap_or(100_000),

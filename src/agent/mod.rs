@@ -10,6 +10,7 @@
 pub mod cache;
 pub mod config;
 pub mod firewall;
+mod latency;
 mod outbox;
 mod session;
 mod sync;
@@ -131,8 +132,21 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let counters = Arc::new(session::Counters::default());
     let control = Arc::new(control);
     let outbox = outbox::start(control.clone(), &config.cache_dir, config.buffer_max);
+    let (targets_tx, targets) = watch::channel(Vec::new());
     tokio::spawn(sync::run(control, config.clone(), tx, applied));
-    tokio::spawn(session::run(config.clone(), rx, counters, outbox));
+    tokio::spawn(latency::run(
+        config.latency_interval,
+        config.latency_pings,
+        targets,
+        outbox.clone(),
+    ));
+    tokio::spawn(session::run(
+        config.clone(),
+        rx,
+        counters,
+        outbox,
+        targets_tx,
+    ));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| AgentError::Control(e.to_string()))?;
     tokio::select! {

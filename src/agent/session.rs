@@ -56,11 +56,12 @@ pub async fn run(
     cache: watch::Receiver<Arc<Cache>>,
     counters: Arc<Counters>,
     outbox: Outbox,
+    targets: watch::Sender<Vec<(String, IpAddr)>>,
 ) {
     let label = "agent (nobody is admitted until it is back)";
     crate::management::keep(config.management, label, || {
         counters.reconnects.fetch_add(1, Relaxed);
-        serve(&config, cache.clone(), &counters, &outbox)
+        serve(&config, cache.clone(), &counters, &outbox, &targets)
     })
     .await;
 }
@@ -86,10 +87,11 @@ fn peer(event: &Event, prefix: &str) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
-/// A live session: its tunnel and client address.
+/// A live session: its tunnel, client address and tunnel address.
 struct Live {
     user: String,
     peer: Option<SocketAddr>,
+    address: Option<IpAddr>,
 }
 
 /// What the session task keeps and reports to.
@@ -97,6 +99,8 @@ struct State<'a> {
     sessions: HashMap<u64, Live>,
     counters: &'a Counters,
     outbox: &'a Outbox,
+    /// The live tunnels, for the pinger (published when they change).
+    targets: &'a watch::Sender<Vec<(String, IpAddr)>>,
 }
 
 impl State<'_> {
@@ -108,32 +112,32 @@ impl State<'_> {
         let user = tunnel(event);
         let password = event.get("password").unwrap_or_default();
         let time = now();
-        let (reply, ok) = match cache.decide(&user, password, time) {
+        let (reply, pushed) = match cache.decide(&user, password, time) {
             Decision::Allow { address, netmask } => {
                 self.counters.allowed.fetch_add(1, Relaxed);
-                (wire::allow(event.cid, kid, address, netmask), true)
+                (wire::allow(event.cid, kid, address, netmask), Some(address))
             }
             Decision::Deny(reason) => {
                 self.counters.denied.fetch_add(1, Relaxed);
                 debug!(user = %user, cid = event.cid, reason, "login refused");
-                (wire::deny(event.cid, kid, reason), false)
+                (wire::deny(event.cid, kid, reason), None)
             }
         };
         let peer = peer(event, "untrusted");
-        if ok {
-            self.sessions.insert(
-                event.cid,
-                Live {
-                    user: user.clone(),
-                    peer,
-                },
-            );
+        if let Some(address) = pushed {
+            let live = Live {
+                user: user.clone(),
+                peer,
+                address: Some(address.into()),
+            };
+            self.sessions.insert(event.cid, live);
+            self.publish();
         }
         self.outbox.report(Report::Login {
             time,
             user,
             peer,
-            ok,
+            ok: pushed.is_some(),
         });
         reply
     }
@@ -145,6 +149,9 @@ impl State<'_> {
             Kind::Established => {
                 let user = tunnel(&event);
                 let peer = peer(&event, "trusted");
+                let address = event
+                    .get("ifconfig_pool_remote_ip")
+                    .and_then(|a| a.parse().ok());
                 if let Some(peer) = peer {
                     self.outbox.report(Report::Established {
                         time: event
@@ -153,15 +160,21 @@ impl State<'_> {
                             .unwrap_or_else(now),
                         user: user.clone(),
                         peer,
-                        address: event
-                            .get("ifconfig_pool_remote_ip")
-                            .and_then(|a| a.parse().ok()),
+                        address,
                     });
                 }
-                self.sessions.insert(event.cid, Live { user, peer });
+                let known = self.sessions.get(&event.cid).and_then(|l| l.address);
+                let live = Live {
+                    user,
+                    peer,
+                    address: address.or(known),
+                };
+                self.sessions.insert(event.cid, live);
+                self.publish();
             }
             Kind::Disconnect => {
                 let live = self.sessions.remove(&event.cid);
+                self.publish();
                 let number = |k: &str| event.get(k).and_then(|v| v.parse::<u64>().ok());
                 let at = peer(&event, "trusted").or(live.and_then(|l| l.peer));
                 if let Some(peer) = at {
@@ -174,6 +187,16 @@ impl State<'_> {
             }
         }
         String::new()
+    }
+
+    /// Tells the pinger which tunnels are live.
+    fn publish(&self) {
+        let live = self
+            .sessions
+            .values()
+            .filter_map(|l| Some((l.user.clone(), l.address?)))
+            .collect();
+        self.targets.send_replace(live);
     }
 
     fn bytes(&self, cid: u64, received: u64, sent: u64) {
@@ -192,6 +215,7 @@ async fn serve(
     mut cache: watch::Receiver<Arc<Cache>>,
     counters: &Counters,
     outbox: &Outbox,
+    targets: &watch::Sender<Vec<(String, IpAddr)>>,
 ) -> Result<(), ManagementError> {
     let password = config.management_password_file.as_deref();
     let mut stream = crate::management::connect(config.management, password).await?;
@@ -204,7 +228,9 @@ async fn serve(
         sessions: HashMap::new(),
         counters,
         outbox,
+        targets,
     };
+    state.publish();
     let mut lines = Lines::new(password.is_some());
     let mut chunk = vec![0u8; 16 * 1024];
     let mut probe = interval(PROBE_EVERY);
@@ -243,6 +269,7 @@ async fn serve(
                 for cid in gone {
                     // Its DISCONNECT still comes, with the address in it.
                     state.sessions.remove(&cid);
+                    state.publish();
                     counters.killed.fetch_add(1, Relaxed);
                     info!(cid, "ending the session of a deleted tunnel");
                     stream.write_all(wire::kill(cid).as_bytes()).await?;

@@ -32,6 +32,8 @@ use crate::{clock::now, config::VpnlogConfig};
 
 /// Most items written in one transaction.
 const BATCH: usize = 10_000;
+/// Most servers remembered as having an agent.
+const MAX_AGENTS: usize = 65_536;
 
 /// What one regional server has told us.
 #[derive(Default)]
@@ -63,6 +65,9 @@ pub struct Ingest {
     servers: Mutex<HashMap<Option<String>, Server>>,
     /// Syslog host → region, from `[[vpnlog.servers]]`.
     regions: HashMap<String, String>,
+    /// Servers whose agents report (by their tokens' names, so bounded by
+    /// the agent token file).
+    agents: Mutex<std::collections::HashSet<String>>,
     tx: mpsc::Sender<Item>,
 }
 
@@ -95,6 +100,7 @@ impl Ingest {
                 .iter()
                 .map(|s| (s.host.clone(), s.region.clone()))
                 .collect(),
+            agents: Mutex::default(),
             tx,
         });
         let counter = ingest.clone();
@@ -167,6 +173,28 @@ impl Ingest {
     /// Queues one latency measurement.
     pub fn latency(&self, latency: Latency, origin: Origin) {
         self.queue(Item::Latency(latency, origin));
+    }
+
+    /// Queues a measurement an agent made beside server `host`; from now on
+    /// that server's tunnels are measured by its agent, not from here.
+    pub fn agent_latency(&self, host: &str, latency: Latency) {
+        self.mark_agent(host);
+        let origin = self.origin(Some(host));
+        self.latency(latency, origin);
+    }
+
+    /// Notes that `host` has an agent (it measures its own tunnels).
+    pub fn mark_agent(&self, host: &str) {
+        let mut agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        if !agents.contains(host) && agents.len() < MAX_AGENTS {
+            agents.insert(host.to_owned());
+        }
+    }
+
+    /// Whether `host` has an agent.
+    pub fn has_agent(&self, host: Option<&str>) -> bool {
+        let agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        host.is_some_and(|h| agents.contains(h))
     }
 
     /// Every open session with its server.

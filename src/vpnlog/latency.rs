@@ -21,9 +21,12 @@ pub async fn pinger(config: VpnlogConfig, ingest: Arc<Ingest>, pingers: Arc<Ping
     round.set_missed_tick_behavior(MissedTickBehavior::Skip);
     loop {
         round.tick().await;
+        // Tunnels of a server with an agent are measured by that agent,
+        // where their addresses route.
         let targets: Vec<_> = ingest
             .connected()
             .into_iter()
+            .filter(|(o, _)| !ingest.has_agent(o.host.as_deref()))
             .filter_map(|(o, s)| Some((o, s.virtual_addr?, s)))
             .collect();
         futures_util::stream::iter(targets)

@@ -3,13 +3,18 @@
 //! counts. The control plane feeds them to the server's session tracker
 //! under the agent's name, as it does with syslog lines.
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
 use serde::{Deserialize, Serialize};
 
 use super::{
+    latency::measurement,
     sessions::{AuthAttempt, Record, Tracker},
     status::Client,
+    store::Latency,
 };
 use crate::tunnels::username::tunnel_of;
 
@@ -46,6 +51,15 @@ pub enum Report {
         peer: SocketAddr,
         bytes: Option<(u64, u64)>,
     },
+    /// One round of pings to a tunnel address, from the server's side.
+    Latency {
+        time: u64,
+        user: String,
+        address: IpAddr,
+        sent: u16,
+        /// Round-trip times of the answered pings, in microseconds.
+        rtts_us: Vec<u64>,
+    },
 }
 
 /// A batch as posted; `dropped` counts reports the agent had to drop (its
@@ -58,6 +72,28 @@ pub struct Batch {
 }
 
 impl Report {
+    /// The latency record of a `Latency` report.
+    pub fn latency(&self) -> Option<Latency> {
+        let Self::Latency {
+            time,
+            user,
+            address,
+            sent,
+            rtts_us,
+        } = self
+        else {
+            return None;
+        };
+        let rtts: Vec<Duration> = rtts_us
+            .iter()
+            .map(|&us| Duration::from_micros(us))
+            .collect();
+        Some(Latency {
+            tunnel: tunnel_of(user).ok(),
+            ..measurement(*time, user, *address, *sent, &rtts)
+        })
+    }
+
     /// Feeds the report to a server's tracker; the record it completed.
     pub fn feed(self, tracker: &mut Tracker) -> Option<Record> {
         match self {
@@ -102,6 +138,7 @@ impl Report {
             Self::Disconnect { time, peer, bytes } => {
                 tracker.ended(peer, time, "disconnect", bytes)
             }
+            Self::Latency { .. } => None,
         }
     }
 }
@@ -147,6 +184,18 @@ mod tests {
             panic!("{closed:?}")
         };
         assert_eq!((s.end, s.bytes_in, s.bytes_out), (Some(20), 50, 70));
+        // A latency round becomes a latency record, not a session change.
+        let round = Report::Latency {
+            time: 30,
+            user: "h4vwyhu2jvhixmocpvpj6cq3fq".into(),
+            address: "100.64.0.2".parse().unwrap(),
+            sent: 3,
+            rtts_us: vec![1_000, 3_000],
+        };
+        let l = round.latency().unwrap();
+        assert_eq!((l.sent, l.received, l.rtt_ms.unwrap().avg), (3, 2, 2.0));
+        assert!(l.tunnel.is_some());
+        assert_eq!(round.feed(&mut t), None);
         // The wire form.
         let json = serde_json::to_string(&Batch {
             reports: vec![Report::Bytes {
