@@ -166,14 +166,22 @@ pub struct VpnlogConfig {
     /// ...this many times, each answer awaited this long.
     pub latency_pings: u16,
     pub latency_timeout: Duration,
+    /// Syslog over TCP: connections at once, in all and from one address.
+    pub tcp_max_connections: usize,
+    pub tcp_max_per_source: usize,
+    /// A TCP sender silent this long is disconnected.
+    pub tcp_idle_timeout: Duration,
 }
 
 /// `[[vpnlog.servers]]`: one regional OpenVPN server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogServer {
-    /// Its syslog HOSTNAME, and the name its records carry.
+    /// The name its records carry (and its agent's token name).
     pub host: String,
     pub region: String,
+    /// Where its syslog comes from: a sender is known by its address, never
+    /// by the HOSTNAME it writes.
+    pub addresses: Vec<ipnet::IpNet>,
     /// Its management interface (`--management IP PORT`).
     pub management: Option<SocketAddr>,
     /// The management password (`--management … pw-file`), first line of this file.

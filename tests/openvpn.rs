@@ -344,7 +344,7 @@ fn a_real_tunnel_is_seen_through_syslog_the_management_interface_and_pings() {
         + &format!(
             "\n[vpnlog]\nlisten = \"127.0.0.1:0\"\npoll_interval = \"1s\"\nlatency_interval = \"1s\"\n\
              latency_pings = 2\nlatency_timeout = \"400ms\"\n\
-             [[vpnlog.servers]]\nhost = \"{hostname}\"\nregion = \"europe1\"\n\
+             [[vpnlog.servers]]\nhost = \"{hostname}\"\nregion = \"europe1\"\naddresses = [\"127.0.0.1\"]\n\
              management = \"127.0.0.1:7505\"\nmanagement_password_file = \"{}\"\n",
             password_file.display()
         )));

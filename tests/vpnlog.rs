@@ -13,7 +13,7 @@ use common::*;
 use serde_json::Value;
 
 const CORPUS: &str = include_str!("data/openvpn-2.6-verb3.log");
-const CONFIG: &str = "\n[vpnlog]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"state\"\nservers = [{ host = \"vpn-fra-1\", region = \"europe1\" }]\n";
+const CONFIG: &str = "\n[vpnlog]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"state\"\nservers = [{ host = \"vpn-fra-1\", region = \"europe1\", addresses = [\"127.0.0.1\"] }]\n";
 
 fn get(server: &Server, path: &str) -> Value {
     let (status, body) = server.get(path);
@@ -56,6 +56,10 @@ fn a_real_log_over_syslog_becomes_sessions_and_attempts() {
         udp.send_to(line.as_bytes(), syslog).unwrap();
         sent += 1;
     }
+    // A sender in no server's `addresses` is not believed, whatever HOSTNAME it writes.
+    let stranger = UdpSocket::bind("127.0.0.2:0").unwrap();
+    let forged = "<29>Nov 25 18:09:01 vpn-fra-1 openvpn[812]: 1.2.3.4:5 TLS Auth Error: Auth Username/Password verification failed for peer";
+    stranger.send_to(forged.as_bytes(), syslog).unwrap();
 
     // Every line is accounted for: received = parsed + unparsed, all written.
     let start = Instant::now();
@@ -67,7 +71,8 @@ fn a_real_log_over_syslog_becomes_sessions_and_attempts() {
             metric(&m, "mgnt_vpnlog_lines_total{result=\"parsed\"}"),
             metric(&m, "mgnt_vpnlog_lines_total{result=\"unparsed\"}"),
         );
-        if p + u == sent {
+        let unknown = metric(&m, "mgnt_vpnlog_lines_total{result=\"unknown_sender\"}");
+        if p + u == sent && unknown == 1 {
             assert!(u >= 1, "the garbage line is unparsed");
             break;
         }
@@ -223,4 +228,50 @@ fn status_files_of_every_version_open_count_and_close_sessions() {
     std::thread::sleep(Duration::from_millis(500));
     let v = server.get(&sessions(b)).1;
     assert!(v["sessions"][0]["end"].is_null(), "{v}");
+}
+
+/// Syslog over TCP is bounded: beyond `tcp_max_per_source` a connection is
+/// closed at once, and a silent one after `tcp_idle_timeout`; both counted.
+#[test]
+fn syslog_tcp_is_capped_per_source_and_silent_senders_are_closed() {
+    use std::io::Read;
+    let fixture = Fixture::new();
+    fixture.write_config(
+        &(config_text("\"127.0.0.1:0\", \"[::1]:0\"")
+            + &CONFIG.replace(
+                "data_dir = \"state\"\n",
+                "data_dir = \"state\"\ntcp_max_per_source = 2\ntcp_idle_timeout = \"1s\"\n",
+            )),
+    );
+    let server = Server::start_with(fixture);
+    let syslog = server.syslog.expect("a syslog listener");
+    let closed = |s: &mut TcpStream, within: Duration| {
+        s.set_read_timeout(Some(within)).unwrap();
+        matches!(s.read(&mut [0u8; 16]), Ok(0))
+    };
+    let mut held: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(syslog).unwrap())
+        .collect();
+    let mut third = TcpStream::connect(syslog).unwrap();
+    assert!(
+        closed(&mut third, Duration::from_secs(5)),
+        "a third from one source is closed at once"
+    );
+    // The two held ones stay until they have been silent for a second.
+    assert!(!closed(&mut held[0], Duration::from_millis(300)));
+    assert!(
+        closed(&mut held[1], Duration::from_secs(5)),
+        "a silent sender is closed"
+    );
+    let Value::String(m) = get(&server, "/metrics") else {
+        panic!()
+    };
+    assert!(
+        metric(&m, "mgnt_vpnlog_tcp_closed_total{reason=\"cap\"}") >= 1,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "mgnt_vpnlog_tcp_closed_total{reason=\"idle\"}") >= 1,
+        "{m}"
+    );
 }

@@ -162,15 +162,33 @@ pub fn render(cx: &Context) -> String {
             &mut out,
             "mgnt_vpnlog_lines_total",
             "counter",
-            "Log lines received, by parse result.",
+            "Log lines received, by result (unknown_sender: from no configured server's addresses, dropped).",
         );
         let parsed = ingest.parsed.load(Relaxed);
         let unparsed = ingest.unparsed.load(Relaxed);
+        let unknown = ingest.unknown_sender.load(Relaxed);
         let _ = writeln!(out, "mgnt_vpnlog_lines_total{{result=\"parsed\"}} {parsed}");
         let _ = writeln!(
             out,
             "mgnt_vpnlog_lines_total{{result=\"unparsed\"}} {unparsed}"
         );
+        let _ = writeln!(
+            out,
+            "mgnt_vpnlog_lines_total{{result=\"unknown_sender\"}} {unknown}"
+        );
+        help(
+            &mut out,
+            "mgnt_vpnlog_tcp_closed_total",
+            "counter",
+            "Syslog TCP connections closed by us, by reason (cap: over tcp_max_connections or tcp_max_per_source; idle: silent for tcp_idle_timeout).",
+        );
+        for (reason, n) in [("cap", &ingest.tcp_refused), ("idle", &ingest.tcp_idle)] {
+            let _ = writeln!(
+                out,
+                "mgnt_vpnlog_tcp_closed_total{{reason=\"{reason}\"}} {}",
+                n.load(Relaxed)
+            );
+        }
         help(
             &mut out,
             "mgnt_vpnlog_records_written_total",

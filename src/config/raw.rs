@@ -85,6 +85,9 @@ struct RawVpnlog {
     latency_interval: Option<String>,
     latency_pings: Option<u16>,
     latency_timeout: Option<String>,
+    tcp_max_connections: Option<usize>,
+    tcp_max_per_source: Option<usize>,
+    tcp_idle_timeout: Option<String>,
     #[serde(default)]
     servers: Vec<RawLogServer>,
 }
@@ -94,6 +97,7 @@ struct RawVpnlog {
 struct RawLogServer {
     host: String,
     region: String,
+    addresses: Option<Vec<String>>,
     management: Option<String>,
     management_password_file: Option<PathBuf>,
     status_file: Option<PathBuf>,
@@ -789,6 +793,19 @@ impl RawVpnlog {
             latency_interval,
             latency_pings,
             latency_timeout,
+            tcp_max_connections: positive(
+                cx,
+                "vpnlog.tcp_max_connections",
+                self.tcp_max_connections,
+                256,
+            )?,
+            tcp_max_per_source: positive(
+                cx,
+                "vpnlog.tcp_max_per_source",
+                self.tcp_max_per_source,
+                16,
+            )?,
+            tcp_idle_timeout: or("tcp_idle_timeout", &self.tcp_idle_timeout, "5m")?,
         })
     }
 }
@@ -818,9 +835,26 @@ impl RawLogServer {
                 "needs `management` (the interface it unlocks)",
             ));
         }
+        let addresses = self
+            .addresses
+            .iter()
+            .flatten()
+            .map(|a| {
+                a.parse::<ipnet::IpNet>()
+                    .or_else(|_| a.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map(|n| n.trunc())
+                    .map_err(|_| {
+                        cx.err(
+                            key("addresses"),
+                            format!("`{a}` is not an address or prefix"),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(LogServer {
             host: self.host.clone(),
             region: self.region.clone(),
+            addresses,
             management,
             management_password_file: self.management_password_file.as_deref().map(|p| cx.path(p)),
             status_file: self.status_file.as_deref().map(|p| cx.path(p)),

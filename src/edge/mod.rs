@@ -4,7 +4,7 @@
 //! hyper with small header and body limits ([`http`]).
 
 pub mod http;
-mod sources;
+pub mod sources;
 pub mod tls;
 
 pub use http::{EdgeCounters, Limits, serve};

@@ -7,12 +7,13 @@
 use std::{
     collections::{BTreeMap, HashMap},
     io,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering::Relaxed},
         mpsc,
     },
+    time::Duration,
 };
 
 use serde::Serialize;
@@ -56,6 +57,11 @@ pub struct RegionLive {
 
 pub struct Ingest {
     pub received: AtomicU64,
+    /// Lines from senders in no `[[vpnlog.servers]] addresses`.
+    pub unknown_sender: AtomicU64,
+    /// Syslog TCP connections closed at once (caps) or for silence.
+    pub tcp_refused: AtomicU64,
+    pub tcp_idle: AtomicU64,
     pub parsed: AtomicU64,
     pub unparsed: AtomicU64,
     pub written: AtomicU64,
@@ -65,6 +71,8 @@ pub struct Ingest {
     servers: Mutex<HashMap<Option<String>, Server>>,
     /// Syslog host → region, from `[[vpnlog.servers]]`.
     regions: HashMap<String, String>,
+    /// Sender addresses → server, from `[[vpnlog.servers]] addresses`.
+    senders: Vec<(ipnet::IpNet, String)>,
     /// Servers whose agents report (by their tokens' names, so bounded by
     /// the agent token file).
     agents: Mutex<std::collections::HashSet<String>>,
@@ -90,6 +98,14 @@ impl Ingest {
         }
         let ingest = Arc::new(Self {
             received: AtomicU64::new(0),
+            unknown_sender: AtomicU64::new(0),
+            tcp_refused: AtomicU64::new(0),
+            tcp_idle: AtomicU64::new(0),
+            senders: config
+                .servers
+                .iter()
+                .flat_map(|s| s.addresses.iter().map(|a| (*a, s.host.clone())))
+                .collect(),
             parsed: AtomicU64::new(0),
             unparsed: AtomicU64::new(0),
             written: AtomicU64::new(0),
@@ -147,13 +163,32 @@ impl Ingest {
         }
     }
 
-    /// Handles one log line (a syslog message or a bare OpenVPN line).
-    pub fn line(&self, raw: &str) {
+    /// The configured server a syslog sender is, by its address.
+    fn sender(&self, source: IpAddr) -> Option<&str> {
+        let source = match source {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(source, IpAddr::V4),
+            v4 => v4,
+        };
+        self.senders
+            .iter()
+            .find(|(net, _)| net.contains(&source))
+            .map(|(_, host)| host.as_str())
+    }
+
+    /// Handles one log line from `source`: its server is the one whose
+    /// `addresses` hold `source` (the HOSTNAME it writes is not believed);
+    /// from anyone else it is dropped and counted.
+    pub fn line_from(&self, raw: &str, source: IpAddr) {
         self.received.fetch_add(1, Relaxed);
+        let Some(host) = self.sender(source) else {
+            self.unknown_sender.fetch_add(1, Relaxed);
+            return;
+        };
         let line = parse(raw);
+        let host = Some(host);
         if let Event::Unknown(_) = line.event {
             self.unparsed.fetch_add(1, Relaxed);
-            let origin = self.origin(line.host);
+            let origin = self.origin(host);
             self.servers()
                 .entry(origin.host.clone())
                 .or_default()
@@ -167,7 +202,7 @@ impl Ingest {
         }
         self.parsed.fetch_add(1, Relaxed);
         let time = now();
-        self.track(line.host, |t| t.feed(&line, time));
+        self.track(host, |t| t.feed(&line, time));
     }
 
     /// Queues one latency measurement.
@@ -263,7 +298,9 @@ fn writer(rx: &mpsc::Receiver<Item>, store: &dyn LogStore, written: &AtomicU64) 
 }
 
 /// Binds the syslog listeners (UDP and TCP on one address) and serves them.
-pub async fn listen(addr: SocketAddr, ingest: Arc<Ingest>) -> io::Result<SocketAddr> {
+/// TCP connections are capped in all and per source; a silent one is closed.
+pub async fn listen(config: &VpnlogConfig, ingest: Arc<Ingest>) -> io::Result<SocketAddr> {
+    let addr = config.listen;
     // With port 0 the kernel picks a UDP port that TCP may already use: retry.
     let attempts = if addr.port() == 0 { 16 } else { 1 };
     let mut bound = None;
@@ -284,23 +321,34 @@ pub async fn listen(addr: SocketAddr, ingest: Arc<Ingest>) -> io::Result<SocketA
     tokio::spawn(async move {
         let mut buf = vec![0u8; 65_535];
         loop {
-            let Ok((n, _)) = udp.recv_from(&mut buf).await else {
+            let Ok((n, from)) = udp.recv_from(&mut buf).await else {
                 continue;
             };
             let text = String::from_utf8_lossy(&buf[..n]);
             for l in text.lines().filter(|l| !l.is_empty()) {
-                i.line(l);
+                i.line_from(l, from.ip());
             }
         }
     });
+    let total = Arc::new(tokio::sync::Semaphore::new(config.tcp_max_connections));
+    let sources = Arc::new(crate::edge::sources::Sources::default());
+    let (per_source, idle) = (config.tcp_max_per_source, config.tcp_idle_timeout);
     tokio::spawn(async move {
         loop {
             let Ok((stream, peer)) = tcp.accept().await else {
                 continue;
             };
+            let (Ok(permit), Some(slot)) = (
+                total.clone().try_acquire_owned(),
+                sources.take(peer.ip(), per_source),
+            ) else {
+                ingest.tcp_refused.fetch_add(1, Relaxed);
+                continue; // dropping the stream closes it
+            };
             let i = ingest.clone();
             tokio::spawn(async move {
-                if let Err(e) = tcp_stream(stream, &i).await {
+                let _held = (permit, slot);
+                if let Err(e) = tcp_stream(stream, peer.ip(), idle, &i).await {
                     debug!(%peer, error = %e, "syslog connection ended");
                 }
             });
@@ -309,14 +357,23 @@ pub async fn listen(addr: SocketAddr, ingest: Arc<Ingest>) -> io::Result<SocketA
     Ok(addr)
 }
 
-async fn tcp_stream(mut stream: tokio::net::TcpStream, ingest: &Ingest) -> io::Result<()> {
+async fn tcp_stream(
+    mut stream: tokio::net::TcpStream,
+    source: IpAddr,
+    idle: Duration,
+    ingest: &Ingest,
+) -> io::Result<()> {
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
-        let n = stream.read(&mut chunk).await?;
+        let Ok(read) = tokio::time::timeout(idle, stream.read(&mut chunk)).await else {
+            ingest.tcp_idle.fetch_add(1, Relaxed);
+            return Ok(());
+        };
+        let n = read?;
         if n == 0 {
             if !buf.is_empty() {
-                ingest.line(&String::from_utf8_lossy(&buf));
+                ingest.line_from(&String::from_utf8_lossy(&buf), source);
             }
             return Ok(());
         }
@@ -324,7 +381,7 @@ async fn tcp_stream(mut stream: tokio::net::TcpStream, ingest: &Ingest) -> io::R
         let mut used = 0;
         while let Some((msg, len)) = next_frame(&buf[used..]) {
             if !msg.is_empty() {
-                ingest.line(&String::from_utf8_lossy(msg));
+                ingest.line_from(&String::from_utf8_lossy(msg), source);
             }
             used += len;
         }

@@ -56,7 +56,7 @@ pub async fn start(config: &VpnlogConfig) -> Result<(VpnLog, SocketAddr), StartE
             })?,
         );
     let ingest = Ingest::start(config, store.clone());
-    let addr = ingest::listen(config.listen, ingest.clone())
+    let addr = ingest::listen(config, ingest.clone())
         .await
         .map_err(|source| StartError::Listen {
             addr: config.listen,
