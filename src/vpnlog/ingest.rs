@@ -287,13 +287,28 @@ fn writer(rx: &mpsc::Receiver<Item>, store: &dyn LogStore, written: &AtomicU64) 
                 Err(_) => break,
             }
         }
-        match store.write(&batch) {
-            Ok(()) => {
-                written.fetch_add(batch.len() as u64, Relaxed);
-            }
-            Err(e) => error!(error = %e, items = batch.len(), "writing log records failed"),
-        }
+        let items = batch.len();
+        until_done(
+            || store.write(&batch),
+            |e, wait| {
+                error!(error = %e, items, retry_in = ?wait, "writing log records failed; the batch is kept and written again");
+                std::thread::sleep(wait);
+            },
+        );
+        written.fetch_add(items as u64, Relaxed);
         batch.clear();
+    }
+}
+
+/// Runs `attempt` until it succeeds; after each failure `failed` is told the
+/// error and how long to wait (1 s doubling to 30 s). A batch is all or
+/// nothing, so trying it again never stores anything twice, and nothing
+/// received is dropped because one write failed.
+fn until_done<E>(mut attempt: impl FnMut() -> Result<(), E>, mut failed: impl FnMut(E, Duration)) {
+    let mut wait = Duration::from_secs(1);
+    while let Err(e) = attempt() {
+        failed(e, wait);
+        wait = (wait * 2).min(Duration::from_secs(30));
     }
 }
 
@@ -386,5 +401,28 @@ async fn tcp_stream(
             used += len;
         }
         buf.drain(..used);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_write_is_tried_again_with_growing_waits_until_it_succeeds() {
+        let mut tries = 0;
+        let mut waits = Vec::new();
+        until_done(
+            || {
+                tries += 1;
+                if tries < 7 { Err("disk full") } else { Ok(()) }
+            },
+            |e, wait| {
+                assert_eq!(e, "disk full");
+                waits.push(wait.as_secs());
+            },
+        );
+        assert_eq!(tries, 7);
+        assert_eq!(waits, [1, 2, 4, 8, 16, 30]);
     }
 }
