@@ -107,7 +107,8 @@ fn provision(cfg: &Config) -> Result<&ProvisionConfig, CliError> {
     cfg.provision.as_ref().ok_or(CliError::NoProvision)
 }
 
-/// The store, opened for checks only (no pool: fast with a million tunnels).
+/// The store, opened without rebuilding its pool (fast with a million
+/// tunnels): for exporting and renumbering, which allocate nothing through it.
 fn open_store(cfg: &Config) -> Result<SqliteStore, CliError> {
     crate::tunnels::open_store(cfg, true)?.ok_or(CliError::NoProvision)
 }

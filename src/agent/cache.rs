@@ -126,9 +126,11 @@ impl Cache {
             return Decision::Deny("no such tunnel");
         };
         let matches = |stored: &str| digests.check(password, stored) != Check::NoMatch;
-        let previous_ok = site.previous.as_deref().is_some_and(matches)
-            && site.previous_until.is_some_and(|until| now <= until);
-        if matches(&site.secret) || previous_ok {
+        // The previous secret only while its grace lasts, and only if the
+        // current one did not match (a legacy hash costs an argon2 run).
+        let in_grace = site.previous_until.is_some_and(|until| now <= until);
+        let previous = site.previous.as_deref().filter(|_| in_grace);
+        if matches(&site.secret) || previous.is_some_and(matches) {
             Decision::Allow {
                 address: site.address,
                 netmask,

@@ -44,33 +44,59 @@ impl Control {
         })
     }
 
-    /// Changes after `since`, from the first control URL that answers.
-    pub fn changes(&self, since: u64, wait: Duration) -> Result<Changes, String> {
+    /// Runs `call` against each control URL in turn (with the agent's
+    /// token) until one answers 200; `read` takes that answer.
+    fn first<T>(
+        &self,
+        call: impl Fn(&str, &str) -> Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+        read: impl FnOnce(&str, ureq::http::Response<ureq::Body>) -> Result<T, String>,
+    ) -> Result<T, String> {
+        let auth = format!("Bearer {}", self.token);
         let mut problems = Vec::new();
         for base in &self.urls {
-            let url = format!(
-                "{base}/agent/v1/credentials?since={since}&wait={}",
-                wait.as_secs()
-            );
-            let answer = self
-                .agent
-                .get(&url)
-                .header("Authorization", &format!("Bearer {}", self.token))
-                .call();
-            match answer {
-                Ok(mut r) if r.status() == 200 => {
-                    return r
-                        .body_mut()
-                        .with_config()
-                        .limit(64 << 20)
-                        .read_json::<Changes>()
-                        .map_err(|e| format!("{base}: unreadable answer: {e}"));
-                }
+            match call(base, &auth) {
+                Ok(r) if r.status() == 200 => return read(base, r),
                 Ok(r) => problems.push(format!("{base}: HTTP {}", r.status())),
                 Err(e) => problems.push(format!("{base}: {e}")),
             }
         }
         Err(problems.join("; "))
+    }
+
+    /// Changes after `since`, from the first control URL that answers.
+    pub fn changes(&self, since: u64, wait: Duration) -> Result<Changes, String> {
+        let path = format!(
+            "/agent/v1/credentials?since={since}&wait={}",
+            wait.as_secs()
+        );
+        self.first(
+            |base, auth| {
+                self.agent
+                    .get(&format!("{base}{path}"))
+                    .header("Authorization", auth)
+                    .call()
+            },
+            |base, mut r| {
+                r.body_mut()
+                    .with_config()
+                    .limit(64 << 20)
+                    .read_json::<Changes>()
+                    .map_err(|e| format!("{base}: unreadable answer: {e}"))
+            },
+        )
+    }
+
+    /// Posts a batch of reports to the first control URL that takes it.
+    pub fn post_reports(&self, batch: &Batch) -> Result<(), String> {
+        self.first(
+            |base, auth| {
+                self.agent
+                    .post(&format!("{base}/agent/v1/reports"))
+                    .header("Authorization", auth)
+                    .send_json(batch)
+            },
+            |_, _| Ok(()),
+        )
     }
 }
 
@@ -90,26 +116,6 @@ async fn firewall(cache: &Cache, applied: &mut Option<Policy>) {
         }
         Ok(Err(e)) => warn!(error = %e, "installing the firewall rules; kept the previous ones"),
         Err(e) => warn!(error = %e, "installing the firewall rules"),
-    }
-}
-
-impl Control {
-    /// Posts a batch of reports to the first control URL that takes it.
-    pub fn post_reports(&self, batch: &Batch) -> Result<(), String> {
-        let mut problems = Vec::new();
-        for base in &self.urls {
-            let answer = self
-                .agent
-                .post(&format!("{base}/agent/v1/reports"))
-                .header("Authorization", &format!("Bearer {}", self.token))
-                .send_json(batch);
-            match answer {
-                Ok(r) if r.status() == 200 => return Ok(()),
-                Ok(r) => problems.push(format!("{base}: HTTP {}", r.status())),
-                Err(e) => problems.push(format!("{base}: {e}")),
-            }
-        }
-        Err(problems.join("; "))
     }
 }
 

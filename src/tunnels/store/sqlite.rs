@@ -136,8 +136,8 @@ impl SqliteStore {
         })
     }
 
-    /// Opens the database for authentication checks only: no pool is rebuilt,
-    /// so a check stays fast with a million tunnels. Never allocate through it.
+    /// Opens the database without rebuilding the pool, so it opens fast with a
+    /// million tunnels (export, renumber). Never allocate through it.
     pub fn open_for_checks(
         path: &Path,
         keys: Arc<Keys>,
@@ -171,13 +171,7 @@ impl SqliteStore {
             sites.push((parse_uuid(&uuid)?, parse_addr(&address)?));
         }
         drop(stmt);
-        let mut released = Vec::new();
-        let mut stmt = tx.prepare("SELECT address, until FROM released")?;
-        for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
-            let (address, until) = row?;
-            released.push((parse_addr(&address)?, until.max(0) as u64));
-        }
-        drop(stmt);
+        let mut released = read_released(&tx)?;
         let (inside, outside): (Vec<_>, Vec<_>) =
             sites.into_iter().partition(|(_, a)| net.contains(a));
         for (a, _) in released.iter().filter(|(a, _)| !net.contains(a)) {
@@ -375,13 +369,19 @@ fn restore_pool(db: &Connection, net: Ipv4Net, quarantine: u64) -> Result<Pool, 
     for a in stmt.query_map([], |r| r.get::<_, String>(0))? {
         in_use.push(parse_addr(&a?)?);
     }
+    let released = read_released(db)?;
+    Ok(Pool::restore(net, quarantine, in_use, released)?)
+}
+
+/// Quarantined addresses and when each may be reused.
+fn read_released(db: &Connection) -> Result<Vec<(Ipv4Addr, u64)>, StoreError> {
     let mut released = Vec::new();
     let mut stmt = db.prepare("SELECT address, until FROM released")?;
     for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
         let (a, until) = row?;
         released.push((parse_addr(&a)?, until.max(0) as u64));
     }
-    Ok(Pool::restore(net, quarantine, in_use, released)?)
+    Ok(released)
 }
 
 /// The site columns every query reads first: uuid, username, address, created.
