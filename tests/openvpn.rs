@@ -1021,6 +1021,7 @@ fn tunnels_cannot_reach_each_other_while_the_management_network_reaches_both() {
 
     let (mut agent1, agent_log) = agent(hub, &lab.agent_conf);
     wait_for(&agent_log, &["firewall rules installed"], 20);
+    wait_for(&agent_log, &["credentials read in full"], 20);
     let mut clients = Vec::new();
     for (i, (ns, t)) in [(a_ns, &sites[0]), (b_ns, &sites[1])]
         .into_iter()

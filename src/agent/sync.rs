@@ -147,14 +147,17 @@ pub async fn run(
                         if let Err(e) = next.save(&config.cache_dir) {
                             warn!(error = %e, "keeping the credential cache on disk");
                         }
-                        if full {
-                            info!(%server, region = ?region, tunnels = next.len(), seq = next.seq, "credentials read in full");
-                            last_full = Some(Instant::now());
-                        }
+                        // Isolation first, then the logins it protects;
+                        // the log line last, once logins use this cache.
                         if config.firewall {
                             firewall(&next, &mut applied).await;
                         }
+                        let (tunnels, seq) = (next.len(), next.seq);
                         cache.send_replace(Arc::new(next));
+                        if full {
+                            info!(%server, region = ?region, tunnels, seq, "credentials read in full");
+                            last_full = Some(Instant::now());
+                        }
                         None
                     }
                     Ok(()) => None,
