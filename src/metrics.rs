@@ -1,7 +1,8 @@
 //! Counters the query path bumps without locks, rendered as Prometheus text.
 
 use std::{
-    fmt::Write as _,
+    borrow::Cow,
+    fmt::{Display, Write as _},
     sync::atomic::{AtomicU64, Ordering::Relaxed},
 };
 
@@ -146,6 +147,142 @@ pub fn help(out: &mut String, name: &str, kind: &str, text: &str) {
     let _ = writeln!(out, "# HELP {name} {text}\n# TYPE {name} {kind}");
 }
 
+/// A label value as the [text format] writes it: "label_value can be any
+/// sequence of UTF-8 characters, but the backslash (`\`), double-quote (`"`),
+/// and line feed (`\n`) characters have to be escaped as `\\`, `\"`, and
+/// `\n`, respectively."
+///
+/// [text format]: https://prometheus.io/docs/instrumenting/exposition_formats/#text-format-details
+pub fn escape(value: &str) -> Cow<'_, str> {
+    if !value.contains(['\\', '"', '\n']) {
+        return Cow::Borrowed(value);
+    }
+    let mut out = String::with_capacity(value.len() + 8);
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// One family of counters by one label: its name, help text, label name,
+/// and each label value with its counter.
+pub type Family<'a> = (&'a str, &'a str, &'a str, Vec<(&'a str, &'a AtomicU64)>);
+
+/// Writes each family of counters whole (HELP, TYPE, then its samples).
+pub fn families_out<'a>(out: &mut String, families: impl IntoIterator<Item = Family<'a>>) {
+    for (name, text, label, values) in families {
+        help(out, name, "counter", text);
+        for (value, counter) in values {
+            let _ = writeln!(
+                out,
+                "{name}{{{label}=\"{}\"}} {}",
+                escape(value),
+                counter.load(Relaxed)
+            );
+        }
+    }
+}
+
+/// Writes a metric without labels, with its HELP and TYPE.
+pub fn single(out: &mut String, name: &str, kind: &str, text: &str, value: impl Display) {
+    help(out, name, kind, text);
+    let _ = writeln!(out, "{name} {value}");
+}
+
+/// Checks `text` against the text format's rules, as a scraper reads them:
+/// one HELP and one TYPE per family, before its samples; a family's samples
+/// together (never interleaved with another's); names, labels (escaped
+/// values) and values well formed; no series twice.
+#[cfg(test)]
+pub fn check_exposition(text: &str) -> Result<(), String> {
+    use std::collections::{HashMap, HashSet};
+    let name_ok = |n: &str| {
+        n.chars().enumerate().all(|(i, c)| {
+            c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit())
+        }) && !n.is_empty()
+    };
+    let mut kinds: HashMap<String, String> = HashMap::new();
+    let mut helped = HashSet::new();
+    let mut series = HashSet::new();
+    let mut current = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let bad = |why: &str| Err(format!("line {}: {why}: {line}", i + 1));
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let name = rest.split(' ').next().unwrap_or("");
+            if !name_ok(name) || !helped.insert(name.to_owned()) || kinds.contains_key(name) {
+                return bad("a second HELP, or one after the family began");
+            }
+            current = name.to_owned();
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            let known = ["counter", "gauge", "histogram", "summary", "untyped"];
+            if name != current || !known.contains(&kind) || kinds.contains_key(name) {
+                return bad("a TYPE out of place");
+            }
+            kinds.insert(name.to_owned(), kind.to_owned());
+        } else if line.starts_with('#') || line.is_empty() {
+            continue;
+        } else {
+            let (head, value) = line.rsplit_once(' ').unwrap_or((line, ""));
+            let (name, labels) = head.split_once('{').unwrap_or((head, ""));
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .filter(|f| kinds.get(*f).is_some_and(|k| k == "histogram"))
+                .unwrap_or(name);
+            if family != current || !kinds.contains_key(family) || !name_ok(name) {
+                return bad("a sample outside its family");
+            }
+            if !labels.is_empty() && !labels_ok(labels.strip_suffix('}').unwrap_or("\"")) {
+                return bad("malformed labels");
+            }
+            let number = matches!(value, "+Inf" | "-Inf" | "NaN") || value.parse::<f64>().is_ok();
+            if !number || !series.insert(head.to_owned()) {
+                return bad("a bad value, or a series twice");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `a="x",b="y\"z"`: label names well formed, values quoted and escaped.
+#[cfg(test)]
+fn labels_ok(mut text: &str) -> bool {
+    while !text.is_empty() {
+        let Some((name, rest)) = text.split_once("=\"") else {
+            return false;
+        };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return false;
+        }
+        let mut chars = rest.char_indices();
+        let end = loop {
+            match chars.next() {
+                Some((_, '\\')) => match chars.next() {
+                    Some((_, '\\' | '"' | 'n')) => {}
+                    _ => return false,
+                },
+                Some((i, '"')) => break i,
+                Some((_, '\n')) | None => return false,
+                Some(_) => {}
+            }
+        };
+        text = &rest[end + 1..];
+        text = match text.strip_prefix(',') {
+            Some(more) if !more.is_empty() => more,
+            Some(_) => "",
+            None if text.is_empty() => "",
+            None => return false,
+        };
+    }
+    true
+}
+
 /// A fixed-bucket histogram (milliseconds), safe to observe from any thread.
 pub struct Histogram {
     counts: [AtomicU64; BUCKETS_MS.len() + 1],
@@ -221,6 +358,37 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("{qtype=\"SOA\",rcode=\"BADVERS\"} 1"), "{out}");
+    }
+
+    #[test]
+    fn label_values_are_escaped_and_the_checker_tells_a_broken_exposition() {
+        assert_eq!(escape("vpn-1"), "vpn-1");
+        assert_eq!(escape("a\\b\"c\nd"), "a\\\\b\\\"c\\nd");
+        let hits = [AtomicU64::new(3), AtomicU64::new(4)];
+        let mut out = String::new();
+        families_out(
+            &mut out,
+            [(
+                "x_total",
+                "X.",
+                "host",
+                vec![("plain", &hits[0]), ("we\"ird\n\\", &hits[1])],
+            )],
+        );
+        single(&mut out, "y", "gauge", "Y.", 1);
+        check_exposition(&out).unwrap();
+        assert!(
+            out.contains("x_total{host=\"we\\\"ird\\n\\\\\"} 4"),
+            "{out}"
+        );
+        let interleaved = "# HELP a A.\n# TYPE a gauge\n# HELP b B.\n# TYPE b gauge\nb 1\na 1\n";
+        assert!(check_exposition(interleaved).is_err());
+        let twice = "# HELP a A.\n# TYPE a gauge\na 1\n# HELP a A.\n# TYPE a gauge\n";
+        assert!(check_exposition(twice).is_err());
+        let raw_quote = "# HELP a A.\n# TYPE a counter\na{h=\"x\"y\"} 1\n";
+        assert!(check_exposition(raw_quote).is_err());
+        let no_help = "a 1\n";
+        assert!(check_exposition(no_help).is_err());
     }
 
     #[test]

@@ -8,8 +8,8 @@ use std::{
 
 use super::Context;
 use crate::{
-    metrics::{REASONS, help},
-    vpnlog::ingest::RegionLive,
+    metrics::{Family, REASONS, escape, families_out, help},
+    vpnlog::{ingest::RegionLive, watch::Watchers},
 };
 
 pub fn render(cx: &Context) -> String {
@@ -212,6 +212,7 @@ pub fn render(cx: &Context) -> String {
             ingest.queued.load(Relaxed)
         );
         vpnlog_regions(&mut out, &ingest.regions());
+        vpnlog_watchers(&mut out, &v.watchers);
     }
     help(
         &mut out,
@@ -326,8 +327,6 @@ fn connections(e: &crate::edge::EdgeCounters) -> Vec<(&str, &AtomicU64)> {
     ]
 }
 
-type Family<'a> = (&'a str, &'a str, &'a str, Vec<(&'a str, &'a AtomicU64)>);
-
 /// The admin API's connections.
 fn api_edge(out: &mut String, e: &crate::edge::EdgeCounters) {
     families_out(
@@ -341,14 +340,21 @@ fn api_edge(out: &mut String, e: &crate::edge::EdgeCounters) {
     );
 }
 
-fn families_out<'a>(out: &mut String, families: impl IntoIterator<Item = Family<'a>>) {
-    for (name, text, label, values) in families {
-        help(out, name, "counter", text);
-        for (value, counter) in values {
+/// The management watchers' sessions, by server and by how they ended.
+fn vpnlog_watchers(out: &mut String, watchers: &Watchers) {
+    help(
+        out,
+        "mgnt_vpnlog_management_reconnects_total",
+        "counter",
+        "Management-interface connections of the log watcher ended and made again, by server and reason (closed; silent: nothing heard for max(3 poll intervals, 45 s); error).",
+    );
+    for (host, reconnects) in watchers.reconnects() {
+        let host = escape(host);
+        for (reason, n) in reconnects.by_reason() {
             let _ = writeln!(
                 out,
-                "{name}{{{label}=\"{value}\"}} {}",
-                counter.load(Relaxed)
+                "mgnt_vpnlog_management_reconnects_total{{host=\"{host}\",reason=\"{reason}\"}} {}",
+                n.load(Relaxed)
             );
         }
     }

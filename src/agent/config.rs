@@ -3,6 +3,7 @@
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use serde::Deserialize;
@@ -48,7 +49,17 @@ pub struct AgentConfig {
     /// The OpenVPN server's config, checked at start (client-to-client,
     /// management-client-auth).
     pub openvpn_config: Option<PathBuf>,
+    /// Where `GET /metrics` is served (loopback only); none without it.
+    pub metrics: Option<SocketAddr>,
+    /// How long the management interface may stay silent before the
+    /// connection is made again; it is asked something every third of it.
+    pub management_timeout: Duration,
 }
+
+/// OpenVPN answers a probe at once; 45 s leaves room for a busy server.
+pub const DEFAULT_MANAGEMENT_TIMEOUT: Duration = Duration::from_secs(45);
+/// A probe each second at the least.
+const MIN_MANAGEMENT_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -77,6 +88,8 @@ struct RawAgent {
     buffer_max: Option<usize>,
     latency_interval: Option<String>,
     latency_pings: Option<u16>,
+    metrics: Option<String>,
+    management_timeout: Option<String>,
 }
 
 impl AgentConfig {
@@ -170,7 +183,49 @@ impl AgentConfig {
                 v => v.unwrap_or(100_000),
             },
             openvpn_config: a.openvpn_config.as_deref().map(path),
+            metrics: a
+                .metrics
+                .as_deref()
+                .map(metrics)
+                .transpose()
+                .map_err(|r| invalid("metrics", r))?,
+            management_timeout: a
+                .management_timeout
+                .as_deref()
+                .map(management_timeout)
+                .transpose()
+                .map_err(|r| invalid("management_timeout", r))?
+                .unwrap_or(DEFAULT_MANAGEMENT_TIMEOUT),
         })
+    }
+
+    /// How often the management interface is asked something.
+    pub fn probe_every(&self) -> Duration {
+        self.management_timeout / 3
+    }
+}
+
+/// The metrics listener's address: loopback only, since the agent has no
+/// TLS server and an API off loopback needs TLS.
+fn metrics(text: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not an address:port"))?;
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "`{text}` is not a loopback address: the agent serves no TLS, and an API off loopback needs it (scrape through a local proxy or a tunnel)"
+        ));
+    }
+    Ok(addr)
+}
+
+fn management_timeout(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d >= MIN_MANAGEMENT_TIMEOUT => Ok(d),
+        _ => Err(format!(
+            "`{text}` must be a duration of {}s or more (`45s`, `2m`)",
+            MIN_MANAGEMENT_TIMEOUT.as_secs()
+        )),
     }
 }
 
@@ -222,5 +277,52 @@ mod tests {
             parse("[agent]\nmanagment = 1\n"),
             Err(AgentConfigError::Parse { .. })
         ));
+    }
+
+    const BASE: &str = "[agent]\nmanagement = \"127.0.0.1:7505\"\ncontrol = \"https://cp.example\"\ntoken_file = \"t\"\n";
+
+    #[test]
+    fn metrics_are_off_by_default_and_served_on_loopback_only() {
+        assert_eq!(parse(BASE).unwrap().metrics, None);
+        for ok in ["127.0.0.1:9105", "[::1]:9105", "127.0.0.2:9105"] {
+            let c = parse(&format!("{BASE}metrics = \"{ok}\"\n")).unwrap();
+            assert_eq!(c.metrics, Some(ok.parse().unwrap()));
+        }
+        for bad in [
+            "0.0.0.0:9105",
+            "[::]:9105",
+            "192.0.2.1:9105",
+            "localhost:9105",
+            "9105",
+        ] {
+            let err = parse(&format!("{BASE}metrics = \"{bad}\"\n")).unwrap_err();
+            assert!(
+                matches!(err, AgentConfigError::Invalid { key: "metrics", .. }),
+                "{bad}: {err}"
+            );
+            assert!(err.to_string().contains("agent.metrics"), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_management_timeout_sets_the_probe_interval() {
+        let c = parse(BASE).unwrap();
+        assert_eq!(c.management_timeout, Duration::from_secs(45));
+        assert_eq!(c.probe_every(), Duration::from_secs(15));
+        let c = parse(&format!("{BASE}management_timeout = \"3s\"\n")).unwrap();
+        assert_eq!(c.probe_every(), Duration::from_secs(1));
+        for bad in ["2s", "0s", "soon", "500ms"] {
+            let err = parse(&format!("{BASE}management_timeout = \"{bad}\"\n")).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    AgentConfigError::Invalid {
+                        key: "management_timeout",
+                        ..
+                    }
+                ),
+                "{bad}: {err}"
+            );
+        }
     }
 }

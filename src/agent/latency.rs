@@ -2,7 +2,14 @@
 //! `latency_interval` each live tunnel gets `latency_pings` pings; the round
 //! goes to the control plane as a report.
 
-use std::{net::IpAddr, sync::Arc, time::Duration};
+use std::{
+    net::IpAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
+};
 
 use futures_util::StreamExt;
 use tokio::{
@@ -20,12 +27,14 @@ const CONCURRENT: usize = 256;
 const TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Pings the live tunnels (tunnel username and address, as the management
-/// session publishes them) for as long as the agent runs.
+/// session publishes them) for as long as the agent runs; `rounds` counts
+/// the rounds reported.
 pub async fn run(
     every: Duration,
     pings: u16,
     targets: watch::Receiver<Vec<(String, IpAddr)>>,
     outbox: Outbox,
+    rounds: Arc<AtomicU64>,
 ) {
     let pingers = Arc::new(Pingers::open());
     for why in pingers.unavailable() {
@@ -38,7 +47,7 @@ pub async fn run(
         let now_live = targets.borrow().clone();
         futures_util::stream::iter(now_live)
             .for_each_concurrent(CONCURRENT, |(user, address)| {
-                let (pingers, outbox) = (&pingers, &outbox);
+                let (pingers, outbox, rounds) = (&pingers, &outbox, &rounds);
                 async move {
                     let time = now();
                     let mut rtts_us = Vec::with_capacity(usize::from(pings));
@@ -54,6 +63,7 @@ pub async fn run(
                         sent: pings,
                         rtts_us,
                     });
+                    rounds.fetch_add(1, Relaxed);
                 }
             })
             .await;

@@ -5,20 +5,22 @@
 //! agent is away: run it supervised.
 //!
 //! Pure parts: [`config`], [`cache`] (decisions), [`wire`] (the management
-//! protocol); edges: [`sync`] (the control plane), [`session`] (OpenVPN).
+//! protocol); edges: [`sync`] (the control plane), [`session`] (OpenVPN),
+//! `outbox` (reports), `latency` (pings), [`metrics`] (`GET /metrics`).
 
 pub mod cache;
 pub mod config;
 pub mod firewall;
 mod latency;
+pub mod metrics;
 mod outbox;
 mod session;
 mod sync;
 pub mod wire;
 
-use std::sync::Arc;
+use std::{net::SocketAddr, sync::Arc};
 
-use tokio::sync::watch;
+use tokio::{net::TcpListener, sync::watch};
 use tracing::{info, warn};
 
 pub use config::{AgentConfig, AgentConfigError};
@@ -37,6 +39,11 @@ pub enum AgentError {
         "firewall: {0} (set `firewall = false` to manage it yourself; `mgnt agent --print-rules` shows the rules)"
     )]
     Firewall(String),
+    #[error("metrics listener on {addr}: {source}")]
+    Metrics {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Refuses an OpenVPN server config the agent cannot work beside.
@@ -93,9 +100,22 @@ pub fn rules(config: &AgentConfig) -> Result<String, AgentError> {
     policy.rules().map_err(AgentError::Firewall)
 }
 
+/// Binds `[agent] metrics` when set (at start: a port taken stops the agent).
+async fn metrics_listener(config: &AgentConfig) -> Result<Option<TcpListener>, AgentError> {
+    let Some(addr) = config.metrics else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| AgentError::Metrics { addr, source })?;
+    info!(%addr, "serving metrics");
+    Ok(Some(listener))
+}
+
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     check_openvpn(&config)?;
+    let metrics_listener = metrics_listener(&config).await?;
     let control = sync::Control::new(&config, token(&config)?).map_err(AgentError::Control)?;
     let cache = match cache::Cache::load(&config.cache_dir) {
         Ok(c) => {
@@ -132,6 +152,17 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let counters = Arc::new(session::Counters::default());
     let control = Arc::new(control);
     let outbox = outbox::start(control.clone(), &config.cache_dir, config.buffer_max);
+    let latency_rounds = Arc::default();
+    if let Some(listener) = metrics_listener {
+        let m = metrics::Metrics {
+            session: counters.clone(),
+            control: control.counters.clone(),
+            outbox: outbox.counters.clone(),
+            latency_rounds: Arc::clone(&latency_rounds),
+            cache: rx.clone(),
+        };
+        tokio::spawn(metrics::serve(listener, Arc::new(m)));
+    }
     let (targets_tx, targets) = watch::channel(Vec::new());
     tokio::spawn(sync::run(control, config.clone(), tx, applied));
     tokio::spawn(latency::run(
@@ -139,6 +170,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         config.latency_pings,
         targets,
         outbox.clone(),
+        latency_rounds,
     ));
     tokio::spawn(session::run(
         config.clone(),

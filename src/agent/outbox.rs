@@ -33,13 +33,36 @@ pub struct Outbox {
     tx: mpsc::Sender<Report>,
     /// Reports dropped (buffer full) and not yet told to the control plane.
     dropped: Arc<AtomicU64>,
+    pub counters: Arc<OutboxCounters>,
 }
 
 impl Outbox {
     pub fn report(&self, report: Report) {
         if self.tx.try_send(report).is_err() {
             self.dropped.fetch_add(1, Relaxed);
+            self.counters.dropped.fetch_add(1, Relaxed);
         }
+    }
+}
+
+/// What the outbox holds and did, for metrics.
+#[derive(Default)]
+pub struct OutboxCounters {
+    /// Reports waiting in memory.
+    pub buffered: AtomicU64,
+    /// Of those, how many are in the spool file.
+    pub spooled: AtomicU64,
+    /// Reports dropped since the start because `buffer_max` (or the
+    /// hand-over channel) was full.
+    pub dropped: AtomicU64,
+    /// Reports the control plane took.
+    pub sent: AtomicU64,
+}
+
+impl OutboxCounters {
+    fn observe(&self, buffer: &Buffer) {
+        self.buffered.store(buffer.reports.len() as u64, Relaxed);
+        self.spooled.store(buffer.spooled as u64, Relaxed);
     }
 }
 
@@ -140,9 +163,15 @@ impl Buffer {
 pub fn start(control: Arc<Control>, dir: &Path, max: usize) -> Outbox {
     let (tx, rx) = mpsc::channel(4096);
     let dropped = Arc::new(AtomicU64::new(0));
+    let counters = Arc::new(OutboxCounters::default());
     let buffer = Buffer::load(dir, max);
-    tokio::spawn(run(control, buffer, rx, dropped.clone()));
-    Outbox { tx, dropped }
+    counters.observe(&buffer);
+    tokio::spawn(run(control, buffer, rx, dropped.clone(), counters.clone()));
+    Outbox {
+        tx,
+        dropped,
+        counters,
+    }
 }
 
 async fn run(
@@ -150,6 +179,7 @@ async fn run(
     mut buffer: Buffer,
     mut rx: mpsc::Receiver<Report>,
     dropped: Arc<AtomicU64>,
+    counters: Arc<OutboxCounters>,
 ) {
     let mut tick = interval(Duration::from_secs(1));
     let mut backoff = Duration::from_secs(1);
@@ -158,14 +188,18 @@ async fn run(
     loop {
         tokio::select! {
             got = rx.recv() => match got {
-                Some(r) => if buffer.push(r) { dropped.fetch_add(1, Relaxed); },
+                Some(r) => if buffer.push(r) {
+                    dropped.fetch_add(1, Relaxed);
+                    counters.dropped.fetch_add(1, Relaxed);
+                },
                 None => return,
             },
             _ = tick.tick() => {
                 if buffer.reports.is_empty() || Instant::now() < next_try {
                     continue;
                 }
-                match send(&control, &mut buffer, &dropped).await {
+                let sent = send(&control, &mut buffer, &dropped, &counters.sent).await;
+                match sent {
                     Ok(()) => {
                         if !failing.is_empty() {
                             info!("reports reach the control plane again");
@@ -187,6 +221,7 @@ async fn run(
                 }
             }
         }
+        counters.observe(&buffer);
     }
 }
 
@@ -195,6 +230,7 @@ async fn send(
     control: &Arc<Control>,
     buffer: &mut Buffer,
     dropped: &AtomicU64,
+    sent: &AtomicU64,
 ) -> Result<(), String> {
     while !buffer.reports.is_empty() {
         let batch = Batch {
@@ -210,6 +246,7 @@ async fn send(
             dropped.fetch_add(told, Relaxed);
             return Err(e);
         }
+        sent.fetch_add(n as u64, Relaxed);
         if let Err(e) = buffer.sent(n) {
             warn!(file = %buffer.file.display(), error = %e, "updating the report spool");
         }

@@ -1,8 +1,9 @@
 //! The agent's connection to OpenVPN's management interface: every login
 //! (`>CLIENT:CONNECT`, `>CLIENT:REAUTH`) is answered from the credential
 //! cache, and a tunnel that leaves the cache (its site was deleted) has its
-//! sessions killed. A connection that fails, ends or stops answering is
-//! made again ([`crate::management::keep`]); OpenVPN admits nobody meanwhile.
+//! sessions killed. A connection that fails, ends or stops answering for
+//! `management_timeout` is made again ([`crate::management::keep`]); OpenVPN
+//! admits nobody meanwhile.
 
 use std::{
     collections::HashMap,
@@ -17,7 +18,6 @@ use std::{
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     sync::watch,
-    time::{Instant, interval},
 };
 use tracing::{debug, info};
 use uuid::Uuid;
@@ -30,14 +30,11 @@ use super::{
 };
 use crate::{
     clock::now,
-    management::{Lines, ManagementError},
+    management::{Lines, ManagementError, Reconnects, Watchdog},
     tunnels::username::username,
     vpnlog::report::Report,
 };
 
-/// How often the interface is asked something, and how long it may stay silent.
-const PROBE_EVERY: Duration = Duration::from_secs(15);
-const SILENT_FOR: Duration = Duration::from_secs(45);
 /// How often OpenVPN reports each client's byte counts.
 const BYTECOUNT_EVERY: Duration = Duration::from_secs(30);
 
@@ -47,7 +44,11 @@ pub struct Counters {
     pub allowed: AtomicU64,
     pub denied: AtomicU64,
     pub killed: AtomicU64,
-    pub reconnects: AtomicU64,
+    /// Sessions OpenVPN has open now (as far as this connection knows).
+    pub live: AtomicU64,
+    /// 1 while a management connection is open and has answered.
+    pub management_up: AtomicU64,
+    pub reconnects: Reconnects,
 }
 
 /// Runs for as long as the agent does.
@@ -59,9 +60,12 @@ pub async fn run(
     targets: watch::Sender<Vec<(String, IpAddr)>>,
 ) {
     let label = "agent (nobody is admitted until it is back)";
-    crate::management::keep(config.management, label, || {
-        counters.reconnects.fetch_add(1, Relaxed);
-        serve(&config, cache.clone(), &counters, &outbox, &targets)
+    crate::management::keep(config.management, label, &counters.reconnects, || async {
+        let ended = serve(&config, cache.clone(), &counters, &outbox, &targets).await;
+        // What the next connection finds is counted afresh.
+        counters.management_up.store(0, Relaxed);
+        counters.live.store(0, Relaxed);
+        ended
     })
     .await;
 }
@@ -189,8 +193,11 @@ impl State<'_> {
         String::new()
     }
 
-    /// Tells the pinger which tunnels are live.
+    /// Tells the pinger (and the metrics) which tunnels are live.
     fn publish(&self) {
+        self.counters
+            .live
+            .store(self.sessions.len() as u64, Relaxed);
         let live = self
             .sessions
             .values()
@@ -233,8 +240,7 @@ async fn serve(
     state.publish();
     let mut lines = Lines::new(password.is_some());
     let mut chunk = vec![0u8; 16 * 1024];
-    let mut probe = interval(PROBE_EVERY);
-    let mut heard = Instant::now();
+    let mut watchdog = Watchdog::new(config.probe_every(), config.management_timeout);
     loop {
         tokio::select! {
             read = stream.read(&mut chunk) => {
@@ -242,7 +248,10 @@ async fn serve(
                 if n == 0 {
                     return Ok(());
                 }
-                heard = Instant::now();
+                watchdog.heard();
+                // Up once it answers: a stopped OpenVPN's kernel still
+                // accepts the connection.
+                counters.management_up.store(1, Relaxed);
                 let mut out = String::new();
                 lines.feed(&chunk[..n], |line| {
                     if let Some((cid, received, sent)) = wire::bytecount(line) {
@@ -275,10 +284,8 @@ async fn serve(
                     stream.write_all(wire::kill(cid).as_bytes()).await?;
                 }
             }
-            _ = probe.tick() => {
-                if heard.elapsed() > SILENT_FOR {
-                    return Err(ManagementError::Silent);
-                }
+            due = watchdog.due() => {
+                due?;
                 stream.write_all(b"pid\n").await?;
             }
         }

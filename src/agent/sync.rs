@@ -3,12 +3,18 @@
 //! [`FULL_EVERY`] as a safety net, the control URLs tried in turn. The task
 //! is the cache's one writer: it saves each new cache, then publishes it.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
+};
 
 use tokio::{sync::watch, time::Instant};
 use tracing::{info, warn};
 
-use crate::vpnlog::report::Batch;
+use crate::{clock::now, vpnlog::report::Batch};
 
 use super::{
     AgentConfig,
@@ -27,6 +33,16 @@ pub struct Control {
     agent: ureq::Agent,
     urls: Vec<String>,
     token: String,
+    pub counters: Arc<ControlCounters>,
+}
+
+/// How the control plane answered, for metrics.
+#[derive(Default)]
+pub struct ControlCounters {
+    /// Unix time of the last answer taken (0: none yet).
+    pub answered_at: AtomicU64,
+    /// Requests that no control URL answered usably.
+    pub failures: AtomicU64,
 }
 
 impl Control {
@@ -41,12 +57,28 @@ impl Control {
             agent: builder.build().new_agent(),
             urls: config.control.clone(),
             token,
+            counters: Arc::default(),
         })
     }
 
     /// Runs `call` against each control URL in turn (with the agent's
-    /// token) until one answers 200; `read` takes that answer.
+    /// token) until one answers 200; `read` takes that answer. Counted.
     fn first<T>(
+        &self,
+        call: impl Fn(&str, &str) -> Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+        read: impl FnOnce(&str, ureq::http::Response<ureq::Body>) -> Result<T, String>,
+    ) -> Result<T, String> {
+        let got = self.try_each(call, read);
+        match &got {
+            Ok(_) => self.counters.answered_at.store(now(), Relaxed),
+            Err(_) => {
+                self.counters.failures.fetch_add(1, Relaxed);
+            }
+        }
+        got
+    }
+
+    fn try_each<T>(
         &self,
         call: impl Fn(&str, &str) -> Result<ureq::http::Response<ureq::Body>, ureq::Error>,
         read: impl FnOnce(&str, ureq::http::Response<ureq::Body>) -> Result<T, String>,

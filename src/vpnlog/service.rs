@@ -20,6 +20,8 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 pub struct VpnLog {
     pub ingest: Arc<Ingest>,
     pub store: Arc<dyn LogStore>,
+    /// The management watchers' reconnects, per server.
+    pub watchers: watch::Watchers,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,9 +64,16 @@ pub async fn start(config: &VpnlogConfig) -> Result<(VpnLog, SocketAddr), StartE
             addr: config.listen,
             source,
         })?;
+    let watchers = watch::Watchers::new(&config.servers);
     for server in &config.servers {
         let every = config.poll_interval;
-        tokio::spawn(watch::management(server.clone(), every, ingest.clone()));
+        let reconnects = watchers.of(&server.host);
+        tokio::spawn(watch::management(
+            server.clone(),
+            every,
+            ingest.clone(),
+            reconnects,
+        ));
         tokio::spawn(watch::status_file(server.clone(), every, ingest.clone()));
     }
     let pingers = Pingers::open();
@@ -78,7 +87,12 @@ pub async fn start(config: &VpnlogConfig) -> Result<(VpnLog, SocketAddr), StartE
     ));
     tokio::spawn(prune(store.clone(), config.retention));
     info!(%addr, servers = config.servers.len(), "receiving OpenVPN logs");
-    Ok((VpnLog { ingest, store }, addr))
+    let vpnlog = VpnLog {
+        ingest,
+        store,
+        watchers,
+    };
+    Ok((vpnlog, addr))
 }
 
 async fn prune(store: Arc<dyn LogStore>, retention: Duration) {

@@ -1,11 +1,12 @@
 //! The sources besides syslog: each OpenVPN server's management interface
 //! and status file, polled on `[vpnlog] poll_interval`.
 //!
-//! A management connection that fails or ends is made again with backoff
-//! ([`crate::management::keep`]).
+//! A management connection that fails, ends or stays silent (see
+//! [`silence_limit`]) is made again with backoff
+//! ([`crate::management::keep`]), and counted per server in [`Watchers`].
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     net::SocketAddr,
     path::Path,
     sync::Arc,
@@ -26,16 +27,60 @@ use super::{
 use crate::{
     clock::now,
     config::LogServer,
-    management::{Lines, ManagementError},
+    management::{Lines, ManagementError, Reconnects, Watchdog},
 };
 
+/// The agent's default `management_timeout`: a floor, so that a short
+/// `poll_interval` does not take a busy server for a silent one.
+const MIN_SILENCE: Duration = Duration::from_secs(45);
+
+/// How long a watched interface may stay silent: three polls unanswered
+/// (`status 3` always gets an answer), and never less than 45 s.
+pub fn silence_limit(poll_interval: Duration) -> Duration {
+    (poll_interval * 3).max(MIN_SILENCE)
+}
+
+/// The management watchers' sessions ended, per server (`host`), for metrics.
+#[derive(Default)]
+pub struct Watchers(BTreeMap<String, Arc<Reconnects>>);
+
+impl Watchers {
+    /// One entry per server with a `management` address.
+    pub fn new(servers: &[LogServer]) -> Self {
+        Self(
+            servers
+                .iter()
+                .filter(|s| s.management.is_some())
+                .map(|s| (s.host.clone(), Arc::default()))
+                .collect(),
+        )
+    }
+
+    /// `host`'s counters (fresh ones for a server not watched).
+    pub fn of(&self, host: &str) -> Arc<Reconnects> {
+        self.0.get(host).cloned().unwrap_or_default()
+    }
+
+    pub fn reconnects(&self) -> impl Iterator<Item = (&str, &Reconnects)> {
+        self.0.iter().map(|(h, r)| (h.as_str(), &**r))
+    }
+}
+
 /// Watches one server's management interface for as long as the service runs.
-pub async fn management(server: LogServer, every: Duration, ingest: Arc<Ingest>) {
+pub async fn management(
+    server: LogServer,
+    every: Duration,
+    ingest: Arc<Ingest>,
+    reconnects: Arc<Reconnects>,
+) {
     let Some(addr) = server.management else {
         return;
     };
     let label = format!("log watcher of {}", server.host);
-    crate::management::keep(addr, &label, || watch(&server, addr, every, &ingest)).await;
+    crate::management::keep(addr, &label, &reconnects, || {
+        watch(&server, addr, every, &ingest)
+    })
+    .await;
 }
 
 async fn watch(
@@ -56,9 +101,7 @@ async fn watch(
     let mut clients: HashMap<u64, SocketAddr> = HashMap::new();
     let mut lines = Lines::new(password.is_some());
     let mut chunk = vec![0u8; 16 * 1024];
-    let mut poll = interval(every);
-    poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    poll.tick().await;
+    let mut poll = Watchdog::new(every, silence_limit(every));
     loop {
         tokio::select! {
             read = stream.read(&mut chunk) => {
@@ -66,13 +109,17 @@ async fn watch(
                 if n == 0 {
                     return Ok(());
                 }
+                poll.heard();
                 lines.feed(&chunk[..n], |line| {
                     if let Some(notice) = reader.line(line) {
                         apply(notice, host, &mut clients, ingest);
                     }
                 })?;
             }
-            _ = poll.tick() => stream.write_all(b"status 3\n").await?,
+            due = poll.due() => {
+                due?;
+                stream.write_all(b"status 3\n").await?;
+            }
         }
     }
 }
@@ -177,4 +224,18 @@ async fn read_status(
     let time = now();
     ingest.track(Some(host), |t| t.snapshot(&report, taken, time));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn silence_is_three_unanswered_polls_and_at_least_45_s() {
+        let s = Duration::from_secs;
+        assert_eq!(silence_limit(s(60)), s(180));
+        assert_eq!(silence_limit(s(20)), s(60));
+        assert_eq!(silence_limit(s(10)), s(45));
+        assert_eq!(silence_limit(s(1)), s(45));
+    }
 }
