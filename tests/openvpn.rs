@@ -951,6 +951,127 @@ fn the_agent_answers_logins_and_keeps_answering_with_the_control_plane_away() {
     let _ = vpn_server.wait();
 }
 
+/// The value of `series` (name and labels, as written) in a scrape.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Scrapes `url` in `ns` until `ok` holds (60 s at most); the last scrape.
+fn scrape_until(ns: &str, url: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = try_curl_in(Some(ns), &[url]);
+        if let Ok(g) = &got
+            && g.status == 200
+            && ok(&g.body)
+        {
+            return g.body.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within 60 s; last scrape: {}",
+            got.map_or_else(|e| e, |g| g.body)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Sends `signal` (`STOP`, `CONT`) to a process.
+fn signal(pid: u32, signal: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{signal} {pid}");
+}
+
+/// The agent's metrics: a login counted, and an OpenVPN server that stops
+/// answering (SIGSTOP: its kernel still holds and even accepts management
+/// connections) noticed within `management_timeout`, counted as a silent
+/// reconnect, and answering again once it continues.
+#[test]
+#[ignore = "needs root (network namespaces, OpenVPN); scripts/test runs it as root"]
+fn the_agent_counts_logins_and_notices_a_management_interface_gone_silent() {
+    require_tools();
+    const NET: &str = "169.254.97";
+    let lab = Lab::new("om", NET);
+    let AgentLab {
+        server: _server,
+        dir,
+        sites,
+        agent_conf,
+        vpn_server: (mut vpn_server, _server_log),
+    } = AgentLab::start(&lab.server, NET, "", 1);
+    let mut conf = std::fs::read_to_string(&agent_conf).unwrap();
+    conf.push_str("metrics = \"127.0.0.1:19105\"\nmanagement_timeout = \"3s\"\n");
+    std::fs::write(&agent_conf, conf).unwrap();
+    let (mut agent1, agent_log) = agent(&lab.server, &agent_conf);
+    wait_for(&agent_log, &["credentials read in full"], 20);
+    let url = "http://127.0.0.1:19105/metrics";
+    let has = |m: &str, series: &str, want: f64| sample(m, series) == Some(want);
+
+    let t = &sites[0];
+    let (mut client, log) = openvpn(
+        &lab.region,
+        &client_config(&dir, NET, "m", &t.user, &t.secret),
+    );
+    wait_for(&log, &["Initialization Sequence Completed"], 30);
+    let m = scrape_until(&lab.server, url, "the login counted", |m| {
+        has(m, "mgnt_agent_logins_total{result=\"allowed\"}", 1.0)
+            && has(m, "mgnt_agent_sessions_live", 1.0)
+    });
+    assert_eq!(
+        sample(&m, "mgnt_agent_logins_total{result=\"denied\"}"),
+        Some(0.0),
+        "{m}"
+    );
+    assert_eq!(sample(&m, "mgnt_agent_management_up"), Some(1.0), "{m}");
+    assert_eq!(
+        sample(&m, "mgnt_agent_credential_tunnels"),
+        Some(1.0),
+        "{m}"
+    );
+    assert!(
+        sample(&m, "mgnt_agent_last_sync_timestamp_seconds").is_some_and(|t| t > 1.6e9),
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "mgnt_agent_management_reconnects_total{reason=\"silent\"}"
+        ),
+        Some(0.0),
+        "{m}"
+    );
+
+    // `ip netns exec` runs OpenVPN in its own place: the child is OpenVPN.
+    let pid = vpn_server.id();
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+    assert_eq!(comm.trim(), "openvpn");
+    signal(pid, "STOP");
+    scrape_until(&lab.server, url, "a silent reconnect", |m| {
+        sample(
+            m,
+            "mgnt_agent_management_reconnects_total{reason=\"silent\"}",
+        )
+        .is_some_and(|n| n >= 1.0)
+            && has(m, "mgnt_agent_management_up", 0.0)
+    });
+    signal(pid, "CONT");
+    scrape_until(&lab.server, url, "the interface answering again", |m| {
+        has(m, "mgnt_agent_management_up", 1.0)
+    });
+
+    let _ = client.kill();
+    let _ = client.wait();
+    let _ = agent1.kill();
+    let _ = agent1.wait();
+    let _ = vpn_server.kill();
+    let _ = vpn_server.wait();
+}
+
 /// Whether `ns` gets an answer to a ping of `addr` (three tries).
 fn pings(ns: &str, addr: &str) -> bool {
     Command::new("ip")
