@@ -171,6 +171,14 @@ pub struct VpnlogConfig {
     pub tcp_max_per_source: usize,
     /// A TCP sender silent this long is disconnected.
     pub tcp_idle_timeout: Duration,
+    /// Most records waiting for the writer: beyond, UDP lines are dropped
+    /// (counted) and TCP senders wait.
+    pub queue_capacity: usize,
+    /// The syslog UDP socket's receive buffer, in bytes.
+    pub udp_receive_buffer: usize,
+    /// A session missing from this many complete client lists in a row
+    /// (status file or `status 3`) is closed as "stale".
+    pub stale_after: u32,
 }
 
 /// `[[vpnlog.servers]]`: one regional OpenVPN server.

@@ -156,7 +156,7 @@ fn status_files_of_every_version_open_count_and_close_sessions() {
     let fixture = Fixture::new();
     fixture.write_config(
         &(config_text("\"127.0.0.1:0\", \"[::1]:0\"")
-            + "\n[vpnlog]\nlisten = \"127.0.0.1:0\"\npoll_interval = \"100ms\"\n\
+            + "\n[vpnlog]\nlisten = \"127.0.0.1:0\"\npoll_interval = \"100ms\"\nstale_after = 2\n\
                servers = [{ host = \"vpn-fra-1\", region = \"europe1\", status_file = \"status.txt\" }]\n"),
     );
     let file = fixture.path("status.txt");
@@ -205,20 +205,39 @@ fn status_files_of_every_version_open_count_and_close_sessions() {
         v["sessions"][0]["bytes_in"] == 1500
     });
 
-    // Version 1 without `a`: its session ends; `b` stays open.
-    let v1 = format!(
-        "OpenVPN CLIENT LIST\nUpdated,2026-11-25 18:51:09\nCommon Name,Real Address,Bytes Received,Bytes Sent,Connected Since\n\
-         {b_name},2001:db8::7:4001,7,8,2026-11-25 18:49:27\nROUTING TABLE\nVirtual Address,Common Name,Real Address,Last Ref\n\
+    // Version 1 without `a`, twice (`stale_after = 2`): its session ends as
+    // stale; `b` stays open.
+    let v1 = |b_in: u64| {
+        format!(
+            "OpenVPN CLIENT LIST\nUpdated,2026-11-25 18:51:09\nCommon Name,Real Address,Bytes Received,Bytes Sent,Connected Since\n\
+         {b_name},2001:db8::7:4001,{b_in},8,2026-11-25 18:49:27\nROUTING TABLE\nVirtual Address,Common Name,Real Address,Last Ref\n\
          100.64.0.3,{b_name},2001:db8::7:4001,2026-11-25 18:49:27\nGLOBAL STATS\nMax bcast/mcast queue length,1\nEND\n"
-    );
-    write_atomically(&file, &v1);
-    let v = server.get_until(&sessions(a), "the session closed by the v1 file", |v| {
-        v["sessions"][0]["end"].is_number()
-    });
-    assert_eq!(v["sessions"][0]["end_reason"], "no-longer-listed");
-    let v = server.get_until(&sessions(b), "b's counters from the v1 file", |v| {
+        )
+    };
+    write_atomically(&file, &v1(7));
+    server.get_until(&sessions(b), "b's counters from the v1 file", |v| {
         v["sessions"][0]["bytes_in"] == 7
     });
+    let v = server.get(&sessions(a)).1;
+    assert!(v["sessions"][0]["end"].is_null(), "one list missed: {v}");
+    // Caught mid-rewrite (no END line): not counted at all.
+    let full = v1(8);
+    write_atomically(&file, &full[..full.find("GLOBAL STATS").unwrap()]);
+    std::thread::sleep(Duration::from_millis(500));
+    let v = server.get(&sessions(b)).1;
+    assert_eq!(v["sessions"][0]["bytes_in"], 7, "{v}");
+    let v = server.get(&sessions(a)).1;
+    assert!(
+        v["sessions"][0]["end"].is_null(),
+        "a cut list counts no miss: {v}"
+    );
+    write_atomically(&file, &full);
+    let v = server.get_until(&sessions(a), "the session closed as stale", |v| {
+        v["sessions"][0]["end"].is_number()
+    });
+    assert_eq!(v["sessions"][0]["end_reason"], "stale");
+    let v = server.get(&sessions(b)).1;
+    assert_eq!(v["sessions"][0]["bytes_in"], 8, "{v}");
     assert!(v["sessions"][0]["end"].is_null(), "{v}");
     let summary = server.get("/v1/regions/europe1/summary").1;
     assert_eq!(summary["connected_tunnels"], 1, "{summary}");
@@ -273,5 +292,138 @@ fn syslog_tcp_is_capped_per_source_and_silent_senders_are_closed() {
     assert!(
         metric(&m, "mgnt_vpnlog_tcp_closed_total{reason=\"idle\"}") >= 1,
         "{m}"
+    );
+}
+
+/// The `/metrics` text.
+fn metrics(server: &Server) -> String {
+    let Value::String(m) = get(server, "/metrics") else {
+        panic!("metrics are text")
+    };
+    m
+}
+
+/// Polls `/metrics` until `done` holds (10 s at most).
+fn metrics_until(server: &Server, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let start = Instant::now();
+    loop {
+        let m = metrics(server);
+        if done(&m) {
+            return m;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{what}:\n{}",
+            m.lines()
+                .filter(|l| l.starts_with("mgnt_vpnlog"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// With the database locked by another writer, the writer's queue fills:
+/// UDP lines beyond it are dropped and counted, a TCP sender is held back
+/// (nothing it sent is lost), and all of it is written once the lock goes.
+#[test]
+fn a_full_queue_drops_udp_lines_and_holds_tcp_senders_until_the_writer_catches_up() {
+    let fixture = Fixture::new();
+    fixture.write_config(
+        &(config_text("\"127.0.0.1:0\", \"[::1]:0\"") + CONFIG + "queue_capacity = 1000\n"),
+    );
+    let server = Server::start_with(fixture);
+    let syslog = server.syslog.expect("a syslog listener");
+    let m = metrics(&server);
+    assert_eq!(metric(&m, "mgnt_vpnlog_queue_capacity"), 1000, "{m}");
+    assert!(m.contains("mgnt_vpnlog_udp_kernel_drops_total 0"), "{m}");
+
+    let db = rusqlite::Connection::open(server.fixture.path("state/vpnlog.db")).unwrap();
+    db.execute_batch("BEGIN IMMEDIATE").unwrap();
+    // Unknown lines: one record each.
+    const TCP_LINES: u64 = 20_000;
+    let mut tcp = TcpStream::connect(syslog).unwrap();
+    let sender = std::thread::spawn(move || {
+        for i in 0..TCP_LINES {
+            writeln!(
+                tcp,
+                "<29>Nov 25 18:08:05 vpn-fra-1 openvpn[1]: unknown line {i}"
+            )
+            .unwrap();
+        }
+    });
+    let accounted = |m: &str| {
+        metric(m, "mgnt_vpnlog_lines_total{result=\"parsed\"}")
+            + metric(m, "mgnt_vpnlog_lines_total{result=\"unparsed\"}")
+    };
+    metrics_until(&server, "the queue full", |m| {
+        metric(m, "mgnt_vpnlog_queue_items") >= 1000
+    });
+    let held = accounted(&metrics(&server));
+    std::thread::sleep(Duration::from_millis(500));
+    let m = metrics(&server);
+    assert_eq!(accounted(&m), held, "the TCP sender is held back");
+    assert!(held < TCP_LINES, "{held} lines read of {TCP_LINES}");
+
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in 0..50 {
+        udp.send_to(format!("unknown datagram {i}").as_bytes(), syslog)
+            .unwrap();
+    }
+    metrics_until(&server, "50 datagrams dropped at the full queue", |m| {
+        metric(m, "mgnt_vpnlog_lines_total{result=\"queue_full\"}") == 50
+    });
+
+    db.execute_batch("COMMIT").unwrap();
+    drop(db);
+    sender.join().unwrap();
+    let m = metrics_until(&server, "every TCP line written", |m| {
+        accounted(m) == TCP_LINES
+            && metric(m, "mgnt_vpnlog_records_written_total")
+                == metric(m, "mgnt_vpnlog_records_queued_total")
+    });
+    assert_eq!(metric(&m, "mgnt_vpnlog_records_written_total"), TCP_LINES);
+}
+
+/// A session's times are when the log says it happened, not when the lines
+/// arrived (RFC 5424 headers with their zone).
+#[test]
+fn session_times_come_from_the_messages() {
+    let fixture = Fixture::new();
+    fixture.write_config(&(config_text("\"127.0.0.1:0\", \"[::1]:0\"") + CONFIG));
+    let server = Server::start_with(fixture);
+    let syslog = server.syslog.expect("a syslog listener");
+    let id = uuid::Uuid::new_v4();
+    let now = mgnt::state::now() as i64;
+    let (opened, reset) = (now - 600, now - 120);
+    let at = |t: i64| {
+        chrono::DateTime::from_timestamp(t, 0)
+            .unwrap()
+            .with_timezone(&chrono::FixedOffset::east_opt(3 * 3600).unwrap())
+            .to_rfc3339()
+    };
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for line in [
+        format!(
+            "<29>1 {} vpn-fra-1 openvpn - - - 198.51.100.9:40000 [{id}] Peer Connection Initiated with [AF_INET]198.51.100.9:40000",
+            at(opened)
+        ),
+        format!(
+            "<29>1 {} vpn-fra-1 openvpn - - - {id}/198.51.100.9:40000 Connection reset, restarting [0]",
+            at(reset)
+        ),
+    ] {
+        udp.send_to(line.as_bytes(), syslog).unwrap();
+        // In order: one datagram, then the next.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let v = server.get_until(&format!("/v1/tunnels/{id}/sessions"), "the session", |v| {
+        v["sessions"][0]["end"].is_number()
+    });
+    let s = &v["sessions"][0];
+    assert_eq!(
+        (s["start"].as_i64(), s["end"].as_i64()),
+        (Some(opened), Some(reset)),
+        "{s}"
     );
 }

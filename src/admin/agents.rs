@@ -120,6 +120,15 @@ pub async fn reports(
             format!("at most {MAX_BATCH} reports per batch"),
         );
     }
+    if let Some(vpnlog) = &api.cx.vpnlog
+        && vpnlog.ingest.full()
+    {
+        // The agent keeps the batch and sends it again.
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the log writer's queue is full: send again later",
+        );
+    }
     if batch.dropped > 0 {
         warn!(server = %name, dropped = batch.dropped, "an agent dropped reports: its buffer was full");
     }

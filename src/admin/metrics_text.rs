@@ -162,7 +162,7 @@ pub fn render(cx: &Context) -> String {
             &mut out,
             "mgnt_vpnlog_lines_total",
             "counter",
-            "Log lines received, by result (unknown_sender: from no configured server's addresses, dropped).",
+            "Log lines received, by result (unknown_sender: from no configured server's addresses, dropped; queue_full: UDP lines dropped while the writer's queue was full).",
         );
         let parsed = ingest.parsed.load(Relaxed);
         let unparsed = ingest.unparsed.load(Relaxed);
@@ -176,6 +176,34 @@ pub fn render(cx: &Context) -> String {
             out,
             "mgnt_vpnlog_lines_total{{result=\"unknown_sender\"}} {unknown}"
         );
+        let _ = writeln!(
+            out,
+            "mgnt_vpnlog_lines_total{{result=\"queue_full\"}} {}",
+            ingest.dropped.load(Relaxed)
+        );
+        if let Some(drops) = ingest.udp_kernel_drops() {
+            help(
+                &mut out,
+                "mgnt_vpnlog_udp_kernel_drops_total",
+                "counter",
+                "Syslog datagrams the kernel dropped because the socket's receive buffer (udp_receive_buffer) was full.",
+            );
+            let _ = writeln!(out, "mgnt_vpnlog_udp_kernel_drops_total {drops}");
+        }
+        help(
+            &mut out,
+            "mgnt_vpnlog_queue_items",
+            "gauge",
+            "Records waiting for the writer.",
+        );
+        let _ = writeln!(out, "mgnt_vpnlog_queue_items {}", ingest.pending());
+        help(
+            &mut out,
+            "mgnt_vpnlog_queue_capacity",
+            "gauge",
+            "queue_capacity: beyond it UDP lines are dropped and TCP senders wait.",
+        );
+        let _ = writeln!(out, "mgnt_vpnlog_queue_capacity {}", ingest.capacity());
         help(
             &mut out,
             "mgnt_vpnlog_tcp_closed_total",

@@ -88,6 +88,9 @@ struct RawVpnlog {
     tcp_max_connections: Option<usize>,
     tcp_max_per_source: Option<usize>,
     tcp_idle_timeout: Option<String>,
+    queue_capacity: Option<usize>,
+    udp_receive_buffer: Option<usize>,
+    stale_after: Option<u32>,
     #[serde(default)]
     servers: Vec<RawLogServer>,
 }
@@ -571,6 +574,22 @@ fn positive(cx: &Ctx, key: &str, v: Option<usize>, default: usize) -> Result<usi
     }
 }
 
+/// `v` (or `default`) when it lies in `range`.
+fn within(
+    cx: &Ctx,
+    key: &str,
+    v: Option<usize>,
+    default: usize,
+    range: std::ops::RangeInclusive<usize>,
+) -> Result<usize, ConfigError> {
+    let v = v.unwrap_or(default);
+    if range.contains(&v) {
+        Ok(v)
+    } else {
+        Err(cx.err(key, format!("must be {} to {}", range.start(), range.end())))
+    }
+}
+
 /// A listener's `tls_cert` and `tls_key`: both or neither, and both when
 /// `listen` is not a loopback address (`what` must not cross in clear).
 fn tls_pair(
@@ -806,6 +825,27 @@ impl RawVpnlog {
                 16,
             )?,
             tcp_idle_timeout: or("tcp_idle_timeout", &self.tcp_idle_timeout, "5m")?,
+            queue_capacity: within(
+                cx,
+                "vpnlog.queue_capacity",
+                self.queue_capacity,
+                50_000,
+                1_000..=10_000_000,
+            )?,
+            udp_receive_buffer: within(
+                cx,
+                "vpnlog.udp_receive_buffer",
+                self.udp_receive_buffer,
+                4 << 20,
+                64 << 10..=1 << 30,
+            )?,
+            stale_after: within(
+                cx,
+                "vpnlog.stale_after",
+                self.stale_after.map(|v| v as usize),
+                3,
+                1..=100,
+            )? as u32,
         })
     }
 }

@@ -2,7 +2,10 @@
 //!
 //! Every received line is counted as parsed or unparsed; unparsed lines are
 //! stored raw. The writer thread takes everything queued into one transaction,
-//! so storage keeps up by batching rather than by dropping.
+//! so storage keeps up by batching rather than by dropping. The queue to the
+//! writer is bounded (`queue_capacity`): when it is full, UDP lines are
+//! dropped and counted, TCP senders wait (their reads stop, so the kernel's
+//! window and then the sender hold back) and agents are told to send again.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -28,6 +31,7 @@ use super::{
     parse::{Event, parse},
     sessions::{Record, Session, Tracker},
     store::{Item, Latency, LogStore, Origin},
+    syslog::event_time,
 };
 use crate::{clock::now, config::VpnlogConfig};
 
@@ -37,10 +41,18 @@ const BATCH: usize = 10_000;
 const MAX_AGENTS: usize = 65_536;
 
 /// What one regional server has told us.
-#[derive(Default)]
 struct Server {
     tracker: Tracker,
     unparsed: u64,
+}
+
+impl Server {
+    fn new(stale_after: u32) -> Self {
+        Self {
+            tracker: Tracker::new(stale_after),
+            unparsed: 0,
+        }
+    }
 }
 
 /// Live figures of one region, for metrics and the summary.
@@ -67,6 +79,16 @@ pub struct Ingest {
     pub written: AtomicU64,
     /// Items handed to the writer; all are stored when `written` reaches it.
     pub queued: AtomicU64,
+    /// Lines dropped because the queue was full (UDP only).
+    pub dropped: AtomicU64,
+    /// Most items waiting for the writer (a line may add a few over it).
+    capacity: u64,
+    /// Complete client lists a session may miss before it closes.
+    stale_after: u32,
+    /// Woken by the writer after each batch, for senders waiting for room.
+    progress: tokio::sync::Notify,
+    /// The syslog UDP socket's inode, for the kernel's drop count.
+    udp_inode: std::sync::OnceLock<u64>,
     /// By syslog host (`None`: lines without one).
     servers: Mutex<HashMap<Option<String>, Server>>,
     /// Syslog host → region, from `[[vpnlog.servers]]`.
@@ -84,12 +106,13 @@ impl Ingest {
     pub fn start(config: &VpnlogConfig, store: Arc<dyn LogStore>) -> Arc<Self> {
         let (tx, rx) = mpsc::channel::<Item>();
         let mut servers: HashMap<Option<String>, Server> = HashMap::new();
+        let stale_after = config.stale_after;
         match store.open_sessions() {
             Ok(open) => {
                 for (origin, session) in open {
                     servers
                         .entry(origin.host)
-                        .or_default()
+                        .or_insert_with(|| Server::new(stale_after))
                         .tracker
                         .resume(session);
                 }
@@ -110,6 +133,11 @@ impl Ingest {
             unparsed: AtomicU64::new(0),
             written: AtomicU64::new(0),
             queued: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            capacity: config.queue_capacity as u64,
+            stale_after,
+            progress: tokio::sync::Notify::new(),
+            udp_inode: std::sync::OnceLock::new(),
             servers: Mutex::new(servers),
             regions: config
                 .servers
@@ -122,7 +150,7 @@ impl Ingest {
         let counter = ingest.clone();
         std::thread::Builder::new()
             .name("vpnlog writer".into())
-            .spawn(move || writer(&rx, &*store, &counter.written))
+            .spawn(move || writer(&rx, &*store, &counter))
             .expect("spawning the log writer");
         ingest
     }
@@ -130,6 +158,59 @@ impl Ingest {
     fn queue(&self, item: Item) {
         self.queued.fetch_add(1, Relaxed);
         let _ = self.tx.send(item);
+    }
+
+    /// Items handed to the writer and not yet written.
+    pub fn pending(&self) -> u64 {
+        let written = self.written.load(Relaxed);
+        self.queued.load(Relaxed).saturating_sub(written)
+    }
+
+    /// `queue_capacity`.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Whether the writer's queue is at its capacity.
+    pub fn full(&self) -> bool {
+        self.pending() >= self.capacity
+    }
+
+    /// Datagrams the kernel dropped at the syslog UDP socket (its receive
+    /// buffer was full), when Linux says.
+    pub fn udp_kernel_drops(&self) -> Option<u64> {
+        super::udp::kernel_drops(*self.udp_inode.get()?)
+    }
+
+    /// Waits until the writer's queue has room.
+    pub async fn room(&self) {
+        loop {
+            let progress = self.progress.notified();
+            tokio::pin!(progress);
+            // Registered before the check, so a batch written in between
+            // still wakes us.
+            progress.as_mut().enable();
+            if !self.full() {
+                return;
+            }
+            progress.await;
+        }
+    }
+
+    /// One UDP datagram (one or more lines) from `source`: dropped and
+    /// counted when the queue is full, since UDP cannot be held back.
+    pub fn datagram(&self, bytes: &[u8], source: IpAddr) {
+        let text = String::from_utf8_lossy(bytes);
+        let lines = text.lines().filter(|l| !l.is_empty());
+        if self.full() {
+            let n = lines.count() as u64;
+            self.received.fetch_add(n, Relaxed);
+            self.dropped.fetch_add(n, Relaxed);
+            return;
+        }
+        for l in lines {
+            self.line_from(l, source);
+        }
     }
 
     fn origin(&self, host: Option<&str>) -> Origin {
@@ -153,7 +234,9 @@ impl Ingest {
         let origin = self.origin(host);
         let time = now();
         let mut servers = self.servers();
-        let server = servers.entry(origin.host.clone()).or_default();
+        let server = servers
+            .entry(origin.host.clone())
+            .or_insert_with(|| Server::new(self.stale_after));
         for record in f(&mut server.tracker) {
             self.queue(Item::Record {
                 record,
@@ -191,7 +274,7 @@ impl Ingest {
             let origin = self.origin(host);
             self.servers()
                 .entry(origin.host.clone())
-                .or_default()
+                .or_insert_with(|| Server::new(self.stale_after))
                 .unparsed += 1;
             self.queue(Item::Unparsed {
                 time: now(),
@@ -201,7 +284,7 @@ impl Ingest {
             return;
         }
         self.parsed.fetch_add(1, Relaxed);
-        let time = now();
+        let time = event_time(line.time, now());
         self.track(host, |t| t.feed(&line, time));
     }
 
@@ -277,7 +360,7 @@ impl Ingest {
     }
 }
 
-fn writer(rx: &mpsc::Receiver<Item>, store: &dyn LogStore, written: &AtomicU64) {
+fn writer(rx: &mpsc::Receiver<Item>, store: &dyn LogStore, ingest: &Ingest) {
     let mut batch = Vec::with_capacity(BATCH);
     while let Ok(first) = rx.recv() {
         batch.push(first);
@@ -295,7 +378,8 @@ fn writer(rx: &mpsc::Receiver<Item>, store: &dyn LogStore, written: &AtomicU64) 
                 std::thread::sleep(wait);
             },
         );
-        written.fetch_add(items as u64, Relaxed);
+        ingest.written.fetch_add(items as u64, Relaxed);
+        ingest.progress.notify_waiters();
         batch.clear();
     }
 }
@@ -320,10 +404,14 @@ pub async fn listen(config: &VpnlogConfig, ingest: Arc<Ingest>) -> io::Result<So
     let attempts = if addr.port() == 0 { 16 } else { 1 };
     let mut bound = None;
     for _ in 0..attempts {
-        let udp = UdpSocket::bind(addr).await?;
+        let (udp, inode) = super::udp::bind(addr, config.udp_receive_buffer)?;
+        let udp = UdpSocket::from_std(udp)?;
         let port = udp.local_addr()?;
         match TcpListener::bind(port).await {
             Ok(tcp) => {
+                if let Some(inode) = inode {
+                    let _ = ingest.udp_inode.set(inode);
+                }
                 bound = Some((udp, tcp, port));
                 break;
             }
@@ -339,10 +427,7 @@ pub async fn listen(config: &VpnlogConfig, ingest: Arc<Ingest>) -> io::Result<So
             let Ok((n, from)) = udp.recv_from(&mut buf).await else {
                 continue;
             };
-            let text = String::from_utf8_lossy(&buf[..n]);
-            for l in text.lines().filter(|l| !l.is_empty()) {
-                i.line_from(l, from.ip());
-            }
+            i.datagram(&buf[..n], from.ip());
         }
     });
     let total = Arc::new(tokio::sync::Semaphore::new(config.tcp_max_connections));
@@ -393,6 +478,8 @@ async fn tcp_stream(
             return Ok(());
         }
         buf.extend_from_slice(&chunk[..n]);
+        // Backpressure: nothing more is read until the writer has room.
+        ingest.room().await;
         let mut used = 0;
         while let Some((msg, len)) = next_frame(&buf[used..]) {
             if !msg.is_empty() {

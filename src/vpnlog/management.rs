@@ -48,6 +48,8 @@ struct ClientBlock {
 pub struct Reader {
     client: Option<ClientBlock>,
     status: Option<String>,
+    /// Whether lines of the status reply being read did not fit.
+    cut: bool,
 }
 
 impl Reader {
@@ -58,7 +60,12 @@ impl Reader {
         }
         if let Some(text) = &mut self.status {
             if line == "END" {
-                let text = self.status.take().unwrap_or_default();
+                let mut text = self.status.take().unwrap_or_default();
+                // Its END, unless lines were left out: a cut list proves
+                // no client gone.
+                if !std::mem::take(&mut self.cut) {
+                    text.push_str("END\n");
+                }
                 return Some(match parse_status(&text) {
                     Ok(s) => Notice::Status(s),
                     Err(e) => Notice::Error(e.to_string()),
@@ -68,6 +75,8 @@ impl Reader {
                 if text.len() + line.len() < MAX_STATUS {
                     text.push_str(line);
                     text.push('\n');
+                } else {
+                    self.cut = true;
                 }
                 return None;
             }

@@ -14,4 +14,6 @@ pub mod service;
 pub mod sessions;
 pub mod status;
 pub mod store;
+pub mod syslog;
+pub mod udp;
 pub mod watch;

@@ -8,11 +8,18 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use chrono::{Local, TimeZone};
+
+use super::syslog::{header, openvpn_time};
+
 /// One parsed line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Line<'a> {
     /// The syslog HOSTNAME, when the line came through syslog.
     pub host: Option<&'a str>,
+    /// When it happened (seconds since 1970): the syslog header's time, or
+    /// OpenVPN's own timestamp when the header has none.
+    pub time: Option<i64>,
     /// The client the line is about: its common name (the tunnel's username) and address.
     pub common_name: Option<&'a str>,
     pub peer: Option<SocketAddr>,
@@ -48,13 +55,20 @@ pub enum Event<'a> {
     Unknown(&'a str),
 }
 
-/// Parses one line (without its newline). Never fails.
+/// Parses one line (without its newline). Never fails. Zone-less times
+/// are read in the local time zone.
 pub fn parse(line: &str) -> Line<'_> {
-    let (host, rest) = strip_syslog(line.trim_end_matches(['\r', '\n']));
-    let rest = strip_openvpn_time(rest);
+    parse_in(line, Local)
+}
+
+/// [`parse`], reading zone-less times in `zone`.
+pub fn parse_in<Tz: TimeZone + Copy>(line: &str, zone: Tz) -> Line<'_> {
+    let syslog = header(line.trim_end_matches(['\r', '\n']), zone);
+    let (own_time, rest) = openvpn_time(syslog.msg, &zone);
     let (common_name, peer, msg) = client_prefix(rest);
     Line {
-        host,
+        host: syslog.host,
+        time: syslog.time.or(own_time),
         common_name,
         peer,
         event: event(msg, rest),
@@ -127,125 +141,77 @@ fn signal(msg: &str) -> Option<(&str, &str, &str)> {
     Some((signal, reason, tail))
 }
 
-/// Lines OpenVPN prints at verb 3–4 that carry nothing to record.
+/// Lines OpenVPN 2.5–2.6 prints at verb 3–4 (server and client side) that
+/// carry nothing to record: classified, so "unparsed" means unknown.
 fn known_noise(msg: &str) -> bool {
-    const PREFIXES: [&str; 24] = [
-        "TLS: move_session",
-        "TLS: tls_multi_process",
-        "Control Channel:",
-        "Data Channel:",
-        "SENT CONTROL",
-        "PUSH:",
-        "MULTI: primary virtual IP",
-        "MULTI: multi_create_instance",
-        "MULTI: new incoming connection",
+    const PREFIXES: &[&str] = &[
+        "/sbin/ip",
+        "AUTH: Received control message",
+        "Attempting to establish",
+        "Authenticate/Decrypt packet error",
+        "Capabilities",
+        "Closing TUN/TAP",
+        "Control Channel",
+        "Could not determine IPv4/IPv6 protocol",
+        "DCO version",
+        "Data Channel",
+        "Delayed exit",
+        "Diffie-Hellman",
+        "ECDH curve",
+        "Exiting due to",
+        "GID set to",
+        "IFCONFIG POOL",
+        "Incoming Control Channel",
+        "Incoming Data Channel",
+        "Incoming dynamic tunnel MTU",
+        "Initialization Sequence Completed",
+        "Listening for incoming",
+        "MANAGEMENT:",
+        "MULTI TCP",
+        "MULTI: Connection attempt",
         "MULTI: TCP INIT",
-        "MULTI: multi_init",
+        "MULTI: bad source",
+        "MULTI: multi_",
+        "MULTI: new incoming connection",
+        "MULTI: primary virtual IP",
         "MULTI_sva",
+        "NOTE:",
+        "Need hold release",
+        "Note:",
+        "OPTIONS IMPORT:",
+        "OpenVPN ",
+        "Outgoing Control Channel",
+        "Outgoing Data Channel",
+        "Outgoing dynamic tunnel MTU",
+        "PUSH:",
+        "PUSH_REQUEST",
+        "Preserving recently used",
+        "Protocol options:",
+        "Re-using SSL/TLS context",
+        "Restart pause",
+        "ROUTE",
+        "SENT CONTROL",
+        "Socket Buffers",
         "TCP connection established",
         "TCP/UDP:",
-        "Outgoing Data Channel",
-        "Incoming Data Channel",
-        "Protocol options:",
-        "Initialization Sequence Completed",
-        "TUN/TAP device",
-        "net_",
-        "OpenVPN ",
-        "library versions:",
+        "TCPv4_",
+        "TCPv6_",
+        "TLS Error:",
+        "TLS: ",
+        "TUN/TAP",
+        "Timers:",
+        "UDPv4 link",
+        "UDPv6 link",
+        "UID set to",
+        "VERIFY",
         "WARNING:",
-        "NOTE:",
+        "do_ifconfig",
+        "event_wait",
+        "library versions:",
+        "net_",
+        "peer info:",
     ];
-    PREFIXES.iter().any(|p| msg.starts_with(p))
-        || msg.starts_with("VERIFY")
-        || msg.starts_with("Socket Buffers")
-}
-
-/// Removes an RFC 5424 or RFC 3164 header; returns the HOSTNAME if there was one.
-fn strip_syslog(line: &str) -> (Option<&str>, &str) {
-    let mut rest = line;
-    if let Some(r) = rest.strip_prefix('<') {
-        match r.find('>') {
-            Some(i) if i <= 3 && r[..i].bytes().all(|b| b.is_ascii_digit()) => rest = &r[i + 1..],
-            _ => return (None, line),
-        }
-        // RFC 5424: VERSION SP TIMESTAMP SP HOSTNAME SP APP-NAME SP PROCID SP MSGID SP SD [SP MSG]
-        if let Some(r) = rest.strip_prefix("1 ") {
-            let mut fields = r.splitn(6, ' ');
-            let (_, host, _, _, _) = (
-                fields.next(),
-                fields.next(),
-                fields.next(),
-                fields.next(),
-                fields.next(),
-            );
-            let sd_and_msg = fields.next().unwrap_or("");
-            let msg = skip_structured_data(sd_and_msg);
-            return (
-                host.filter(|h| *h != "-"),
-                msg.strip_prefix('\u{feff}').unwrap_or(msg),
-            );
-        }
-    }
-    // RFC 3164: "Mmm dd hh:mm:ss HOST TAG[pid]: MSG" (with or without the PRI we removed).
-    let b = rest.as_bytes();
-    let is_3164 = b.len() > 16
-        && b[3] == b' '
-        && b[..3].iter().all(u8::is_ascii_alphabetic)
-        && b[9] == b':'
-        && b[12] == b':'
-        && b[15] == b' ';
-    if is_3164
-        && let Some((host, r)) = rest[16..].split_once(' ')
-        && let Some(colon) = r.find(": ")
-        && !r[..colon].contains(' ')
-    {
-        return (Some(host), &r[colon + 2..]);
-    }
-    (None, rest)
-}
-
-fn skip_structured_data(s: &str) -> &str {
-    if let Some(r) = s.strip_prefix("- ") {
-        return r;
-    }
-    if s == "-" {
-        return "";
-    }
-    // One or more [..] elements; `]` inside values is escaped as `\]`.
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() && b[i] == b'[' {
-        i += 1;
-        while i < b.len() && b[i] != b']' {
-            i += if b[i] == b'\\' { 2 } else { 1 };
-        }
-        i += 1;
-    }
-    s.get(i..).map_or("", |r| r.strip_prefix(' ').unwrap_or(r))
-}
-
-/// Removes OpenVPN's own timestamp: `2026-11-25 18:08:05 ` or `Wed Nov 25 18:08:05 2026 `.
-fn strip_openvpn_time(s: &str) -> &str {
-    let b = s.as_bytes();
-    if b.len() > 20
-        && b[4] == b'-'
-        && b[7] == b'-'
-        && b[10] == b' '
-        && b[13] == b':'
-        && b[19] == b' '
-    {
-        return &s[20..];
-    }
-    if b.len() > 25
-        && b[3] == b' '
-        && b[7] == b' '
-        && b[13] == b':'
-        && b[16] == b':'
-        && b[24] == b' '
-    {
-        return &s[25..];
-    }
-    s
+    msg.is_empty() || PREFIXES.iter().any(|p| msg.starts_with(p))
 }
 
 /// `cn/ip:port rest`, `ip:port rest` or `[cn] rest`.
@@ -457,5 +423,36 @@ mod tests {
         assert!(count(&|e| matches!(e, Event::Learn { .. })) >= 1);
         assert!(count(&|e| matches!(e, Event::PeerConnected)) >= 2);
         assert!(count(&|e| matches!(e, Event::ClientEnded { .. })) >= 1);
+        let unknown: Vec<&str> = events
+            .iter()
+            .filter_map(|l| match l.event {
+                Event::Unknown(raw) => Some(raw),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            unknown.is_empty(),
+            "routine lines left unclassified: {unknown:#?}"
+        );
+    }
+
+    #[test]
+    fn the_time_comes_from_the_syslog_header_or_else_from_openvpn() {
+        use chrono::Utc;
+        const T: i64 = 1_795_630_085; // 2026-11-25T18:08:05Z
+        let l = parse_in(
+            "2026-11-25 18:08:05 1.2.3.4:5 TLS: Initial packet from x",
+            Utc,
+        );
+        assert_eq!((l.time, l.event), (Some(T), Event::Initial));
+        let l = parse_in(
+            "<29>1 2026-11-25T18:08:06Z vpn1 openvpn - - - 2026-11-25 18:08:05 1.2.3.4:5 TLS: Initial packet from x",
+            Utc,
+        );
+        assert_eq!((l.time, l.event), (Some(T + 1), Event::Initial));
+        assert_eq!(
+            parse_in("1.2.3.4:5 TLS: Initial packet from x", Utc).time,
+            None
+        );
     }
 }

@@ -73,17 +73,41 @@ pub enum Record {
 
 /// Sessions of one OpenVPN server by client address (OpenVPN's key for a
 /// client instance), and what they add up to.
-#[derive(Default)]
 pub struct Tracker {
     open: HashMap<SocketAddr, Session>,
     closed: HashMap<SocketAddr, Session>,
+    /// Open sessions missing from complete client lists: how many lists in
+    /// a row, and the time of the first (a subset of `open`'s keys).
+    unlisted: HashMap<SocketAddr, (u32, u64)>,
+    /// Lists a session may miss before it is closed as "stale".
+    stale_after: u32,
     /// Failed authentications seen.
     pub auth_failures: u64,
     /// Bytes in and out counted so far (growth of the sessions' counters).
     pub bytes: (u64, u64),
 }
 
+impl Default for Tracker {
+    fn default() -> Self {
+        Self::new(3)
+    }
+}
+
 impl Tracker {
+    /// A tracker that closes a session missing from `stale_after` complete
+    /// client lists in a row (one list may be taken just before a client
+    /// reconnects, and a lost line must not keep a session open forever).
+    pub fn new(stale_after: u32) -> Self {
+        Self {
+            open: HashMap::new(),
+            closed: HashMap::new(),
+            unlisted: HashMap::new(),
+            stale_after: stale_after.max(1),
+            auth_failures: 0,
+            bytes: (0, 0),
+        }
+    }
+
     pub fn open_sessions(&self) -> usize {
         self.open.len()
     }
@@ -167,6 +191,7 @@ impl Tracker {
 
     fn close(&mut self, peer: SocketAddr, time: u64, reason: String) -> Option<Record> {
         let mut s = self.open.remove(&peer)?;
+        self.unlisted.remove(&peer);
         s.end = Some(time);
         s.end_reason = Some(reason);
         if self.closed.len() >= MAX_CLOSED {
@@ -270,7 +295,9 @@ impl Tracker {
     }
 
     /// A whole client list taken at `taken`: opens and updates what it lists
-    /// and, if it is complete, closes the sessions it no longer lists.
+    /// and, if it is complete, counts a miss for each session it does not
+    /// list; a session missing from `stale_after` lists in a row closes as
+    /// "stale", ended when the first of them was taken.
     pub fn snapshot(&mut self, report: &Snapshot, taken: u64, time: u64) -> Vec<Record> {
         let mut records: Vec<Record> = report
             .clients
@@ -280,14 +307,20 @@ impl Tracker {
         if report.complete() {
             let listed: std::collections::HashSet<SocketAddr> =
                 report.clients.iter().map(|c| c.peer).collect();
-            let gone: Vec<SocketAddr> = self
+            self.unlisted.retain(|peer, _| !listed.contains(peer));
+            let missing: Vec<SocketAddr> = self
                 .open
                 .values()
                 .filter(|s| !listed.contains(&s.peer) && s.start + REPORT_GRACE < taken)
                 .map(|s| s.peer)
                 .collect();
-            for peer in gone {
-                records.extend(self.close(peer, time, "no-longer-listed".into()));
+            for peer in missing {
+                let (misses, since) = self.unlisted.entry(peer).or_insert((0, taken));
+                *misses += 1;
+                if *misses >= self.stale_after {
+                    let since = *since;
+                    records.extend(self.close(peer, since.min(time), "stale".into()));
+                }
             }
         }
         self.forget_closed(time);
@@ -403,6 +436,7 @@ mod tests {
             taken: None,
             clients,
             bad_rows: vec![],
+            ended: true,
         }
     }
 
@@ -421,22 +455,38 @@ mod tests {
         };
         assert_eq!((s.bytes_in, s.bytes_out), (15, 50));
         assert_eq!(t.bytes, (15, 50));
-        // Listed: kept; a report without it closes it, unless it is too young.
+        // Listed: kept; missing from `stale_after` (3) complete reports in
+        // a row: closed as stale, ended at the first; a young one waits.
         assert!(t.snapshot(&report(vec![a.clone()]), 200, 200).is_empty());
         let b = client("198.51.100.8:1000", Some(300), None);
         t.seen(&b, 300);
-        let r = t.snapshot(&report(vec![]), 302, 302);
-        assert_eq!(r.len(), 1);
-        let Record::Closed(s) = &r[0] else { panic!() };
-        assert_eq!(
-            (s.peer, s.end, s.end_reason.as_deref()),
-            (a.peer, Some(302), Some("no-longer-listed"))
-        );
-        assert_eq!(t.open_sessions(), 1, "b is younger than the grace");
-        // An incomplete report closes nothing.
+        assert!(t.snapshot(&report(vec![]), 302, 302).is_empty());
+        // An incomplete report (bad rows, or no END) counts for nothing.
         let mut broken = report(vec![]);
         broken.bad_rows.push("line 4: x".into());
-        assert!(t.snapshot(&broken, 400, 400).is_empty());
+        assert!(t.snapshot(&broken, 303, 303).is_empty());
+        let cut = Snapshot {
+            ended: false,
+            ..report(vec![])
+        };
+        assert!(t.snapshot(&cut, 304, 304).is_empty());
+        assert!(t.snapshot(&report(vec![]), 305, 305).is_empty());
+        let r = t.snapshot(&report(vec![]), 308, 308);
+        let [Record::Closed(s)] = &r[..] else {
+            panic!("{r:?}")
+        };
+        assert_eq!(
+            (s.peer, s.end, s.end_reason.as_deref()),
+            (a.peer, Some(302), Some("stale"))
+        );
+        assert_eq!(t.open_sessions(), 1, "b, younger, missed one list only");
+        // Listed again, its misses start over.
+        assert!(t.snapshot(&report(vec![b.clone()]), 310, 310).is_empty());
+        for at in [320, 330] {
+            assert!(t.snapshot(&report(vec![]), at, at).is_empty());
+        }
+        assert_eq!(t.snapshot(&report(vec![]), 340, 340).len(), 1);
+        assert_eq!(t.open_sessions(), 0);
     }
 
     #[test]

@@ -36,11 +36,15 @@ pub struct Snapshot {
     /// Rows that could not be read (`line number: reason`). A snapshot with
     /// any is incomplete: absence from it proves nothing.
     pub bad_rows: Vec<String>,
+    /// Whether the report's `END` line was there: without it the report was
+    /// read while OpenVPN was still writing it (or it was cut).
+    pub ended: bool,
 }
 
 impl Snapshot {
+    /// Whether absence from this report means a client is gone.
     pub fn complete(&self) -> bool {
-        self.bad_rows.is_empty()
+        self.ended && self.bad_rows.is_empty()
     }
 }
 
@@ -91,6 +95,7 @@ fn versions2and3(text: &str, sep: char) -> Snapshot {
     for (n, line) in text.lines().enumerate() {
         let mut fields = line.split(sep);
         match fields.next() {
+            Some("END") => snap.ended = true,
             Some("TIME") => snap.taken = fields.nth(1).and_then(|t| t.trim().parse().ok()),
             Some("HEADER") if fields.next() == Some("CLIENT_LIST") => {
                 columns = fields.enumerate().map(|(i, c)| (c, i)).collect();
@@ -152,7 +157,11 @@ fn version1(text: &str) -> Snapshot {
         match line {
             "OpenVPN CLIENT LIST" => part = Part::Clients,
             "ROUTING TABLE" => part = Part::Routes,
-            "GLOBAL STATS" | "END" => part = Part::Other,
+            "GLOBAL STATS" => part = Part::Other,
+            "END" => {
+                part = Part::Other;
+                snap.ended = true;
+            }
             _ if line.starts_with("Updated,")
                 || line.starts_with("Common Name,")
                 || line.starts_with("Virtual Address,") => {}
@@ -206,6 +215,23 @@ mod tests {
         assert_eq!(c.peer.ip(), "169.254.77.2".parse::<IpAddr>().unwrap());
         assert_eq!(c.virtual_addr, Some("100.64.0.2".parse().unwrap()));
         c
+    }
+
+    #[test]
+    fn a_report_read_before_its_end_line_proves_nothing() {
+        for text in [
+            include_str!("../../tests/data/openvpn-2.6-status1.txt"),
+            include_str!("../../tests/data/openvpn-2.6-status2.txt"),
+            include_str!("../../tests/data/openvpn-2.6-status3.txt"),
+        ] {
+            let end = text.rfind("END").unwrap();
+            for cut in (0..end).filter(|&c| text.is_char_boundary(c)) {
+                if let Ok(s) = parse_status(&text[..cut]) {
+                    assert!(!s.complete(), "cut at {cut}: {s:?}");
+                }
+            }
+            assert!(parse_status(text).unwrap().complete());
+        }
     }
 
     #[test]

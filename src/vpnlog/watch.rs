@@ -17,7 +17,7 @@ use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     time::{MissedTickBehavior, interval},
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{
     ingest::Ingest,
@@ -212,6 +212,11 @@ async fn read_status(
         .await
         .map_err(|e| e.to_string())?;
     let report = parse_status(&text).map_err(|e| e.to_string())?;
+    if !report.ended {
+        // Caught while OpenVPN rewrites it: read again at the next poll.
+        debug!(file = %path.display(), "status file without its END line yet");
+        return Ok(());
+    }
     if let Some(bad) = report.bad_rows.first() {
         warn!(file = %path.display(), rows = report.bad_rows.len(), first = %bad, "unreadable rows in the status file; no session is closed from it");
     }
