@@ -1072,6 +1072,82 @@ fn the_agent_counts_logins_and_notices_a_management_interface_gone_silent() {
     let _ = vpn_server.wait();
 }
 
+/// An agent started again learns the sessions opened before from OpenVPN's
+/// client list: it counts and pings them, leaves those of known tunnels
+/// alone, and ends the session of a site deleted afterwards.
+#[test]
+#[ignore = "needs root (network namespaces, OpenVPN); scripts/test runs it as root"]
+fn an_agent_started_again_follows_the_sessions_opened_before_and_ends_a_deleted_sites() {
+    require_tools();
+    const NET: &str = "169.254.98";
+    let lab = Lab::new("or", NET);
+    let AgentLab {
+        server,
+        dir,
+        sites,
+        agent_conf,
+        vpn_server: (mut vpn_server, _server_log),
+    } = AgentLab::start(&lab.server, NET, "", 1);
+    let mut conf = std::fs::read_to_string(&agent_conf).unwrap();
+    conf.push_str("metrics = \"127.0.0.1:19106\"\n");
+    std::fs::write(&agent_conf, conf).unwrap();
+    let url = "http://127.0.0.1:19106/metrics";
+    let has = |m: &str, series: &str, want: f64| sample(m, series) == Some(want);
+    let (mut agent1, agent_log) = agent(&lab.server, &agent_conf);
+    wait_for(&agent_log, &["credentials read in full"], 20);
+
+    // The client logs in by the site's UUID: the list names it so, too.
+    let t = &sites[0];
+    let (mut client, log) = openvpn(
+        &lab.region,
+        &client_config(&dir, NET, "r", &t.uuid, &t.secret),
+    );
+    wait_for(&log, &["Initialization Sequence Completed"], 30);
+    scrape_until(&lab.server, url, "the session live", |m| {
+        has(m, "mgnt_agent_sessions_live", 1.0)
+    });
+
+    // A new agent heard none of the notifications about that session.
+    let _ = agent1.kill();
+    let _ = agent1.wait();
+    let (mut agent2, agent_log) = agent(&lab.server, &agent_conf);
+    wait_for(&agent_log, &["sessions from OpenVPN's client list"], 30);
+    let m = scrape_until(
+        &lab.server,
+        url,
+        "the listed session live and pinged",
+        |m| {
+            has(m, "mgnt_agent_sessions_live", 1.0)
+                && sample(m, "mgnt_agent_latency_rounds_total").is_some_and(|n| n >= 1.0)
+        },
+    );
+    assert_eq!(
+        sample(&m, "mgnt_agent_sessions_killed_total"),
+        Some(0.0),
+        "{m}"
+    );
+    // A known tunnel's session was left alone.
+    while let Ok(line) = log.try_recv() {
+        assert!(
+            !line.contains("restarting"),
+            "the session was ended: {line}"
+        );
+    }
+
+    cli_ok(&server, &["site", "delete", &t.uuid]);
+    wait_for(&log, &["AUTH_FAILED"], 60);
+    scrape_until(&lab.server, url, "the deleted site's session ended", |m| {
+        has(m, "mgnt_agent_sessions_killed_total", 1.0) && has(m, "mgnt_agent_sessions_live", 0.0)
+    });
+
+    let _ = client.kill();
+    let _ = client.wait();
+    let _ = agent2.kill();
+    let _ = agent2.wait();
+    let _ = vpn_server.kill();
+    let _ = vpn_server.wait();
+}
+
 /// Whether `ns` gets an answer to a ping of `addr` (three tries).
 fn pings(ns: &str, addr: &str) -> bool {
     Command::new("ip")

@@ -90,6 +90,12 @@ impl Cache {
         self.sites.contains_key(username)
     }
 
+    /// Whether it came from the control plane (directly or through the
+    /// file): an empty cache that never heard from it proves no tunnel gone.
+    pub fn known(&self) -> bool {
+        self.digests.is_some()
+    }
+
     /// What may cross the server, as the control plane last said.
     pub fn policy(&self) -> Option<&Policy> {
         self.policy.as_ref()
@@ -192,11 +198,16 @@ impl Cache {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::tunnels::keys::Keys;
 
-    fn changes(keys: &Keys, full: bool, sites: Vec<Credential>, deleted: Vec<String>) -> Changes {
+    pub(in crate::agent) fn changes(
+        keys: &Keys,
+        full: bool,
+        sites: Vec<Credential>,
+        deleted: Vec<String>,
+    ) -> Changes {
         Changes {
             server: "vpn1".into(),
             region: Some("europe1".into()),
@@ -215,7 +226,12 @@ mod tests {
         }
     }
 
-    fn site(keys: &Keys, user: &str, secret: &str, previous: Option<(&str, u64)>) -> Credential {
+    pub(in crate::agent) fn site(
+        keys: &Keys,
+        user: &str,
+        secret: &str,
+        previous: Option<(&str, u64)>,
+    ) -> Credential {
         Credential {
             username: user.into(),
             address: Ipv4Addr::new(100, 64, 0, 2),
@@ -231,8 +247,10 @@ mod tests {
         let keys = Keys::load_or_create(&dir.path().join("k")).unwrap();
         let mut cache = Cache::default();
         assert!(matches!(cache.decide("a", "x", 0), Decision::Deny(_)));
+        assert!(!cache.known());
         let a = site(&keys, "a", "new", Some(("old", 100)));
         cache.apply(changes(&keys, true, vec![a], vec![])).unwrap();
+        assert!(cache.known());
         let allow = Decision::Allow {
             address: Ipv4Addr::new(100, 64, 0, 2),
             netmask: Ipv4Addr::new(255, 192, 0, 0),

@@ -5,10 +5,12 @@
 //! agent is away: run it supervised.
 //!
 //! Pure parts: [`config`], [`cache`] (decisions), [`wire`] (the management
-//! protocol); edges: [`sync`] (the control plane), [`session`] (OpenVPN),
-//! `outbox` (reports), `latency` (pings), [`metrics`] (`GET /metrics`).
+//! protocol), `client_list` (the sessions open at a (re)connect); edges:
+//! [`sync`] (the control plane), [`session`] (OpenVPN), `outbox` (reports),
+//! `latency` (pings), [`metrics`] (`GET /metrics`).
 
 pub mod cache;
+mod client_list;
 pub mod config;
 pub mod firewall;
 mod latency;

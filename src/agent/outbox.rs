@@ -45,6 +45,20 @@ impl Outbox {
     }
 }
 
+#[cfg(test)]
+impl Outbox {
+    /// An outbox whose reports arrive on the returned channel.
+    pub fn detached() -> (Self, mpsc::Receiver<Report>) {
+        let (tx, rx) = mpsc::channel(4096);
+        let outbox = Outbox {
+            tx,
+            dropped: Arc::default(),
+            counters: Arc::default(),
+        };
+        (outbox, rx)
+    }
+}
+
 /// What the outbox holds and did, for metrics.
 #[derive(Default)]
 pub struct OutboxCounters {

@@ -4,6 +4,10 @@
 
 use std::{collections::HashMap, net::Ipv4Addr};
 
+use uuid::Uuid;
+
+use crate::tunnels::username::username;
+
 /// Most `>CLIENT:ENV,` lines kept of one notification (OpenVPN sends ~50).
 const MAX_ENV: usize = 256;
 
@@ -72,6 +76,11 @@ impl Reader {
         });
         None
     }
+}
+
+/// The tunnel a login's name (its username, or the tunnel's UUID) stands for.
+pub fn tunnel(name: &str) -> String {
+    Uuid::parse_str(name).map_or_else(|_| name.to_owned(), |u| username(&u))
 }
 
 /// `>BYTECOUNT_CLI:cid,received,sent`: a client's counters.
