@@ -6,7 +6,6 @@
 //! reader ([`crate::vpnlog::management`]), which finds columns by name.
 
 use std::{
-    borrow::Cow,
     collections::HashSet,
     net::{IpAddr, SocketAddr},
 };
@@ -14,7 +13,7 @@ use std::{
 use super::wire;
 use crate::vpnlog::{
     management::{Notice, Reader},
-    status::Snapshot,
+    status::{Client, Snapshot},
 };
 
 /// The command: the client list with tab-separated columns named in a
@@ -71,7 +70,7 @@ impl Asking {
         if line.starts_with('>') {
             return None;
         }
-        match self.reader.line(&by_username(line))? {
+        match self.reader.line(line)? {
             Notice::Status(snapshot) => Some(Ok(self.list(snapshot))),
             Notice::Error(e) => Some(Err(Unlisted(e))),
             Notice::Client { .. } | Notice::Disconnect { .. } | Notice::Bytes { .. } => None,
@@ -88,7 +87,7 @@ impl Asking {
                 let cid = c.client_id.filter(|cid| !self.ended.contains(cid))?;
                 Some(Listed {
                     cid,
-                    user: wire::tunnel(&c.common_name),
+                    user: wire::tunnel(login_name(&c)?),
                     peer: c.peer,
                     address: c.virtual_addr,
                 })
@@ -98,30 +97,17 @@ impl Asking {
     }
 }
 
-/// The list's `HEADER` line with the `Username` column read as the name. The
-/// status parser names a row by its `Common Name`, while a login names its
-/// tunnel by the username it sent (`username-as-common-name` makes the two
-/// the same; a server without it may give every client one certificate's
-/// name). Other lines, and a header without `Username`, stay as they are.
-fn by_username(line: &str) -> Cow<'_, str> {
-    let sep = match line.get(..7) {
-        Some("HEADER\t") => '\t',
-        Some("HEADER,") => ',',
-        _ => return Cow::Borrowed(line),
-    };
-    let fields: Vec<&str> = line.split(sep).collect();
-    if fields.get(1) != Some(&"CLIENT_LIST") || !fields.contains(&"Username") {
-        return Cow::Borrowed(line);
+/// The name a row's login gave: its `Username` (a login names its tunnel by
+/// the username it sent; `username-as-common-name` makes the two the same,
+/// while a server without it may give every client one certificate's name),
+/// or the common name where the list has no such column (before 2.4).
+/// `None` while the client is still logging in (`UNDEF`).
+fn login_name(c: &Client) -> Option<&str> {
+    match c.username.as_deref() {
+        Some("UNDEF" | "") => None,
+        Some(name) => Some(name),
+        None => Some(&c.common_name),
     }
-    let swapped: Vec<&str> = fields
-        .into_iter()
-        .map(|f| match f {
-            "Username" => "Common Name",
-            "Common Name" => "Username",
-            f => f,
-        })
-        .collect();
-    Cow::Owned(swapped.join(&sep.to_string()))
 }
 
 #[cfg(test)]
@@ -257,21 +243,5 @@ mod tests {
                      CLIENT_LIST,r2,198.51.100.1:5\nEND\n";
         let got = read(&mut Asking::default(), no_id);
         assert!(matches!(&got[..], [Ok(l)] if l.sessions.is_empty() && !l.complete));
-    }
-
-    #[test]
-    fn only_the_client_list_header_is_renamed() {
-        for line in [
-            "HEADER\tROUTING_TABLE\tVirtual Address\tCommon Name",
-            "HEAD",
-            "HEADERé,",
-            "",
-        ] {
-            assert_eq!(by_username(line), line);
-        }
-        assert_eq!(
-            by_username("HEADER,CLIENT_LIST,Common Name,Username,Client ID"),
-            "HEADER,CLIENT_LIST,Username,Common Name,Client ID"
-        );
     }
 }

@@ -157,6 +157,7 @@ fn client_of(env: &HashMap<String, String>) -> Option<Client> {
     let port = get("trusted_port")?.parse().ok()?;
     Some(Client {
         common_name: get("common_name").or_else(|| get("username"))?.to_owned(),
+        username: get("username").map(str::to_owned),
         peer: SocketAddr::new(ip, port),
         virtual_addr: get("ifconfig_pool_remote_ip").and_then(|v| v.parse().ok()),
         bytes: number("bytes_received").zip(number("bytes_sent")),

@@ -122,6 +122,7 @@ impl Report {
             } => tracker.seen(
                 &Client {
                     common_name: user,
+                    username: None,
                     peer,
                     virtual_addr: address,
                     bytes: None,

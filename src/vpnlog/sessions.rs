@@ -423,6 +423,7 @@ mod tests {
     fn client(peer: &str, since: Option<u64>, bytes: Option<(u64, u64)>) -> Client {
         Client {
             common_name: "gfynkzpktrhafbfy5t2uzic2gq".into(),
+            username: None,
             peer: peer.parse().unwrap(),
             virtual_addr: Some("100.64.0.2".parse().unwrap()),
             bytes,

@@ -17,6 +17,9 @@ use super::parse::parse_peer;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Client {
     pub common_name: String,
+    /// The `Username` column as it stands (`UNDEF` while the client logs
+    /// in), where the format has one (status 2 and 3).
+    pub username: Option<String>,
     pub peer: SocketAddr,
     pub virtual_addr: Option<IpAddr>,
     /// Received from the router, sent to it.
@@ -135,6 +138,7 @@ fn client<'a>(get: &dyn Fn(&str) -> Option<&'a str>) -> Result<Option<Client>, S
     let bytes = number("Bytes Received")?.zip(number("Bytes Sent")?);
     Ok(Some(Client {
         common_name: common_name.to_owned(),
+        username: get("Username").map(str::to_owned),
         peer,
         virtual_addr: get("Virtual Address").and_then(|v| v.parse().ok()),
         bytes,
