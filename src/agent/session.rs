@@ -278,8 +278,11 @@ impl<'a> State<'a> {
                 let number = |k: &str| event.get(k).and_then(|v| v.parse::<u64>().ok());
                 let at = peer(&event, "trusted").or(live.and_then(|l| l.peer));
                 if let Some(peer) = at {
+                    // When it ended by OpenVPN's account: connected at
+                    // time_unix, for time_duration.
+                    let ended = number("time_unix").zip(number("time_duration"));
                     self.outbox.report(Report::Disconnect {
-                        time: now(),
+                        time: ended.map_or_else(now, |(at, lasted)| at + lasted),
                         peer,
                         bytes: number("bytes_received").zip(number("bytes_sent")),
                     });
@@ -419,7 +422,7 @@ mod tests {
     fn a_connection_follows_the_listed_sessions_and_ends_the_deleted_ones() {
         let cache = cache();
         let counters = Counters::default();
-        let (outbox, _reports) = Outbox::detached();
+        let (outbox, mut reports) = Outbox::detached();
         let (tx, rx) = watch::channel(Vec::new());
         let mut state = State::new(&counters, &outbox, &tx);
         let lines: Vec<String> = [
@@ -481,10 +484,23 @@ mod tests {
         // A listed session ends as any other.
         let bye = [
             ">CLIENT:DISCONNECT,3".to_owned(),
+            ">CLIENT:ENV,time_unix=1795715191".to_owned(),
+            ">CLIENT:ENV,time_duration=42".to_owned(),
             ">CLIENT:ENV,END".to_owned(),
         ];
         feed(&mut state, &cache, &bye);
         assert_eq!(targets(&rx), [r1("100.64.0.2")]);
+        // It ended when OpenVPN says: connected at time_unix, for time_duration.
+        let mut ended = None;
+        while let Ok(r) = reports.try_recv() {
+            if let Report::Disconnect { time, peer, .. } = r {
+                ended = Some((time, peer));
+            }
+        }
+        assert_eq!(
+            ended,
+            Some((1_795_715_233, "169.254.98.3:4000".parse().unwrap()))
+        );
     }
 
     #[test]
