@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use chrono::{Local, TimeZone};
 
-use super::syslog::{header, openvpn_time};
+use super::syslog::{header, in_zone, openvpn_time};
 
 /// One parsed line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,11 +64,14 @@ pub fn parse(line: &str) -> Line<'_> {
 /// [`parse`], reading zone-less times in `zone`.
 pub fn parse_in<Tz: TimeZone + Copy>(line: &str, zone: Tz) -> Line<'_> {
     let syslog = header(line.trim_end_matches(['\r', '\n']), zone);
-    let (own_time, rest) = openvpn_time(syslog.msg, &zone);
+    let (own_time, rest) = openvpn_time(syslog.msg);
     let (common_name, peer, msg) = client_prefix(rest);
     Line {
         host: syslog.host,
-        time: syslog.time.or(own_time),
+        // Converted only when needed: a zone lookup is most of a line's cost.
+        time: syslog
+            .time
+            .or_else(|| own_time.and_then(|t| in_zone(t, &zone))),
         common_name,
         peer,
         event: event(msg, rest),

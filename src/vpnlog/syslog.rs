@@ -59,8 +59,9 @@ fn starts_like_3164(s: &str) -> bool {
 }
 
 /// Removes OpenVPN's own timestamp (`2026-11-25 18:08:05 ` or
-/// `Wed Nov 25 18:08:05 2026 `); returns its time in `zone` and the rest.
-pub fn openvpn_time<'a, Tz: TimeZone>(s: &'a str, zone: &Tz) -> (Option<i64>, &'a str) {
+/// `Wed Nov 25 18:08:05 2026 `); returns its time (zone-less: see
+/// [`in_zone`], called only when no better time is known) and the rest.
+pub fn openvpn_time(s: &str) -> (Option<NaiveDateTime>, &str) {
     let b = s.as_bytes();
     let digits = |r: std::ops::Range<usize>| -> Option<u32> {
         let t = s.get(r)?;
@@ -68,13 +69,12 @@ pub fn openvpn_time<'a, Tz: TimeZone>(s: &'a str, zone: &Tz) -> (Option<i64>, &'
             .all(|c| c.is_ascii_digit())
             .then(|| t.parse().ok())?
     };
-    let at = |date: Option<NaiveDate>, hms: usize| -> Option<i64> {
-        let naive: NaiveDateTime = date?.and_hms_opt(
+    let at = |date: Option<NaiveDate>, hms: usize| -> Option<NaiveDateTime> {
+        date?.and_hms_opt(
             digits(hms..hms + 2)?,
             digits(hms + 3..hms + 5)?,
             digits(hms + 6..hms + 8)?,
-        )?;
-        Some(zone.from_local_datetime(&naive).earliest()?.timestamp())
+        )
     };
     if b.len() > 20
         && b[4] == b'-'
@@ -104,6 +104,11 @@ pub fn openvpn_time<'a, Tz: TimeZone>(s: &'a str, zone: &Tz) -> (Option<i64>, &'
         return (at(date, 11), &s[25..]);
     }
     (None, s)
+}
+
+/// A zone-less time read in `zone` (seconds since 1970).
+pub fn in_zone<Tz: TimeZone>(naive: NaiveDateTime, zone: &Tz) -> Option<i64> {
+    Some(zone.from_local_datetime(&naive).earliest()?.timestamp())
 }
 
 fn month(name: &str) -> Option<u32> {
@@ -212,19 +217,24 @@ mod tests {
 
     #[test]
     fn openvpn_timestamps_in_both_formats() {
+        let utc = |s| {
+            let (t, rest) = openvpn_time(s);
+            (t.and_then(|t| in_zone(t, &Utc)), rest)
+        };
         assert_eq!(
-            openvpn_time("2026-11-25 18:08:05 1.2.3.4:5 x", &Utc),
+            utc("2026-11-25 18:08:05 1.2.3.4:5 x"),
             (Some(T), "1.2.3.4:5 x")
         );
         assert_eq!(
-            openvpn_time("Wed Nov 25 18:08:05 2026 1.2.3.4:5 x", &Utc),
+            utc("Wed Nov 25 18:08:05 2026 1.2.3.4:5 x"),
             (Some(T), "1.2.3.4:5 x")
         );
         let plus1 = FixedOffset::east_opt(3600).unwrap();
-        assert_eq!(openvpn_time("2026-11-25 19:08:05 x y", &plus1).0, Some(T));
+        let naive = openvpn_time("2026-11-25 19:08:05 x y").0.unwrap();
+        assert_eq!(in_zone(naive, &plus1), Some(T));
         // The shape without a valid date still loses its prefix, with no time.
-        assert_eq!(openvpn_time("2026-13-45 18:08:05 x y", &Utc), (None, "x y"));
-        assert_eq!(openvpn_time("no time here at all, none", &Utc).0, None);
+        assert_eq!(utc("2026-13-45 18:08:05 x y"), (None, "x y"));
+        assert_eq!(utc("no time here at all, none").0, None);
     }
 
     #[test]
