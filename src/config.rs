@@ -68,6 +68,8 @@ pub enum ConfigError {
 pub struct Config {
     /// The file this was read from; relative paths inside are resolved against its directory.
     pub file: PathBuf,
+    /// `[node]`: this node's identity.
+    pub node: NodeConfig,
     pub dns: DnsConfig,
     pub geoip: GeoipConfig,
     pub geo: Vec<GeoName>,
@@ -82,6 +84,14 @@ pub struct Config {
     /// Every configured region, sorted by name; geo names refer to them by index.
     pub regions: Vec<Region>,
     pub overrides: Overrides,
+}
+
+/// `[node]`: which node this is, in DNS answers (NSID, CHAOS `id.server`)
+/// and wherever a fleet needs to tell nodes apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// Letters, digits, `.`, `-` and `_`; 1 to 63 bytes. Default: the host name.
+    pub name: String,
 }
 
 #[derive(Debug, Clone)]

@@ -64,6 +64,11 @@ fn shipped_config_checks_out() {
 const BROKEN: &[(&str, &str, &[&str])] = &[
     (
         "[dns]\n",
+        "[node]\nname = \"ns 1\"\n[dns]\n",
+        &["mgnt.toml", "node.name", "`ns 1` must be 1 to 63 letters"],
+    ),
+    (
+        "[dns]\n",
         "[dns]\nlisten_on = 1\n",
         &["mgnt.toml", "listen_on"],
     ),

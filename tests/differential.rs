@@ -8,8 +8,8 @@ use common::*;
 use hickory_proto::{
     op::{Edns, Message, MessageType, OpCode, Query},
     rr::{
-        Name, RecordType,
-        rdata::opt::{ClientSubnet, EdnsCode, EdnsOption},
+        DNSClass, Name, RecordType,
+        rdata::opt::{ClientSubnet, EdnsCode, EdnsOption, NSIDPayload},
     },
 };
 use hickory_server::net::xfer::Protocol;
@@ -81,7 +81,20 @@ fn random_query(rng: &mut Rng) -> Vec<u8> {
     } else {
         name.to_owned()
     };
-    m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+    let mut query = Query::query(Name::from_ascii(name).unwrap(), qtype);
+    // CHAOS: the node's identity names (answered by the full path only),
+    // and other names in that class (refused).
+    if rng.coin(3) {
+        let chaos = *rng.pick(&[
+            "id.server.",
+            "hostname.bind.",
+            "version.bind.",
+            "mgnt.mkcld.io.",
+        ]);
+        query = Query::query(Name::from_ascii(chaos).unwrap(), qtype);
+        query.set_query_class(DNSClass::CH);
+    }
+    m.add_query(query);
     m.metadata.recursion_desired = rng.coin(50);
     m.metadata.checking_disabled = rng.coin(20);
     m.metadata.authentic_data = rng.coin(20);
@@ -108,6 +121,10 @@ fn random_query(rng: &mut Rng) -> Vec<u8> {
         }
         if rng.coin(5) {
             e.options_mut().insert(EdnsOption::Unknown(65001, vec![9]));
+        }
+        if rng.coin(5) {
+            let asked = NSIDPayload::new(Vec::new()).unwrap();
+            e.options_mut().insert(EdnsOption::NSID(asked));
         }
         m.edns = Some(e);
     }

@@ -214,6 +214,47 @@ fn tcp_connections_beyond_the_limit_are_closed() {
     );
 }
 
+/// `dig +nsid` and `dig CH TXT id.server` tell which node answered; other
+/// CHAOS names (version.bind) stay refused.
+#[test]
+fn the_node_tells_its_name_by_nsid_and_chaos_txt() {
+    let fixture = Fixture::new();
+    fixture.write_config(
+        &(config_text("\"127.0.0.1:0\", \"[::1]:0\"") + "\n[node]\nname = \"dns-a.fra\"\n"),
+    );
+    let s = Server::start_with(fixture);
+    let port = port_arg(s.v4);
+    let dig = |args: &[&str]| {
+        let mut all = vec!["@127.0.0.1", "-p", &port];
+        all.extend_from_slice(args);
+        run("dig", &all)
+    };
+    // Over the fast path's usual question, and for zone data.
+    for name in ["mgnt.mkcld.io", "ns1.mkcld.io"] {
+        let out = dig(&["+nsid", name]);
+        assert!(out.contains("status: NOERROR"), "{out}");
+        assert!(
+            out.contains("NSID: 64 6e 73 2d 61 2e 66 72 61 (\"dns-a.fra\")"),
+            "{out}"
+        );
+        let out = dig(&[name]);
+        assert!(!out.contains("NSID"), "only when asked: {out}");
+    }
+    for name in ["id.server", "hostname.bind", "ID.Server"] {
+        let out = dig(&["CH", "TXT", name, "+norec"]);
+        assert!(out.contains("status: NOERROR"), "{out}");
+        assert!(out.contains("flags: qr aa;"), "{out}");
+        assert!(out.contains("CH\tTXT\t\"dns-a.fra\""), "{out}");
+    }
+    let out = dig(&["CH", "A", "id.server"]);
+    assert!(
+        out.contains("status: NOERROR") && out.contains("ANSWER: 0"),
+        "{out}"
+    );
+    let out = dig(&["CH", "TXT", "version.bind"]);
+    assert!(out.contains("status: REFUSED"), "{out}");
+}
+
 #[test]
 fn non_in_classes_are_refused() {
     let s = Server::start();

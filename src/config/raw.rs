@@ -13,8 +13,8 @@ use serde::Deserialize;
 
 use super::{
     AnswerMode, ApiConfig, CaBundle, Config, ConfigError, DnsConfig, GeoName, GeoipConfig,
-    HealthConfig, LogServer, Overrides, ProbeSpec, ProvisionConfig, Region, Require, TlsFiles,
-    VpnlogConfig,
+    HealthConfig, LogServer, NodeConfig, Overrides, ProbeSpec, ProvisionConfig, Region, Require,
+    TlsFiles, VpnlogConfig,
 };
 use crate::route::Coord;
 
@@ -23,6 +23,8 @@ mod routers;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
+    #[serde(default)]
+    node: RawNode,
     dns: RawDns,
     geoip: RawGeoip,
     #[serde(default)]
@@ -205,6 +207,7 @@ impl Ctx<'_> {
 impl RawConfig {
     pub(super) fn validate(self, file: &Path) -> Result<Config, ConfigError> {
         let cx = Ctx { file };
+        let node = self.node.validate(&cx)?;
         let dns = self.dns.validate(&cx)?;
         let geoip = GeoipConfig {
             database: cx.path(&self.geoip.database),
@@ -243,6 +246,7 @@ impl RawConfig {
             .transpose()?;
         Ok(Config {
             file: file.to_owned(),
+            node,
             dns,
             geoip,
             geo,
@@ -255,6 +259,48 @@ impl RawConfig {
             overrides,
         })
     }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: Option<String>,
+}
+
+impl RawNode {
+    fn validate(&self, cx: &Ctx) -> Result<NodeConfig, ConfigError> {
+        let name = match &self.name {
+            Some(n) => n.clone(),
+            None => host_name().ok_or_else(|| {
+                cx.err(
+                    "node.name",
+                    "the host name cannot be read (/proc/sys/kernel/hostname): set node.name",
+                )
+            })?,
+        };
+        let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+        if name.is_empty() || name.len() > 63 || !name.chars().all(ok) {
+            return Err(cx.err(
+                "node.name",
+                format!(
+                    "`{}` must be 1 to 63 letters, digits, `.`, `-` or `_`{}",
+                    name.escape_default(),
+                    if self.name.is_none() {
+                        " (it is the host name: set node.name)"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
+        Ok(NodeConfig { name })
+    }
+}
+
+/// This machine's host name, as the kernel has it.
+fn host_name() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    Some(text.trim().to_owned()).filter(|n| !n.is_empty())
 }
 
 impl RawDns {

@@ -15,8 +15,11 @@ use std::{
 use hickory_proto::{
     op::{Edns, Message, Metadata, OpCode, ResponseCode},
     rr::{
-        DNSClass, RData, Record, RecordType,
-        rdata::opt::{ClientSubnet as HickorySubnet, EdnsOption},
+        DNSClass, LowerName, RData, Record, RecordType,
+        rdata::{
+            TXT,
+            opt::{ClientSubnet as HickorySubnet, EdnsCode, EdnsOption, NSIDPayload},
+        },
     },
     serialize::binary::BinEncoder,
 };
@@ -97,10 +100,16 @@ async fn answer(
         _ => usize::from(u16::MAX),
     };
     let cx = Ctx { request, limit };
-    let mut edns = request.edns.as_ref().map(|_| {
+    let mut edns = request.edns.as_ref().map(|asked| {
         let mut e = Edns::new();
         e.set_max_payload(max_udp as u16);
         e.set_version(0);
+        // RFC 5001: which node answered, when asked (the query's option is empty).
+        if asked.option(EdnsCode::NSID).is_some()
+            && let Ok(nsid) = NSIDPayload::new(data.config.node.name.as_bytes().to_vec())
+        {
+            e.options_mut().insert(EdnsOption::NSID(nsid));
+        }
         e
     });
     let with_edns = |code| (error(&cx, code, edns.as_ref()), code);
@@ -120,6 +129,10 @@ async fn answer(
         return with_edns(ResponseCode::FormErr);
     };
     let query = info.query;
+    if query.query_class() == DNSClass::CH && is_identity(query.name()) {
+        let bytes = identity_answer(&cx, &data.config.node.name, edns.as_ref());
+        return (bytes, ResponseCode::NoError);
+    }
     if query.query_class() != DNSClass::IN
         || matches!(query.query_type(), RecordType::AXFR | RecordType::IXFR)
     {
@@ -169,6 +182,39 @@ fn geo_answer(cx: &Ctx, table: &GeoTable, region: usize, edns: Option<&Edns>) ->
         meta,
         cname.into_iter().chain(data),
         soa.iter(),
+        std::iter::empty(),
+        std::iter::empty(),
+    );
+    encode(cx, response, edns)
+}
+
+/// `id.server.` (RFC 4892) and `hostname.bind.` (BIND's name for it), the
+/// CHAOS names that tell which server answered; every other CHAOS name
+/// (`version.bind.` included) stays REFUSED.
+fn is_identity(name: &LowerName) -> bool {
+    let name = name.to_string();
+    name.eq_ignore_ascii_case("id.server.") || name.eq_ignore_ascii_case("hostname.bind.")
+}
+
+/// The node's name as a CH TXT answer (TXT or ANY; other types: no data).
+fn identity_answer(cx: &Ctx, node: &str, edns: Option<&Edns>) -> Vec<u8> {
+    let query = &cx.request.queries.queries()[0];
+    let mut meta = Metadata::response_from_request(&cx.request.metadata);
+    meta.authoritative = true;
+    meta.response_code = ResponseCode::NoError;
+    let answer = matches!(query.query_type(), RecordType::TXT | RecordType::ANY).then(|| {
+        let mut r = Record::from_rdata(
+            query.original().name().clone(),
+            0,
+            RData::TXT(TXT::new(vec![node.to_owned()])),
+        );
+        r.dns_class = DNSClass::CH;
+        r
+    });
+    let response = MessageResponseBuilder::new(&cx.request.queries, edns).build(
+        meta,
+        answer.iter(),
+        std::iter::empty(),
         std::iter::empty(),
         std::iter::empty(),
     );
