@@ -81,9 +81,41 @@ pub struct Config {
     pub routers: Option<RoutersConfig>,
     /// `[vpnlog]`; `None` keeps log ingestion off.
     pub vpnlog: Option<VpnlogConfig>,
+    /// `[store]`: PostgreSQL; `None`: the embedded files (one machine).
+    pub store: Option<StoreConfig>,
     /// Every configured region, sorted by name; geo names refer to them by index.
     pub regions: Vec<Region>,
     pub overrides: Overrides,
+}
+
+/// `[store]`: the PostgreSQL database every node shares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// `postgres://USER@HOST[:PORT]/DB` (never with a password).
+    pub url: String,
+    pub password: Option<StorePassword>,
+    pub tls: StoreTls,
+    pub pool_size: usize,
+    /// How often the shared state is read again in full, should a
+    /// notification be missed.
+    pub reread_interval: Duration,
+}
+
+/// Where the database password comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorePassword {
+    /// Its first line.
+    File(PathBuf),
+    /// An environment variable.
+    Env(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreTls {
+    /// Only for a server on loopback or a Unix socket.
+    Disable,
+    /// TLS, the server's certificate checked against `ca` (and its name).
+    Require { ca: PathBuf },
 }
 
 /// `[node]`: which node this is, in DNS answers (NSID, CHAOS `id.server`)

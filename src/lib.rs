@@ -48,6 +48,7 @@ pub mod listen;
 pub mod locate;
 pub mod management;
 pub mod metrics;
+pub mod pg;
 pub mod route;
 pub mod routers;
 pub mod server;

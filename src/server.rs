@@ -10,7 +10,11 @@ use crate::{
     config::Config,
     dns::{LoadError, answer::Responder},
     listen,
-    state::{self, StateError, store::FileStore},
+    state::{
+        self, StateError,
+        pg::PgStore,
+        store::{FileStore, StateStore},
+    },
     tunnels::{export::Exporter, store::Store},
     vpnlog::service::VpnLog,
 };
@@ -36,6 +40,23 @@ pub enum ServeError {
     ApiTls(#[from] crate::edge::tls::TlsError),
     #[error(transparent)]
     Routers(#[from] crate::routers::RoutersError),
+    #[error("[store]: {0}")]
+    Store(#[from] crate::pg::DbError),
+}
+
+/// Where region state lives: the database every node shares (`[store]`),
+/// or the state file and audit log of a single machine.
+async fn state_store(config: &Config) -> Result<Box<dyn StateStore>, ServeError> {
+    let Some(store) = &config.store else {
+        return Ok(Box::new(FileStore {
+            state_file: config.health.state_file.clone(),
+            audit_log: config.api.audit_log.clone(),
+        }));
+    };
+    let db = crate::pg::Db::open(store).await?;
+    info!(node = %config.node.name, "region state in the shared database");
+    let node = config.node.name.clone();
+    Ok(Box::new(PgStore::start(db, node, store.reread_interval)))
 }
 
 /// Opens the tunnel store in `[provision] data_dir`, if provisioning is on.
@@ -92,19 +113,10 @@ pub async fn run(config_path: PathBuf) -> Result<(), ServeError> {
     if let admin::auth::Origin::Created(file) = origin {
         info!(file = %file.display(), "created an admin API token");
     }
-    let store = FileStore {
-        state_file: config.health.state_file.clone(),
-        audit_log: config.api.audit_log.clone(),
-    };
+    let store = state_store(&config).await?;
     let tunnels = open_store(&config);
-    let (mut state, mut owner) = state::start(
-        data,
-        config_path,
-        Box::new(store),
-        true,
-        state::system_clock(),
-    )
-    .await;
+    let (mut state, mut owner) =
+        state::start(data, config_path, store, true, state::system_clock()).await;
     if let Some(tunnels) = tunnels.clone() {
         let check = move |c: &Config| crate::tunnels::pool_holds(tunnels.as_ref(), c);
         state = state.with_reload_check(Arc::new(check));

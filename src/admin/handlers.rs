@@ -186,7 +186,7 @@ fn state_error(e: &StateError) -> Response {
         StateError::NoRegion(_) => StatusCode::NOT_FOUND,
         StateError::LastServing { .. } => StatusCode::CONFLICT,
         StateError::Load(_) => StatusCode::UNPROCESSABLE_ENTITY,
-        StateError::Persist(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        StateError::Persist(_) => StatusCode::SERVICE_UNAVAILABLE,
         StateError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
     };
     error(status, e.to_string())

@@ -19,6 +19,7 @@ use super::{
 use crate::route::Coord;
 
 mod routers;
+mod store;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -36,6 +37,7 @@ pub(super) struct RawConfig {
     provision: Option<RawProvision>,
     routers: Option<routers::RawRouters>,
     vpnlog: Option<RawVpnlog>,
+    store: Option<store::RawStore>,
     #[serde(default)]
     regions: BTreeMap<String, RawRegion>,
     #[serde(default)]
@@ -244,8 +246,10 @@ impl RawConfig {
             .as_ref()
             .map(|v| v.validate(&cx, &regions))
             .transpose()?;
+        let store = self.store.as_ref().map(|s| s.validate(&cx)).transpose()?;
         Ok(Config {
             file: file.to_owned(),
+            store,
             node,
             dns,
             geoip,

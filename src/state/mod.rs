@@ -12,6 +12,7 @@ pub mod audit;
 pub mod drain;
 pub mod file;
 mod owner;
+pub mod pg;
 pub mod regions;
 pub mod store;
 

@@ -64,7 +64,9 @@ pub async fn start(
         counters: counters.clone(),
         fail_open: BTreeMap::new(),
         persist_failing: false,
+        shared: None,
     };
+    owner.shared = owner.store.shared();
     owner.restart_probes();
     owner.track_fail_open(&owner.reader.load_full());
     let task = tokio::spawn(owner.run(queue));
@@ -94,6 +96,8 @@ struct Owner {
     fail_open: BTreeMap<String, bool>,
     /// Persisting failed last time (logged once until it works again).
     persist_failing: bool,
+    /// Drains as the other nodes leave them (a shared store only).
+    shared: Option<mpsc::Receiver<super::drain::Drains>>,
 }
 
 impl Owner {
@@ -111,6 +115,10 @@ impl Owner {
                     Some(input) => batch.push(input),
                     None => return,
                 },
+                Some(drains) = next_shared(&mut self.shared) => {
+                    self.adopt(drains, now);
+                    continue;
+                }
                 () = sleep_or_forever(wake) => {}
             }
             // Everything already queued joins the batch: one save, one publish.
@@ -323,6 +331,14 @@ impl Owner {
         Ok(report)
     }
 
+    /// Takes the drains another node changed, and answers by them.
+    fn adopt(&mut self, drains: super::drain::Drains, now: u64) {
+        if self.regions.adopt_drains(drains) {
+            info!("drains changed on another node");
+            self.publish(&[], &Applied::default(), now);
+        }
+    }
+
     /// Publishes the snapshot of the current state, logs what changed.
     fn publish(&mut self, requests: &[Request], applied: &Applied, now: u64) {
         for (request, outcome) in requests.iter().zip(&applied.outcomes) {
@@ -442,6 +458,23 @@ fn log_transition(region: &str, t: Transition, round: &Round) {
         .filter_map(|r| r.rtt_ms)
         .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.min(v))));
     warn!(region, from = ?t.from, to = ?t.to, %reason, ?rtt_ms, "region health changed");
+}
+
+/// The next shared drains, or never without a shared store (or once it
+/// stopped sending).
+async fn next_shared(
+    shared: &mut Option<mpsc::Receiver<super::drain::Drains>>,
+) -> Option<super::drain::Drains> {
+    match shared {
+        Some(rx) => match rx.recv().await {
+            Some(d) => Some(d),
+            None => {
+                *shared = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_or_forever(d: Option<Duration>) {

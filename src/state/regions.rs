@@ -148,6 +148,14 @@ impl Regions {
         self.drains.0.remove(region)
     }
 
+    /// Takes the drains other nodes agreed on (the shared store's); returns
+    /// whether they differ from ours.
+    pub fn adopt_drains(&mut self, drains: Drains) -> bool {
+        let changed = self.drains != drains;
+        self.drains = drains;
+        changed
+    }
+
     /// Drops drains whose `until` has passed; returns them.
     pub fn expire(&mut self, now: u64) -> Vec<(String, DrainRecord)> {
         let ended: Vec<String> = self

@@ -21,6 +21,8 @@ pub enum StoreError {
         file: PathBuf,
         source: std::io::Error,
     },
+    #[error("the database: {0}")]
+    Db(String),
 }
 
 #[async_trait::async_trait]
@@ -31,6 +33,13 @@ pub trait StateStore: Send + Sync + 'static {
 
     /// Persists `state` and records `audit`.
     async fn save(&self, state: StateFile, audit: Vec<audit::Entry>) -> Result<(), StoreError>;
+
+    /// The drains as other writers leave them (other nodes sharing this
+    /// store), each time they change; taken once, by the owner. `None`: no
+    /// one else writes.
+    fn shared(&self) -> Option<tokio::sync::mpsc::Receiver<super::drain::Drains>> {
+        None
+    }
 }
 
 /// The state file and the audit log.

@@ -5,6 +5,7 @@
 
 pub mod curl;
 pub mod lab;
+pub mod pg;
 
 use std::{
     collections::BTreeMap,

@@ -1,0 +1,217 @@
+//! PostgreSQL, the store every node shares (`[store]`): the connection pool,
+//! TLS, a dedicated connection for notifications, and versioned migrations
+//! run at start (serialized across nodes by an advisory lock; a schema newer
+//! than this build knows is refused).
+
+use std::{str::FromStr, sync::Arc};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::{Client, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::config::{StoreConfig, StorePassword, StoreTls};
+
+/// The schema, one step per version; never edited once released.
+const MIGRATIONS: &[&str] = &[
+    // 1: region state shared by the nodes (drains), each node's health
+    // view, and the audit of operator actions.
+    "CREATE TABLE drains (
+         region text PRIMARY KEY,
+         reason text NOT NULL,
+         by_token text NOT NULL,
+         since bigint NOT NULL,
+         until bigint
+     );
+     CREATE TABLE health (
+         node text NOT NULL,
+         region text NOT NULL,
+         state jsonb NOT NULL,
+         PRIMARY KEY (node, region)
+     );
+     CREATE TABLE audit (
+         id bigserial PRIMARY KEY,
+         time bigint NOT NULL,
+         node text NOT NULL,
+         entry jsonb NOT NULL
+     );",
+];
+
+/// Serializes migrations between nodes starting at once.
+const MIGRATION_LOCK: i64 = 0x6d67_6e74;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("{0}")]
+    Config(String),
+    #[error("reading the password: {0}")]
+    Password(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("{0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("connection pool: {0}")]
+    Pool(String),
+    #[error(
+        "the database's schema is version {found}, newer than this mgnt knows ({known}): upgrade mgnt"
+    )]
+    Newer { found: i32, known: i32 },
+}
+
+impl From<deadpool_postgres::PoolError> for DbError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        Self::Pool(e.to_string())
+    }
+}
+
+/// The database: a pool for queries, and what it takes to open one more
+/// connection (for LISTEN).
+#[derive(Clone)]
+pub struct Db {
+    pub pool: Pool,
+    connect: Arc<(tokio_postgres::Config, Option<MakeRustlsConnect>)>,
+}
+
+impl Db {
+    /// Connects as `[store]` says and brings the schema up to date.
+    pub async fn open(config: &StoreConfig) -> Result<Self, DbError> {
+        let mut pg = tokio_postgres::Config::from_str(&config.url)
+            .map_err(|e| DbError::Config(format!("store.url: {e}")))?;
+        if let Some(password) = password(config.password.as_ref())? {
+            pg.password(password);
+        }
+        pg.application_name("mgnt");
+        pg.connect_timeout(std::time::Duration::from_secs(10));
+        let tls = match &config.tls {
+            StoreTls::Disable => None,
+            StoreTls::Require { ca } => {
+                pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+                Some(tls(ca)?)
+            }
+        };
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match &tls {
+            None => Manager::from_config(pg.clone(), NoTls, manager_config),
+            Some(t) => Manager::from_config(pg.clone(), t.clone(), manager_config),
+        };
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| DbError::Pool(e.to_string()))?;
+        let db = Self {
+            pool,
+            connect: Arc::new((pg, tls)),
+        };
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    /// One connection of its own, its messages (notifications) handed to
+    /// `messages`; the connection ends when the client is dropped.
+    pub async fn dedicated(
+        &self,
+        messages: tokio::sync::mpsc::Sender<tokio_postgres::AsyncMessage>,
+    ) -> Result<Client, DbError> {
+        let (pg, tls) = &*self.connect;
+        match tls {
+            None => {
+                let (client, connection) = pg.connect(NoTls).await?;
+                tokio::spawn(forward(connection, messages));
+                Ok(client)
+            }
+            Some(t) => {
+                let (client, connection) = pg.connect(t.clone()).await?;
+                tokio::spawn(forward(connection, messages));
+                Ok(client)
+            }
+        }
+    }
+
+    /// Applies the migrations this database lacks, in one transaction.
+    async fn migrate(&self) -> Result<(), DbError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        // "already exists, skipping" is no news at every start.
+        tx.batch_execute("SET LOCAL client_min_messages = warning")
+            .await?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS mgnt_schema (version integer NOT NULL);
+             INSERT INTO mgnt_schema SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM mgnt_schema);",
+        )
+        .await?;
+        let found: i32 = tx
+            .query_one("SELECT version FROM mgnt_schema", &[])
+            .await?
+            .get(0);
+        let known = MIGRATIONS.len() as i32;
+        if found > known {
+            return Err(DbError::Newer { found, known });
+        }
+        for (i, step) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+            tx.batch_execute(step).await?;
+            tx.execute("UPDATE mgnt_schema SET version = $1", &[&(i as i32 + 1)])
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Hands a connection's asynchronous messages on until it ends.
+async fn forward<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+    messages: tokio::sync::mpsc::Sender<tokio_postgres::AsyncMessage>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            Some(Ok(message)) => {
+                if messages.send(message).await.is_err() {
+                    return;
+                }
+            }
+            Some(Err(_)) | None => return,
+        }
+    }
+}
+
+fn password(source: Option<&StorePassword>) -> Result<Option<String>, DbError> {
+    match source {
+        None => Ok(None),
+        Some(StorePassword::File(f)) => {
+            let text = std::fs::read_to_string(f)
+                .map_err(|e| DbError::Password(format!("{}: {e}", f.display())))?;
+            Ok(Some(text.lines().next().unwrap_or("").to_owned()))
+        }
+        Some(StorePassword::Env(v)) => std::env::var(v)
+            .map(Some)
+            .map_err(|_| DbError::Password(format!("the environment has no {v}"))),
+    }
+}
+
+/// rustls on ring, trusting the certificates in `ca` only.
+fn tls(ca: &std::path::Path) -> Result<MakeRustlsConnect, DbError> {
+    use rustls_pki_types::{CertificateDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca)
+        .map_err(|e| DbError::Tls(format!("{}: {e}", ca.display())))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| DbError::Tls(format!("{}: {e}", ca.display())))?;
+        roots
+            .add(cert)
+            .map_err(|e| DbError::Tls(format!("{}: {e}", ca.display())))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| DbError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}

@@ -1,0 +1,288 @@
+//! Region state in PostgreSQL, shared by every node (`[store]`): drains are
+//! one set for all nodes, health is each node's own view, the audit one log.
+//!
+//! A save writes only the drains its batch changed, named by the batch's
+//! audit entries (drain, undrain, drain-ended), so a node never writes back
+//! another node's drains from a stale view. After a commit that touched
+//! drains, `NOTIFY mgnt_drains` tells the others, which read the drains
+//! again and hand them to their owners; a full re-read every
+//! `reread_interval` covers a notification missed while disconnected.
+
+use std::{collections::BTreeMap, sync::Mutex, time::Duration};
+
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::{
+    DrainRecord, audit,
+    drain::Drains,
+    file::{SavedRegion, StateFile},
+    store::{StateStore, StoreError},
+};
+use crate::pg::Db;
+
+const CHANNEL: &str = "mgnt_drains";
+
+pub struct PgStore {
+    db: Db,
+    node: String,
+    shared: Mutex<Option<mpsc::Receiver<Drains>>>,
+}
+
+impl PgStore {
+    /// The store of node `node`; follows the other nodes' drains from now on.
+    pub fn start(db: Db, node: String, reread: Duration) -> Self {
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(follow(db.clone(), node.clone(), reread, tx));
+        Self {
+            db,
+            node,
+            shared: Mutex::new(Some(rx)),
+        }
+    }
+}
+
+/// Every drain, as the database has it.
+async fn read_drains(db: &Db) -> Result<Drains, String> {
+    let client = db.pool.get().await.map_err(|e| e.to_string())?;
+    let rows = client
+        .query(
+            "SELECT region, reason, by_token, since, until FROM drains",
+            &[],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut drains = BTreeMap::new();
+    for row in rows {
+        let (since, until): (i64, Option<i64>) = (row.get(3), row.get(4));
+        drains.insert(
+            row.get::<_, String>(0),
+            DrainRecord {
+                reason: row.get(1),
+                by: row.get(2),
+                since: since.max(0) as u64,
+                until: until.map(|u| u.max(0) as u64),
+            },
+        );
+    }
+    Ok(Drains(drains))
+}
+
+#[async_trait::async_trait]
+impl StateStore for PgStore {
+    async fn load(&self) -> Option<StateFile> {
+        let drains = match read_drains(&self.db).await {
+            Ok(d) => d,
+            Err(error) => {
+                warn!(%error, "cannot read the drains from the database; starting without");
+                return None;
+            }
+        };
+        let mut regions = BTreeMap::new();
+        if let Ok(client) = self.db.pool.get().await {
+            let rows = client
+                .query(
+                    "SELECT region, state FROM health WHERE node = $1",
+                    &[&self.node],
+                )
+                .await
+                .unwrap_or_default();
+            for row in rows {
+                let state: serde_json::Value = row.get(1);
+                if let Ok(saved) = serde_json::from_value::<SavedRegion>(state) {
+                    regions.insert(row.get::<_, String>(0), saved);
+                }
+            }
+        }
+        Some(StateFile::new(regions, drains))
+    }
+
+    async fn save(&self, state: StateFile, audit: Vec<audit::Entry>) -> Result<(), StoreError> {
+        let db = |e: tokio_postgres::Error| StoreError::Db(e.to_string());
+        let mut client = self
+            .db
+            .pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Db(e.to_string()))?;
+        let tx = client.transaction().await.map_err(db)?;
+        let mut touched = false;
+        for region in changed_drains(&audit) {
+            touched = true;
+            match state.drains.0.get(region) {
+                Some(d) => {
+                    let until = d.until.map(|u| u as i64);
+                    tx.execute(
+                        "INSERT INTO drains (region, reason, by_token, since, until)
+                         VALUES ($1, $2, $3, $4, $5)
+                         ON CONFLICT (region) DO UPDATE SET reason = $2, by_token = $3,
+                             since = $4, until = $5",
+                        &[&region, &d.reason, &d.by, &(d.since as i64), &until],
+                    )
+                    .await
+                    .map_err(db)?;
+                }
+                None => {
+                    tx.execute("DELETE FROM drains WHERE region = $1", &[&region])
+                        .await
+                        .map_err(db)?;
+                }
+            }
+        }
+        for (region, saved) in &state.regions {
+            let json = serde_json::to_value(saved).map_err(|e| StoreError::Db(e.to_string()))?;
+            tx.execute(
+                "INSERT INTO health (node, region, state) VALUES ($1, $2, $3)
+                 ON CONFLICT (node, region) DO UPDATE SET state = $3",
+                &[&self.node, region, &json],
+            )
+            .await
+            .map_err(db)?;
+        }
+        for entry in &audit {
+            let json = serde_json::to_value(entry).map_err(|e| StoreError::Db(e.to_string()))?;
+            tx.execute(
+                "INSERT INTO audit (time, node, entry) VALUES ($1, $2, $3)",
+                &[&(entry.time as i64), &self.node, &json],
+            )
+            .await
+            .map_err(db)?;
+        }
+        if touched {
+            // Delivered to the listeners when the transaction commits.
+            tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &self.node])
+                .await
+                .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    fn shared(&self) -> Option<mpsc::Receiver<Drains>> {
+        self.shared.lock().ok()?.take()
+    }
+}
+
+/// The regions whose drain a batch changed, by its audit entries (the
+/// owner's outcomes: a refused drain or an undrain of an undrained region
+/// changed nothing, and must not write this node's view of it).
+fn changed_drains(audit: &[audit::Entry]) -> impl Iterator<Item = &str> {
+    audit
+        .iter()
+        .filter(|e| {
+            matches!(
+                (e.action, e.outcome.as_str()),
+                ("drain", "drained") | ("undrain", "undrained") | ("drain-ended", _)
+            )
+        })
+        .filter_map(|e| e.region.as_deref())
+}
+
+/// Follows the other nodes' drains: LISTEN on a connection of its own, the
+/// drains read again on each notification from another node and every
+/// `reread`, and sent to the owner when they changed.
+async fn follow(db: Db, node: String, reread: Duration, to_owner: mpsc::Sender<Drains>) {
+    let mut last: Option<Drains> = None;
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let (messages_tx, mut messages) = mpsc::channel(64);
+        let listening = match db.dedicated(messages_tx).await {
+            Ok(client) => client
+                .batch_execute(&format!("LISTEN {CHANNEL}"))
+                .await
+                .map(|()| client)
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let client = match listening {
+            Ok(c) => {
+                backoff = Duration::from_secs(1);
+                c
+            }
+            Err(error) => {
+                warn!(%error, retry_in = ?backoff, "cannot listen for other nodes' drains");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                continue;
+            }
+        };
+        info!("following the other nodes' drains");
+        let mut every = tokio::time::interval(reread);
+        every.tick().await;
+        // Read first: whatever changed while we were not listening.
+        let mut tell = true;
+        loop {
+            // Our own commits are read too, never sent back: `last` stays
+            // what the database holds, so another node's change that
+            // restores it is still told.
+            match read_drains(&db).await {
+                Ok(drains) if last.as_ref() != Some(&drains) => {
+                    last = Some(drains.clone());
+                    if tell && to_owner.send(drains).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => warn!(%error, "cannot read the drains"),
+            }
+            match wake(&mut messages, &mut every, &node).await {
+                Some(other) => tell = other,
+                // The connection ended: listen again.
+                None => break,
+            }
+        }
+        drop(client);
+    }
+}
+
+/// Waits for a reason to read the drains: a notification (`true` when
+/// another node sent it) or the re-read interval (`true`); `None` once the
+/// connection ended.
+async fn wake(
+    messages: &mut mpsc::Receiver<tokio_postgres::AsyncMessage>,
+    every: &mut tokio::time::Interval,
+    node: &str,
+) -> Option<bool> {
+    loop {
+        tokio::select! {
+            m = messages.recv() => {
+                // A notice, not a notification: nothing to read.
+                if let Some(other) = notified_by(&m?, node) {
+                    return Some(other);
+                }
+            }
+            _ = every.tick() => return Some(true),
+        }
+    }
+}
+
+/// For a notification, whether another node sent it; `None` for other
+/// messages.
+fn notified_by(message: &tokio_postgres::AsyncMessage, node: &str) -> Option<bool> {
+    match message {
+        tokio_postgres::AsyncMessage::Notification(n) => Some(n.payload() != node),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_writes_only_the_drains_its_audit_names() {
+        let mut drain = audit::Entry::new(1, "ops", "drain", "drained");
+        drain.region = Some("europe1".into());
+        let mut ended = audit::Entry::new(2, "mgnt", "drain-ended", "ended");
+        ended.region = Some("us1".into());
+        let reload = audit::Entry::new(3, "SIGHUP", "reload", "reloaded");
+        let mut refused = audit::Entry::new(4, "ops", "drain", "refused: last serving region");
+        refused.region = Some("asia1".into());
+        let mut noop = audit::Entry::new(5, "ops", "undrain", "was not drained");
+        noop.region = Some("sa1".into());
+        let entries = [drain, reload, ended, refused, noop];
+        assert_eq!(
+            changed_drains(&entries).collect::<Vec<_>>(),
+            ["europe1", "us1"]
+        );
+    }
+}
