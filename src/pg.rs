@@ -63,12 +63,41 @@ impl From<deadpool_postgres::PoolError> for DbError {
     }
 }
 
+/// Whether the database answers, as the node last found it: for
+/// `/healthz`, the metrics and one log line per change.
+#[derive(Debug, Default)]
+pub struct Reach {
+    /// Since when it has not answered (seconds since 1970); 0 while it does.
+    since: std::sync::atomic::AtomicU64,
+}
+
+impl Reach {
+    /// It did not answer at `now`; `true` if it did until now.
+    pub fn lost(&self, now: u64) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.since
+            .compare_exchange(0, now.max(1), Relaxed, Relaxed)
+            .is_ok()
+    }
+
+    /// It answered; `true` if it had not.
+    pub fn found(&self) -> bool {
+        self.since.swap(0, std::sync::atomic::Ordering::Relaxed) != 0
+    }
+
+    /// Since when it has not answered; `None` while it does.
+    pub fn lost_since(&self) -> Option<u64> {
+        Some(self.since.load(std::sync::atomic::Ordering::Relaxed)).filter(|&s| s != 0)
+    }
+}
+
 /// The database: a pool for queries, and what it takes to open one more
 /// connection (for LISTEN).
 #[derive(Clone)]
 pub struct Db {
     pub pool: Pool,
     connect: Arc<(tokio_postgres::Config, Option<MakeRustlsConnect>)>,
+    pub reach: Arc<Reach>,
 }
 
 impl Db {
@@ -103,6 +132,7 @@ impl Db {
         let db = Self {
             pool,
             connect: Arc::new((pg, tls)),
+            reach: Arc::default(),
         };
         db.migrate().await?;
         Ok(db)

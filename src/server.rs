@@ -46,18 +46,23 @@ pub enum ServeError {
 
 /// Where region state lives: the database every node shares (`[store]`),
 /// or the state file and audit log of a single machine.
-async fn state_store(config: &Config) -> Result<Box<dyn StateStore>, ServeError> {
+/// With `[store]`, also whether the database answers.
+async fn state_store(config: &Config) -> Result<StateStoreAndReach, ServeError> {
     let Some(store) = &config.store else {
-        return Ok(Box::new(FileStore {
+        let files = FileStore {
             state_file: config.health.state_file.clone(),
             audit_log: config.api.audit_log.clone(),
-        }));
+        };
+        return Ok((Box::new(files), None));
     };
     let db = crate::pg::Db::open(store).await?;
     info!(node = %config.node.name, "region state in the shared database");
-    let node = config.node.name.clone();
-    Ok(Box::new(PgStore::start(db, node, store.reread_interval)))
+    let (node, reach) = (config.node.name.clone(), db.reach.clone());
+    let store = PgStore::start(db, node, store.reread_interval);
+    Ok((Box::new(store), Some(reach)))
 }
+
+type StateStoreAndReach = (Box<dyn StateStore>, Option<Arc<crate::pg::Reach>>);
 
 /// Opens the tunnel store in `[provision] data_dir`, if provisioning is on.
 /// A store that cannot open (its pool no longer holds every address, say)
@@ -113,7 +118,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), ServeError> {
     if let admin::auth::Origin::Created(file) = origin {
         info!(file = %file.display(), "created an admin API token");
     }
-    let store = state_store(&config).await?;
+    let (store, reach) = state_store(&config).await?;
     let tunnels = open_store(&config);
     let (mut state, mut owner) =
         state::start(data, config_path, store, true, state::system_clock()).await;
@@ -158,6 +163,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), ServeError> {
         routers: routers.clone(),
         api_edge: Arc::new(crate::edge::EdgeCounters::default()),
         exporter,
+        store: reach,
     };
     let tokens = admin::AllTokens {
         admin: tokens,

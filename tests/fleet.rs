@@ -74,6 +74,8 @@ fn a_drain_on_one_node_reaches_the_other_outlives_a_restart_and_waits_out_the_da
 
     // The database away: each node answers from what it holds; drains are
     // refused (they could not be shared), with a reason.
+    let health = |node: &Server| node.get("/healthz").1;
+    assert_eq!(health(&b)["store"], "available");
     pg.down();
     assert_eq!(answer_for_belgium(&b).as_deref(), Some("europe1"));
     let (status, body) = b.post("/v1/regions/asia1/drain", Some(json!({"reason": "x"})));
@@ -85,6 +87,17 @@ fn a_drain_on_one_node_reaches_the_other_outlives_a_restart_and_waits_out_the_da
             .contains("cannot persist"),
         "{body}"
     );
+    let said = health(&b);
+    assert_eq!(
+        (said["status"].as_str(), said["store"].as_str()),
+        (Some("ok"), Some("unavailable")),
+        "{said}"
+    );
+    assert!(said["since"].as_u64() > Some(0), "{said}");
+    let Value::String(m) = b.get("/metrics").1 else {
+        panic!("metrics are text")
+    };
+    assert!(m.contains("mgnt_store_up 0"), "{m}");
     // Back: a drain made now reaches the other node again.
     pg.up();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -98,6 +111,9 @@ fn a_drain_on_one_node_reaches_the_other_outlives_a_restart_and_waits_out_the_da
     }
     a.get_until("/v1/regions", "asia1 drained on node-a", |r| {
         drain_of(r, "asia1")["reason"] == "y"
+    });
+    a.get_until("/healthz", "node-a finds the database again", |h| {
+        h["store"] == "available"
     });
 
     // Each node audited what it did, under its name.

@@ -27,8 +27,18 @@ pub(super) fn error(status: StatusCode, message: impl Into<String>) -> Response 
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
-pub async fn healthz() -> &'static str {
-    "ok\n"
+/// Liveness: 200 while the process serves. With `[store]` the body also
+/// says whether the database answers (DNS goes on either way, from the
+/// state last known).
+pub async fn healthz(State(api): State<Arc<Api>>) -> Response {
+    match &api.cx.store {
+        None => "ok\n".into_response(),
+        Some(reach) => Json(match reach.lost_since() {
+            None => json!({"status": "ok", "store": "available"}),
+            Some(since) => json!({"status": "ok", "store": "unavailable", "since": since}),
+        })
+        .into_response(),
+    }
 }
 
 #[derive(Serialize)]

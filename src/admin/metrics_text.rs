@@ -152,6 +152,16 @@ pub fn render(cx: &Context) -> String {
         help(&mut out, name, "gauge", text);
         let _ = writeln!(out, "{name} {value}");
     }
+    if let Some(reach) = &cx.store {
+        help(
+            &mut out,
+            "mgnt_store_up",
+            "gauge",
+            "Whether [store]'s database answers (0: DNS answers from the state last known, drains are refused).",
+        );
+        let up = u8::from(reach.lost_since().is_none());
+        let _ = writeln!(out, "mgnt_store_up {up}");
+    }
     if let Some(r) = &cx.routers {
         router_endpoint(&mut out, r);
     }

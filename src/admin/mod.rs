@@ -49,6 +49,8 @@ pub struct Context {
     pub exporter: Option<crate::tunnels::export::Exporter>,
     /// The API's own accept loop, for its counters.
     pub api_edge: Arc<crate::edge::EdgeCounters>,
+    /// Whether `[store]`'s database answers, when there is one.
+    pub store: Option<Arc<crate::pg::Reach>>,
 }
 
 /// Shared by every handler.

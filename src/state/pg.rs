@@ -98,6 +98,35 @@ impl StateStore for PgStore {
     }
 
     async fn save(&self, state: StateFile, audit: Vec<audit::Entry>) -> Result<(), StoreError> {
+        let saved = self.write(state, audit).await;
+        match &saved {
+            Ok(()) => found(&self.db),
+            Err(e) => lost(&self.db, e),
+        }
+        saved
+    }
+
+    fn shared(&self) -> Option<mpsc::Receiver<Drains>> {
+        self.shared.lock().ok()?.take()
+    }
+}
+
+/// The database answered again: said once.
+fn found(db: &Db) {
+    if db.reach.found() {
+        info!("the database answers again");
+    }
+}
+
+/// The database did not answer: said once, until it does again.
+fn lost(db: &Db, error: &dyn std::fmt::Display) {
+    if db.reach.lost(crate::clock::now()) {
+        warn!(%error, "the database does not answer: DNS answers from the state last known, drains and undrains are refused");
+    }
+}
+
+impl PgStore {
+    async fn write(&self, state: StateFile, audit: Vec<audit::Entry>) -> Result<(), StoreError> {
         let db = |e: tokio_postgres::Error| StoreError::Db(e.to_string());
         let mut client = self
             .db
@@ -156,10 +185,6 @@ impl StateStore for PgStore {
         }
         tx.commit().await.map_err(db)
     }
-
-    fn shared(&self) -> Option<mpsc::Receiver<Drains>> {
-        self.shared.lock().ok()?.take()
-    }
 }
 
 /// The regions whose drain a batch changed, by its audit entries (the
@@ -199,13 +224,14 @@ async fn follow(db: Db, node: String, reread: Duration, to_owner: mpsc::Sender<D
                 c
             }
             Err(error) => {
-                warn!(%error, retry_in = ?backoff, "cannot listen for other nodes' drains");
+                lost(&db, &error);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(30));
                 continue;
             }
         };
         info!("following the other nodes' drains");
+        found(&db);
         let mut every = tokio::time::interval(reread);
         every.tick().await;
         // Read first: whatever changed while we were not listening.
@@ -222,7 +248,7 @@ async fn follow(db: Db, node: String, reread: Duration, to_owner: mpsc::Sender<D
                     }
                 }
                 Ok(_) => {}
-                Err(error) => warn!(%error, "cannot read the drains"),
+                Err(error) => lost(&db, &error),
             }
             match wake(&mut messages, &mut every, &node).await {
                 Some(other) => tell = other,
