@@ -34,6 +34,11 @@ const MIGRATIONS: &[&str] = &[
          node text NOT NULL,
          entry jsonb NOT NULL
      );",
+    // 2: a version of the drains, one more per batch that changed them
+    // (its row lock also orders such batches): a node tells a read older
+    // than its own last change from a newer one.
+    "CREATE TABLE drains_version (version bigint NOT NULL);
+     INSERT INTO drains_version VALUES (0);",
 ];
 
 /// Serializes migrations between nodes starting at once.

@@ -16,7 +16,7 @@ use super::{
     Clock, Counters, DrainRecord, DrainRequest, Handle, Input, QUEUE, Reader, ReloadReport,
     Snapshot, StateError, audit,
     regions::{Refusal, Regions},
-    store::StateStore,
+    store::{Shared, StateStore},
 };
 use crate::{
     config::Config,
@@ -97,7 +97,7 @@ struct Owner {
     /// Persisting failed last time (logged once until it works again).
     persist_failing: bool,
     /// Drains as the other nodes leave them (a shared store only).
-    shared: Option<mpsc::Receiver<super::drain::Drains>>,
+    shared: Option<mpsc::Receiver<Shared>>,
 }
 
 impl Owner {
@@ -332,8 +332,12 @@ impl Owner {
     }
 
     /// Takes the drains another node changed, and answers by them.
-    fn adopt(&mut self, drains: super::drain::Drains, now: u64) {
-        if self.regions.adopt_drains(drains) {
+    fn adopt(&mut self, shared: Shared, now: u64) {
+        // Read before our own last save committed: its news come again.
+        if shared.version < self.store.saved_version() {
+            return;
+        }
+        if self.regions.adopt_drains(shared.drains) {
             info!("drains changed on another node");
             self.publish(&[], &Applied::default(), now);
         }
@@ -462,9 +466,7 @@ fn log_transition(region: &str, t: Transition, round: &Round) {
 
 /// The next shared drains, or never without a shared store (or once it
 /// stopped sending).
-async fn next_shared(
-    shared: &mut Option<mpsc::Receiver<super::drain::Drains>>,
-) -> Option<super::drain::Drains> {
+async fn next_shared(shared: &mut Option<mpsc::Receiver<Shared>>) -> Option<Shared> {
     match shared {
         Some(rx) => match rx.recv().await {
             Some(d) => Some(d),

@@ -8,7 +8,14 @@
 //! again and hand them to their owners; a full re-read every
 //! `reread_interval` covers a notification missed while disconnected.
 
-use std::{collections::BTreeMap, sync::Mutex, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
+};
 
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -17,7 +24,7 @@ use super::{
     DrainRecord, audit,
     drain::Drains,
     file::{SavedRegion, StateFile},
-    store::{StateStore, StoreError},
+    store::{Shared, StateStore, StoreError},
 };
 use crate::pg::Db;
 
@@ -26,32 +33,48 @@ const CHANNEL: &str = "mgnt_drains";
 pub struct PgStore {
     db: Db,
     node: String,
-    shared: Mutex<Option<mpsc::Receiver<Drains>>>,
+    shared: Mutex<Option<mpsc::Receiver<Shared>>>,
+    /// The drains' version after this node's last change.
+    saved: AtomicU64,
 }
 
 impl PgStore {
     /// The store of node `node`; follows the other nodes' drains from now on.
     pub fn start(db: Db, node: String, reread: Duration) -> Self {
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(follow(db.clone(), node.clone(), reread, tx));
+        tokio::spawn(follow(db.clone(), reread, tx));
         Self {
             db,
             node,
             shared: Mutex::new(Some(rx)),
+            saved: AtomicU64::new(0),
         }
     }
 }
 
-/// Every drain, as the database has it.
-async fn read_drains(db: &Db) -> Result<Drains, String> {
-    let client = db.pool.get().await.map_err(|e| e.to_string())?;
-    let rows = client
+/// Every drain and their version, as the database has them (one snapshot).
+async fn read_drains(db: &Db) -> Result<Shared, String> {
+    let mut client = db.pool.get().await.map_err(|e| e.to_string())?;
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(|e| e.to_string())?;
+    let version: i64 = tx
+        .query_one("SELECT version FROM drains_version", &[])
+        .await
+        .map_err(|e| e.to_string())?
+        .get(0);
+    let rows = tx
         .query(
             "SELECT region, reason, by_token, since, until FROM drains",
             &[],
         )
         .await
         .map_err(|e| e.to_string())?;
+    tx.commit().await.map_err(|e| e.to_string())?;
     let mut drains = BTreeMap::new();
     for row in rows {
         let (since, until): (i64, Option<i64>) = (row.get(3), row.get(4));
@@ -65,14 +88,20 @@ async fn read_drains(db: &Db) -> Result<Drains, String> {
             },
         );
     }
-    Ok(Drains(drains))
+    Ok(Shared {
+        version: version.max(0) as u64,
+        drains: Drains(drains),
+    })
 }
 
 #[async_trait::async_trait]
 impl StateStore for PgStore {
     async fn load(&self) -> Option<StateFile> {
         let drains = match read_drains(&self.db).await {
-            Ok(d) => d,
+            Ok(shared) => {
+                self.saved.store(shared.version, Relaxed);
+                shared.drains
+            }
             Err(error) => {
                 warn!(%error, "cannot read the drains from the database; starting without");
                 return None;
@@ -106,8 +135,12 @@ impl StateStore for PgStore {
         saved
     }
 
-    fn shared(&self) -> Option<mpsc::Receiver<Drains>> {
+    fn shared(&self) -> Option<mpsc::Receiver<Shared>> {
         self.shared.lock().ok()?.take()
+    }
+
+    fn saved_version(&self) -> u64 {
+        self.saved.load(Relaxed)
     }
 }
 
@@ -177,13 +210,26 @@ impl PgStore {
             .await
             .map_err(db)?;
         }
+        let mut version = None;
         if touched {
+            let row = tx
+                .query_one(
+                    "UPDATE drains_version SET version = version + 1 RETURNING version",
+                    &[],
+                )
+                .await
+                .map_err(db)?;
+            version = Some(row.get::<_, i64>(0).max(0) as u64);
             // Delivered to the listeners when the transaction commits.
             tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &self.node])
                 .await
                 .map_err(db)?;
         }
-        tx.commit().await.map_err(db)
+        tx.commit().await.map_err(db)?;
+        if let Some(v) = version {
+            self.saved.fetch_max(v, Relaxed);
+        }
+        Ok(())
     }
 }
 
@@ -202,11 +248,12 @@ fn changed_drains(audit: &[audit::Entry]) -> impl Iterator<Item = &str> {
         .filter_map(|e| e.region.as_deref())
 }
 
-/// Follows the other nodes' drains: LISTEN on a connection of its own, the
-/// drains read again on each notification from another node and every
-/// `reread`, and sent to the owner when they changed.
-async fn follow(db: Db, node: String, reread: Duration, to_owner: mpsc::Sender<Drains>) {
-    let mut last: Option<Drains> = None;
+/// Follows the drains: LISTEN on a connection of its own, the drains read
+/// again on each notification and every `reread`, and sent to the owner
+/// with their version whenever it moved (the owner skips a read older than
+/// its own last change, and drains equal to its own).
+async fn follow(db: Db, reread: Duration, to_owner: mpsc::Sender<Shared>) {
+    let mut last: Option<u64> = None;
     let mut backoff = Duration::from_secs(1);
     loop {
         let (messages_tx, mut messages) = mpsc::channel(64);
@@ -234,59 +281,45 @@ async fn follow(db: Db, node: String, reread: Duration, to_owner: mpsc::Sender<D
         found(&db);
         let mut every = tokio::time::interval(reread);
         every.tick().await;
-        // Read first: whatever changed while we were not listening.
-        let mut tell = true;
+        // Read first: whatever changed while we were not listening. Then on
+        // every notification, ours included (a read taken for ours may hold
+        // another node's change made just before), and every `reread`.
         loop {
-            // Our own commits are read too, never sent back: `last` stays
-            // what the database holds, so another node's change that
-            // restores it is still told.
             match read_drains(&db).await {
-                Ok(drains) if last.as_ref() != Some(&drains) => {
-                    last = Some(drains.clone());
-                    if tell && to_owner.send(drains).await.is_err() {
+                Ok(shared) if last != Some(shared.version) => {
+                    last = Some(shared.version);
+                    if to_owner.send(shared).await.is_err() {
                         return;
                     }
                 }
                 Ok(_) => {}
                 Err(error) => lost(&db, &error),
             }
-            match wake(&mut messages, &mut every, &node).await {
-                Some(other) => tell = other,
+            if wake(&mut messages, &mut every).await.is_none() {
                 // The connection ended: listen again.
-                None => break,
+                break;
             }
         }
         drop(client);
     }
 }
 
-/// Waits for a reason to read the drains: a notification (`true` when
-/// another node sent it) or the re-read interval (`true`); `None` once the
-/// connection ended.
+/// Waits for a reason to read the drains: a notification or the re-read
+/// interval; `None` once the connection ended.
 async fn wake(
     messages: &mut mpsc::Receiver<tokio_postgres::AsyncMessage>,
     every: &mut tokio::time::Interval,
-    node: &str,
-) -> Option<bool> {
+) -> Option<()> {
     loop {
         tokio::select! {
             m = messages.recv() => {
                 // A notice, not a notification: nothing to read.
-                if let Some(other) = notified_by(&m?, node) {
-                    return Some(other);
+                if let tokio_postgres::AsyncMessage::Notification(_) = m? {
+                    return Some(());
                 }
             }
-            _ = every.tick() => return Some(true),
+            _ = every.tick() => return Some(()),
         }
-    }
-}
-
-/// For a notification, whether another node sent it; `None` for other
-/// messages.
-fn notified_by(message: &tokio_postgres::AsyncMessage, node: &str) -> Option<bool> {
-    match message {
-        tokio_postgres::AsyncMessage::Notification(n) => Some(n.payload() != node),
-        _ => None,
     }
 }
 

@@ -34,12 +34,25 @@ pub trait StateStore: Send + Sync + 'static {
     /// Persists `state` and records `audit`.
     async fn save(&self, state: StateFile, audit: Vec<audit::Entry>) -> Result<(), StoreError>;
 
-    /// The drains as other writers leave them (other nodes sharing this
-    /// store), each time they change; taken once, by the owner. `None`: no
-    /// one else writes.
-    fn shared(&self) -> Option<tokio::sync::mpsc::Receiver<super::drain::Drains>> {
+    /// The drains as the store holds them (other nodes write there too),
+    /// each time they change; taken once, by the owner. `None`: no one else
+    /// writes.
+    fn shared(&self) -> Option<tokio::sync::mpsc::Receiver<Shared>> {
         None
     }
+
+    /// The version of the drains this node saved last: a [`Shared`] read
+    /// older than it predates our own change and is not adopted.
+    fn saved_version(&self) -> u64 {
+        0
+    }
+}
+
+/// The drains as read from a shared store, and their version there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shared {
+    pub version: u64,
+    pub drains: super::drain::Drains,
 }
 
 /// The state file and the audit log.

@@ -346,3 +346,100 @@ async fn restart_only_settings_are_compared_with_the_running_config() {
         "back as started"
     );
 }
+
+/// A shared store stand-in: what other nodes wrote arrives on a channel,
+/// and this node's last saved version is set by the test.
+struct Shares {
+    rx: std::sync::Mutex<Option<mpsc::Receiver<Shared>>>,
+    saved: Arc<std::sync::atomic::AtomicU64>,
+}
+
+#[async_trait::async_trait]
+impl StateStore for Shares {
+    async fn load(&self) -> Option<crate::state::file::StateFile> {
+        None
+    }
+
+    async fn save(
+        &self,
+        _: crate::state::file::StateFile,
+        _: Vec<audit::Entry>,
+    ) -> Result<(), crate::state::store::StoreError> {
+        Ok(())
+    }
+
+    fn shared(&self) -> Option<mpsc::Receiver<Shared>> {
+        self.rx.lock().ok()?.take()
+    }
+
+    fn saved_version(&self) -> u64 {
+        self.saved.load(Relaxed)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn shared_drains_are_adopted_unless_older_than_our_own_last_change() {
+    let fixture = Fixture::new(ROWS);
+    let data = fixture.load(&ALL, &ALL, "");
+    let (tx, rx) = mpsc::channel(4);
+    let saved = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let store = Shares {
+        rx: std::sync::Mutex::new(Some(rx)),
+        saved: saved.clone(),
+    };
+    let clock: Clock = Arc::new(|| BASE);
+    let (handle, _task) = start(
+        data,
+        fixture.path("mgnt.toml"),
+        Box::new(store),
+        false,
+        clock,
+    )
+    .await;
+    let drained = |handle: &Handle| -> Vec<String> {
+        let s = handle.snapshot();
+        s.regions
+            .iter()
+            .filter(|r| r.drain.is_some())
+            .map(|r| r.name.clone())
+            .collect()
+    };
+    let record = DrainRecord {
+        reason: "elsewhere".into(),
+        by: "ops".into(),
+        since: BASE,
+        until: None,
+    };
+    let mut one = crate::state::drain::Drains::default();
+    one.0.insert("us1".into(), record);
+    let settle = || tokio::time::sleep(Duration::from_millis(10));
+
+    tx.send(Shared {
+        version: 3,
+        drains: one.clone(),
+    })
+    .await
+    .unwrap();
+    settle().await;
+    assert_eq!(drained(&handle), ["us1"], "another node's drain is adopted");
+
+    // Our own change saved as version 5: a read of version 4 predates it.
+    saved.store(5, Relaxed);
+    let none = crate::state::drain::Drains::default();
+    tx.send(Shared {
+        version: 4,
+        drains: none.clone(),
+    })
+    .await
+    .unwrap();
+    settle().await;
+    assert_eq!(drained(&handle), ["us1"], "a stale read is not adopted");
+    tx.send(Shared {
+        version: 5,
+        drains: none,
+    })
+    .await
+    .unwrap();
+    settle().await;
+    assert!(drained(&handle).is_empty(), "the current one is");
+}
