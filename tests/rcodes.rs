@@ -253,6 +253,13 @@ fn the_node_tells_its_name_by_nsid_and_chaos_txt() {
     );
     let out = dig(&["CH", "TXT", "version.bind"]);
     assert!(out.contains("status: REFUSED"), "{out}");
+    // And the metrics say which node they come from.
+    let (_, metrics) = s.get("/metrics");
+    let text = metrics.as_str().unwrap_or_default();
+    assert!(
+        text.contains("mgnt_node_info{node=\"dns-a.fra\"} 1"),
+        "{text}"
+    );
 }
 
 #[test]

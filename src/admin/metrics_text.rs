@@ -16,6 +16,17 @@ pub fn render(cx: &Context) -> String {
     let mut out = String::with_capacity(8 * 1024);
     let snapshot = cx.state.snapshot();
     let data = &snapshot.data;
+    help(
+        &mut out,
+        "mgnt_node_info",
+        "gauge",
+        "This node's [node] name, as DNS tells it (NSID, CHAOS id.server).",
+    );
+    let _ = writeln!(
+        out,
+        "mgnt_node_info{{node=\"{}\"}} 1",
+        crate::metrics::escape(&data.config.node.name)
+    );
     cx.responder.queries.render(&mut out);
 
     help(
