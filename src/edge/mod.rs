@@ -4,6 +4,7 @@
 //! hyper with small header and body limits ([`http`]).
 
 pub mod http;
+pub mod sockopt;
 pub mod sources;
 pub mod tls;
 

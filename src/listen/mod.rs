@@ -7,7 +7,7 @@
 //! length framing, many queries per connection, an idle timeout, and a cap on
 //! open connections so a flood of idle clients cannot exhaust file descriptors.
 
-use std::{io, net::SocketAddr, os::fd::AsRawFd, sync::Arc, time::Duration};
+use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
 use hickory_server::net::xfer::Protocol;
 use socket2::{Domain, Socket, Type};
@@ -123,21 +123,7 @@ fn omit_path_mtu_discovery(socket: &Socket, addr: SocketAddr) -> io::Result<()> 
             libc::IPV6_PMTUDISC_OMIT,
         )
     };
-    // SAFETY: setsockopt on an open socket with a valid int option value.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            level,
-            name,
-            (&raw const value).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    crate::edge::sockopt::set_int(socket, level, name, value)
 }
 
 fn tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -216,6 +202,8 @@ async fn tcp_connection(
 
 #[cfg(test)]
 mod tests {
+    use std::os::fd::AsRawFd;
+
     use super::*;
 
     fn option(socket: &std::net::UdpSocket, level: i32, name: i32) -> i32 {

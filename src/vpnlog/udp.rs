@@ -34,21 +34,7 @@ pub fn bind(addr: SocketAddr, bytes: usize) -> io::Result<(std::net::UdpSocket, 
 
 fn force_receive_buffer(socket: &Socket, bytes: usize) -> io::Result<()> {
     let value = libc::c_int::try_from(bytes).map_err(|_| io::ErrorKind::InvalidInput)?;
-    // SAFETY: a valid socket and a c_int option value of the right size.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&raw const value).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    crate::edge::sockopt::set_int(socket, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, value)
 }
 
 fn inode(socket: &std::net::UdpSocket) -> Option<u64> {
