@@ -37,6 +37,7 @@ node() {
   mkdir -p "$d"
   cp -r "$ROOT/geoip" "$ROOT/zones" "$d/"
   echo bench > "$d/db.password"
+  chmod 600 "$d/db.password"
   sed -e "s/127.0.0.1:5300/127.0.0.1:$2/; s/\[::1\]:5300/[::1]:$2/; s/127.0.0.1:8053/127.0.0.1:$3/; /^\[vpnlog\]/,\$d" \
     "$ROOT/mgnt.toml" > "$d/mgnt.toml"
   printf '\n[node]\nname = "%s"\n\n[store]\nurl = "postgres://mgnt@127.0.0.1:%s/mgnt"\npassword_file = "db.password"\nreread_interval = "1h"\n' \

@@ -220,8 +220,16 @@ fn password(source: Option<&StorePassword>) -> Result<Option<String>, DbError> {
     match source {
         None => Ok(None),
         Some(StorePassword::File(f)) => {
-            let text = std::fs::read_to_string(f)
-                .map_err(|e| DbError::Password(format!("{}: {e}", f.display())))?;
+            use std::os::unix::fs::PermissionsExt;
+            let err = |e: std::io::Error| DbError::Password(format!("{}: {e}", f.display()));
+            let mode = std::fs::metadata(f).map_err(err)?.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(DbError::Password(format!(
+                    "{}: mode {mode:03o} lets group or others read it: chmod 600",
+                    f.display()
+                )));
+            }
+            let text = std::fs::read_to_string(f).map_err(err)?;
             Ok(Some(text.lines().next().unwrap_or("").to_owned()))
         }
         Some(StorePassword::Env(v)) => std::env::var(v)
@@ -249,4 +257,25 @@ fn tls(ca: &std::path::Path) -> Result<MakeRustlsConnect, DbError> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(MakeRustlsConnect::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn a_password_file_others_can_read_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "secret\nignored\n").unwrap();
+        let source = StorePassword::File(file.clone());
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = password(Some(&source)).unwrap_err().to_string();
+        assert!(e.contains("mode 644") && e.contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(password(Some(&source)).unwrap().as_deref(), Some("secret"));
+        assert_eq!(password(None).unwrap(), None);
+    }
 }

@@ -144,6 +144,8 @@ impl Postgres {
     /// A `[store]` table for mgnt, its password in `password_file`.
     pub fn store_toml(&self, password_file: &Path, reread: &str) -> String {
         std::fs::write(password_file, PASSWORD).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(password_file, std::fs::Permissions::from_mode(0o600)).unwrap();
         format!(
             "\n[store]\nurl = \"postgres://mgnt@127.0.0.1:{}/mgnt\"\npassword_file = \"{}\"\nreread_interval = \"{reread}\"\n",
             self.port,
