@@ -3,10 +3,11 @@
 //!
 //! A save writes only the drains its batch changed, named by the batch's
 //! audit entries (drain, undrain, drain-ended), so a node never writes back
-//! another node's drains from a stale view. After a commit that touched
-//! drains, `NOTIFY mgnt_drains` tells the others, which read the drains
-//! again and hand them to their owners; a full re-read every
-//! `reread_interval` covers a notification missed while disconnected.
+//! another node's drains from a stale view; it bumps `drains_version`, and
+//! `NOTIFY mgnt_drains` tells every node on commit. Each reads the drains
+//! and their version again and hands them to its owner, which skips a read
+//! older than its own last change; a full re-read every `reread_interval`
+//! covers a notification missed while disconnected.
 
 use std::{
     collections::BTreeMap,
