@@ -39,6 +39,79 @@ const MIGRATIONS: &[&str] = &[
     // than its own last change from a newer one.
     "CREATE TABLE drains_version (version bigint NOT NULL);
      INSERT INTO drains_version VALUES (0);",
+    // 3: sites, their jobs and credentials (crate::tunnels::store::pg).
+    // Every change to what a login is checked against takes the next number
+    // of `sites_seq` and is announced on `mgnt_sites`; a deletion leaves a
+    // tombstone. Triggers, so no write path can forget it; the counter's row
+    // lock makes numbers follow commit order.
+    "CREATE TABLE sites (
+         uuid uuid PRIMARY KEY,
+         username text NOT NULL UNIQUE,
+         address inet NOT NULL UNIQUE,
+         secret_hash text NOT NULL,
+         secret_applied boolean NOT NULL,
+         previous_secret_hash text,
+         previous_until bigint,
+         router_token_hash text UNIQUE,
+         enrollment_hash text UNIQUE,
+         enrollment_version text,
+         enrollment_until bigint,
+         created bigint NOT NULL,
+         seq bigint NOT NULL DEFAULT 0
+     );
+     CREATE INDEX sites_by_seq ON sites (seq);
+     CREATE TABLE released (address inet PRIMARY KEY, until bigint NOT NULL);
+     CREATE TABLE jobs (
+         id uuid PRIMARY KEY,
+         site uuid NOT NULL REFERENCES sites (uuid) ON DELETE CASCADE,
+         kind text NOT NULL,
+         state text NOT NULL,
+         secret text,
+         attempts integer NOT NULL DEFAULT 0,
+         created bigint NOT NULL,
+         fetched bigint,
+         finished bigint,
+         error text
+     );
+     CREATE INDEX jobs_by_site ON jobs (site, created);
+     CREATE INDEX jobs_open ON jobs (created) WHERE state IN ('pending', 'fetched');
+     CREATE TABLE auth_attempts (
+         time bigint NOT NULL,
+         username text NOT NULL,
+         site uuid,
+         ok boolean NOT NULL,
+         source text
+     );
+     CREATE INDEX auth_attempts_by_time ON auth_attempts (time);
+     CREATE TABLE sites_seq (value bigint NOT NULL);
+     INSERT INTO sites_seq VALUES (0);
+     CREATE TABLE tombstones (username text PRIMARY KEY, seq bigint NOT NULL);
+     CREATE INDEX tombstones_by_seq ON tombstones (seq);
+     CREATE FUNCTION sites_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+     BEGIN
+         UPDATE sites_seq SET value = value + 1 RETURNING value INTO NEW.seq;
+         IF TG_OP = 'INSERT' THEN
+             DELETE FROM tombstones WHERE username = NEW.username;
+         END IF;
+         PERFORM pg_notify('mgnt_sites', NEW.seq::text);
+         RETURN NEW;
+     END $$;
+     CREATE TRIGGER sites_inserted BEFORE INSERT ON sites
+         FOR EACH ROW EXECUTE FUNCTION sites_changed();
+     CREATE TRIGGER sites_changed
+         BEFORE UPDATE OF address, secret_hash, previous_secret_hash, previous_until ON sites
+         FOR EACH ROW EXECUTE FUNCTION sites_changed();
+     CREATE FUNCTION sites_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+     DECLARE n bigint;
+     BEGIN
+         UPDATE sites_seq SET value = value + 1 RETURNING value INTO n;
+         INSERT INTO tombstones VALUES (OLD.username, n)
+             ON CONFLICT (username) DO UPDATE SET seq = EXCLUDED.seq;
+         PERFORM pg_notify('mgnt_sites', n::text);
+         RETURN OLD;
+     END $$;
+     CREATE TRIGGER sites_deleted AFTER DELETE ON sites
+         FOR EACH ROW EXECUTE FUNCTION sites_deleted();",
 ];
 
 /// Serializes migrations between nodes starting at once.

@@ -10,6 +10,7 @@ use crate::{
     config::Config,
     dns::{LoadError, answer::Responder},
     listen,
+    pg::Db,
     state::{
         self, StateError,
         pg::PgStore,
@@ -47,34 +48,55 @@ pub enum ServeError {
 /// Where region state lives: the database every node shares (`[store]`),
 /// or the state file and audit log of a single machine.
 /// With `[store]`, also whether the database answers.
-async fn state_store(config: &Config) -> Result<StateStoreAndReach, ServeError> {
-    let Some(store) = &config.store else {
+fn state_store(config: &Config, db: Option<&Db>) -> StateStoreAndReach {
+    let Some(db) = db else {
         let files = FileStore {
             state_file: config.health.state_file.clone(),
             audit_log: config.api.audit_log.clone(),
         };
-        return Ok((Box::new(files), None));
+        return (Box::new(files), None);
     };
-    let db = crate::pg::Db::open(store).await?;
     info!(node = %config.node.name, "region state in the shared database");
-    let (node, reach) = (config.node.name.clone(), db.reach.clone());
-    let store = PgStore::start(db, node, store.reread_interval);
-    Ok((Box::new(store), Some(reach)))
+    let reread = config
+        .store
+        .as_ref()
+        .map_or(std::time::Duration::from_secs(30), |s| s.reread_interval);
+    let store = PgStore::start(db.clone(), config.node.name.clone(), reread);
+    (Box::new(store), Some(db.reach.clone()))
 }
 
 type StateStoreAndReach = (Box<dyn StateStore>, Option<Arc<crate::pg::Reach>>);
 
-/// Opens the tunnel store in `[provision] data_dir`, if provisioning is on.
-/// A store that cannot open (its pool no longer holds every address, say)
-/// turns provisioning off with an error in the log: DNS must keep serving.
-fn open_store(config: &Config) -> Option<Arc<dyn Store>> {
-    match crate::tunnels::open_store(config, false) {
-        Ok(store) => store.map(|s| Arc::new(s) as Arc<dyn Store>),
+/// Opens the tunnel store, if provisioning is on: in the shared database
+/// with `[store]`, else in `[provision] data_dir`. A store that cannot open
+/// (its pool no longer holds every address, say) turns provisioning off with
+/// an error in the log: DNS must keep serving.
+async fn open_store(config: &Config, db: Option<&Db>) -> Option<Arc<dyn Store>> {
+    let opened = match db {
+        Some(db) => crate::tunnels::open_shared(config, db.clone())
+            .map(|s| s.map(|s| Arc::new(s) as Arc<dyn Store>)),
+        None => crate::tunnels::open_store(config, false)
+            .map(|s| s.map(|s| Arc::new(s) as Arc<dyn Store>)),
+    };
+    let store = match opened {
+        Ok(store) => store?,
         Err(error) => {
             error!(%error, "provisioning is off: the tunnel store cannot be opened");
-            None
+            return None;
+        }
+    };
+    if db.is_some() {
+        // SQLite checks this as it rebuilds its pool; the database, here.
+        let (s, c) = (store.clone(), config.clone());
+        let held = tokio::task::spawn_blocking(move || crate::tunnels::pool_holds(s.as_ref(), &c))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+        if let Err(error) = held {
+            error!(%error, "provisioning is off");
+            return None;
         }
     }
+    Some(store)
 }
 
 /// Starts log ingestion, if `[vpnlog]` is set.
@@ -118,8 +140,12 @@ pub async fn run(config_path: PathBuf) -> Result<(), ServeError> {
     if let admin::auth::Origin::Created(file) = origin {
         info!(file = %file.display(), "created an admin API token");
     }
-    let (store, reach) = state_store(&config).await?;
-    let tunnels = open_store(&config);
+    let db = match &config.store {
+        Some(store) => Some(Db::open(store).await?),
+        None => None,
+    };
+    let (store, reach) = state_store(&config, db.as_ref());
+    let tunnels = open_store(&config, db.as_ref()).await;
     let (mut state, mut owner) =
         state::start(data, config_path, store, true, state::system_clock()).await;
     if let Some(tunnels) = tunnels.clone() {

@@ -132,3 +132,165 @@ fn a_drain_on_one_node_reaches_the_other_outlives_a_restart_and_waits_out_the_da
         "{audited}"
     );
 }
+
+/// A node with provisioning on `pg`'s database; every node shares `key`.
+fn provisioning_node(pg: &Postgres, name: &str, key: &std::path::Path) -> Server {
+    let fixture = Fixture::new();
+    let password = fixture.path("db.password");
+    std::fs::write(fixture.path("agents.token"), "srv1:agent-token-of-srv1\n").unwrap();
+    fixture.write_config(
+        &(config_text("\"127.0.0.1:0\", \"[::1]:0\"").replace(
+            "[api]\n",
+            "[api]\nagent_token_file = \"agents.token\"\n",
+        ) + &format!(
+            "\n[node]\nname = \"{name}\"\n\n[provision]\npool = \"100.64.0.0/24\"\nauth = \"sha1\"\nsecret_key_file = \"{}\"\n",
+            key.display()
+        ) + &pg.store_toml(&password, "1h")),
+    );
+    Server::start_with(fixture)
+}
+
+/// POST /v1/sites on `api` with `token`: the site's uuid and address when
+/// acknowledged (201).
+fn create_site(api: std::net::SocketAddr, token: &str) -> Option<(String, String)> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(20)))
+        .build()
+        .into();
+    let mut resp = agent
+        .post(&format!("http://{api}/v1/sites"))
+        .header("Authorization", &format!("Bearer {token}"))
+        .send_empty()
+        .ok()?;
+    if resp.status().as_u16() != 201 {
+        return None;
+    }
+    let body: Value = serde_json::from_str(&resp.body_mut().read_to_string().ok()?).ok()?;
+    let site = &body["site"];
+    Some((
+        site["uuid"].as_str()?.into(),
+        site["address"].as_str()?.into(),
+    ))
+}
+
+/// GET /agent/v1/credentials on `node` as agent srv1.
+fn agent_credentials(node: &Server, query: &str) -> Value {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--max-time", "60", "-H"])
+        .arg("Authorization: Bearer agent-token-of-srv1")
+        .arg(format!("http://{}/agent/v1/credentials?{query}", node.api))
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+#[ignore = "needs root (runs a PostgreSQL cluster as the postgres user); scripts/test runs it as root"]
+fn sites_made_on_two_nodes_share_one_pool_survive_a_killed_node_and_reach_the_other_nodes_agents() {
+    let pg = Postgres::start();
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("secret.key");
+    let mut a = provisioning_node(&pg, "node-a", &key);
+    let b = provisioning_node(&pg, "node-b", &key);
+
+    // Creations on both nodes at once, node-a killed (-9) in the middle:
+    // every acknowledged site exists once, with the address it was given.
+    let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut workers = Vec::new();
+    for (node, api, token) in [("a", a.api, a.token()), ("b", b.api, b.token())] {
+        for _ in 0..3 {
+            let (token, acknowledged) = (token.clone(), acknowledged.clone());
+            workers.push(std::thread::spawn(move || {
+                for _ in 0..15 {
+                    if let Some(site) = create_site(api, &token) {
+                        acknowledged.lock().unwrap().push((node, site));
+                    }
+                }
+            }));
+        }
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while acknowledged.lock().unwrap().len() < 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no creations acknowledged"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    a.stop();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    let stored = pg.psql("mgnt", "SELECT uuid || ' ' || host(address) FROM sites");
+    let stored: Vec<&str> = stored.lines().collect();
+    for (_, (uuid, address)) in &acknowledged {
+        let line = format!("{uuid} {address}");
+        assert_eq!(
+            stored.iter().filter(|s| **s == line).count(),
+            1,
+            "{line} in {stored:?}"
+        );
+    }
+    let addresses: std::collections::HashSet<_> =
+        stored.iter().map(|s| s.split(' ').nth(1)).collect();
+    assert_eq!(addresses.len(), stored.len(), "one address per site");
+    let on_b = acknowledged.iter().filter(|(node, _)| *node == "b").count();
+    assert_eq!(on_b, 45, "node-b kept creating");
+    assert!(
+        acknowledged.len() < 90,
+        "node-a was killed before it made all its sites"
+    );
+
+    // An agent of node-b hears of a site made on node-a at once: its long
+    // poll ends by notification (re-reads are an hour apart).
+    a.restart();
+    let all = agent_credentials(&b, "since=0");
+    let seq = all["seq"].as_u64().expect("a sequence number");
+    assert_eq!(all["sites"].as_array().map(Vec::len), Some(stored.len()));
+    let waiting = {
+        let api = b.api;
+        std::thread::spawn(move || {
+            let out = std::process::Command::new("curl")
+                .args(["-s", "--max-time", "60", "-H"])
+                .arg("Authorization: Bearer agent-token-of-srv1")
+                .arg(format!(
+                    "http://{api}/agent/v1/credentials?since={seq}&wait=60"
+                ))
+                .output()
+                .unwrap();
+            serde_json::from_slice::<Value>(&out.stdout).unwrap()
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (uuid, _) = create_site(a.api, &a.token()).expect("a site made on node-a");
+    let heard = waiting.join().unwrap();
+    let usernames: Vec<&str> = (heard["sites"].as_array().unwrap().iter())
+        .filter_map(|s| s["username"].as_str())
+        .collect();
+    assert_eq!(usernames.len(), 1, "{heard}");
+    let (status, site) = b.get(&format!("/v1/sites/{uuid}"));
+    assert_eq!(status, 200, "{site}");
+    assert_eq!(usernames[0], site["site"]["username"], "{heard}");
+
+    // The database away: creations are refused with a reason, and work again
+    // once it is back.
+    pg.down();
+    let (status, body) = b.post("/v1/sites", None);
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"].as_str().unwrap_or("").contains("unavailable"),
+        "{body}"
+    );
+    pg.up();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while create_site(b.api, &b.token()).is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no creation after the database came back"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

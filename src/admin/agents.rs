@@ -18,7 +18,7 @@ use super::{Api, Caller, handlers::error};
 use crate::{
     tunnels::{
         ports::{INBOUND, OUTBOUND},
-        store::{Attempt, Credentials},
+        store::{Attempt, Credentials, StoreError},
         username::tunnel_of,
     },
     vpnlog::report::{Batch, MAX_BATCH, Report},
@@ -34,8 +34,12 @@ fn ports(table: &[(&str, &str)]) -> serde_json::Value {
 
 /// Longest a credentials request waits for a change.
 const MAX_WAIT: Duration = Duration::from_secs(60);
-/// How often a waiting request looks for changes (one indexed query).
+/// How often a waiting request looks for changes (one indexed query), when
+/// the store does not announce them.
 const LOOK_EVERY: Duration = Duration::from_millis(250);
+/// How often it looks anyway when the store announces them (without
+/// `[store] reread_interval`).
+const RECHECK: Duration = Duration::from_secs(5);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -63,19 +67,40 @@ pub async fn credentials(
     let since = q.since.unwrap_or(0);
     let wait = Duration::from_secs(q.wait.unwrap_or(0)).min(MAX_WAIT);
     let deadline = tokio::time::Instant::now() + wait;
+    let mut announced = store.changes();
+    // With [store], announcements come by notification; the re-read interval
+    // is the safety net for one missed while disconnected.
+    let recheck =
+        (api.cx.state.snapshot().data.config.store.as_ref()).map_or(RECHECK, |s| s.reread_interval);
     let changes = loop {
         let s = store.clone();
         let got = tokio::task::spawn_blocking(move || s.credentials(since)).await;
         let changes: Credentials = match got {
             Ok(Ok(c)) => c,
+            Ok(Err(e @ StoreError::Unavailable(_))) => {
+                return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+            }
             Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         };
         let changed = !changes.sites.is_empty() || !changes.deleted.is_empty();
-        if since == 0 || changed || tokio::time::Instant::now() >= deadline {
+        let now = tokio::time::Instant::now();
+        if since == 0 || changed || now >= deadline {
             break changes;
         }
-        tokio::time::sleep(LOOK_EVERY).await;
+        match announced.as_mut() {
+            // Woken by the announcement of a newer change (made on any node),
+            // or after a while anyway, in case an announcement was missed.
+            Some(rx) => {
+                let wait = (deadline - now).min(recheck);
+                let newer = tokio::time::timeout(wait, rx.wait_for(|&seq| seq > changes.seq));
+                let follower_gone = matches!(newer.await, Ok(Err(_)));
+                if follower_gone {
+                    tokio::time::sleep(LOOK_EVERY).await;
+                }
+            }
+            None => tokio::time::sleep(LOOK_EVERY).await,
+        }
     };
     let snapshot = api.cx.state.snapshot();
     let config = &snapshot.data.config;

@@ -37,7 +37,7 @@ fn store(api: &Api) -> Result<Arc<dyn Store>, Fail> {
     })
 }
 
-/// Runs a store call off the async threads (SQLite and argon2 block).
+/// Runs a store call off the async threads (the store's calls block).
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, Fail> {
@@ -46,6 +46,10 @@ async fn blocking<T: Send + 'static>(
         Ok(Err(e @ StoreError::Pool(PoolError::Exhausted(_)))) => Err(Fail(
             StatusCode::CONFLICT,
             format!("{e}: delete sites or widen [provision] pool"),
+        )),
+        Ok(Err(e @ StoreError::Unavailable(_))) => Err(Fail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{e}: nothing was changed; try again when it is back"),
         )),
         Ok(Err(e)) => Err(Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
         Err(e) => Err(Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),

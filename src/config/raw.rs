@@ -247,6 +247,9 @@ impl RawConfig {
             .map(|v| v.validate(&cx, &regions))
             .transpose()?;
         let store = self.store.as_ref().map(|s| s.validate(&cx)).transpose()?;
+        if store.is_some() {
+            self.refuse_local_stores(&cx)?;
+        }
         Ok(Config {
             file: file.to_owned(),
             store,
@@ -262,6 +265,24 @@ impl RawConfig {
             regions,
             overrides,
         })
+    }
+}
+
+impl RawConfig {
+    /// With `[store]` the data lives in the shared database: a local SQLite
+    /// directory would be a second, silently diverging truth.
+    fn refuse_local_stores(&self, cx: &Ctx) -> Result<(), ConfigError> {
+        if self
+            .provision
+            .as_ref()
+            .is_some_and(|p| p.data_dir.is_some())
+        {
+            return Err(cx.err(
+                "provision.data_dir",
+                "sites live in the [store] database: remove data_dir (`mgnt store migrate` copies an existing tunnels.db into it)",
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -92,6 +92,10 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, Response> {
     match tokio::task::spawn_blocking(f).await {
         Ok(Ok(v)) => Ok(v),
+        // The router polls again later: nothing was changed.
+        Ok(Err(e @ StoreError::Unavailable(_))) => {
+            Err(text(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
+        }
         Ok(Err(e)) => Err(text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
         Err(e) => Err(text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
     }

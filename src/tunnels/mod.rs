@@ -19,7 +19,7 @@ pub mod username;
 use std::{path::PathBuf, sync::Arc};
 
 use crate::config::{Config, DEFAULT_ROTATION_GRACE};
-use store::{Lifetimes, SqliteStore, StoreError};
+use store::{Lifetimes, PgSiteStore, SqliteStore, StoreError};
 
 /// A store that could not be opened, and its file.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +63,16 @@ pub fn pool_holds(store: &dyn store::Store, config: &Config) -> Result<(), Strin
     }
 }
 
+/// The key file of `p`, created when missing.
+fn load_keys(p: &crate::config::ProvisionConfig) -> Result<Arc<keys::Keys>, OpenError> {
+    keys::Keys::load_or_create(&p.secret_key_file)
+        .map(Arc::new)
+        .map_err(|e| OpenError {
+            file: p.secret_key_file.clone(),
+            source: e.into(),
+        })
+}
+
 /// Opens `[provision]`'s store (with its key file), if provisioning is on:
 /// for allocating, or only for checking credentials (`checks_only`: no pool).
 pub fn open_store(config: &Config, checks_only: bool) -> Result<Option<SqliteStore>, OpenError> {
@@ -74,11 +84,7 @@ pub fn open_store(config: &Config, checks_only: bool) -> Result<Option<SqliteSto
         file: file.clone(),
         source,
     };
-    let keys = keys::Keys::load_or_create(&p.secret_key_file).map_err(|e| OpenError {
-        file: p.secret_key_file.clone(),
-        source: e.into(),
-    })?;
-    let keys = Arc::new(keys);
+    let keys = load_keys(p)?;
     if !checks_only {
         std::fs::create_dir_all(&p.data_dir)
             .map_err(|e| err(StoreError::Corrupt(e.to_string())))?;
@@ -90,4 +96,15 @@ pub fn open_store(config: &Config, checks_only: bool) -> Result<Option<SqliteSto
         SqliteStore::open(&file, p.pool, keys, lifetimes)
     };
     store.map(Some).map_err(err)
+}
+
+/// Opens `[provision]`'s store in the database every node shares
+/// (`[store]`), if provisioning is on. Every node needs the same
+/// `secret_key_file`: digests made on one are checked on the others.
+pub fn open_shared(config: &Config, db: crate::pg::Db) -> Result<Option<PgSiteStore>, OpenError> {
+    let Some(p) = &config.provision else {
+        return Ok(None);
+    };
+    let keys = load_keys(p)?;
+    Ok(Some(PgSiteStore::open(db, p.pool, keys, lifetimes(config))))
 }

@@ -1,5 +1,5 @@
-//! Sites, their tunnels and their jobs, behind [`Store`] (SQLite today; a
-//! PostgreSQL backend follows).
+//! Sites, their tunnels and their jobs, behind [`Store`]: SQLite on a single
+//! machine, PostgreSQL when several nodes share `[store]`.
 //!
 //! Secrets are random and stored only as keyed digests ([`super::keys`]); a
 //! pending job keeps its tunnel secret sealed so the router that fetches it
@@ -12,6 +12,7 @@
 //!
 //! Jobs move pending → fetched → applied | failed | expired | superseded.
 
+mod pg;
 mod sqlite;
 #[cfg(test)]
 mod tests;
@@ -25,12 +26,19 @@ use super::{
     keys::{Digests, KeyError},
     pool::PoolError,
 };
+pub use pg::PgSiteStore;
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database: {0}")]
     Db(#[from] rusqlite::Error),
+    /// PostgreSQL refused or failed a statement.
+    #[error("database: {0}")]
+    Pg(String),
+    /// PostgreSQL cannot be reached: nothing was changed.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
     #[error(transparent)]
     Pool(#[from] PoolError),
     #[error("stored data is invalid: {0}")]
@@ -258,4 +266,9 @@ pub trait Store: Send + Sync {
     fn digests(&self) -> Digests;
     /// Records one authentication attempt.
     fn record_attempt(&self, attempt: &Attempt) -> Result<(), StoreError>;
+    /// The newest credential change this node has heard of, when the store
+    /// announces changes (other nodes make them too); `None`: look again.
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
