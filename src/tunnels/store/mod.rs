@@ -12,6 +12,8 @@
 //!
 //! Jobs move pending → fetched → applied | failed | expired | superseded.
 
+#[doc(hidden)]
+pub mod conformance;
 mod pg;
 mod sqlite;
 #[cfg(test)]

@@ -430,6 +430,7 @@ impl PgSiteStore {
         self.expire_jobs(&tx, now).await?;
         let condition = format!("{OPEN_JOB} FOR UPDATE");
         let Some(job) = self.read_job(&tx, &condition, &site).await? else {
+            tx.commit().await?; // the expiry
             return Ok(None);
         };
         tx.execute(
@@ -458,9 +459,11 @@ impl PgSiteStore {
         let tx = c.transaction().await?;
         self.expire_jobs(&tx, now).await?;
         let Some(job) = self.read_job(&tx, "id = $1 FOR UPDATE", &id).await? else {
+            tx.commit().await?; // the expiry
             return Ok(Finished::NotFound);
         };
         if site.is_some_and(|s| s != job.site) {
+            tx.commit().await?;
             return Ok(Finished::NotFound);
         }
         let wanted = match &outcome {

@@ -1,4 +1,4 @@
-use std::{collections::HashSet, net::Ipv4Addr, path::Path, sync::Arc};
+use std::{net::Ipv4Addr, path::Path, sync::Arc};
 
 use rusqlite::Connection;
 use uuid::Uuid;
@@ -6,11 +6,7 @@ use uuid::Uuid;
 use super::*;
 use crate::tunnels::{keys::Keys, username::username};
 
-const LIFETIMES: Lifetimes = Lifetimes {
-    quarantine: 3600,
-    rotation_grace: 1000,
-    job_expiry: 5000,
-};
+use conformance::LIFETIMES;
 
 fn keys(dir: &Path) -> Arc<Keys> {
     Arc::new(Keys::load_or_create(&dir.join("secret.key")).unwrap())
@@ -19,7 +15,7 @@ fn keys(dir: &Path) -> Arc<Keys> {
 fn open(dir: &Path) -> SqliteStore {
     SqliteStore::open(
         &dir.join("tunnels.db"),
-        "100.64.0.0/10".parse().unwrap(),
+        conformance::POOL.parse().unwrap(),
         keys(dir),
         LIFETIMES,
     )
@@ -31,39 +27,12 @@ fn ok(store: &SqliteStore, site: &Site, secret: &str, now: u64) -> bool {
 }
 
 #[test]
-fn ensure_is_idempotent_and_shows_the_credentials_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let id = Uuid::new_v4();
-    let (site, created) = store.ensure(id, 10).unwrap();
-    let created = created.expect("a new site shows its credentials");
-    assert_eq!(site.username, username(&id));
-    assert_eq!(site.address, Ipv4Addr::new(100, 64, 0, 2));
-    let (again, none) = store.ensure(id, 11).unwrap();
-    assert_eq!((again, none), (site.clone(), None));
-    assert!(ok(&store, &site, &created.secret, 12));
-    assert!(
-        store
-            .verify(&id.to_string(), &created.secret, 12)
-            .unwrap()
-            .is_some()
-    );
-    assert!(!ok(&store, &site, "wrong", 12));
-    assert!(
-        !ok(&store, &site, &created.router_token, 12),
-        "a router token is no tunnel secret"
-    );
-    assert!(
-        store
-            .verify("nobody", &created.secret, 12)
-            .unwrap()
-            .is_none()
-    );
-    assert_eq!(
-        store.router_site(&created.router_token).unwrap(),
-        Some(site.clone())
-    );
-    assert_eq!(store.router_site(&created.secret).unwrap(), None);
+fn the_sqlite_store_keeps_every_promise() {
+    for (name, check) in conformance::ALL {
+        let dir = tempfile::tempdir().unwrap();
+        eprintln!("{name}");
+        check(Arc::new(open(dir.path())));
+    }
 }
 
 #[test]
@@ -78,27 +47,6 @@ fn nothing_secret_is_stored_in_plaintext() {
     let text = String::from_utf8_lossy(&bytes);
     assert!(!text.contains(&created.secret));
     assert!(!text.contains(&created.router_token));
-}
-
-#[test]
-fn concurrent_ensures_of_one_uuid_give_one_site_and_address() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(open(dir.path()));
-    let id = Uuid::new_v4();
-    let handles: Vec<_> = (0..8)
-        .map(|_| {
-            let store = store.clone();
-            std::thread::spawn(move || store.ensure(id, 0).unwrap())
-        })
-        .collect();
-    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    let addresses: HashSet<_> = results.iter().map(|(s, _)| s.address).collect();
-    assert_eq!(addresses.len(), 1);
-    assert_eq!(
-        results.iter().filter(|(_, c)| c.is_some()).count(),
-        1,
-        "one creation"
-    );
 }
 
 #[test]
@@ -125,252 +73,6 @@ fn everything_survives_a_reopen_and_deleted_addresses_wait() {
     assert_ne!(c.address, site_b.address);
     let (d, _) = store.ensure(Uuid::new_v4(), 100 + 3600).unwrap();
     assert_eq!(d.address, site_a.address, "reused after the quarantine");
-}
-
-#[test]
-fn a_job_is_fetched_then_applied_and_its_secret_erased() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let id = Uuid::new_v4();
-    let (_, created) = store.ensure(id, 0).unwrap();
-    let install = store.pending_job(id, 1).unwrap().expect("an install job");
-    assert_eq!(
-        (install.kind.as_str(), install.state),
-        ("install", JobState::Pending)
-    );
-    assert_eq!(install.secret, created.map(|c| c.secret));
-    let fetched = store.fetch_job(id, 5).unwrap().unwrap();
-    assert_eq!(
-        (fetched.state, fetched.attempts, fetched.fetched),
-        (JobState::Fetched, 1, Some(5))
-    );
-    let again = store.fetch_job(id, 6).unwrap().unwrap();
-    assert_eq!(
-        (again.attempts, again.fetched),
-        (2, Some(5)),
-        "first fetch time kept"
-    );
-    let Finished::Done(done) = store
-        .finish_job(install.id, Some(id), Outcome::Applied, 7)
-        .unwrap()
-    else {
-        panic!("not done");
-    };
-    assert_eq!(
-        (done.state, done.finished, done.secret),
-        (JobState::Applied, Some(7), None)
-    );
-    assert_eq!(store.job(install.id, 8).unwrap().unwrap().secret, None);
-    assert_eq!(store.pending_job(id, 8).unwrap(), None);
-    assert_eq!(store.fetch_job(id, 8).unwrap(), None);
-}
-
-#[test]
-fn results_are_idempotent_and_only_from_the_sites_router() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-    store.ensure(a, 0).unwrap();
-    store.ensure(b, 0).unwrap();
-    let job = store.pending_job(a, 0).unwrap().unwrap();
-    assert_eq!(
-        store
-            .finish_job(job.id, Some(b), Outcome::Applied, 1)
-            .unwrap(),
-        Finished::NotFound
-    );
-    let failed = Outcome::Failed("x".repeat(2000));
-    let Finished::Done(first) = store
-        .finish_job(job.id, Some(a), failed.clone(), 2)
-        .unwrap()
-    else {
-        panic!()
-    };
-    assert_eq!(first.error.as_ref().map(String::len), Some(500), "bounded");
-    assert!(
-        matches!(store.finish_job(job.id, Some(a), failed, 3).unwrap(), Finished::Done(j) if j.finished == Some(2))
-    );
-    assert!(
-        matches!(store.finish_job(job.id, Some(a), Outcome::Applied, 4).unwrap(), Finished::Conflict(j) if j.state == JobState::Failed)
-    );
-    assert_eq!(
-        store
-            .finish_job(Uuid::new_v4(), None, Outcome::Applied, 5)
-            .unwrap(),
-        Finished::NotFound
-    );
-}
-
-#[test]
-fn recreate_keeps_the_applied_secret_until_the_job_is_applied() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let id = Uuid::new_v4();
-    let (site, created) = store.ensure(id, 0).unwrap();
-    let old = created.unwrap().secret;
-    let install = store.fetch_job(id, 1).unwrap().unwrap();
-    store
-        .finish_job(install.id, Some(id), Outcome::Applied, 2)
-        .unwrap();
-
-    let job = store.recreate(id, 10).unwrap().unwrap();
-    let new = job.secret.clone().unwrap();
-    assert!(
-        ok(&store, &site, &old, 11),
-        "a live tunnel renegotiating keeps working"
-    );
-    assert!(ok(&store, &site, &new, 11));
-    store
-        .finish_job(job.id, Some(id), Outcome::Applied, 20)
-        .unwrap();
-    assert!(!ok(&store, &site, &old, 21), "applied: only the new secret");
-    assert!(ok(&store, &site, &new, 21));
-    assert_eq!(store.recreate(Uuid::new_v4(), 10).unwrap(), None);
-}
-
-#[test]
-fn the_grace_ends_and_a_newer_recreate_supersedes_an_older_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let id = Uuid::new_v4();
-    let (site, created) = store.ensure(id, 0).unwrap();
-    let applied = created.unwrap().secret;
-    let install = store.pending_job(id, 0).unwrap().unwrap();
-    store
-        .finish_job(install.id, None, Outcome::Applied, 1)
-        .unwrap();
-
-    let first = store.recreate(id, 10).unwrap().unwrap();
-    let second = store.recreate(id, 20).unwrap().unwrap();
-    let first_state = store.job(first.id, 21).unwrap().unwrap();
-    assert_eq!(
-        (first_state.state, first_state.secret),
-        (JobState::Superseded, None)
-    );
-    assert!(
-        ok(&store, &site, &applied, 21),
-        "the last applied secret, not the superseded one"
-    );
-    assert!(!ok(&store, &site, first.secret.as_deref().unwrap(), 21));
-    assert!(ok(&store, &site, second.secret.as_deref().unwrap(), 21));
-    assert!(
-        !ok(&store, &site, &applied, 20 + 1000),
-        "grace over (rotation_grace 1000 s)"
-    );
-    assert!(ok(
-        &store,
-        &site,
-        second.secret.as_deref().unwrap(),
-        20 + 1000
-    ));
-}
-
-#[test]
-fn open_jobs_expire() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let id = Uuid::new_v4();
-    store.ensure(id, 0).unwrap();
-    let job = store.pending_job(id, 4999).unwrap().unwrap();
-    assert_eq!(
-        store.fetch_job(id, 5000).unwrap(),
-        None,
-        "job_expiry 5000 s"
-    );
-    let expired = store.job(job.id, 5001).unwrap().unwrap();
-    assert_eq!(
-        (expired.state, expired.finished),
-        (JobState::Expired, Some(5000))
-    );
-}
-
-#[test]
-fn a_new_router_token_replaces_the_old_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let id = Uuid::new_v4();
-    let (site, created) = store.ensure(id, 0).unwrap();
-    let token = store.new_router_token(id).unwrap().unwrap();
-    assert_eq!(store.router_site(&token).unwrap(), Some(site));
-    assert_eq!(
-        store.router_site(&created.unwrap().router_token).unwrap(),
-        None
-    );
-    assert_eq!(store.new_router_token(Uuid::new_v4()).unwrap(), None);
-}
-
-/// A database written by the previous schema: argon2 hashes and a job's
-/// secret in plaintext.
-#[test]
-fn a_bootstrap_token_is_spent_once_and_rotates_token_and_secret() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let (site, created) = store.ensure(Uuid::new_v4(), 10).unwrap();
-    let created = created.unwrap();
-    let install = store.pending_job(site.uuid, 10).unwrap().unwrap();
-    assert!(
-        store
-            .new_enrollment(Uuid::new_v4(), "7.16", 100)
-            .unwrap()
-            .is_none()
-    );
-    let first = store
-        .new_enrollment(site.uuid, "7.16", 100)
-        .unwrap()
-        .unwrap();
-    let token = store
-        .new_enrollment(site.uuid, "7.16", 100)
-        .unwrap()
-        .unwrap();
-    assert!(
-        store.enroll(&first, 20).unwrap().is_none(),
-        "replaced by the newer one"
-    );
-    assert!(store.enroll("nonsense", 20).unwrap().is_none());
-
-    let enrolled = store.enroll(&token, 20).unwrap().expect("a valid token");
-    assert_eq!(enrolled.site, site);
-    assert_eq!(enrolled.version, "7.16");
-    assert_eq!(enrolled.job.kind, "bootstrap");
-    let secret = enrolled.job.secret.clone().unwrap();
-    assert!(store.enroll(&token, 21).unwrap().is_none(), "spent");
-    // The new router token works, the old one no longer; the install job is superseded.
-    assert!(store.router_site(&created.router_token).unwrap().is_none());
-    assert_eq!(
-        store.router_site(&enrolled.router_token).unwrap(),
-        Some(site.clone())
-    );
-    assert_eq!(
-        store.job(install.id, 21).unwrap().unwrap().state,
-        JobState::Superseded
-    );
-    assert!(ok(&store, &site, &secret, 22));
-    let done = store
-        .finish_job(enrolled.job.id, Some(site.uuid), Outcome::Applied, 23)
-        .unwrap();
-    assert!(matches!(done, Finished::Done(_)));
-    assert!(
-        !ok(&store, &site, &created.secret, 24),
-        "the first secret ends when the new one is applied"
-    );
-    assert!(ok(&store, &site, &secret, 24));
-}
-
-#[test]
-fn an_expired_bootstrap_token_is_refused_and_gone() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let (site, _) = store.ensure(Uuid::new_v4(), 10).unwrap();
-    let token = store
-        .new_enrollment(site.uuid, "6.49", 100)
-        .unwrap()
-        .unwrap();
-    assert!(store.enroll(&token, 101).unwrap().is_none());
-    assert!(
-        store.enroll(&token, 50).unwrap().is_none(),
-        "an expired token is removed"
-    );
-    assert!(store.pending_job(site.uuid, 102).unwrap().unwrap().kind == "install");
 }
 
 #[test]
@@ -417,55 +119,6 @@ fn renumber_moves_only_the_sites_outside_the_new_pool() {
         store.addresses().unwrap().iter().all(|a| other.contains(a)),
         "no quarantined address left outside"
     );
-}
-
-#[test]
-fn every_credential_change_takes_the_next_sequence_number() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let all = store.credentials(0).unwrap();
-    assert_eq!((all.seq, all.sites.len()), (0, 0));
-    let (a, created) = store.ensure(Uuid::new_v4(), 10).unwrap();
-    let (b, _) = store.ensure(Uuid::new_v4(), 10).unwrap();
-    let all = store.credentials(0).unwrap();
-    assert_eq!(all.sites.len(), 2);
-    assert_eq!(all.sites[0].username, a.username);
-    assert_eq!(all.sites[0].address, a.address);
-    let keys = keys(dir.path());
-    assert_eq!(
-        keys.check(&created.unwrap().secret, &all.sites[0].secret),
-        crate::tunnels::keys::Check::Match
-    );
-    let install = store.pending_job(a.uuid, 10).unwrap().unwrap();
-    store
-        .finish_job(install.id, None, Outcome::Applied, 11)
-        .unwrap();
-    let seen = store.credentials(0).unwrap().seq;
-    assert!(
-        store.credentials(seen).unwrap().sites.is_empty(),
-        "nothing new"
-    );
-    // A rotation changes a's credential only; a router token does not count.
-    store.new_router_token(b.uuid).unwrap();
-    let job = store.recreate(a.uuid, 20).unwrap().unwrap();
-    let changed = store.credentials(seen).unwrap();
-    assert_eq!(changed.sites.len(), 1);
-    assert_eq!(changed.sites[0].username, a.username);
-    assert!(changed.sites[0].previous.is_some() && changed.sites[0].previous_until == Some(1020));
-    // Applying ends the previous secret: a change again.
-    store
-        .finish_job(job.id, None, Outcome::Applied, 21)
-        .unwrap();
-    let applied = store.credentials(changed.seq).unwrap();
-    assert_eq!(applied.sites[0].previous, None);
-    // A deletion is a tombstone.
-    store.delete(b.uuid, 22).unwrap();
-    let deleted = store.credentials(applied.seq).unwrap();
-    assert_eq!(
-        (deleted.sites.len(), deleted.deleted),
-        (0, vec![b.username.clone()])
-    );
-    assert!(deleted.seq > applied.seq);
 }
 
 #[test]
