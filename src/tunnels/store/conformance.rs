@@ -22,8 +22,11 @@ pub const LIFETIMES: Lifetimes = Lifetimes {
 /// The pool every check assumes.
 pub const POOL: &str = "100.64.0.0/10";
 
+/// A check, given a fresh store.
+pub type Check = fn(Arc<dyn Store>);
+
 /// Every check, by name.
-pub const ALL: &[(&str, fn(Arc<dyn Store>))] = &[
+pub const ALL: &[(&str, Check)] = &[
     (
         "ensure_is_idempotent_and_shows_the_credentials_once",
         ensure_is_idempotent_and_shows_the_credentials_once,
