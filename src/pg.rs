@@ -112,6 +112,71 @@ const MIGRATIONS: &[&str] = &[
      END $$;
      CREATE TRIGGER sites_deleted AFTER DELETE ON sites
          FOR EACH ROW EXECUTE FUNCTION sites_deleted();",
+    // 4: VPN log records (crate::vpnlog::store::pg). The append-only tables
+    // are partitioned by day (partitions made as records arrive), so the
+    // retention drops whole partitions; sessions change until they end and
+    // are deleted by their end.
+    r#"CREATE TABLE vpn_sessions (
+         id bigserial PRIMARY KEY,
+         tunnel uuid,
+         common_name text NOT NULL,
+         peer text NOT NULL,
+         virtual_addr text,
+         host text,
+         region text,
+         start bigint NOT NULL,
+         "end" bigint,
+         end_reason text,
+         bytes_in bigint NOT NULL DEFAULT 0,
+         bytes_out bigint NOT NULL DEFAULT 0
+     );
+     CREATE INDEX vpn_sessions_by_tunnel ON vpn_sessions (tunnel, start);
+     CREATE INDEX vpn_sessions_by_source ON vpn_sessions (host, peer, start);
+     CREATE INDEX vpn_sessions_open ON vpn_sessions (id) WHERE "end" IS NULL;
+     CREATE INDEX vpn_sessions_by_region ON vpn_sessions (region, "end");
+     CREATE INDEX vpn_sessions_by_end ON vpn_sessions ("end");
+     CREATE TABLE vpn_auth (
+         time bigint NOT NULL,
+         peer text,
+         username text,
+         tunnel uuid,
+         ok boolean NOT NULL,
+         host text,
+         region text
+     ) PARTITION BY RANGE (time);
+     CREATE INDEX vpn_auth_by_time ON vpn_auth (time);
+     CREATE INDEX vpn_auth_by_region ON vpn_auth (region, time);
+     CREATE TABLE vpn_traffic (
+         time bigint NOT NULL,
+         tunnel uuid,
+         peer text NOT NULL,
+         host text,
+         region text,
+         bytes_in bigint NOT NULL,
+         bytes_out bigint NOT NULL
+     ) PARTITION BY RANGE (time);
+     CREATE INDEX vpn_traffic_by_tunnel ON vpn_traffic (tunnel, time);
+     CREATE TABLE vpn_latency (
+         time bigint NOT NULL,
+         tunnel uuid,
+         common_name text NOT NULL,
+         addr text NOT NULL,
+         host text,
+         region text,
+         sent integer NOT NULL,
+         received integer NOT NULL,
+         rtt_min double precision,
+         rtt_avg double precision,
+         rtt_max double precision
+     ) PARTITION BY RANGE (time);
+     CREATE INDEX vpn_latency_by_tunnel ON vpn_latency (tunnel, time);
+     CREATE TABLE vpn_unparsed (
+         time bigint NOT NULL,
+         host text,
+         region text,
+         raw text NOT NULL
+     ) PARTITION BY RANGE (time);
+     CREATE INDEX vpn_unparsed_by_region ON vpn_unparsed (region, time);"#,
 ];
 
 /// Serializes migrations between nodes starting at once.

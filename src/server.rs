@@ -100,11 +100,11 @@ async fn open_store(config: &Config, db: Option<&Db>) -> Option<Arc<dyn Store>> 
 }
 
 /// Starts log ingestion, if `[vpnlog]` is set.
-async fn start_vpnlog(config: &Config) -> Result<Option<VpnLog>, ServeError> {
+async fn start_vpnlog(config: &Config, db: Option<&Db>) -> Result<Option<VpnLog>, ServeError> {
     let Some(v) = &config.vpnlog else {
         return Ok(None);
     };
-    let (vpnlog, addr) = crate::vpnlog::service::start(v).await?;
+    let (vpnlog, addr) = crate::vpnlog::service::start(v, db).await?;
     println!("listening syslog {addr}");
     Ok(Some(vpnlog))
 }
@@ -170,7 +170,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), ServeError> {
         }
         _ => None,
     };
-    let vpnlog = start_vpnlog(&config).await?;
+    let vpnlog = start_vpnlog(&config, db.as_ref()).await?;
     let api = tokio::net::TcpListener::bind(config.api.listen)
         .await
         .map_err(|source| ServeError::Api {

@@ -282,6 +282,12 @@ impl RawConfig {
                 "sites live in the [store] database: remove data_dir (`mgnt store migrate` copies an existing tunnels.db into it)",
             ));
         }
+        if self.vpnlog.as_ref().is_some_and(|v| v.data_dir.is_some()) {
+            return Err(cx.err(
+                "vpnlog.data_dir",
+                "log records live in the [store] database: remove data_dir (`mgnt store migrate` copies an existing vpnlog.db into it)",
+            ));
+        }
         Ok(())
     }
 }

@@ -8,7 +8,7 @@ use tracing::{info, warn};
 use super::{
     ingest::{self, Ingest},
     latency,
-    store::{LogStore, LogStoreError, SqliteLogStore},
+    store::{LogStore, LogStoreError, PgLogStore, SqliteLogStore},
     watch,
 };
 use crate::{clock::now, config::VpnlogConfig, health::probe::Pingers};
@@ -43,20 +43,17 @@ pub enum StartError {
     },
 }
 
-/// Opens `vpnlog.db` and starts every source; returns the syslog address bound.
-pub async fn start(config: &VpnlogConfig) -> Result<(VpnLog, SocketAddr), StartError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::Dir {
-        dir: config.data_dir.clone(),
-        source,
-    })?;
-    let file = config.data_dir.join("vpnlog.db");
-    let store: Arc<dyn LogStore> =
-        Arc::new(
-            SqliteLogStore::open(&file).map_err(|source| StartError::Store {
-                file: file.clone(),
-                source,
-            })?,
-        );
+/// Opens the log store — the shared database `db` with `[store]`, else
+/// `vpnlog.db` in `data_dir` — and starts every source; returns the syslog
+/// address bound.
+pub async fn start(
+    config: &VpnlogConfig,
+    db: Option<&crate::pg::Db>,
+) -> Result<(VpnLog, SocketAddr), StartError> {
+    let store: Arc<dyn LogStore> = match db {
+        Some(db) => PgLogStore::open(db.clone()),
+        None => open_file(config)?,
+    };
     let ingest = Ingest::start(config, store.clone());
     let addr = ingest::listen(config, ingest.clone())
         .await
@@ -93,6 +90,16 @@ pub async fn start(config: &VpnlogConfig) -> Result<(VpnLog, SocketAddr), StartE
         watchers,
     };
     Ok((vpnlog, addr))
+}
+
+fn open_file(config: &VpnlogConfig) -> Result<Arc<dyn LogStore>, StartError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::Dir {
+        dir: config.data_dir.clone(),
+        source,
+    })?;
+    let file = config.data_dir.join("vpnlog.db");
+    let store = SqliteLogStore::open(&file).map_err(|source| StartError::Store { file, source })?;
+    Ok(Arc::new(store))
 }
 
 async fn prune(store: Arc<dyn LogStore>, retention: Duration) {

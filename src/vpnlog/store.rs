@@ -1,5 +1,6 @@
-//! Where log records go: the [`LogStore`] trait and the records it keeps.
-//! The SQLite implementation is in [`sqlite`].
+//! Where log records go: the [`LogStore`] trait and the records it keeps;
+//! in SQLite ([`sqlite`]) on a single machine, in PostgreSQL ([`pg`]) with
+//! `[store]`.
 
 use std::net::IpAddr;
 
@@ -8,8 +9,12 @@ use uuid::Uuid;
 
 use super::sessions::{Record, Session};
 
+#[doc(hidden)]
+pub mod conformance;
+pub mod pg;
 pub mod sqlite;
 
+pub use pg::PgLogStore;
 pub use sqlite::SqliteLogStore;
 
 /// Where a record came from: the regional server.
@@ -109,6 +114,8 @@ pub struct RegionActivity {
 pub enum LogStoreError {
     #[error("log database: {0}")]
     Db(#[from] rusqlite::Error),
+    #[error("log database: {0}")]
+    Pg(String),
 }
 
 /// What log ingestion and its API need from storage.

@@ -421,90 +421,14 @@ fn insert_attempt(tx: &Transaction, a: &AuthAttempt, o: &Origin) -> rusqlite::Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vpnlog::store::{Latency, Rtt};
-
-    fn session(start: u64) -> Session {
-        Session {
-            tunnel: Some(Uuid::from_u128(7)),
-            common_name: "r".into(),
-            peer: "198.51.100.7:4000".parse().unwrap(),
-            virtual_addr: None,
-            start,
-            end: None,
-            end_reason: None,
-            bytes_in: 0,
-            bytes_out: 0,
-        }
-    }
-
-    fn origin() -> Origin {
-        Origin {
-            host: Some("vpn-1".into()),
-            region: Some("europe1".into()),
-        }
-    }
-
-    fn rec(record: Record, time: u64) -> Item {
-        Item::Record {
-            record,
-            origin: origin(),
-            time,
-        }
-    }
 
     #[test]
-    fn sessions_are_updated_by_key_summarised_and_pruned() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteLogStore::open(&dir.path().join("v.db")).unwrap();
-        let mut s = session(100);
-        store.write(&[rec(Record::Opened(s.clone()), 100)]).unwrap();
-        assert_eq!(store.open_sessions().unwrap(), vec![(origin(), s.clone())]);
-        s.virtual_addr = Some("100.64.0.2".parse().unwrap());
-        (s.bytes_in, s.bytes_out) = (10, 20);
-        let mut closed = s.clone();
-        (closed.end, closed.end_reason) = (Some(200), Some("connection-reset".into()));
-        let ping = Latency {
-            time: 150,
-            tunnel: s.tunnel,
-            common_name: "r".into(),
-            addr: "100.64.0.2".parse().unwrap(),
-            sent: 4,
-            received: 3,
-            rtt_ms: Some(Rtt {
-                min: 1.0,
-                avg: 2.0,
-                max: 3.0,
-            }),
-        };
-        store
-            .write(&[
-                rec(Record::Progress(s.clone()), 150),
-                Item::Latency(ping, origin()),
-                rec(Record::Closed(closed), 200),
-            ])
-            .unwrap();
-        let rows = store.sessions(Uuid::from_u128(7), 10).unwrap();
-        assert_eq!(rows.len(), 1, "one session, updated in place");
-        assert_eq!(
-            (
-                rows[0].end,
-                rows[0].bytes_in,
-                rows[0].virtual_addr.as_deref()
-            ),
-            (Some(200), 10, Some("100.64.0.2"))
-        );
-        assert!(store.open_sessions().unwrap().is_empty());
-        let l = store.latency(Uuid::from_u128(7), 0, 10).unwrap();
-        assert_eq!((l[0].received, l[0].loss), (3, 0.25));
-        let a = store.region_activity("europe1", 0).unwrap();
-        assert_eq!((a.sessions_started, a.bytes_in, a.bytes_out), (1, 10, 20));
-        assert_eq!(
-            store.region_activity("us1", 0).unwrap(),
-            RegionActivity::default()
-        );
-        // Session, traffic sample and latency sample all end before 300.
-        assert_eq!(store.prune(300).unwrap(), 3);
-        assert!(store.sessions(Uuid::from_u128(7), 10).unwrap().is_empty());
+    fn the_sqlite_store_keeps_every_promise() {
+        for (name, check) in crate::vpnlog::store::conformance::ALL {
+            let dir = tempfile::tempdir().unwrap();
+            eprintln!("{name}");
+            check(&SqliteLogStore::open(&dir.path().join("v.db")).unwrap());
+        }
     }
 
     #[test]
