@@ -143,6 +143,16 @@ const BROKEN: &[(&str, &str, &[&str])] = &[
         "[api]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"api.crt\"",
         &["api.tls_key", "required with tls_cert"],
     ),
+    (
+        "[overrides]",
+        "[store]\nurl = \"postgres://mgnt@127.0.0.1/mgnt\"\n[provision]\ndata_dir = \"state\"\npool = \"100.64.0.0/24\"\n[overrides]",
+        &["provision.data_dir", "[store] database", "mgnt store migrate"],
+    ),
+    (
+        "[overrides]",
+        "[store]\nurl = \"postgres://mgnt@127.0.0.1/mgnt\"\n[vpnlog]\ndata_dir = \"state\"\n[overrides]",
+        &["vpnlog.data_dir", "[store] database", "mgnt store migrate"],
+    ),
 ];
 
 #[test]
