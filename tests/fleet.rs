@@ -143,7 +143,7 @@ fn provisioning_node(pg: &Postgres, name: &str, key: &std::path::Path) -> Server
             "[api]\n",
             "[api]\nagent_token_file = \"agents.token\"\n",
         ) + &format!(
-            "\n[node]\nname = \"{name}\"\n\n[provision]\npool = \"100.64.0.0/24\"\nauth = \"sha1\"\nsecret_key_file = \"{}\"\n",
+            "\n[node]\nname = \"{name}\"\n\n[provision]\npool = \"100.64.0.0/24\"\nauth = \"sha1\"\nsecret_key_file = \"{}\"\nexport_dir = \"openvpn\"\n",
             key.display()
         ) + &pg.store_toml(&password, "1h")),
     );
@@ -274,6 +274,18 @@ fn sites_made_on_two_nodes_share_one_pool_survive_a_killed_node_and_reach_the_ot
     let (status, site) = b.get(&format!("/v1/sites/{uuid}"));
     assert_eq!(status, 200, "{site}");
     assert_eq!(usernames[0], site["site"]["username"], "{heard}");
+    // node-b's OpenVPN files follow it too.
+    let ccd = b.fixture.path(&format!("openvpn/ccd/{}", usernames[0]));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !ccd.exists() {
+        assert!(std::time::Instant::now() < deadline, "no {}", ccd.display());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(a.cli(&["site", "delete", &uuid]).status.code(), Some(0));
+    while ccd.exists() {
+        assert!(std::time::Instant::now() < deadline, "{} stays", ccd.display());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 
     // The database away: creations are refused with a reason, and work again
     // once it is back.

@@ -6,7 +6,8 @@
 //! These files serve an OpenVPN server on the machine of `mgnt serve` (with
 //! the `auth-verify` hook); servers elsewhere are fed by their agents. In
 //! `mgnt serve` one task, the [`Exporter`], writes them: the whole directory
-//! at start, then one site per change. For each change it reads that site's
+//! at start, then one site per change (with `[store]`, changes made through
+//! other nodes too, as they are announced). For each change it reads that site's
 //! current row, so changes reported out of order still end in the state the
 //! store holds, and nothing it writes can be undone by an older snapshot.
 
@@ -25,6 +26,7 @@ use super::{
     openvpn,
     pool::Pool,
     store::{Site, Store},
+    username::tunnel_of,
 };
 use crate::{config::ProvisionConfig, durable::write_atomic};
 
@@ -143,14 +145,64 @@ impl Exporter {
         dir: &Path,
     ) -> Result<Self, ExportError> {
         let target = Arc::new(Target::new(provision, config_file, dir)?);
+        // Changes made through other nodes (`[store]`): those after this
+        // number, taken before the full export so none falls between.
+        let announced = match store.changes() {
+            Some(rx) => {
+                let s = store.clone();
+                let seen = tokio::task::spawn_blocking(move || s.credentials(u64::MAX))
+                    .await
+                    .map_err(|e| target.io(io::Error::other(e)))??
+                    .seq;
+                Some((rx, seen))
+            }
+            None => None,
+        };
         let (t, s) = (target.clone(), store.clone());
         let all = tokio::task::spawn_blocking(move || t.all(s.as_ref()))
             .await
             .map_err(|e| target.io(io::Error::other(e)))??;
         info!(dir = %target.dir.display(), tunnels = all.tunnels, removed = all.removed, "exported the OpenVPN files");
         let (changes, queue) = mpsc::channel(1024);
-        tokio::spawn(follow(target, store, queue));
-        Ok(Self { changes })
+        tokio::spawn(follow(target, store.clone(), queue));
+        let exporter = Self { changes };
+        if let Some((rx, seen)) = announced {
+            tokio::spawn(exporter.clone().follow_announced(store, rx, seen));
+        }
+        Ok(exporter)
+    }
+
+    /// Queues every site whose credentials changed after `seen` — created,
+    /// renumbered or deleted through any node — as each change is announced.
+    async fn follow_announced(
+        self,
+        store: Arc<dyn Store>,
+        mut announced: tokio::sync::watch::Receiver<u64>,
+        mut seen: u64,
+    ) {
+        loop {
+            if announced.wait_for(|&seq| seq > seen).await.is_err() {
+                return;
+            }
+            let s = store.clone();
+            let changed = match tokio::task::spawn_blocking(move || s.credentials(seen)).await {
+                Ok(Ok(changed)) => changed,
+                Ok(Err(e)) => {
+                    error!(error = %e, "reading changed sites for the OpenVPN files failed; trying again");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
+                }
+                Err(_) => return,
+            };
+            let usernames = changed.sites.iter().map(|c| &c.username);
+            for site in usernames.chain(&changed.deleted).filter_map(|u| tunnel_of(u).ok()) {
+                let (done, _) = oneshot::channel();
+                if self.changes.send(Change { site, done }).await.is_err() {
+                    return;
+                }
+            }
+            seen = changed.seq;
+        }
     }
 
     /// Brings `site`'s file up to date; returns once it is written.
