@@ -334,6 +334,19 @@ impl Db {
     }
 }
 
+/// Runs `f` to its end on `rt` for a synchronous store call. Such calls are
+/// made from blocking threads; should one come from a runtime worker, the
+/// worker hands its other tasks on while it waits instead of panicking.
+pub fn block_on<F: std::future::Future>(rt: &tokio::runtime::Handle, f: F) -> F::Output {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| rt.block_on(f))
+        }
+        _ => rt.block_on(f),
+    }
+}
+
 /// Hands a connection's asynchronous messages on until it ends.
 async fn forward<S, T>(
     mut connection: tokio_postgres::Connection<S, T>,

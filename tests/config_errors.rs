@@ -146,7 +146,11 @@ const BROKEN: &[(&str, &str, &[&str])] = &[
     (
         "[overrides]",
         "[store]\nurl = \"postgres://mgnt@127.0.0.1/mgnt\"\n[provision]\ndata_dir = \"state\"\npool = \"100.64.0.0/24\"\n[overrides]",
-        &["provision.data_dir", "[store] database", "mgnt store migrate"],
+        &[
+            "provision.data_dir",
+            "[store] database",
+            "mgnt store migrate",
+        ],
     ),
     (
         "[overrides]",

@@ -283,7 +283,11 @@ fn sites_made_on_two_nodes_share_one_pool_survive_a_killed_node_and_reach_the_ot
     }
     assert_eq!(a.cli(&["site", "delete", &uuid]).status.code(), Some(0));
     while ccd.exists() {
-        assert!(std::time::Instant::now() < deadline, "{} stays", ccd.display());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} stays",
+            ccd.display()
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 

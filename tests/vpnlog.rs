@@ -31,7 +31,30 @@ fn metric(text: &str, name: &str) -> u64 {
 fn a_real_log_over_syslog_becomes_sessions_and_attempts() {
     let fixture = Fixture::new();
     fixture.write_config(&(config_text("\"127.0.0.1:0\", \"[::1]:0\"") + CONFIG));
-    let server = Server::start_with(fixture);
+    becomes_sessions_and_attempts(Server::start_with(fixture));
+}
+
+#[test]
+#[ignore = "needs root (runs a PostgreSQL cluster as the postgres user); scripts/test runs it as root"]
+fn a_real_log_over_syslog_becomes_sessions_and_attempts_in_postgresql() {
+    let pg = common::pg::Postgres::start();
+    let fixture = Fixture::new();
+    let store = pg.store_toml(&fixture.path("db.password"), "30s");
+    let config = CONFIG.replace("data_dir = \"state\"\n", "");
+    fixture.write_config(&(config_text("\"127.0.0.1:0\", \"[::1]:0\"") + &config + &store));
+    becomes_sessions_and_attempts(Server::start_with(fixture));
+    let days = pg.psql(
+        "mgnt",
+        "SELECT count(*) FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'vpn_auth'",
+    );
+    assert!(
+        days.trim() != "0",
+        "the attempts went into a day's partition"
+    );
+}
+
+/// Feeds the real log to `server` over syslog; checks what it made of it.
+fn becomes_sessions_and_attempts(server: Server) {
     let syslog = server.syslog.expect("a syslog listener");
 
     // RFC 3164 over TCP: odd lines octet-counted, even lines newline-framed.

@@ -195,7 +195,10 @@ impl Exporter {
                 Err(_) => return,
             };
             let usernames = changed.sites.iter().map(|c| &c.username);
-            for site in usernames.chain(&changed.deleted).filter_map(|u| tunnel_of(u).ok()) {
+            for site in usernames
+                .chain(&changed.deleted)
+                .filter_map(|u| tunnel_of(u).ok())
+            {
                 let (done, _) = oneshot::channel();
                 if self.changes.send(Change { site, done }).await.is_err() {
                     return;

@@ -54,7 +54,11 @@ pub async fn start(
         Some(db) => PgLogStore::open(db.clone()),
         None => open_file(config)?,
     };
-    let ingest = Ingest::start(config, store.clone());
+    // Resuming the open sessions reads the store, which blocks.
+    let (c, s) = (config.clone(), store.clone());
+    let ingest = tokio::task::spawn_blocking(move || Ingest::start(&c, s))
+        .await
+        .expect("starting log ingestion panicked");
     let addr = ingest::listen(config, ingest.clone())
         .await
         .map_err(|source| StartError::Listen {

@@ -97,9 +97,9 @@ impl PgSiteStore {
         }
     }
 
-    /// Runs `f` to its end on the store's runtime; from a blocking thread.
+    /// Runs `f` to its end on the store's runtime.
     fn run<T>(&self, f: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
-        self.rt.block_on(f)
+        crate::pg::block_on(&self.rt, f)
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {

@@ -67,12 +67,12 @@ impl PgLogStore {
         })
     }
 
-    /// Runs `f` to its end on the store's runtime; from a blocking thread.
+    /// Runs `f` to its end on the store's runtime.
     fn run<T>(
         &self,
         f: impl Future<Output = Result<T, LogStoreError>>,
     ) -> Result<T, LogStoreError> {
-        self.rt.block_on(f)
+        crate::pg::block_on(&self.rt, f)
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, LogStoreError> {
