@@ -17,6 +17,7 @@ use crate::{
     explain::{Explanation, explain},
     pg::{Db, DbError},
     state::{self, Regions, Snapshot},
+    store_migrate::{self, MigrateError, Sources},
     tunnels::{
         export::{ExportError, export_store},
         store::{PgSiteStore, SqliteStore, StoreError},
@@ -46,8 +47,12 @@ pub enum CliError {
         file: PathBuf,
         source: std::io::Error,
     },
+    #[error("the config has no [store] table: there is no database to copy into")]
+    NoStore,
     #[error("[store]: {0}")]
     Db(#[from] DbError),
+    #[error(transparent)]
+    Migrate(#[from] MigrateError),
     #[error("starting the async runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -178,6 +183,29 @@ pub fn renumber(config: &Path) -> Result<serde_json::Value, CliError> {
         }
     };
     Ok(serde_json::json!({ "pool": p.pool.to_string(), "renumbered": moved }))
+}
+
+/// `mgnt store migrate`: copies a single machine's stores (`from`, its
+/// `[provision] data_dir`; the state file and audit log as given, else as
+/// `config` names them) into `config`'s `[store]` database; the summary.
+pub fn store_migrate(
+    config: &Path,
+    from: &Path,
+    state_file: Option<&Path>,
+    audit_log: Option<&Path>,
+) -> Result<String, CliError> {
+    let cfg = Config::load(config)?;
+    let store = cfg.store.as_ref().ok_or(CliError::NoStore)?;
+    let sources = Sources {
+        dir: from.to_owned(),
+        state_file: state_file.map_or_else(|| cfg.health.state_file.clone(), Path::to_owned),
+        audit_log: audit_log.map_or_else(|| cfg.api.audit_log.clone(), Path::to_owned),
+    };
+    let summary = runtime()?.block_on(async {
+        let db = Db::open(store).await?;
+        Ok::<_, CliError>(store_migrate::run(&cfg, &db, &sources).await?)
+    })?;
+    Ok(summary.to_text())
 }
 
 /// `mgnt auth-verify`: checks OpenVPN's via-file (username, then password)
