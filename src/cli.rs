@@ -15,10 +15,12 @@ use crate::{
     config::{Config, ConfigError, ProvisionConfig},
     dns::LoadError,
     explain::{Explanation, explain},
+    pg::{Db, DbError},
     state::{self, Regions, Snapshot},
+    store_migrate::{self, MigrateError, Sources},
     tunnels::{
         export::{ExportError, export_store},
-        store::{SqliteStore, StoreError},
+        store::{PgSiteStore, SqliteStore, StoreError},
     },
 };
 
@@ -45,6 +47,14 @@ pub enum CliError {
         file: PathBuf,
         source: std::io::Error,
     },
+    #[error("the config has no [store] table: there is no database to copy into")]
+    NoStore,
+    #[error("[store]: {0}")]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Migrate(#[from] MigrateError),
+    #[error("starting the async runtime: {0}")]
+    Runtime(std::io::Error),
 }
 
 /// `mgnt check-config`: loads everything; the one-line summary.
@@ -113,11 +123,43 @@ fn open_store(cfg: &Config) -> Result<SqliteStore, CliError> {
     crate::tunnels::open_store(cfg, true)?.ok_or(CliError::NoProvision)
 }
 
-/// `mgnt site export`: writes the OpenVPN files into `dir`; a summary line.
+/// A runtime for the commands that talk to PostgreSQL. Multi-threaded: the
+/// site store's blocking calls (`Handle::block_on` from this thread) need
+/// workers to drive the connections.
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)
+}
+
+/// The `[store]` database's site store, opened on `rt`.
+fn open_shared(
+    cfg: &Config,
+    store: &crate::config::StoreConfig,
+    rt: &tokio::runtime::Runtime,
+) -> Result<PgSiteStore, CliError> {
+    rt.block_on(async {
+        let db = Db::open(store).await?;
+        crate::tunnels::open_shared(cfg, db)?.ok_or(CliError::NoProvision)
+    })
+}
+
+/// `mgnt site export`: writes the OpenVPN files into `dir` from the
+/// `[store]` database or the local store; a summary line.
 pub fn export(config: &Path, dir: &Path, region: Option<&str>) -> Result<String, CliError> {
     let cfg = Config::load(config)?;
     let p = provision(&cfg)?;
-    let done = export_store(&open_store(&cfg)?, p, config, dir)?;
+    let done = match &cfg.store {
+        None => export_store(&open_store(&cfg)?, p, config, dir)?,
+        Some(store) => {
+            let rt = runtime()?;
+            // Its blocking calls run from this thread, outside the runtime.
+            let shared = open_shared(&cfg, store, &rt)?;
+            export_store(&shared, p, config, dir)?
+        }
+    };
     Ok(format!(
         "{}: {} tunnels{}, {} stale files removed",
         dir.display(),
@@ -128,12 +170,42 @@ pub fn export(config: &Path, dir: &Path, region: Option<&str>) -> Result<String,
 }
 
 /// `mgnt site renumber`: moves the sites outside `[provision] pool` into it
-/// (the server stopped); what moved.
+/// (the servers stopped); what moved.
 pub fn renumber(config: &Path) -> Result<serde_json::Value, CliError> {
     let cfg = Config::load(config)?;
     let p = provision(&cfg)?;
-    let moved = open_store(&cfg)?.renumber(p.pool, state::now())?;
+    let moved = match &cfg.store {
+        None => open_store(&cfg)?.renumber(p.pool, state::now())?,
+        Some(store) => {
+            let rt = runtime()?;
+            let shared = open_shared(&cfg, store, &rt)?;
+            rt.block_on(shared.renumber(p.pool, state::now()))?
+        }
+    };
     Ok(serde_json::json!({ "pool": p.pool.to_string(), "renumbered": moved }))
+}
+
+/// `mgnt store migrate`: copies a single machine's stores (`from`, its
+/// `[provision] data_dir`; the state file and audit log as given, else as
+/// `config` names them) into `config`'s `[store]` database; the summary.
+pub fn store_migrate(
+    config: &Path,
+    from: &Path,
+    state_file: Option<&Path>,
+    audit_log: Option<&Path>,
+) -> Result<String, CliError> {
+    let cfg = Config::load(config)?;
+    let store = cfg.store.as_ref().ok_or(CliError::NoStore)?;
+    let sources = Sources {
+        dir: from.to_owned(),
+        state_file: state_file.map_or_else(|| cfg.health.state_file.clone(), Path::to_owned),
+        audit_log: audit_log.map_or_else(|| cfg.api.audit_log.clone(), Path::to_owned),
+    };
+    let summary = runtime()?.block_on(async {
+        let db = Db::open(store).await?;
+        Ok::<_, CliError>(store_migrate::run(&cfg, &db, &sources).await?)
+    })?;
+    Ok(summary.to_text())
 }
 
 /// `mgnt auth-verify`: checks OpenVPN's via-file (username, then password)

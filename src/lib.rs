@@ -31,6 +31,8 @@
 //!   files, SQLite store.
 //! - [`vpnlog`]: OpenVPN log ingestion: syslog, management interface, status files.
 //! - [`server`]: `mgnt serve`: starts everything, signals.
+//! - [`store_migrate`]: `mgnt store migrate`: a single machine's stores copied
+//!   into the `[store]` database.
 //! - [`cli`]: the other commands of the command line.
 
 pub mod admin;
@@ -53,6 +55,7 @@ pub mod route;
 pub mod routers;
 pub mod server;
 pub mod state;
+pub mod store_migrate;
 pub mod tunnels;
 pub mod vpnlog;
 

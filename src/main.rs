@@ -51,6 +51,11 @@ enum Command {
         #[command(subcommand)]
         action: SiteCommand,
     },
+    /// The `[store]` database.
+    Store {
+        #[command(subcommand)]
+        action: StoreCommand,
+    },
     /// OpenVPN's auth-user-pass-verify (via-file): exit 0 when the username
     /// and password in FILE belong to a tunnel, 1 otherwise; records the attempt.
     AuthVerify { file: PathBuf },
@@ -100,6 +105,25 @@ enum SiteCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Copy a single machine's sites, jobs, credentials, auth attempts,
+    /// drains and audit log into the (empty) `[store]` database, in one
+    /// transaction. `[provision] secret_key_file` must be the single
+    /// machine's: digests and sealed secrets are copied as they are.
+    Migrate {
+        /// The single machine's `[provision] data_dir` (with tunnels.db).
+        #[arg(long)]
+        from: PathBuf,
+        /// Its state file (default: this config's `[health] state_file`).
+        #[arg(long)]
+        state_file: Option<PathBuf>,
+        /// Its audit log (default: this config's `[api] audit_log`).
+        #[arg(long)]
+        audit_log: Option<PathBuf>,
+    },
+}
+
 fn print(v: &serde_json::Value) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
@@ -143,6 +167,17 @@ fn main() -> Result<()> {
         Command::Undrain { region } => print(&cli::undrain(&config, &region)?)?,
         Command::Status => print(&cli::client(&config)?.get("/v1/regions")?)?,
         Command::Site { action } => site(&config, action)?,
+        Command::Store {
+            action:
+                StoreCommand::Migrate {
+                    from,
+                    state_file,
+                    audit_log,
+                },
+        } => print!(
+            "{}",
+            cli::store_migrate(&config, &from, state_file.as_deref(), audit_log.as_deref())?
+        ),
         Command::Agent { print_rules } => {
             let agent = mgnt::agent::AgentConfig::load(&config)?;
             if print_rules {

@@ -61,3 +61,75 @@ pub fn append(path: &Path, entries: &[Entry]) -> std::io::Result<()> {
     f.write_all(&lines)?;
     f.sync_data()
 }
+
+/// A line of an audit log that is not an entry.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {reason}")]
+pub struct BadLine {
+    /// Counted from 1.
+    pub line: usize,
+    pub reason: String,
+}
+
+/// The entries of an audit log's text as written (JSON objects) with their
+/// times, blank lines skipped; the first line that is not an entry refuses
+/// the whole text, so a copy never silently drops part of the record.
+pub fn read_lines(text: &str) -> Result<Vec<(u64, serde_json::Value)>, BadLine> {
+    let mut entries = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |reason: String| BadLine {
+            line: i + 1,
+            reason,
+        };
+        let entry: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+        let time = entry
+            .get("time")
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(|| bad("no `time` in seconds since 1970".into()))?;
+        if entry
+            .get("action")
+            .and_then(serde_json::Value::as_str)
+            .is_none()
+        {
+            return Err(bad("no `action`".into()));
+        }
+        entries.push((time, entry));
+    }
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_reads_back_as_written_and_a_torn_line_is_named() {
+        let mut drain = Entry::new(1_700_000_000, "ops", "drain", "drained");
+        drain.region = Some("europe1".into());
+        drain.reason = Some("maintenance".into());
+        let reload = Entry::new(1_700_000_100, "SIGHUP", "reload", "reloaded");
+        let text = format!(
+            "{}\n\n{}\n",
+            serde_json::to_string(&drain).unwrap(),
+            serde_json::to_string(&reload).unwrap()
+        );
+        let read = read_lines(&text).unwrap();
+        assert_eq!(read.len(), 2);
+        assert_eq!(read[0].0, 1_700_000_000);
+        assert_eq!(read[0].1, serde_json::to_value(&drain).unwrap());
+        assert_eq!(read[1].1["action"], "reload");
+
+        let torn = format!("{text}{{\"time\":1700000200,\"tok");
+        let e = read_lines(&torn).unwrap_err();
+        assert_eq!(e.line, 4, "{e}");
+        let e = read_lines("{\"action\":\"drain\"}\n").unwrap_err();
+        assert_eq!((e.line, e.reason.contains("time")), (1, true), "{e}");
+        let e = read_lines("{\"time\":5}\n").unwrap_err();
+        assert!(e.reason.contains("action"), "{e}");
+        assert_eq!(read_lines("").unwrap(), []);
+    }
+}

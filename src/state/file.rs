@@ -4,7 +4,10 @@
 //! replaced atomically on every change; a missing or corrupt file only costs
 //! the history, never the start.
 
-use std::{collections::BTreeMap, path::Path};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use serde::{Deserialize, Serialize};
 use tracing::warn;
@@ -32,27 +35,56 @@ pub struct SavedRegion {
     pub last: Option<Round>,
 }
 
-/// Reads the state file; `None` (with a warning when it exists but is unreadable) for a fresh start.
-pub fn load(path: &Path) -> Option<StateFile> {
+/// Why a state file that exists cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("{file}: {source}")]
+    Io {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}: not a state file: {source}")]
+    Corrupt {
+        file: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{file}: state file version {version}, this mgnt knows {VERSION}")]
+    Version { file: PathBuf, version: u32 },
+}
+
+/// Reads the state file: `None` when there is none.
+pub fn read(path: &Path) -> Result<Option<StateFile>, ReadError> {
+    let file = || path.to_owned();
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-        Err(error) => {
-            warn!(file = %path.display(), %error, "cannot read the state file; starting fresh");
-            return None;
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(ReadError::Io {
+                file: file(),
+                source,
+            });
         }
     };
     match serde_json::from_str::<StateFile>(&text) {
-        Ok(f) if f.version == VERSION => Some(f),
-        Ok(f) => {
-            warn!(file = %path.display(), version = f.version, "unknown state file version; starting fresh");
-            None
-        }
-        Err(error) => {
-            warn!(file = %path.display(), %error, "corrupt state file; starting fresh");
-            None
-        }
+        Ok(f) if f.version == VERSION => Ok(Some(f)),
+        Ok(f) => Err(ReadError::Version {
+            file: file(),
+            version: f.version,
+        }),
+        Err(source) => Err(ReadError::Corrupt {
+            file: file(),
+            source,
+        }),
     }
+}
+
+/// Reads the state file; `None` (with a warning when it exists but cannot
+/// be used) for a fresh start.
+pub fn load(path: &Path) -> Option<StateFile> {
+    read(path).unwrap_or_else(|error| {
+        warn!(%error, "cannot use the state file; starting fresh");
+        None
+    })
 }
 
 impl StateFile {

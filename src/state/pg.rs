@@ -29,7 +29,8 @@ use super::{
 };
 use crate::pg::Db;
 
-const CHANNEL: &str = "mgnt_drains";
+/// Where drain changes are announced.
+pub(crate) const CHANNEL: &str = "mgnt_drains";
 
 pub struct PgStore {
     db: Db,

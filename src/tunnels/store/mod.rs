@@ -100,7 +100,7 @@ impl JobState {
         }
     }
 
-    fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         [
             Self::Pending,
             Self::Fetched,
