@@ -185,21 +185,29 @@ pub fn renumber(config: &Path) -> Result<serde_json::Value, CliError> {
     Ok(serde_json::json!({ "pool": p.pool.to_string(), "renumbered": moved }))
 }
 
+/// Where `mgnt store migrate` reads from; `None`: the default.
+pub struct MigrateFrom<'a> {
+    pub dir: &'a Path,
+    pub state_file: Option<&'a Path>,
+    pub audit_log: Option<&'a Path>,
+    pub vpnlog_dir: Option<&'a Path>,
+}
+
 /// `mgnt store migrate`: copies a single machine's stores (`from`, its
 /// `[provision] data_dir`; the state file and audit log as given, else as
 /// `config` names them) into `config`'s `[store]` database; the summary.
-pub fn store_migrate(
-    config: &Path,
-    from: &Path,
-    state_file: Option<&Path>,
-    audit_log: Option<&Path>,
-) -> Result<String, CliError> {
+pub fn store_migrate(config: &Path, from: &MigrateFrom) -> Result<String, CliError> {
     let cfg = Config::load(config)?;
     let store = cfg.store.as_ref().ok_or(CliError::NoStore)?;
     let sources = Sources {
-        dir: from.to_owned(),
-        state_file: state_file.map_or_else(|| cfg.health.state_file.clone(), Path::to_owned),
-        audit_log: audit_log.map_or_else(|| cfg.api.audit_log.clone(), Path::to_owned),
+        dir: from.dir.to_owned(),
+        state_file: from
+            .state_file
+            .map_or_else(|| cfg.health.state_file.clone(), Path::to_owned),
+        audit_log: from
+            .audit_log
+            .map_or_else(|| cfg.api.audit_log.clone(), Path::to_owned),
+        vpnlog_dir: from.vpnlog_dir.unwrap_or(from.dir).to_owned(),
     };
     let summary = runtime()?.block_on(async {
         let db = Db::open(store).await?;

@@ -121,6 +121,9 @@ enum StoreCommand {
         /// Its audit log (default: this config's `[api] audit_log`).
         #[arg(long)]
         audit_log: Option<PathBuf>,
+        /// Its `[vpnlog] data_dir` (with vpnlog.db; default: `--from`).
+        #[arg(long)]
+        vpnlog_dir: Option<PathBuf>,
     },
 }
 
@@ -173,11 +176,17 @@ fn main() -> Result<()> {
                     from,
                     state_file,
                     audit_log,
+                    vpnlog_dir,
                 },
-        } => print!(
-            "{}",
-            cli::store_migrate(&config, &from, state_file.as_deref(), audit_log.as_deref())?
-        ),
+        } => {
+            let sources = cli::MigrateFrom {
+                dir: &from,
+                state_file: state_file.as_deref(),
+                audit_log: audit_log.as_deref(),
+                vpnlog_dir: vpnlog_dir.as_deref(),
+            };
+            print!("{}", cli::store_migrate(&config, &sources)?);
+        }
         Command::Agent { print_rules } => {
             let agent = mgnt::agent::AgentConfig::load(&config)?;
             if print_rules {

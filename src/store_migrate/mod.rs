@@ -3,8 +3,8 @@
 //!
 //! One copy per store, each reading its files and writing its tables inside
 //! the transaction: [`tunnels`] (`tunnels.db`: sites, quarantined addresses,
-//! jobs, auth attempts) and [`regions`] (the state file's drains and the
-//! audit log). The files are opened and checked first, `tunnels.db`'s rows
+//! jobs, auth attempts), [`regions`] (the state file's drains and the audit
+//! log) and [`vpnlog`] (`vpnlog.db`: sessions and the day-partitioned records). The files are opened and checked first, `tunnels.db`'s rows
 //! read as they are copied; a failure anywhere rolls all of it back. The
 //! sources are never changed, so the single machine can go on as it was.
 //!
@@ -12,7 +12,9 @@
 //! `Runtime::block_on`, as the command line does, not on a runtime's workers.
 
 pub mod regions;
+mod scratch;
 pub mod tunnels;
+pub mod vpnlog;
 
 use std::path::{Path, PathBuf};
 
@@ -27,6 +29,8 @@ pub struct Sources {
     pub dir: PathBuf,
     pub state_file: PathBuf,
     pub audit_log: PathBuf,
+    /// Its `[vpnlog] data_dir` (with `vpnlog.db`, if it kept logs).
+    pub vpnlog_dir: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +114,8 @@ pub struct Summary {
     /// `None`: no `tunnels.db` and no `[provision]`.
     pub tunnels: Option<tunnels::Copied>,
     pub regions: regions::Copied,
+    /// `None`: no `vpnlog.db`.
+    pub vpnlog: Option<vpnlog::Copied>,
     /// The node name the audit rows carry.
     pub node: String,
 }
@@ -121,6 +127,7 @@ pub async fn run(config: &Config, db: &Db, from: &Sources) -> Result<Summary, Mi
     }
     let tunnels = tunnels::Source::open(config, &from.dir)?;
     let regions = regions::Source::read(&from.state_file, &from.audit_log)?;
+    let logs = vpnlog::Source::open(&from.vpnlog_dir)?;
     let mut client = db.pool.get().await?;
     let tx = client.transaction().await?;
     refuse_unless_empty(&tx).await?;
@@ -129,10 +136,15 @@ pub async fn run(config: &Config, db: &Db, from: &Sources) -> Result<Summary, Mi
         None => None,
     };
     let copied_regions = regions.copy(&tx, &config.node.name).await?;
+    let copied_logs = match &logs {
+        Some(l) => Some(l.copy(&tx).await?),
+        None => None,
+    };
     tx.commit().await?;
     Ok(Summary {
         tunnels: copied_tunnels,
         regions: copied_regions,
+        vpnlog: copied_logs,
         node: config.node.name.clone(),
     })
 }
@@ -140,12 +152,15 @@ pub async fn run(config: &Config, db: &Db, from: &Sources) -> Result<Summary, Mi
 /// Locks out every writer of what an empty store must not hold until the
 /// commit (nodes already running on the database wait), then counts it.
 async fn refuse_unless_empty(tx: &deadpool_postgres::Transaction<'_>) -> Result<(), MigrateError> {
-    tx.batch_execute("LOCK TABLE sites, released, drains IN EXCLUSIVE MODE")
-        .await?;
+    tx.batch_execute(
+        "LOCK TABLE sites, released, drains, vpn_sessions, vpn_auth IN EXCLUSIVE MODE",
+    )
+    .await?;
     let row = tx
         .query_one(
             "SELECT (SELECT count(*) FROM sites), (SELECT count(*) FROM released),
-                    (SELECT count(*) FROM drains)",
+                    (SELECT count(*) FROM drains),
+                    (SELECT count(*) FROM vpn_sessions) + (SELECT count(*) FROM vpn_auth)",
             &[],
         )
         .await?;
@@ -153,6 +168,7 @@ async fn refuse_unless_empty(tx: &deadpool_postgres::Transaction<'_>) -> Result<
         sites: row.try_get(0)?,
         released: row.try_get(1)?,
         drains: row.try_get(2)?,
+        log_records: row.try_get(3)?,
     };
     match held.refusal() {
         Some(what) => Err(MigrateError::NotEmpty(what)),
@@ -166,6 +182,7 @@ struct Held {
     sites: i64,
     released: i64,
     drains: i64,
+    log_records: i64,
 }
 
 impl Held {
@@ -185,6 +202,7 @@ impl Held {
                 "quarantined addresses",
             ),
             count(self.drains, "drain", "drains"),
+            count(self.log_records, "VPN log record", "VPN log records"),
         ]
         .into_iter()
         .flatten()
@@ -276,6 +294,17 @@ impl Summary {
             r.audit,
             from(&r.audit_log, r.audit_log_found),
         );
+        match &self.vpnlog {
+            Some(l) => {
+                let note = format!("  from {} (left unchanged)", l.file.display());
+                line(&mut out, "vpn_sessions", l.sessions, note);
+                line(&mut out, "vpn_auth", l.auth, String::new());
+                line(&mut out, "vpn_traffic", l.traffic, String::new());
+                line(&mut out, "vpn_latency", l.latency, String::new());
+                line(&mut out, "vpn_unparsed", l.unparsed, String::new());
+            }
+            None => notes.push("No vpnlog.db: no VPN log records copied.".to_owned()),
+        }
         for note in notes {
             out.push_str(&note);
             out.push('\n');
@@ -294,6 +323,7 @@ mod tests {
             sites,
             released,
             drains,
+            log_records: 0,
         };
         assert_eq!(held(0, 0, 0).refusal(), None);
         assert_eq!(held(1, 0, 0).refusal().as_deref(), Some("1 site"));
@@ -334,6 +364,14 @@ mod tests {
                 audit_log: "/srv/state/audit.log".into(),
                 audit_log_found: false,
             },
+            vpnlog: Some(vpnlog::Copied {
+                file: "/srv/state/vpnlog.db".into(),
+                sessions: 6,
+                auth: 7,
+                traffic: 8,
+                latency: 9,
+                unparsed: 10,
+            }),
             node: "node-a".into(),
         };
         let text = summary.to_text();
@@ -349,6 +387,8 @@ mod tests {
             "No open job to check the key file with",
             "1 job(s) of sites no longer in the store were left out",
             "2 site(s) lie outside [provision] pool 100.64.0.0/24",
+            "  vpn_sessions         6  from /srv/state/vpnlog.db",
+            "  vpn_unparsed        10\n",
         ] {
             assert!(text.contains(want), "{want:?} in\n{text}");
         }

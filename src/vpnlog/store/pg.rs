@@ -18,8 +18,9 @@ use std::{
 };
 
 use deadpool_postgres::GenericClient;
+use futures_util::future::{join_all, maybe_done};
 use tokio::runtime::Handle;
-use tokio_postgres::Row;
+use tokio_postgres::{Row, Statement, types::ToSql};
 use uuid::Uuid;
 
 use super::{
@@ -32,7 +33,7 @@ use crate::{
 
 /// The day-partitioned tables.
 const PARTITIONED: [&str; 4] = ["vpn_auth", "vpn_traffic", "vpn_latency", "vpn_unparsed"];
-const DAY: i64 = 86_400;
+pub(crate) const DAY: i64 = 86_400;
 /// Serializes making partitions between nodes.
 const PARTITION_LOCK: i64 = 0x6d67_6e74_0004;
 
@@ -96,17 +97,7 @@ impl PgLogStore {
         let tx = c.transaction().await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PARTITION_LOCK])
             .await?;
-        for &day in &missing {
-            let (from, to) = (day * DAY, (day + 1) * DAY);
-            for table in PARTITIONED {
-                let name = partition_name(table, day);
-                tx.batch_execute(&format!(
-                    "CREATE TABLE IF NOT EXISTS {name} PARTITION OF {table} FOR VALUES FROM ({from}) TO ({to})"
-                ))
-                .await?;
-            }
-        }
-        // "already exists, skipping" is no news.
+        make_partitions(&tx, &missing).await?;
         tx.commit().await?;
         self.known().extend(missing);
         Ok(())
@@ -116,43 +107,35 @@ impl PgLogStore {
         self.ensure_days(days(items)).await?;
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
-        for item in items {
-            match item {
-                Item::Record {
-                    record,
-                    origin,
-                    time,
-                } => write_record(&tx, record, origin, *time).await?,
-                Item::Latency(l, o) => {
-                    let rtt = l.rtt_ms;
-                    tx.execute(
-                        "INSERT INTO vpn_latency (time, tunnel, common_name, addr, host, region, sent, received, rtt_min, rtt_avg, rtt_max)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-                        &[
-                            &secs(l.time),
-                            &l.tunnel,
-                            &l.common_name,
-                            &l.addr.to_string(),
-                            &o.host,
-                            &o.region,
-                            &count(l.sent),
-                            &count(l.received),
-                            &rtt.map(|r| r.min),
-                            &rtt.map(|r| r.avg),
-                            &rtt.map(|r| r.max),
-                        ],
-                    )
-                    .await?;
-                }
-                Item::Unparsed { time, origin, raw } => {
-                    tx.execute(
-                        "INSERT INTO vpn_unparsed (time, host, region, raw) VALUES ($1, $2, $3, $4)",
-                        &[&secs(*time), &origin.host, &origin.region, raw],
-                    )
-                    .await?;
-                }
+        let statements = Statements::prepare(&tx).await?;
+        let ops: Vec<Op> = items.iter().flat_map(|i| ops(&statements, i)).collect();
+        let params: Vec<Vec<&(dyn ToSql + Sync)>> = ops
+            .iter()
+            .map(|op| {
+                op.params
+                    .iter()
+                    .map(|p| &**p as &(dyn ToSql + Sync))
+                    .collect()
+            })
+            .collect();
+        // Pipelined: every statement is sent, in order, before any reply is
+        // awaited (a first poll sends a request), so a batch costs about one
+        // round trip and one commit, not one round trip per record.
+        let mut pending: Vec<_> = ops
+            .iter()
+            .zip(&params)
+            .map(|(op, p)| Box::pin(maybe_done(tx.execute(op.statement, p))))
+            .collect();
+        for p in &mut pending {
+            let _ = futures_util::poll!(p.as_mut());
+        }
+        join_all(pending.iter_mut().map(|p| p.as_mut())).await;
+        for p in &mut pending {
+            if let Some(Err(e)) = p.as_mut().take_output() {
+                return Err(e.into());
             }
         }
+        drop(pending);
         tx.commit().await?;
         Ok(())
     }
@@ -333,125 +316,179 @@ impl LogStore for PgLogStore {
     }
 }
 
-async fn write_record(
+/// Makes the partitions of `days` (since 1970) that do not exist yet, in
+/// the caller's transaction, which holds the partition lock (or is the only
+/// writer, as `mgnt store migrate`).
+pub(crate) async fn make_partitions(
     tx: &impl GenericClient,
-    record: &Record,
-    o: &Origin,
-    time: u64,
-) -> Result<(), LogStoreError> {
-    match record {
-        Record::Opened(s) => insert_session(tx, s, o).await,
-        Record::Progress(s) | Record::Closed(s) => {
+    days: &[i64],
+) -> Result<(), tokio_postgres::Error> {
+    for &day in days {
+        let (from, to) = (day * DAY, (day + 1) * DAY);
+        for table in PARTITIONED {
+            let name = partition_name(table, day);
+            tx.batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS {name} PARTITION OF {table} FOR VALUES FROM ({from}) TO ({to})"
+            ))
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The statements a batch uses, prepared once per connection.
+struct Statements {
+    open: Statement,
+    update: Statement,
+    traffic: Statement,
+    auth: Statement,
+    latency: Statement,
+    unparsed: Statement,
+}
+
+impl Statements {
+    async fn prepare(tx: &deadpool_postgres::Transaction<'_>) -> Result<Self, LogStoreError> {
+        Ok(Self {
+            open: tx
+                .prepare_cached(&format!(
+                    "INSERT INTO vpn_sessions ({SESSION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+                ))
+                .await?,
             // The newest session of that key, or a new row when it began
-            // before these records did (one statement, one round trip).
-            let sql = format!(
-                r#"WITH updated AS (
-                    UPDATE vpn_sessions SET virtual_addr = $4, "end" = $8, end_reason = $9, bytes_in = $10, bytes_out = $11
-                    WHERE id = (SELECT max(id) FROM vpn_sessions
-                                WHERE host IS NOT DISTINCT FROM $5 AND peer = $3 AND start = $7)
-                    RETURNING 1)
-                 INSERT INTO vpn_sessions ({SESSION_COLUMNS})
-                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11
-                 WHERE NOT EXISTS (SELECT 1 FROM updated)"#
-            );
-            tx.execute(&sql, &session_params(s, o).as_refs()).await?;
-            if matches!(record, Record::Progress(_)) && (s.bytes_in, s.bytes_out) != (0, 0) {
-                tx.execute(
+            // before these records did (one statement, so it pipelines).
+            update: tx
+                .prepare_cached(&format!(
+                    r#"WITH updated AS (
+                        UPDATE vpn_sessions SET virtual_addr = $4, "end" = $8, end_reason = $9, bytes_in = $10, bytes_out = $11
+                        WHERE id = (SELECT max(id) FROM vpn_sessions
+                                    WHERE host IS NOT DISTINCT FROM $5 AND peer = $3 AND start = $7)
+                        RETURNING 1)
+                     INSERT INTO vpn_sessions ({SESSION_COLUMNS})
+                     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11
+                     WHERE NOT EXISTS (SELECT 1 FROM updated)"#
+                ))
+                .await?,
+            traffic: tx
+                .prepare_cached(
                     "INSERT INTO vpn_traffic (time, tunnel, peer, host, region, bytes_in, bytes_out)
                      VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                    &[
-                        &secs(time),
-                        &s.tunnel,
-                        &s.peer.to_string(),
-                        &o.host,
-                        &o.region,
-                        &secs(s.bytes_in),
-                        &secs(s.bytes_out),
-                    ],
                 )
-                .await?;
+                .await?,
+            auth: tx
+                .prepare_cached(
+                    "INSERT INTO vpn_auth (time, peer, username, tunnel, ok, host, region)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .await?,
+            latency: tx
+                .prepare_cached(
+                    "INSERT INTO vpn_latency (time, tunnel, common_name, addr, host, region, sent, received, rtt_min, rtt_avg, rtt_max)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                )
+                .await?,
+            unparsed: tx
+                .prepare_cached(
+                    "INSERT INTO vpn_unparsed (time, host, region, raw) VALUES ($1, $2, $3, $4)",
+                )
+                .await?,
+        })
+    }
+}
+
+/// A parameter, owned.
+type Param = Box<dyn ToSql + Sync + Send>;
+
+/// One statement to run and its parameters.
+struct Op<'a> {
+    statement: &'a Statement,
+    params: Vec<Param>,
+}
+
+/// What storing `item` takes, in order.
+fn ops<'a>(s: &'a Statements, item: &Item) -> Vec<Op<'a>> {
+    let op = |statement, params| Op { statement, params };
+    match item {
+        Item::Record {
+            record,
+            origin: o,
+            time,
+        } => match record {
+            Record::Opened(session) => vec![op(&s.open, session_params(session, o))],
+            Record::Progress(session) | Record::Closed(session) => {
+                let mut all = vec![op(&s.update, session_params(session, o))];
+                let counted = (session.bytes_in, session.bytes_out) != (0, 0);
+                if matches!(record, Record::Progress(_)) && counted {
+                    all.push(op(
+                        &s.traffic,
+                        vec![
+                            Box::new(secs(*time)),
+                            Box::new(session.tunnel),
+                            Box::new(session.peer.to_string()),
+                            Box::new(o.host.clone()),
+                            Box::new(o.region.clone()),
+                            Box::new(secs(session.bytes_in)),
+                            Box::new(secs(session.bytes_out)),
+                        ],
+                    ));
+                }
+                all
             }
-            Ok(())
-        }
-        Record::Auth(a) => {
-            tx.execute(
-                "INSERT INTO vpn_auth (time, peer, username, tunnel, ok, host, region)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                &[
-                    &secs(a.time),
-                    &a.peer.map(|p| p.to_string()),
-                    &a.username,
-                    &a.tunnel,
-                    &a.ok,
-                    &o.host,
-                    &o.region,
+            Record::Auth(a) => vec![op(
+                &s.auth,
+                vec![
+                    Box::new(secs(a.time)),
+                    Box::new(a.peer.map(|p| p.to_string())),
+                    Box::new(a.username.clone()),
+                    Box::new(a.tunnel),
+                    Box::new(a.ok),
+                    Box::new(o.host.clone()),
+                    Box::new(o.region.clone()),
                 ],
-            )
-            .await?;
-            Ok(())
-        }
+            )],
+        },
+        Item::Latency(l, o) => vec![op(
+            &s.latency,
+            vec![
+                Box::new(secs(l.time)),
+                Box::new(l.tunnel),
+                Box::new(l.common_name.clone()),
+                Box::new(l.addr.to_string()),
+                Box::new(o.host.clone()),
+                Box::new(o.region.clone()),
+                Box::new(count(l.sent)),
+                Box::new(count(l.received)),
+                Box::new(l.rtt_ms.map(|r| r.min)),
+                Box::new(l.rtt_ms.map(|r| r.avg)),
+                Box::new(l.rtt_ms.map(|r| r.max)),
+            ],
+        )],
+        Item::Unparsed { time, origin, raw } => vec![op(
+            &s.unparsed,
+            vec![
+                Box::new(secs(*time)),
+                Box::new(origin.host.clone()),
+                Box::new(origin.region.clone()),
+                Box::new(raw.clone()),
+            ],
+        )],
     }
 }
 
-/// A session's columns in [`SESSION_COLUMNS`] order, owned.
-struct SessionParams {
-    tunnel: Option<Uuid>,
-    common_name: String,
-    peer: String,
-    virtual_addr: Option<String>,
-    host: Option<String>,
-    region: Option<String>,
-    start: i64,
-    end: Option<i64>,
-    end_reason: Option<String>,
-    bytes_in: i64,
-    bytes_out: i64,
-}
-
-impl SessionParams {
-    fn as_refs(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 11] {
-        [
-            &self.tunnel,
-            &self.common_name,
-            &self.peer,
-            &self.virtual_addr,
-            &self.host,
-            &self.region,
-            &self.start,
-            &self.end,
-            &self.end_reason,
-            &self.bytes_in,
-            &self.bytes_out,
-        ]
-    }
-}
-
-fn session_params(s: &Session, o: &Origin) -> SessionParams {
-    SessionParams {
-        tunnel: s.tunnel,
-        common_name: s.common_name.clone(),
-        peer: s.peer.to_string(),
-        virtual_addr: s.virtual_addr.map(|a| a.to_string()),
-        host: o.host.clone(),
-        region: o.region.clone(),
-        start: secs(s.start),
-        end: s.end.map(secs),
-        end_reason: s.end_reason.clone(),
-        bytes_in: secs(s.bytes_in),
-        bytes_out: secs(s.bytes_out),
-    }
-}
-
-async fn insert_session(
-    tx: &impl GenericClient,
-    s: &Session,
-    o: &Origin,
-) -> Result<(), LogStoreError> {
-    let sql = format!(
-        "INSERT INTO vpn_sessions ({SESSION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-    );
-    tx.execute(&sql, &session_params(s, o).as_refs()).await?;
-    Ok(())
+/// A session's columns in [`SESSION_COLUMNS`] order.
+fn session_params(s: &Session, o: &Origin) -> Vec<Param> {
+    vec![
+        Box::new(s.tunnel),
+        Box::new(s.common_name.clone()),
+        Box::new(s.peer.to_string()),
+        Box::new(s.virtual_addr.map(|a| a.to_string())),
+        Box::new(o.host.clone()),
+        Box::new(o.region.clone()),
+        Box::new(secs(s.start)),
+        Box::new(s.end.map(secs)),
+        Box::new(s.end_reason.clone()),
+        Box::new(secs(s.bytes_in)),
+        Box::new(secs(s.bytes_out)),
+    ]
 }
 
 fn session_row(r: &Row) -> Result<SessionRow, LogStoreError> {
