@@ -8,6 +8,7 @@
 
 pub mod machine;
 pub mod probe;
+pub mod quorum;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -192,6 +193,7 @@ mod tests {
             recheck: Duration::from_secs(10),
             fall: 2,
             rise: 2,
+            quorum: None,
             state_file: "unused".into(),
         }
     }
