@@ -44,11 +44,6 @@ impl RegionHealth {
             last: None,
         }
     }
-
-    /// Whether health lets the region answer.
-    pub fn serving(&self) -> bool {
-        !self.probed || self.machine.serving()
-    }
 }
 
 /// A probe loop's round, sent to the state owner. The owner answers with the
