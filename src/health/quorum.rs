@@ -99,11 +99,19 @@ pub fn tally(me: &str, down: bool, others: &[Vote], rule: Rule, now: u64) -> Tal
         .iter()
         .filter(|v| v.node != me && rule.counts(v.reported, now))
         .collect();
-    let mut down_nodes: Vec<String> = Vec::new();
+    // This node first, then the others by name: the same votes read in
+    // another order make the same tally.
+    let mut others_down: Vec<String> = counted
+        .iter()
+        .filter(|v| v.down)
+        .map(|v| v.node.clone())
+        .collect();
+    others_down.sort();
+    let mut down_nodes: Vec<String> = Vec::with_capacity(others_down.len() + 1);
     if down {
         down_nodes.push(me.to_owned());
     }
-    down_nodes.extend(counted.iter().filter(|v| v.down).map(|v| v.node.clone()));
+    down_nodes.extend(others_down);
     let voters = u32::try_from(counted.len() + 1).unwrap_or(u32::MAX);
     let majority = voters / 2 + 1;
     let quorum = rule.quorum.unwrap_or(majority).clamp(1, voters);
@@ -223,9 +231,9 @@ mod tests {
 
     #[test]
     fn the_down_nodes_are_named() {
-        let others = [vote("b", true, 0), vote("c", false, 0), vote("d", true, 0)];
+        let others = [vote("d", true, 0), vote("c", false, 0), vote("b", true, 0)];
         let t = tally("me", true, &others, MAJORITY, NOW);
-        assert_eq!(t.down_nodes, ["me", "b", "d"]);
+        assert_eq!(t.down_nodes, ["me", "b", "d"], "in an order of their own");
         assert!(t.out());
     }
 

@@ -126,7 +126,7 @@ async fn read_votes(db: &Db, node: &str) -> Result<Votes, String> {
         .query(
             "SELECT node, region, state,
                     extract(epoch FROM now() - reported)::float8
-             FROM health WHERE node <> $1",
+             FROM health WHERE node <> $1 ORDER BY region, node",
             &[&node],
         )
         .await
