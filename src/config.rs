@@ -311,6 +311,9 @@ pub struct HealthConfig {
     pub recheck: Duration,
     pub fall: u32,
     pub rise: u32,
+    /// Nodes that must say a region is down to take it out (with `[store]`);
+    /// `None`: a majority of the nodes that reported lately.
+    pub quorum: Option<u32>,
     pub state_file: PathBuf,
 }
 
@@ -470,6 +473,20 @@ location = [-3.5, 4.25]
         );
         assert_eq!(bad("[1.0, 2.0]", "[1.0, 200.0]"), "regions.a.location");
         assert_eq!(bad("\"be\" = \"a\"", "\"be\" = \"zz\""), "overrides.\"be\"");
+        assert_eq!(
+            bad("[overrides]", "[health]\nquorum = 0\n[overrides]"),
+            "health.quorum"
+        );
+    }
+
+    #[test]
+    fn the_quorum_is_a_majority_unless_set() {
+        assert_eq!(parse(GOOD).unwrap().health.quorum, None);
+        let set = GOOD.replace("[overrides]", "[health]\nquorum = 2\n[overrides]");
+        assert_eq!(parse(&set).unwrap().health.quorum, Some(2));
+        let negative = GOOD.replace("[overrides]", "[health]\nquorum = -1\n[overrides]");
+        let e = parse(&negative).unwrap_err().to_string();
+        assert!(e.contains("quorum"), "{e}");
     }
 
     #[test]

@@ -177,6 +177,11 @@ const MIGRATIONS: &[&str] = &[
          raw text NOT NULL
      ) PARTITION BY RANGE (time);
      CREATE INDEX vpn_unparsed_by_region ON vpn_unparsed (region, time);"#,
+    // 5: when a node last wrote its health view of a region (the
+    // database's clock, one for every node): the others count its vote on
+    // the region only while it is recent. A row written before, or by a
+    // build that does not set it, dates from 1970: no vote.
+    "ALTER TABLE health ADD COLUMN reported timestamptz NOT NULL DEFAULT 'epoch';",
 ];
 
 /// Serializes migrations between nodes starting at once.

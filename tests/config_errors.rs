@@ -134,6 +134,11 @@ const BROKEN: &[(&str, &str, &[&str])] = &[
         &["vpnlog.retention", "not a duration"],
     ),
     (
+        "[overrides]",
+        "[health]\nquorum = 0\n[overrides]",
+        &["mgnt.toml", "health.quorum", "must be at least 1"],
+    ),
+    (
         "[api]\nlisten = \"127.0.0.1:0\"",
         "[api]\nlisten = \"0.0.0.0:0\"",
         &["api.tls_cert", "not a loopback address"],

@@ -48,6 +48,8 @@ struct RegionReport<'a> {
     location: crate::route::Coord,
     serving: bool,
     health: HealthLine,
+    /// How the nodes' votes stand: why a probed region is in or out.
+    votes: &'a Option<crate::health::quorum::Tally>,
     probe_results: Vec<crate::health::probe::TargetResult>,
     drain: &'a Option<state::DrainRecord>,
     answers: serde_json::Map<String, serde_json::Value>,
@@ -77,6 +79,7 @@ pub async fn regions(State(api): State<Arc<Api>>) -> Response {
                 location: r.location,
                 serving: status.serving,
                 health: HealthLine::of(&status.health),
+                votes: &status.votes,
                 probe_results: status
                     .health
                     .last

@@ -9,6 +9,7 @@ use std::{
 use super::Context;
 use crate::{
     metrics::{Family, REASONS, escape, families_out, help},
+    state::RegionStatus,
     vpnlog::{ingest::RegionLive, watch::Watchers},
 };
 
@@ -47,32 +48,7 @@ pub fn render(cx: &Context) -> String {
             );
         }
     }
-    help(
-        &mut out,
-        "mgnt_region_serving",
-        "gauge",
-        "1 when the region may answer (healthy and not drained).",
-    );
-    help(
-        &mut out,
-        "mgnt_region_drained",
-        "gauge",
-        "1 when an operator drained the region.",
-    );
-    for status in &snapshot.regions {
-        let _ = writeln!(
-            out,
-            "mgnt_region_serving{{region=\"{}\"}} {}",
-            status.name,
-            u8::from(status.serving)
-        );
-        let _ = writeln!(
-            out,
-            "mgnt_region_drained{{region=\"{}\"}} {}",
-            status.name,
-            u8::from(status.drain.is_some())
-        );
-    }
+    region_families(&mut out, &snapshot.regions);
 
     let counters = cx.state.counters();
     help(
@@ -277,6 +253,48 @@ pub fn render(cx: &Context) -> String {
     out
 }
 
+/// Each region's state, one family after another: serving and drained for
+/// every region, the nodes' votes for probed ones.
+fn region_families(out: &mut String, regions: &[RegionStatus]) {
+    type Get = fn(&RegionStatus) -> Option<u32>;
+    let families: [(&str, &str, Get); 5] = [
+        (
+            "mgnt_region_serving",
+            "1 when the region may answer (healthy by the nodes' votes and not drained).",
+            |s| Some(u32::from(s.serving)),
+        ),
+        (
+            "mgnt_region_drained",
+            "1 when an operator drained the region.",
+            |s| Some(u32::from(s.drain.is_some())),
+        ),
+        (
+            "mgnt_region_down_votes",
+            "Nodes whose vote counts and says the probed region is down, this one included.",
+            |s| s.votes.as_ref().map(|v| v.down),
+        ),
+        (
+            "mgnt_region_votes",
+            "Nodes whose vote on the probed region counts: this one and those that reported within two health intervals.",
+            |s| s.votes.as_ref().map(|v| v.counted),
+        ),
+        (
+            "mgnt_region_quorum",
+            "Down votes that take the probed region out of the answers ([health] quorum or a majority of those counted).",
+            |s| s.votes.as_ref().map(|v| v.quorum),
+        ),
+    ];
+    for (name, text, get) in families {
+        help(out, name, "gauge", text);
+        for status in regions {
+            if let Some(value) = get(status) {
+                let region = escape(&status.name);
+                let _ = writeln!(out, "{name}{{region=\"{region}\"}} {value}");
+            }
+        }
+    }
+}
+
 /// Per-region figures of log ingestion (`region=""`: servers not configured).
 fn vpnlog_regions(out: &mut String, regions: &BTreeMap<String, RegionLive>) {
     type Get = fn(&RegionLive) -> u64;
@@ -406,5 +424,41 @@ fn vpnlog_watchers(out: &mut String, watchers: &Watchers) {
                 n.load(Relaxed)
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::{RegionHealth, quorum::Tally};
+
+    #[test]
+    fn region_families_are_whole_and_votes_only_for_probed_regions() {
+        let status = |name: &str, votes: Option<Tally>| RegionStatus {
+            name: name.into(),
+            serving: true,
+            health: RegionHealth::fresh(votes.is_some()),
+            votes,
+            drain: None,
+        };
+        let tally = Tally {
+            down: 1,
+            counted: 3,
+            quorum: 2,
+            down_nodes: vec!["b".into()],
+        };
+        let regions = [status("europe1", Some(tally)), status("us1", None)];
+        let mut out = String::new();
+        region_families(&mut out, &regions);
+        crate::metrics::check_exposition(&out).unwrap();
+        for line in [
+            "mgnt_region_serving{region=\"us1\"} 1",
+            "mgnt_region_down_votes{region=\"europe1\"} 1",
+            "mgnt_region_votes{region=\"europe1\"} 3",
+            "mgnt_region_quorum{region=\"europe1\"} 2",
+        ] {
+            assert!(out.lines().any(|l| l == line), "{line} in {out}");
+        }
+        assert!(!out.contains("mgnt_region_votes{region=\"us1\"}"), "{out}");
     }
 }

@@ -150,6 +150,7 @@ struct RawHealth {
     recheck: Option<String>,
     fall: Option<u32>,
     rise: Option<u32>,
+    quorum: Option<u32>,
     state_file: Option<PathBuf>,
 }
 
@@ -566,6 +567,10 @@ impl RawHealth {
             recheck,
             fall: count("fall", self.fall, super::DEFAULT_FALL)?,
             rise: count("rise", self.rise, super::DEFAULT_RISE)?,
+            quorum: match self.quorum {
+                Some(0) => return Err(cx.err("health.quorum", "must be at least 1")),
+                q => q,
+            },
             state_file: cx.path(
                 self.state_file
                     .as_deref()

@@ -8,6 +8,7 @@
 
 pub mod machine;
 pub mod probe;
+pub mod quorum;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -42,11 +43,6 @@ impl RegionHealth {
             since: None,
             last: None,
         }
-    }
-
-    /// Whether health lets the region answer.
-    pub fn serving(&self) -> bool {
-        !self.probed || self.machine.serving()
     }
 }
 
@@ -192,6 +188,7 @@ mod tests {
             recheck: Duration::from_secs(10),
             fall: 2,
             rise: 2,
+            quorum: None,
             state_file: "unused".into(),
         }
     }

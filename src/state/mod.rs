@@ -1,7 +1,8 @@
 //! Region state: one owner, one published snapshot.
 //!
 //! The state owner ([`owner`]) is a task that alone holds the rise/fall
-//! machines, the drains and the loaded data. Probe loops send it their rounds;
+//! machines, the drains, the other nodes' health votes and the loaded data.
+//! Probe loops send it their rounds, a shared store the other nodes' news;
 //! drains, undrains and reloads are commands sent through a [`Handle`] and
 //! answered once the change is persisted; drains end by themselves inside the
 //! owner. After each batch it persists once ([`store`]) and publishes one
@@ -48,7 +49,7 @@ const QUEUE: usize = 256;
 pub struct Snapshot {
     /// The loaded config, zones and maps; `data.generation` numbers the load.
     pub data: Arc<Data>,
-    /// Which regions may answer (health × drains), by `data`'s region indices.
+    /// Which regions may answer (health by the nodes' votes × drains), by `data`'s region indices.
     pub view: RegionView,
     /// Each region's health and drain, same indices.
     pub regions: Vec<RegionStatus>,

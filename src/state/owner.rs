@@ -6,6 +6,9 @@
 //! persists once, publishes one snapshot, and only then answers. If persisting
 //! fails, the batch's operator changes are undone and refused, while its probe
 //! rounds are still published: health must keep flowing when a disk is full.
+//!
+//! With a shared store, other nodes' drains and health votes arrive as
+//! messages too; the owner adopts them and publishes when the view changed.
 
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 
@@ -25,6 +28,7 @@ use crate::{
         Scheduler,
         machine::{Machine, Thresholds, Transition},
         probe::Round,
+        quorum::{Rule, Votes},
     },
 };
 use batch::{Answer, Applied, Outcome, Request, answer, keep_refusals, split};
@@ -65,8 +69,10 @@ pub async fn start(
         fail_open: BTreeMap::new(),
         persist_failing: false,
         shared: None,
+        votes: None,
     };
     owner.shared = owner.store.shared();
+    owner.votes = owner.store.votes();
     owner.restart_probes();
     owner.track_fail_open(&owner.reader.load_full());
     let task = tokio::spawn(owner.run(queue));
@@ -98,16 +104,18 @@ struct Owner {
     persist_failing: bool,
     /// Drains as the other nodes leave them (a shared store only).
     shared: Option<mpsc::Receiver<Shared>>,
+    /// The other nodes' health votes (a shared store only).
+    votes: Option<mpsc::Receiver<Votes>>,
 }
 
 impl Owner {
     async fn run(mut self, mut queue: mpsc::Receiver<Input>) {
         loop {
             let now = (self.clock)();
-            let wake = self
-                .regions
-                .next_expiry(now)
-                .map(|at| Duration::from_secs(at.saturating_sub(now)));
+            let after = |at: u64| Duration::from_secs(at.saturating_sub(now));
+            let wake = self.regions.next_expiry(now).map(after);
+            let rule = Rule::of(&self.data.config.health);
+            let recount = self.regions.next_vote_expiry(rule, now).map(after);
             let mut batch = Vec::new();
             tokio::select! {
                 biased;
@@ -115,11 +123,21 @@ impl Owner {
                     Some(input) => batch.push(input),
                     None => return,
                 },
-                Some(drains) = next_shared(&mut self.shared) => {
-                    self.adopt(drains, now);
+                Some(drains) = next(&mut self.shared) => {
+                    self.adopt(drains, (self.clock)());
+                    continue;
+                }
+                Some(votes) = next(&mut self.votes) => {
+                    self.regions.adopt_votes(votes);
+                    self.republish((self.clock)());
                     continue;
                 }
                 () = sleep_or_forever(wake) => {}
+                // A vote stopped counting: nothing to persist, maybe a new view.
+                () = sleep_or_forever(recount) => {
+                    self.republish((self.clock)());
+                    continue;
+                }
             }
             // Everything already queued joins the batch: one save, one publish.
             while batch.len() < MAX_BATCH {
@@ -343,6 +361,19 @@ impl Owner {
         }
     }
 
+    /// Publishes the current state if what readers see of it changed (the
+    /// other nodes' votes changed, or one stopped counting).
+    fn republish(&mut self, now: u64) {
+        let current = self.reader.load_full();
+        let (view, regions) = self.regions.view(&self.data.config, now);
+        if !Arc::ptr_eq(&current.data, &self.data)
+            || view != current.view
+            || regions != current.regions
+        {
+            self.publish(&[], &Applied::default(), now);
+        }
+    }
+
     /// Publishes the snapshot of the current state, logs what changed.
     fn publish(&mut self, requests: &[Request], applied: &Applied, now: u64) {
         for (request, outcome) in requests.iter().zip(&applied.outcomes) {
@@ -357,6 +388,7 @@ impl Owner {
             Counters::bump(&self.counters.transitions);
         }
         let snapshot = Snapshot::of(self.data.clone(), &self.regions, now);
+        log_vote_changes(&self.reader.load(), &snapshot);
         self.track_fail_open(&snapshot);
         self.reader.publish(snapshot);
         Counters::bump(&self.counters.publishes);
@@ -464,14 +496,43 @@ fn log_transition(region: &str, t: Transition, round: &Round) {
     warn!(region, from = ?t.from, to = ?t.to, %reason, ?rtt_ms, "region health changed");
 }
 
-/// The next shared drains, or never without a shared store (or once it
-/// stopped sending).
-async fn next_shared(shared: &mut Option<mpsc::Receiver<Shared>>) -> Option<Shared> {
-    match shared {
+/// Logs each region whose votes took it out of the answers or brought it
+/// back, when other nodes vote (alone, the machine's transition says it).
+fn log_vote_changes(before: &Snapshot, after: &Snapshot) {
+    for status in &after.regions {
+        let Some(votes) = &status.votes else {
+            continue;
+        };
+        let was = before
+            .regions
+            .iter()
+            .find(|b| b.name == status.name)
+            .and_then(|b| b.votes.as_ref());
+        let Some(was) = was else {
+            continue;
+        };
+        if was.out() == votes.out() || (was.counted < 2 && votes.counted < 2) {
+            continue;
+        }
+        let (region, down, counted, quorum) =
+            (&status.name, votes.down, votes.counted, votes.quorum);
+        let nodes = votes.down_nodes.join(", ");
+        if votes.out() {
+            warn!(%region, down, counted, quorum, %nodes, "region out by the nodes' votes");
+        } else {
+            info!(%region, down, counted, quorum, %nodes, "region back by the nodes' votes");
+        }
+    }
+}
+
+/// The next message of a shared store's channel, or never without one (or
+/// once it stopped sending).
+async fn next<T>(channel: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match channel {
         Some(rx) => match rx.recv().await {
-            Some(d) => Some(d),
+            Some(m) => Some(m),
             None => {
-                *shared = None;
+                *channel = None;
                 std::future::pending().await
             }
         },

@@ -8,6 +8,13 @@
 //! and their version again and hands them to its owner, which skips a read
 //! older than its own last change; a full re-read every `reread_interval`
 //! covers a notification missed while disconnected.
+//!
+//! Health rows carry when they were written (`reported`, the database's
+//! clock). Every save that writes them says so on `mgnt_health`; the other
+//! nodes read every row but their own again, with each row's age as the
+//! database tells it (so the nodes' clocks never meet), and hand them to
+//! their owners as votes. A live node saves at least once per probe
+//! interval, so the notification also keeps its votes counted.
 
 use std::{
     collections::BTreeMap,
@@ -27,28 +34,44 @@ use super::{
     file::{SavedRegion, StateFile},
     store::{Shared, StateStore, StoreError},
 };
-use crate::pg::Db;
+use crate::{
+    health::{
+        machine::Status,
+        quorum::{Vote, Votes},
+    },
+    pg::Db,
+};
 
 /// Where drain changes are announced.
 pub(crate) const CHANNEL: &str = "mgnt_drains";
+/// Told by a node each time it wrote its health rows; the payload is its name.
+const HEALTH_CHANNEL: &str = "mgnt_health";
 
 pub struct PgStore {
     db: Db,
     node: String,
     shared: Mutex<Option<mpsc::Receiver<Shared>>>,
+    votes: Mutex<Option<mpsc::Receiver<Votes>>>,
     /// The drains' version after this node's last change.
     saved: AtomicU64,
 }
 
 impl PgStore {
-    /// The store of node `node`; follows the other nodes' drains from now on.
+    /// The store of node `node`; follows the other nodes' drains and health
+    /// votes from now on.
     pub fn start(db: Db, node: String, reread: Duration) -> Self {
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(follow(db.clone(), reread, tx));
+        let (votes_tx, votes_rx) = mpsc::channel(16);
+        let to_owner = ToOwner {
+            drains: tx,
+            votes: votes_tx,
+        };
+        tokio::spawn(follow(db.clone(), node.clone(), reread, to_owner));
         Self {
             db,
             node,
             shared: Mutex::new(Some(rx)),
+            votes: Mutex::new(Some(votes_rx)),
             saved: AtomicU64::new(0),
         }
     }
@@ -96,6 +119,38 @@ async fn read_drains(db: &Db) -> Result<Shared, String> {
     })
 }
 
+/// Every other node's health rows, as votes; each row's age is the
+/// database's, its time of report this node's `now` less that age.
+async fn read_votes(db: &Db, node: &str) -> Result<Votes, String> {
+    let client = db.pool.get().await.map_err(|e| e.to_string())?;
+    let rows = client
+        .query(
+            "SELECT node, region, state,
+                    extract(epoch FROM now() - reported)::float8
+             FROM health WHERE node <> $1 ORDER BY region, node",
+            &[&node],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let now = crate::clock::now();
+    let mut votes = Votes::new();
+    for row in rows {
+        let state: serde_json::Value = row.get(2);
+        // A row this build cannot read is no vote (a newer node's, say).
+        let Ok(saved) = serde_json::from_value::<SavedRegion>(state) else {
+            continue;
+        };
+        let age: f64 = row.get(3);
+        let vote = Vote {
+            node: row.get(0),
+            down: saved.status == Status::Down,
+            reported: now.saturating_sub(age.max(0.0) as u64),
+        };
+        votes.entry(row.get(1)).or_default().push(vote);
+    }
+    Ok(votes)
+}
+
 #[async_trait::async_trait]
 impl StateStore for PgStore {
     async fn load(&self) -> Option<StateFile> {
@@ -139,6 +194,10 @@ impl StateStore for PgStore {
 
     fn shared(&self) -> Option<mpsc::Receiver<Shared>> {
         self.shared.lock().ok()?.take()
+    }
+
+    fn votes(&self) -> Option<mpsc::Receiver<Votes>> {
+        self.votes.lock().ok()?.take()
     }
 
     fn saved_version(&self) -> u64 {
@@ -196,12 +255,18 @@ impl PgStore {
         for (region, saved) in &state.regions {
             let json = serde_json::to_value(saved).map_err(|e| StoreError::Db(e.to_string()))?;
             tx.execute(
-                "INSERT INTO health (node, region, state) VALUES ($1, $2, $3)
-                 ON CONFLICT (node, region) DO UPDATE SET state = $3",
+                "INSERT INTO health (node, region, state, reported) VALUES ($1, $2, $3, now())
+                 ON CONFLICT (node, region) DO UPDATE SET state = $3, reported = now()",
                 &[&self.node, region, &json],
             )
             .await
             .map_err(db)?;
+        }
+        if !state.regions.is_empty() {
+            // Even unchanged, the rows are news: they keep this node's votes counted.
+            tx.execute("SELECT pg_notify($1, $2)", &[&HEALTH_CHANNEL, &self.node])
+                .await
+                .map_err(db)?;
         }
         for entry in &audit {
             let json = serde_json::to_value(entry).map_err(|e| StoreError::Db(e.to_string()))?;
@@ -250,18 +315,26 @@ fn changed_drains(audit: &[audit::Entry]) -> impl Iterator<Item = &str> {
         .filter_map(|e| e.region.as_deref())
 }
 
-/// Follows the drains: LISTEN on a connection of its own, the drains read
-/// again on each notification and every `reread`, and sent to the owner
-/// with their version whenever it moved (the owner skips a read older than
-/// its own last change, and drains equal to its own).
-async fn follow(db: Db, reread: Duration, to_owner: mpsc::Sender<Shared>) {
+/// Where [`follow`] hands what it read.
+struct ToOwner {
+    drains: mpsc::Sender<Shared>,
+    votes: mpsc::Sender<Votes>,
+}
+
+/// Follows the other nodes: LISTEN on a connection of its own; the drains
+/// read again on each of their notifications and every `reread`, and sent
+/// to the owner with their version whenever it moved (the owner skips a
+/// read older than its own last change, and drains equal to its own); the
+/// other nodes' health rows read again on each of their notifications and
+/// every `reread`, and sent as votes (the owner publishes only a change).
+async fn follow(db: Db, node: String, reread: Duration, to_owner: ToOwner) {
     let mut last: Option<u64> = None;
     let mut backoff = Duration::from_secs(1);
     loop {
         let (messages_tx, mut messages) = mpsc::channel(64);
         let listening = match db.dedicated(messages_tx).await {
             Ok(client) => client
-                .batch_execute(&format!("LISTEN {CHANNEL}"))
+                .batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {HEALTH_CHANNEL}"))
                 .await
                 .map(|()| client)
                 .map_err(|e| e.to_string()),
@@ -279,50 +352,99 @@ async fn follow(db: Db, reread: Duration, to_owner: mpsc::Sender<Shared>) {
                 continue;
             }
         };
-        info!("following the other nodes' drains");
+        info!("following the other nodes' drains and health");
         found(&db);
         let mut every = tokio::time::interval(reread);
         every.tick().await;
-        // Read first: whatever changed while we were not listening. Then on
-        // every notification, ours included (a read taken for ours may hold
-        // another node's change made just before), and every `reread`.
+        // Read first: whatever changed while we were not listening. Then the
+        // drains on each of their notifications, ours included (a read taken
+        // for ours may hold another node's change made just before), the
+        // health on each other node's, and both every `reread`.
+        let mut reads = Reads::ALL;
         loop {
-            match read_drains(&db).await {
-                Ok(shared) if last != Some(shared.version) => {
-                    last = Some(shared.version);
-                    if to_owner.send(shared).await.is_err() {
-                        return;
+            if reads.drains {
+                match read_drains(&db).await {
+                    Ok(shared) if last != Some(shared.version) => {
+                        last = Some(shared.version);
+                        if to_owner.drains.send(shared).await.is_err() {
+                            return;
+                        }
                     }
+                    Ok(_) => {}
+                    Err(error) => lost(&db, &error),
                 }
-                Ok(_) => {}
-                Err(error) => lost(&db, &error),
             }
-            if wake(&mut messages, &mut every).await.is_none() {
+            if reads.votes {
+                match read_votes(&db, &node).await {
+                    Ok(votes) => {
+                        if to_owner.votes.send(votes).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(error) => lost(&db, &error),
+                }
+            }
+            match wake(&mut messages, &mut every, &node).await {
+                Some(r) => reads = r,
                 // The connection ended: listen again.
-                break;
+                None => break,
             }
         }
         drop(client);
     }
 }
 
-/// Waits for a reason to read the drains: a notification or the re-read
+/// What to read again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Reads {
+    drains: bool,
+    votes: bool,
+}
+
+impl Reads {
+    const ALL: Self = Self {
+        drains: true,
+        votes: true,
+    };
+
+    /// Adds what a notification on `channel` from `sender` asks for
+    /// (`node`'s own health is no news to it).
+    fn note(&mut self, channel: &str, sender: &str, node: &str) {
+        match channel {
+            CHANNEL => self.drains = true,
+            HEALTH_CHANNEL if sender != node => self.votes = true,
+            _ => {}
+        }
+    }
+}
+
+/// Waits for a reason to read: a notification that asks for a read (those
+/// already queued with it join it: one read for all) or the re-read
 /// interval; `None` once the connection ended.
 async fn wake(
     messages: &mut mpsc::Receiver<tokio_postgres::AsyncMessage>,
     every: &mut tokio::time::Interval,
-) -> Option<()> {
-    loop {
+    node: &str,
+) -> Option<Reads> {
+    use tokio_postgres::AsyncMessage::Notification;
+    let mut reads = Reads::default();
+    while reads == Reads::default() {
         tokio::select! {
             m = messages.recv() => {
                 // A notice, not a notification: nothing to read.
-                if let tokio_postgres::AsyncMessage::Notification(_) = m? {
-                    return Some(());
+                if let Notification(n) = m? {
+                    reads.note(n.channel(), n.payload(), node);
                 }
             }
-            _ = every.tick() => return Some(()),
+            _ = every.tick() => return Some(Reads::ALL),
         }
     }
+    while let Ok(m) = messages.try_recv() {
+        if let Notification(n) = m {
+            reads.note(n.channel(), n.payload(), node);
+        }
+    }
+    Some(reads)
 }
 
 #[cfg(test)]
@@ -345,5 +467,16 @@ mod tests {
             changed_drains(&entries).collect::<Vec<_>>(),
             ["europe1", "us1"]
         );
+    }
+
+    #[test]
+    fn a_node_reads_the_drains_on_any_news_and_the_health_on_another_nodes() {
+        let mut reads = Reads::default();
+        reads.note(HEALTH_CHANNEL, "a", "a");
+        assert_eq!(reads, Reads::default(), "its own health");
+        reads.note(CHANNEL, "a", "a");
+        assert_eq!((reads.drains, reads.votes), (true, false), "its own drains");
+        reads.note(HEALTH_CHANNEL, "b", "a");
+        assert_eq!(reads, Reads::ALL);
     }
 }

@@ -1,9 +1,11 @@
 //! What the state owner holds about regions, as a pure value: each region's
-//! health (its rise/fall machine and last round) and the operators' drains,
-//! both keyed by region name, so a reload that reorders, removes or adds
-//! regions can never apply one region's state to another.
+//! health (its rise/fall machine and last round), the other nodes' votes on
+//! it (a shared store only) and the operators' drains, all keyed by region
+//! name, so a reload that reorders, removes or adds regions can never apply
+//! one region's state to another.
 //!
-//! [`Regions::view`] turns them into the view of one load's region indices.
+//! [`Regions::view`] turns them into the view of one load's region indices,
+//! a probed region's health decided by [`quorum::tally`].
 
 use std::collections::BTreeMap;
 
@@ -17,8 +19,9 @@ use crate::{
     config::Config,
     health::{
         RegionHealth,
-        machine::{Machine, Thresholds, Transition},
+        machine::{Machine, Status, Thresholds, Transition},
         probe::Round,
+        quorum::{self, Rule, Tally, Votes},
     },
     route::{RegionState, RegionView},
 };
@@ -29,6 +32,9 @@ pub struct RegionStatus {
     pub name: String,
     pub serving: bool,
     pub health: RegionHealth,
+    /// How the nodes' votes stand (this node's alone without a shared
+    /// store); `None` for an unprobed region.
+    pub votes: Option<Tally>,
     /// The active drain, if any.
     pub drain: Option<DrainRecord>,
 }
@@ -48,6 +54,8 @@ pub struct Regions {
     /// Kept across reloads even for regions the config no longer has: a
     /// region that comes back is still drained, as the operator left it.
     drains: Drains,
+    /// The other nodes' votes as last read from the shared store.
+    votes: Votes,
 }
 
 impl Regions {
@@ -57,6 +65,7 @@ impl Regions {
         let mut regions = Self {
             health: BTreeMap::new(),
             drains: saved.map(|s| s.drains.clone()).unwrap_or_default(),
+            votes: Votes::new(),
         };
         for r in &config.regions {
             let probed = r.probe.is_some();
@@ -156,6 +165,22 @@ impl Regions {
         changed
     }
 
+    /// Takes the other nodes' votes as just read (all of them).
+    pub fn adopt_votes(&mut self, votes: Votes) {
+        self.votes = votes;
+    }
+
+    /// When the next vote that counts at `now` stops counting: the view may
+    /// change then without any news.
+    pub fn next_vote_expiry(&self, rule: Rule, now: u64) -> Option<u64> {
+        self.votes
+            .values()
+            .flatten()
+            .filter(|v| rule.counts(v.reported, now))
+            .map(|v| rule.expiry(v.reported))
+            .min()
+    }
+
     /// Drops drains whose `until` has passed; returns them.
     pub fn expire(&mut self, now: u64) -> Vec<(String, DrainRecord)> {
         let ended: Vec<String> = self
@@ -176,9 +201,11 @@ impl Regions {
         self.drains.next_expiry(now)
     }
 
-    /// Which regions of `config` may answer at `now` (health × drains), by
-    /// `config`'s region indices, and each one's status for reports.
+    /// Which regions of `config` may answer at `now` (health by the nodes'
+    /// votes × drains), by `config`'s region indices, and each one's status
+    /// for reports.
     pub fn view(&self, config: &Config, now: u64) -> (RegionView, Vec<RegionStatus>) {
+        let rule = Rule::of(&config.health);
         let statuses: Vec<RegionStatus> = config
             .regions
             .iter()
@@ -194,10 +221,16 @@ impl Regions {
                     .get(&r.name)
                     .filter(|d| d.active(now))
                     .cloned();
+                let votes = health.probed.then(|| {
+                    let down = health.machine.status == Status::Down;
+                    let others = self.votes.get(&r.name).map_or(&[][..], Vec::as_slice);
+                    quorum::tally(&config.node.name, down, others, rule, now)
+                });
                 RegionStatus {
                     name: r.name.clone(),
-                    serving: health.serving() && drain.is_none(),
+                    serving: !votes.as_ref().is_some_and(Tally::out) && drain.is_none(),
                     health,
+                    votes,
                     drain,
                 }
             })
@@ -325,6 +358,36 @@ mod tests {
         );
         assert_eq!(r.expire(100).len(), 1);
         assert_eq!(r.next_expiry(100), None);
+    }
+
+    fn vote(node: &str, down: bool, reported: u64) -> crate::health::quorum::Vote {
+        crate::health::quorum::Vote {
+            node: node.into(),
+            down,
+            reported,
+        }
+    }
+
+    #[test]
+    fn the_nodes_votes_decide_a_probed_region() {
+        // Two intervals of 300 s: a vote counts for 600 s.
+        let c = config(&["europe1", "us1"], &["europe1"]);
+        let mut r = Regions::restore(&c, None);
+        r.observe("europe1", round(false, 10), T).unwrap();
+        assert!(!r.view(&c, 10).0.serving(0), "alone, it decides alone");
+        r.adopt_votes(Votes::from([
+            ("europe1".into(), vec![vote("b", false, 10)]),
+            ("us1".into(), vec![vote("b", true, 10), vote("c", true, 10)]),
+        ]));
+        let (view, statuses) = r.view(&c, 20);
+        assert!(view.serving(0), "one of two is not a majority");
+        let votes = statuses[0].votes.as_ref().unwrap();
+        assert_eq!((votes.down, votes.counted, votes.quorum), (1, 2, 2));
+        assert!(view.serving(1), "an unprobed region has no vote");
+        assert_eq!(statuses[1].votes, None);
+        assert_eq!(r.next_vote_expiry(Rule::of(&c.health), 20), Some(611));
+        assert!(!r.view(&c, 611).0.serving(0), "b fell silent");
+        assert_eq!(r.next_vote_expiry(Rule::of(&c.health), 611), None);
     }
 
     #[test]

@@ -41,6 +41,12 @@ pub trait StateStore: Send + Sync + 'static {
         None
     }
 
+    /// The other nodes' health votes, all of them each time they are read;
+    /// taken once, by the owner. `None`: no other node votes.
+    fn votes(&self) -> Option<tokio::sync::mpsc::Receiver<crate::health::quorum::Votes>> {
+        None
+    }
+
     /// The version of the drains this node saved last: a [`Shared`] read
     /// older than it predates our own change and is not adopted.
     fn saved_version(&self) -> u64 {

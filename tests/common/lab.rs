@@ -122,12 +122,15 @@ pub fn require_root(tools: &[(&str, &str)]) {
 }
 
 /// A hub namespace with a veth pair to each of several leaf namespaces: leaf
-/// `i` is `base.(4i+2)/30`, the hub's side `base.(4i+1)`. Link-local only;
-/// deleted on drop.
+/// `i` is `base.(4i+2)/30`, the hub's side `base.(4i+1)`. The namespaces
+/// have no other link, so nothing leaves the machine (use link-local or
+/// 198.18.0.0/15 addresses all the same); deleted on drop.
 pub struct Star {
     pub hub: String,
     pub leaves: Vec<String>,
     base: String,
+    /// The hub's end of each leaf's veth pair.
+    hub_links: Vec<String>,
 }
 
 impl Star {
@@ -137,11 +140,12 @@ impl Star {
             hub: format!("mgnt-{tag}h-{id}"),
             leaves: (0..leaves).map(|i| format!("mgnt-{tag}{i}-{id}")).collect(),
             base: base.to_owned(),
+            hub_links: (0..leaves).map(|i| format!("{tag}h{i}x{id}")).collect(),
         };
         ip(&["netns", "add", &star.hub]);
         ip(&["-n", &star.hub, "link", "set", "lo", "up"]);
         for (i, leaf) in star.leaves.iter().enumerate() {
-            let (h, l) = (format!("{tag}h{i}x{id}"), format!("{tag}l{i}x{id}"));
+            let (h, l) = (star.hub_links[i].clone(), format!("{tag}l{i}x{id}"));
             ip(&["netns", "add", leaf]);
             ip(&["link", "add", &h, "type", "veth", "peer", "name", &l]);
             ip(&["link", "set", &h, "netns", &star.hub]);
@@ -177,6 +181,13 @@ impl Star {
 
     pub fn leaf_addr(&self, leaf: usize) -> String {
         format!("{}.{}", self.base, 4 * leaf + 2)
+    }
+
+    /// Sets the hub's end of `leaf`'s link up or down (down: the leaf's
+    /// packets to the hub vanish, no error comes back).
+    pub fn set_leaf_link(&self, leaf: usize, up: bool) {
+        let state = if up { "up" } else { "down" };
+        ip(&["-n", &self.hub, "link", "set", &self.hub_links[leaf], state]);
     }
 }
 

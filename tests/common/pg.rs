@@ -1,7 +1,8 @@
 //! A throwaway PostgreSQL cluster for one test: Debian's server binaries,
 //! `initdb` in a temporary directory, run as the `postgres` user (initdb
 //! refuses root) on a free loopback port, with a `mgnt` role that logs in by
-//! password (SCRAM); stopped and removed on drop.
+//! password (SCRAM); stopped and removed on drop. Its Unix socket (trusted,
+//! in the temporary directory) reaches it from any network namespace.
 
 use std::{
     net::TcpListener,
@@ -141,13 +142,25 @@ impl Postgres {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// A `[store]` table for mgnt, its password in `password_file`.
+    /// A `[store]` table for mgnt, over TCP on loopback, its password in
+    /// `password_file`.
     pub fn store_toml(&self, password_file: &Path, reread: &str) -> String {
+        self.store_toml_at("127.0.0.1", password_file, reread)
+    }
+
+    /// A `[store]` table for mgnt over the cluster's Unix socket: a path,
+    /// the same in every network namespace (and local, so without TLS).
+    pub fn store_toml_socket(&self, password_file: &Path, reread: &str) -> String {
+        let dir = self.dir.path().to_str().unwrap().replace('/', "%2F");
+        self.store_toml_at(&dir, password_file, reread)
+    }
+
+    fn store_toml_at(&self, host: &str, password_file: &Path, reread: &str) -> String {
         std::fs::write(password_file, PASSWORD).unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(password_file, std::fs::Permissions::from_mode(0o600)).unwrap();
         format!(
-            "\n[store]\nurl = \"postgres://mgnt@127.0.0.1:{}/mgnt\"\npassword_file = \"{}\"\nreread_interval = \"{reread}\"\n",
+            "\n[store]\nurl = \"postgres://mgnt@{host}:{}/mgnt\"\npassword_file = \"{}\"\nreread_interval = \"{reread}\"\n",
             self.port,
             password_file.display()
         )

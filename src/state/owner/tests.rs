@@ -8,7 +8,7 @@ use tokio::sync::oneshot;
 
 use super::*;
 use crate::{
-    health::{Report, machine::Status, probe::Round},
+    health::{Report, machine::Status, probe::Round, quorum::Votes},
     state::{Command, Input, store::FileStore},
     testing::{Fixture, ROWS},
 };
@@ -347,10 +347,11 @@ async fn restart_only_settings_are_compared_with_the_running_config() {
     );
 }
 
-/// A shared store stand-in: what other nodes wrote arrives on a channel,
+/// A shared store stand-in: what other nodes wrote arrives on channels,
 /// and this node's last saved version is set by the test.
 struct Shares {
     rx: std::sync::Mutex<Option<mpsc::Receiver<Shared>>>,
+    votes: std::sync::Mutex<Option<mpsc::Receiver<Votes>>>,
     saved: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -372,6 +373,10 @@ impl StateStore for Shares {
         self.rx.lock().ok()?.take()
     }
 
+    fn votes(&self) -> Option<mpsc::Receiver<Votes>> {
+        self.votes.lock().ok()?.take()
+    }
+
     fn saved_version(&self) -> u64 {
         self.saved.load(Relaxed)
     }
@@ -385,6 +390,7 @@ async fn shared_drains_are_adopted_unless_older_than_our_own_last_change() {
     let saved = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let store = Shares {
         rx: std::sync::Mutex::new(Some(rx)),
+        votes: std::sync::Mutex::new(None),
         saved: saved.clone(),
     };
     let clock: Clock = Arc::new(|| BASE);
@@ -442,4 +448,77 @@ async fn shared_drains_are_adopted_unless_older_than_our_own_last_change() {
     .unwrap();
     settle().await;
     assert!(drained(&handle).is_empty(), "the current one is");
+}
+
+#[tokio::test(start_paused = true)]
+async fn other_nodes_votes_keep_a_region_until_they_fall_silent() {
+    let fixture = Fixture::new(ROWS);
+    let data = fixture.load(&ALL, &ALL, "[node]\nname = \"a\"\n");
+    let (votes_tx, votes_rx) = mpsc::channel(4);
+    let store = Shares {
+        rx: std::sync::Mutex::new(None),
+        votes: std::sync::Mutex::new(Some(votes_rx)),
+        saved: Arc::default(),
+    };
+    let start_at = tokio::time::Instant::now();
+    let clock: Clock = Arc::new(move || BASE + start_at.elapsed().as_secs());
+    let (handle, _task) = start(
+        data,
+        fixture.path("mgnt.toml"),
+        Box::new(store),
+        false,
+        clock,
+    )
+    .await;
+    let us1 = |handle: &Handle| {
+        let s = handle.snapshot();
+        let r = s.regions.iter().find(|r| r.name == "us1").unwrap().clone();
+        let v = r.votes.unwrap();
+        (r.serving, v.down, v.counted, v.quorum)
+    };
+    let settle = || tokio::time::sleep(Duration::from_millis(10));
+    let round = |ok| {
+        let (reply, answer) = oneshot::channel();
+        let report = Report {
+            generation: 1,
+            region: "us1".into(),
+            round: Round {
+                at: BASE,
+                ok,
+                results: vec![],
+            },
+            reply,
+        };
+        handle.inputs.try_send(Input::Report(report)).unwrap();
+        answer
+    };
+    round(false).await.unwrap();
+    assert_eq!(round(false).await.unwrap().status, Status::Down);
+    assert_eq!(us1(&handle), (false, 1, 1, 1), "alone, a decides alone");
+
+    // b reaches us1: one of two is not a majority.
+    let b = |reported| {
+        let vote = crate::health::quorum::Vote {
+            node: "b".into(),
+            down: false,
+            reported,
+        };
+        Votes::from([("us1".to_owned(), vec![vote])])
+    };
+    votes_tx.send(b(BASE)).await.unwrap();
+    settle().await;
+    assert_eq!(us1(&handle), (true, 1, 2, 2));
+    // The same say, reported again: nothing new to publish.
+    let publishes = handle.counters().publishes.load(Relaxed);
+    tokio::time::sleep(Duration::from_secs(100)).await;
+    votes_tx.send(b(BASE + 100)).await.unwrap();
+    settle().await;
+    assert_eq!(handle.counters().publishes.load(Relaxed), publishes);
+
+    // b falls silent: two intervals (600 s) after its last report its vote
+    // stops counting, and the owner publishes that by itself.
+    tokio::time::sleep(Duration::from_secs(599)).await;
+    assert_eq!(us1(&handle), (true, 1, 2, 2));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(us1(&handle), (false, 1, 1, 1));
 }
