@@ -32,6 +32,7 @@
 //! - [`vpnlog`]: OpenVPN log ingestion: syslog, management interface, status files.
 //! - [`server`]: `mgnt serve`: starts everything, signals.
 //! - [`cli`]: the other commands of the command line.
+//! - [`logging`]: log lines (RFC 3339 times, the node's name for `mgnt serve`).
 
 pub mod admin;
 pub mod agent;
@@ -46,6 +47,7 @@ pub mod geo;
 pub mod health;
 pub mod listen;
 pub mod locate;
+pub mod logging;
 pub mod management;
 pub mod metrics;
 pub mod pg;

@@ -107,12 +107,11 @@ fn print(v: &serde_json::Value) -> Result<()> {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let node = match cli.command {
+        Command::Serve => mgnt::logging::node_name(&cli.config),
+        _ => None,
+    };
+    mgnt::logging::init(node);
     let config = cli.config;
     match cli.command {
         Command::Serve => {
