@@ -53,13 +53,14 @@ pub fn check_config(config: &Path) -> Result<String, CliError> {
     let db = data.maps.db();
     let (orders, classes) = data.maps.counts();
     Ok(format!(
-        "{}: ok ({} zones, {} geo names, {} regions, GeoIP {} built {}, {orders} region orders for {classes} client classes)",
+        "{}: ok ({} zones, {} geo names, {} regions, GeoIP {} built {}, {orders} region orders for {classes} client classes; config hash {})",
         config.display(),
         data.zones.zones.len(),
         data.geo.len(),
         data.config.regions.len(),
         db.database_type(),
         db.build_epoch(),
+        data.config_hash,
     ))
 }
 

@@ -30,6 +30,8 @@
 //! - [`tunnels`]: provisioning: username codec, CGNAT pool, RouterOS and OpenVPN
 //!   files, SQLite store.
 //! - [`vpnlog`]: OpenVPN log ingestion: syslog, management interface, status files.
+//! - [`fleet`]: nodes on one database: each claims its name, publishes its
+//!   config hash (config, zones, GeoIP data), and compares it with the others'.
 //! - [`server`]: `mgnt serve`: starts everything, signals.
 //! - [`cli`]: the other commands of the command line.
 //! - [`logging`]: log lines (RFC 3339 times, the node's name for `mgnt serve`).
@@ -43,6 +45,7 @@ pub mod dns;
 pub mod durable;
 pub mod edge;
 pub mod explain;
+pub mod fleet;
 pub mod geo;
 pub mod health;
 pub mod listen;

@@ -118,6 +118,11 @@ pub async fn run(config_path: PathBuf) -> Result<(), ServeError> {
     if let admin::auth::Origin::Created(file) = origin {
         info!(file = %file.display(), "created an admin API token");
     }
+    info!(
+        config_hash = %data.config_hash,
+        version = env!("CARGO_PKG_VERSION"),
+        "configuration loaded"
+    );
     let (store, reach) = state_store(&config).await?;
     let tunnels = open_store(&config);
     let (mut state, mut owner) =
@@ -225,8 +230,7 @@ async fn signals(
                     error!(%error, "admin API certificate not reloaded; the old one stays");
                 }
                 match state.reload("SIGHUP").await {
-                    Ok(report) => info!(?report, "reloaded"),
-                    Err(StateError::Load(_)) => {} // logged by the owner
+                    Ok(_) | Err(StateError::Load(_)) => {} // logged by the owner
                     Err(error) => error!(%error, "reload failed"),
                 }
             }

@@ -27,6 +27,17 @@ pub fn render(cx: &Context) -> String {
         "mgnt_node_info{{node=\"{}\"}} 1",
         crate::metrics::escape(&data.config.node.name)
     );
+    help(
+        &mut out,
+        "mgnt_config_info",
+        "gauge",
+        "The config hash (shared configuration, zones, GeoIP data): equal on nodes that answer alike.",
+    );
+    let _ = writeln!(
+        out,
+        "mgnt_config_info{{hash=\"{}\"}} 1",
+        escape(data.config_hash.as_str())
+    );
     cx.responder.queries.render(&mut out);
 
     help(

@@ -163,6 +163,8 @@ impl Owner {
             }
         };
         if applied.reloaded && persisted.is_ok() {
+            let data = &self.data;
+            info!(generation = data.generation, config_hash = %data.config_hash, "reloaded");
             self.restart_probes();
         }
         self.publish(&requests, &applied, now);
@@ -304,6 +306,7 @@ impl Owner {
         let mut data = match loaded {
             Ok(d) => d,
             Err(e) => {
+                error!(by, error = %e, "reload refused; the previous data keeps serving");
                 audit.push(audit::Entry::new(now, by, "reload", format!("failed: {e}")));
                 return Err(StateError::Load(e));
             }
@@ -318,6 +321,7 @@ impl Owner {
             geo_names: data.geo.len(),
             regions: data.config.regions.len(),
             geoip_build_epoch: data.maps.db().build_epoch(),
+            config_hash: data.config_hash.clone(),
             needs_restart: restart_only_changes(&self.started, &data.config),
         };
         for key in &report.needs_restart {
