@@ -46,6 +46,9 @@ enum Command {
     Undrain { region: String },
     /// Show every region's health, drain and answer counts.
     Status,
+    /// Show the nodes on the server's database: live or gone, config hash
+    /// (same as the server's or not), version, times.
+    Nodes,
     /// Provisioning: sites and their tunnels.
     Site {
         #[command(subcommand)]
@@ -141,6 +144,7 @@ fn main() -> Result<()> {
         )?)?,
         Command::Undrain { region } => print(&cli::undrain(&config, &region)?)?,
         Command::Status => print(&cli::client(&config)?.get("/v1/regions")?)?,
+        Command::Nodes => print!("{}", cli::nodes(&config)?),
         Command::Site { action } => site(&config, action)?,
         Command::Agent { print_rules } => {
             let agent = mgnt::agent::AgentConfig::load(&config)?;

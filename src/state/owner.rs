@@ -311,6 +311,9 @@ impl Owner {
                 return Err(StateError::Load(e));
             }
         };
+        let needs_restart = restart_only_changes(&self.started, &data.config);
+        // The name stays the one claimed at start, in DNS as in the database.
+        data.config.node = self.started.node.clone();
         self.loads += 1;
         data.generation = self.loads;
         data.inherit_counters(&self.data);
@@ -322,7 +325,7 @@ impl Owner {
             regions: data.config.regions.len(),
             geoip_build_epoch: data.maps.db().build_epoch(),
             config_hash: data.config_hash.clone(),
-            needs_restart: restart_only_changes(&self.started, &data.config),
+            needs_restart,
         };
         for key in &report.needs_restart {
             warn!(
@@ -416,6 +419,12 @@ impl Owner {
 
 fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
     let mut out = Vec::new();
+    if running.node != new.node {
+        out.push("node.name".to_owned());
+    }
+    if running.store != new.store {
+        out.push("store".to_owned());
+    }
     if running.dns.listen != new.dns.listen {
         out.push("dns.listen".to_owned());
     }
