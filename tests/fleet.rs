@@ -208,7 +208,7 @@ fn a_name_is_held_by_one_live_node_and_nodes_that_differ_are_reported() {
     // Killed (no goodbye to the database), the name is free again at once.
     first.stop();
     let started = Instant::now();
-    let a = Server::start_with(twin);
+    let a = Server::start_logging(twin);
     assert!(
         started.elapsed() < Duration::from_secs(20),
         "the name came free after {:?}",
@@ -291,4 +291,43 @@ fn a_name_is_held_by_one_live_node_and_nodes_that_differ_are_reported() {
     b.get_until("/v1/nodes", "node-b lists node-a as the same", |n| {
         listed(n, "node-a")["matches"] == true
     });
+
+    // node-a's connection is cut and another session takes its name (as a
+    // node started meanwhile would): node-a says so, and claims its name
+    // again once it is free.
+    let key = mgnt::fleet::compare::lock_key("node-a");
+    let (high, low) = ((key as u64 >> 32) as u32, key as u32);
+    let held = |n: u8| {
+        move |m: &Value| {
+            m.as_str()
+                .is_some_and(|m| m.contains(&format!("mgnt_node_name_held {n}")))
+        }
+    };
+    let logged = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !a.log().contains(what) {
+            assert!(Instant::now() < deadline, "{what}: {}", a.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    std::thread::scope(|s| {
+        // Longer than node-a's wait for its name (5 s, after a second).
+        s.spawn(|| {
+            pg.psql(
+                "mgnt",
+                &format!(
+                    "BEGIN; SELECT pg_terminate_backend(pid) FROM pg_locks \
+                     WHERE locktype = 'advisory' AND objsubid = 1 \
+                     AND classid = '{high}'::oid AND objid = '{low}'::oid; \
+                     UPDATE nodes SET started = 1 WHERE name = 'node-a'; COMMIT; \
+                     SELECT pg_advisory_lock({key}); SELECT pg_sleep(9)"
+                ),
+            )
+        });
+        a.get_until("/metrics", "node-a without its name", held(0));
+        logged("another node took this node's name");
+    });
+    a.get_until("/metrics", "node-a holds its name again", held(1));
+    logged("this node holds its name again");
+    assert_eq!(answer_for_belgium(&a).as_deref(), Some("europe1"));
 }

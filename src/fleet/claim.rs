@@ -61,13 +61,37 @@ pub struct Me {
 #[derive(Debug, thiserror::Error)]
 pub enum ClaimError {
     #[error(
-        "node name `{name}` is held by another live node on this database{other}: give this node a name of its own ([node] name) or stop the other node (a node on a machine that vanished releases its name about 25 s later, when the database drops its connection)"
+        "node name `{name}` is held by another live node on this database{}: give this node a name of its own ([node] name) or stop the other node (a node on a machine that vanished releases its name about 25 s later, when the database drops its connection)",
+        holder.as_ref().map(|h| format!(" ({h})")).unwrap_or_default()
     )]
-    Taken { name: String, other: String },
+    Taken {
+        name: String,
+        holder: Option<Holder>,
+    },
     #[error("claiming the node name: {0}")]
     Db(#[from] DbError),
     #[error("claiming the node name: the database did not answer within {0:?}")]
     Silent(Duration),
+}
+
+/// What the row of a name's holder says of it.
+#[derive(Debug)]
+pub struct Holder {
+    /// Seconds since 1970.
+    pub started: u64,
+    pub version: String,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let started = std::time::UNIX_EPOCH + Duration::from_secs(self.started);
+        write!(
+            f,
+            "mgnt {}, started {}",
+            self.version,
+            humantime::format_rfc3339_seconds(started)
+        )
+    }
 }
 
 impl From<tokio_postgres::Error> for ClaimError {
@@ -100,7 +124,7 @@ pub async fn claim(db: &Db, me: &Me, hash: &str) -> Result<Claim, ClaimError> {
         }
         return Err(ClaimError::Taken {
             name: me.name.clone(),
-            other: holder(&client, &me.name).await,
+            holder: holder(&client, &me.name).await,
         });
     }
     client.batch_execute("SET lock_timeout = 0").await?;
@@ -110,25 +134,18 @@ pub async fn claim(db: &Db, me: &Me, hash: &str) -> Result<Claim, ClaimError> {
 }
 
 /// What the row of the node holding `name` says of it, for the refusal.
-async fn holder(client: &Client, name: &str) -> String {
+async fn holder(client: &Client, name: &str) -> Option<Holder> {
     let row = client
         .query_opt(
             "SELECT started, version FROM nodes WHERE name = $1",
             &[&name],
         )
-        .await;
-    match row {
-        Ok(Some(row)) => {
-            let started =
-                std::time::UNIX_EPOCH + Duration::from_secs(row.get::<_, i64>(0).max(0) as u64);
-            format!(
-                " (mgnt {}, started {})",
-                row.get::<_, String>(1),
-                humantime::format_rfc3339_seconds(started)
-            )
-        }
-        _ => String::new(),
-    }
+        .await
+        .ok()??;
+    Some(Holder {
+        started: row.get::<_, i64>(0).max(0) as u64,
+        version: row.get(1),
+    })
 }
 
 /// Writes this node's row (now its last heartbeat) and tells the others.
@@ -188,52 +205,56 @@ pub async fn nodes(client: &Client) -> Result<Vec<Node>, tokio_postgres::Error> 
 /// reloads, the other nodes compared; the name claimed again whenever the
 /// connection had to be made again.
 pub async fn keep(db: Db, first: Claim, me: Me, reader: Reader, view: Arc<View>) {
-    let mut claim = Some(first);
+    let mut claim = first;
     let mut seen = Differences::default();
-    let mut backoff = Duration::from_secs(1);
-    let mut taken_said = false;
     loop {
-        let held = match claim.take() {
-            Some(c) => c,
-            None => {
-                let hash = reader.load().data.config_hash.to_string();
-                match claim_again(&db, &me, &hash).await {
-                    Ok(c) => {
-                        if taken_said {
-                            info!("this node holds its name again");
-                        }
-                        taken_said = false;
-                        backoff = Duration::from_secs(1);
-                        c
-                    }
-                    Err(ClaimError::Taken { other, .. }) => {
-                        if !taken_said {
-                            error!(
-                                holder = %other.trim(),
-                                "another node took this node's name while it was away from the database: two nodes now answer under one name; stop one of them or rename it"
-                            );
-                        }
-                        taken_said = true;
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
-                        continue;
-                    }
-                    Err(ClaimError::Db(_) | ClaimError::Silent(_)) => {
-                        // The database is away: the state store says so.
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
-                        continue;
-                    }
-                }
-            }
-        };
         view.held.store(true, Relaxed);
-        if let Err(error) = hold(held, &me, &reader, &view, &mut seen).await {
+        if let Err(error) = hold(claim, &me, &reader, &view, &mut seen).await {
             warn!(%error, "lost the connection holding this node's name; claiming it again");
         }
         view.held.store(false, Relaxed);
         // A connection that fails as soon as it is made is not made again at once.
         tokio::time::sleep(Duration::from_secs(1)).await;
+        claim = reclaim(&db, &me, &reader).await;
+    }
+}
+
+/// Claims the name again, as often as it takes; says once if another
+/// node holds it meanwhile.
+async fn reclaim(db: &Db, me: &Me, reader: &Reader) -> Claim {
+    let mut backoff = Duration::from_secs(1);
+    let mut said = false;
+    loop {
+        let hash = reader.load().data.config_hash.to_string();
+        match claim_again(db, me, &hash).await {
+            Ok(claim) => {
+                if said {
+                    info!("this node holds its name again");
+                }
+                return claim;
+            }
+            // Our own row: the database has not yet dropped the connection
+            // this node lost (a network cut rather than a restart).
+            Err(ClaimError::Taken { holder, .. })
+                if !said && holder.as_ref().is_some_and(|h| h.started == me.started) =>
+            {
+                said = true;
+                warn!(
+                    "the database still holds this node's previous connection; claiming the name again once it drops it"
+                );
+            }
+            Err(ClaimError::Taken { holder, .. }) if !said => {
+                said = true;
+                error!(
+                    holder = %holder.map(|h| h.to_string()).unwrap_or_default(),
+                    "another node took this node's name while it was away from the database: two nodes now answer under one name; stop one of them or rename it"
+                );
+            }
+            // Said already, or the database is away (the state store says so).
+            Err(_) => {}
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
 }
 
