@@ -31,7 +31,7 @@ use crate::{
 
 /// How often a node writes its `last_seen` and reads the others' rows
 /// (besides the notifications, which come at once).
-pub const HEARTBEAT: Duration = Duration::from_secs(10);
+const HEARTBEAT: Duration = Duration::from_secs(10);
 /// How often the loaded config hash is compared with the one published: a
 /// reload reaches the other nodes within this.
 const HASH_LOOK: Duration = Duration::from_secs(1);
@@ -46,7 +46,8 @@ const STATEMENT: Duration = Duration::from_secs(15);
 /// idle + interval × count seconds.
 const KEEPALIVES: &str = "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; \
      SET tcp_keepalives_count = 3";
-/// Told on every change of a node's row.
+/// Told when a node claims its name or changes its config hash (not at
+/// every heartbeat: each node would read every other's rows each time).
 const CHANNEL: &str = "mgnt_nodes";
 
 /// What this node says of itself.
@@ -128,7 +129,7 @@ pub async fn claim(db: &Db, me: &Me, hash: &str) -> Result<Claim, ClaimError> {
         });
     }
     client.batch_execute("SET lock_timeout = 0").await?;
-    write_row(&client, me, hash).await?;
+    write_row(&client, me, hash, true).await?;
     client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
     Ok(Claim { client, messages })
 }
@@ -148,8 +149,14 @@ async fn holder(client: &Client, name: &str) -> Option<Holder> {
     })
 }
 
-/// Writes this node's row (now its last heartbeat) and tells the others.
-async fn write_row(client: &Client, me: &Me, hash: &str) -> Result<(), tokio_postgres::Error> {
+/// Writes this node's row (now its last heartbeat); tells the others if
+/// `news`.
+async fn write_row(
+    client: &Client,
+    me: &Me,
+    hash: &str,
+    news: bool,
+) -> Result<(), tokio_postgres::Error> {
     let now = crate::clock::now() as i64;
     client
         .execute(
@@ -160,9 +167,11 @@ async fn write_row(client: &Client, me: &Me, hash: &str) -> Result<(), tokio_pos
             &[&me.name, &(me.started as i64), &now, &hash, &me.version],
         )
         .await?;
-    client
-        .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &me.name])
-        .await?;
+    if news {
+        client
+            .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &me.name])
+            .await?;
+    }
     Ok(())
 }
 
@@ -310,7 +319,7 @@ async fn hold(
             }
         };
         if write {
-            within(write_row(&client, me, &hash)).await?;
+            within(write_row(&client, me, &hash, hash != published)).await?;
             published = hash.clone();
         }
         let nodes = within(nodes(&client)).await?;
