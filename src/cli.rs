@@ -63,13 +63,14 @@ pub fn check_config(config: &Path) -> Result<String, CliError> {
     let db = data.maps.db();
     let (orders, classes) = data.maps.counts();
     Ok(format!(
-        "{}: ok ({} zones, {} geo names, {} regions, GeoIP {} built {}, {orders} region orders for {classes} client classes)",
+        "{}: ok ({} zones, {} geo names, {} regions, GeoIP {} built {}, {orders} region orders for {classes} client classes; config hash {})",
         config.display(),
         data.zones.zones.len(),
         data.geo.len(),
         data.config.regions.len(),
         db.database_type(),
         db.build_epoch(),
+        data.config_hash,
     ))
 }
 
@@ -111,6 +112,43 @@ pub fn drain(
 /// `mgnt undrain`.
 pub fn undrain(config: &Path, region: &str) -> Result<Value, CliError> {
     Ok(client(config)?.post(&format!("/v1/regions/{region}/undrain"), None)?)
+}
+
+/// `mgnt nodes`: the nodes on the server's database, one line each.
+pub fn nodes(config: &Path) -> Result<String, CliError> {
+    Ok(nodes_text(&client(config)?.get("/v1/nodes")?))
+}
+
+/// `GET /v1/nodes`'s answer as lines, times in RFC 3339.
+fn nodes_text(listed: &Value) -> String {
+    let time = |v: &Value| {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(v.as_u64().unwrap_or(0));
+        humantime::format_rfc3339_seconds(at).to_string()
+    };
+    let text = |v: &Value| v.as_str().unwrap_or("?").to_owned();
+    let mut out = String::new();
+    for node in listed["nodes"].as_array().into_iter().flatten() {
+        let state = if node["live"] == true { "live" } else { "gone" };
+        let hash = if node["matches"] == true {
+            "same"
+        } else {
+            "differs"
+        };
+        out += &format!(
+            "{} {state} config {} ({hash}) mgnt {} started {} last seen {}{}\n",
+            text(&node["name"]),
+            text(&node["config_hash"]),
+            text(&node["version"]),
+            time(&node["started"]),
+            time(&node["last_seen"]),
+            if node["this"] == true {
+                " (this node)"
+            } else {
+                ""
+            },
+        );
+    }
+    out
 }
 
 fn provision(cfg: &Config) -> Result<&ProvisionConfig, CliError> {
@@ -245,4 +283,24 @@ pub fn auth_verify(config: &Path, file: &Path) -> Result<bool, CliError> {
     });
     let answer = client.post("/hook/v1/verify", Some(body))?;
     Ok(answer["ok"] == serde_json::Value::Bool(true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_are_listed_one_line_each_with_rfc3339_times() {
+        let listed = json!({"node": "ns1", "config_hash": "00ff", "nodes": [
+            {"name": "ns1", "live": true, "matches": true, "this": true, "config_hash": "00ff",
+             "version": "0.1.0", "started": 1_750_000_000u64, "last_seen": 1_750_000_060u64},
+            {"name": "ns2", "live": false, "matches": false, "this": false, "config_hash": "11ee",
+             "version": "0.1.0", "started": 1_749_000_000u64, "last_seen": 1_749_000_010u64},
+        ]});
+        assert_eq!(
+            nodes_text(&listed),
+            "ns1 live config 00ff (same) mgnt 0.1.0 started 2025-06-15T15:06:40Z last seen 2025-06-15T15:07:40Z (this node)\n\
+             ns2 gone config 11ee (differs) mgnt 0.1.0 started 2025-06-04T01:20:00Z last seen 2025-06-04T01:20:10Z\n"
+        );
+    }
 }

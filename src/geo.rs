@@ -155,6 +155,23 @@ impl GeoDb {
         &self.reader.metadata().database_type
     }
 
+    /// SHA-256 of the database's bytes (the file it serves from, mapped
+    /// again) and of the centroid table: which data this node locates by.
+    pub fn digest(&self) -> Result<[u8; 32], GeoError> {
+        let bytes = map(&self.file).map_err(|source| GeoError::Open {
+            file: self.path.clone(),
+            source,
+        })?;
+        let mut cx = ring::digest::Context::new(&ring::digest::SHA256);
+        cx.update(&bytes);
+        let mut centroids: Vec<_> = self.centroids.iter().collect();
+        centroids.sort_unstable_by_key(|(code, _)| **code);
+        cx.update(format!("\n{centroids:?}").as_bytes());
+        let mut sum = [0; 32];
+        sum.copy_from_slice(cx.finish().as_ref());
+        Ok(sum)
+    }
+
     /// Locates `ip` (decoding its record). Never fails: a broken record only
     /// leaves the client unlocated.
     pub fn locate(&self, ip: IpAddr) -> Location {

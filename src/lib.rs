@@ -30,10 +30,13 @@
 //! - [`tunnels`]: provisioning: username codec, CGNAT pool, RouterOS and OpenVPN
 //!   files, SQLite store.
 //! - [`vpnlog`]: OpenVPN log ingestion: syslog, management interface, status files.
+//! - [`fleet`]: nodes on one database: each claims its name, publishes its
+//!   config hash (config, zones, GeoIP data), and compares it with the others'.
 //! - [`server`]: `mgnt serve`: starts everything, signals.
 //! - [`store_migrate`]: `mgnt store migrate`: a single machine's stores copied
 //!   into the `[store]` database.
 //! - [`cli`]: the other commands of the command line.
+//! - [`logging`]: log lines (RFC 3339 times, the node's name for `mgnt serve`).
 
 pub mod admin;
 pub mod agent;
@@ -44,10 +47,12 @@ pub mod dns;
 pub mod durable;
 pub mod edge;
 pub mod explain;
+pub mod fleet;
 pub mod geo;
 pub mod health;
 pub mod listen;
 pub mod locate;
+pub mod logging;
 pub mod management;
 pub mod metrics;
 pub mod pg;

@@ -46,6 +46,9 @@ enum Command {
     Undrain { region: String },
     /// Show every region's health, drain and answer counts.
     Status,
+    /// Show the nodes on the server's database: live or gone, config hash
+    /// (same as the server's or not), version, times.
+    Nodes,
     /// Provisioning: sites and their tunnels.
     Site {
         #[command(subcommand)]
@@ -134,12 +137,11 @@ fn print(v: &serde_json::Value) -> Result<()> {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let node = match cli.command {
+        Command::Serve => mgnt::logging::node_name(&cli.config),
+        _ => None,
+    };
+    mgnt::logging::init(node);
     let config = cli.config;
     match cli.command {
         Command::Serve => {
@@ -169,6 +171,7 @@ fn main() -> Result<()> {
         )?)?,
         Command::Undrain { region } => print(&cli::undrain(&config, &region)?)?,
         Command::Status => print(&cli::client(&config)?.get("/v1/regions")?)?,
+        Command::Nodes => print!("{}", cli::nodes(&config)?),
         Command::Site { action } => site(&config, action)?,
         Command::Store {
             action:

@@ -182,6 +182,16 @@ const MIGRATIONS: &[&str] = &[
     // the region only while it is recent. A row written before, or by a
     // build that does not set it, dates from 1970: no vote.
     "ALTER TABLE health ADD COLUMN reported timestamptz NOT NULL DEFAULT 'epoch';",
+    // 6: the nodes that ran on this database, each under its [node] name (a
+    // live node also holds its name's advisory lock): when it started, its
+    // last heartbeat, its config hash and mgnt version.
+    "CREATE TABLE nodes (
+         name text PRIMARY KEY,
+         started bigint NOT NULL,
+         last_seen bigint NOT NULL,
+         config_hash text NOT NULL,
+         version text NOT NULL
+     );",
 ];
 
 /// Serializes migrations between nodes starting at once.
@@ -258,6 +268,11 @@ impl Db {
         }
         pg.application_name("mgnt");
         pg.connect_timeout(std::time::Duration::from_secs(10));
+        // A database machine that vanished is noticed in about half a minute
+        // rather than the kernel's two hours.
+        pg.keepalives_idle(std::time::Duration::from_secs(15));
+        pg.keepalives_interval(std::time::Duration::from_secs(5));
+        pg.keepalives_retries(3);
         let tls = match &config.tls {
             StoreTls::Disable => None,
             StoreTls::Require { ca } => {

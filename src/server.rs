@@ -9,6 +9,7 @@ use crate::{
     admin::{self, auth::Tokens},
     config::Config,
     dns::{LoadError, answer::Responder},
+    fleet::{Claim, ClaimError, Fleet, Me},
     listen,
     pg::Db,
     state::{
@@ -43,29 +44,35 @@ pub enum ServeError {
     Routers(#[from] crate::routers::RoutersError),
     #[error("[store]: {0}")]
     Store(#[from] crate::pg::DbError),
+    #[error(transparent)]
+    Name(#[from] ClaimError),
 }
 
 /// Where region state lives: the database every node shares (`[store]`),
 /// or the state file and audit log of a single machine.
-/// With `[store]`, also whether the database answers.
-fn state_store(config: &Config, db: Option<&Db>) -> StateStoreAndReach {
-    let Some(db) = db else {
-        let files = FileStore {
+fn state_store(config: &Config, db: Option<&Db>) -> Box<dyn StateStore> {
+    let (Some(store), Some(db)) = (&config.store, db) else {
+        return Box::new(FileStore {
             state_file: config.health.state_file.clone(),
             audit_log: config.api.audit_log.clone(),
-        };
-        return (Box::new(files), None);
+        });
     };
-    info!(node = %config.node.name, "region state in the shared database");
-    let reread = config
-        .store
-        .as_ref()
-        .map_or(std::time::Duration::from_secs(30), |s| s.reread_interval);
-    let store = PgStore::start(db.clone(), config.node.name.clone(), reread);
-    (Box::new(store), Some(db.reach.clone()))
+    info!("region state in the shared database");
+    let node = config.node.name.clone();
+    Box::new(PgStore::start(db.clone(), node, store.reread_interval))
 }
 
-type StateStoreAndReach = (Box<dyn StateStore>, Option<Arc<crate::pg::Reach>>);
+/// With `[store]`: the database, this node's name claimed in it (refused
+/// if a live node holds it).
+async fn join(config: &Config, me: &Me, hash: &str) -> Result<Option<(Db, Claim)>, ServeError> {
+    let Some(store) = &config.store else {
+        return Ok(None);
+    };
+    let db = Db::open(store).await?;
+    let claim = crate::fleet::claim::claim(&db, me, hash).await?;
+    info!("this node's name is claimed in the shared database");
+    Ok(Some((db, claim)))
+}
 
 /// Opens the tunnel store, if provisioning is on: in the shared database
 /// with `[store]`, else in `[provision] data_dir`. A store that cannot open
@@ -140,14 +147,28 @@ pub async fn run(config_path: PathBuf) -> Result<(), ServeError> {
     if let admin::auth::Origin::Created(file) = origin {
         info!(file = %file.display(), "created an admin API token");
     }
-    let db = match &config.store {
-        Some(store) => Some(Db::open(store).await?),
-        None => None,
+    let me = Me {
+        name: config.node.name.clone(),
+        started: state::now(),
+        version: env!("CARGO_PKG_VERSION"),
     };
-    let (store, reach) = state_store(&config, db.as_ref());
+    let hash = data.config_hash.to_string();
+    info!(config_hash = %hash, version = %me.version, "configuration loaded");
+    let joined = join(&config, &me, &hash).await?;
+    let db = joined.as_ref().map(|(db, _)| db.clone());
+    let store = state_store(&config, db.as_ref());
     let tunnels = open_store(&config, db.as_ref()).await;
     let (mut state, mut owner) =
         state::start(data, config_path, store, true, state::system_clock()).await;
+    let fleet = Arc::new(Fleet {
+        me: me.clone(),
+        db: joined.as_ref().map(|(db, _)| db.clone()),
+        view: Arc::default(),
+    });
+    if let Some((db, claim)) = joined {
+        let (reader, view) = (state.reader(), fleet.view.clone());
+        tokio::spawn(crate::fleet::claim::keep(db, claim, me, reader, view));
+    }
     if let Some(tunnels) = tunnels.clone() {
         let check = move |c: &Config| crate::tunnels::pool_holds(tunnels.as_ref(), c);
         state = state.with_reload_check(Arc::new(check));
@@ -189,7 +210,8 @@ pub async fn run(config_path: PathBuf) -> Result<(), ServeError> {
         routers: routers.clone(),
         api_edge: Arc::new(crate::edge::EdgeCounters::default()),
         exporter,
-        store: reach,
+        store: fleet.db.as_ref().map(|db| db.reach.clone()),
+        fleet,
     };
     let tokens = admin::AllTokens {
         admin: tokens,
@@ -251,8 +273,7 @@ async fn signals(
                     error!(%error, "admin API certificate not reloaded; the old one stays");
                 }
                 match state.reload("SIGHUP").await {
-                    Ok(report) => info!(?report, "reloaded"),
-                    Err(StateError::Load(_)) => {} // logged by the owner
+                    Ok(_) | Err(StateError::Load(_)) => {} // logged by the owner
                     Err(error) => error!(%error, "reload failed"),
                 }
             }

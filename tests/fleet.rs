@@ -1,8 +1,16 @@
 //! Several `mgnt serve` nodes on one PostgreSQL database (`[store]`): a drain
-//! made on one reaches the others by notification, and outlives a restart.
-//! Root only: the throwaway PostgreSQL cluster runs as the `postgres` user.
+//! made on one reaches the others by notification, and outlives a restart;
+//! a name is held by one live node at a time; nodes that load different
+//! configurations are reported. Root only: the throwaway PostgreSQL cluster
+//! runs as the `postgres` user.
 
 mod common;
+
+use std::{
+    io::Read,
+    process::Stdio,
+    time::{Duration, Instant},
+};
 
 use common::{pg::Postgres, *};
 use hickory_proto::rr::RecordType;
@@ -10,6 +18,11 @@ use serde_json::{Value, json};
 
 /// Node `name` on `pg`'s database; the full re-read at `reread`.
 fn node(pg: &Postgres, name: &str, reread: &str) -> Server {
+    Server::start_with(fixture(pg, name, reread))
+}
+
+/// The files of node `name` on `pg`'s database.
+fn fixture(pg: &Postgres, name: &str, reread: &str) -> Fixture {
     let fixture = Fixture::new();
     let password = fixture.path("db.password");
     fixture.write_config(
@@ -17,7 +30,7 @@ fn node(pg: &Postgres, name: &str, reread: &str) -> Server {
             + &format!("\n[node]\nname = \"{name}\"\n")
             + &pg.store_toml(&password, reread)),
     );
-    Server::start_with(fixture)
+    fixture
 }
 
 fn drain_of(regions: &Value, name: &str) -> Value {
@@ -186,6 +199,45 @@ fn agent_credentials(node: &Server, query: &str) -> Value {
         .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stdout)))
 }
 
+/// Runs `mgnt serve` on `fixture`, which must refuse to start: what it said.
+fn refused(fixture: &Fixture) -> String {
+    let mut child = mgnt()
+        .args(["serve", "--config"])
+        .arg(fixture.config())
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut said = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut said)
+                .unwrap();
+            assert!(!status.success(), "{said}");
+            return said;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("a node under a name another live node holds still runs");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Node `name`'s entry in a `GET /v1/nodes` answer.
+fn listed<'a>(nodes: &'a Value, name: &str) -> &'a Value {
+    nodes["nodes"]
+        .as_array()
+        .and_then(|all| all.iter().find(|n| n["name"] == name))
+        .unwrap_or(&Value::Null)
+}
+
 #[test]
 #[ignore = "needs root (runs a PostgreSQL cluster as the postgres user); scripts/test runs it as root"]
 fn sites_made_on_two_nodes_share_one_pool_survive_a_killed_node_and_reach_the_other_nodes_agents() {
@@ -309,4 +361,151 @@ fn sites_made_on_two_nodes_share_one_pool_survive_a_killed_node_and_reach_the_ot
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+}
+
+#[test]
+#[ignore = "needs root (runs a PostgreSQL cluster as the postgres user); scripts/test runs it as root"]
+fn a_name_is_held_by_one_live_node_and_nodes_that_differ_are_reported() {
+    let pg = Postgres::start();
+    let mut first = node(&pg, "node-a", "1h");
+    // Every node loads one GeoIP file (the generated one carries its build time).
+    let geoip = first.fixture.path("test-city.mmdb");
+    let same_geoip = |f: &Fixture| std::fs::copy(&geoip, f.path("test-city.mmdb")).unwrap();
+
+    // A second node under a live node's name is refused, and told why.
+    let twin = fixture(&pg, "node-a", "1h");
+    same_geoip(&twin);
+    let said = refused(&twin);
+    assert!(
+        said.contains("node name `node-a` is held by another live node")
+            && said.contains("[node] name"),
+        "{said}"
+    );
+    assert!(first.is_running());
+
+    // Killed (no goodbye to the database), the name is free again at once.
+    first.stop();
+    let started = Instant::now();
+    let a = Server::start_logging(twin);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the name came free after {:?}",
+        started.elapsed()
+    );
+
+    // A node whose geo TTL differs: each reports the other.
+    let other = fixture(&pg, "node-b", "1h");
+    same_geoip(&other);
+    let same_config = std::fs::read_to_string(other.config()).unwrap();
+    other.write_config(&same_config.replacen("ttl = 60", "ttl = 61", 1));
+    let b = Server::start_logging(other);
+    let m = a.get_until("/metrics", "node-a sees node-b differ", |m| {
+        m.as_str()
+            .is_some_and(|m| m.contains("mgnt_nodes_config_differing 1"))
+    });
+    let m = m.as_str().unwrap();
+    assert!(
+        m.contains("mgnt_nodes_live 2") && m.contains("mgnt_node_name_held 1"),
+        "{m}"
+    );
+    let nodes = b.get_until("/v1/nodes", "node-b lists node-a as differing", |n| {
+        listed(n, "node-a")["live"] == true && listed(n, "node-a")["matches"] == false
+    });
+    let (ours, theirs) = (
+        listed(&nodes, "node-b")["config_hash"].as_str().unwrap(),
+        listed(&nodes, "node-a")["config_hash"].as_str().unwrap(),
+    );
+    assert_eq!(nodes["config_hash"], ours, "{nodes:#}");
+    assert!(
+        m.contains(&format!("mgnt_config_info{{hash=\"{theirs}\"}} 1")),
+        "{m}"
+    );
+    let me = listed(&nodes, "node-b");
+    assert_eq!((&me["this"], &me["matches"]), (&json!(true), &json!(true)));
+    assert!(me["last_seen"].as_u64() >= me["started"].as_u64(), "{me}");
+    assert_eq!(
+        nodes["nodes"].as_array().map(Vec::len),
+        Some(2),
+        "{nodes:#}"
+    );
+    // The log names both nodes and both hashes, once.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let differs = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("differ from another live node"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    while differs(&b.log()).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let lines = differs(&b.log());
+    assert_eq!(lines.len(), 1, "{}", b.log());
+    for part in [
+        "node=node-b ",
+        "other_node=node-a",
+        &format!("config_hash={ours}"),
+        &format!("other_config_hash={theirs}"),
+    ] {
+        assert!(lines[0].contains(part), "{part}: {}", lines[0]);
+    }
+    let out = b.cli(&["nodes"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("node-a live config {theirs} (differs)")),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // node-b reloads node-a's configuration: they agree again.
+    b.fixture.write_config(&same_config);
+    let (status, body) = b.post("/v1/reload", None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["report"]["config_hash"], theirs, "{body}");
+    a.get_until("/metrics", "node-a sees node-b agree", |m| {
+        m.as_str()
+            .is_some_and(|m| m.contains("mgnt_nodes_config_differing 0"))
+    });
+    b.get_until("/v1/nodes", "node-b lists node-a as the same", |n| {
+        listed(n, "node-a")["matches"] == true
+    });
+
+    // node-a's connection is cut and another session takes its name (as a
+    // node started meanwhile would): node-a says so, and claims its name
+    // again once it is free.
+    let key = mgnt::fleet::compare::lock_key("node-a");
+    let (high, low) = ((key as u64 >> 32) as u32, key as u32);
+    let held = |n: u8| {
+        move |m: &Value| {
+            m.as_str()
+                .is_some_and(|m| m.contains(&format!("mgnt_node_name_held {n}")))
+        }
+    };
+    let logged = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !a.log().contains(what) {
+            assert!(Instant::now() < deadline, "{what}: {}", a.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    std::thread::scope(|s| {
+        // Longer than node-a's wait for its name (5 s, after a second).
+        s.spawn(|| {
+            pg.psql(
+                "mgnt",
+                &format!(
+                    "BEGIN; SELECT pg_terminate_backend(pid) FROM pg_locks \
+                     WHERE locktype = 'advisory' AND objsubid = 1 \
+                     AND classid = '{high}'::oid AND objid = '{low}'::oid; \
+                     UPDATE nodes SET started = 1 WHERE name = 'node-a'; COMMIT; \
+                     SELECT pg_advisory_lock({key}); SELECT pg_sleep(9)"
+                ),
+            )
+        });
+        a.get_until("/metrics", "node-a without its name", held(0));
+        logged("another node took this node's name");
+    });
+    a.get_until("/metrics", "node-a holds its name again", held(1));
+    logged("this node holds its name again");
+    assert_eq!(answer_for_belgium(&a).as_deref(), Some("europe1"));
 }

@@ -28,6 +28,7 @@ pub fn render(cx: &Context) -> String {
         "mgnt_node_info{{node=\"{}\"}} 1",
         crate::metrics::escape(&data.config.node.name)
     );
+    fleet(&mut out, cx, data.config_hash.as_str());
     cx.responder.queries.render(&mut out);
 
     help(
@@ -292,6 +293,42 @@ fn region_families(out: &mut String, regions: &[RegionStatus]) {
                 let _ = writeln!(out, "{name}{{region=\"{region}\"}} {value}");
             }
         }
+    }
+}
+
+/// The config hash, and with `[store]` what this node found of the others.
+fn fleet(out: &mut String, cx: &Context, hash: &str) {
+    help(
+        out,
+        "mgnt_config_info",
+        "gauge",
+        "The config hash (shared configuration, zones, GeoIP data): equal on nodes that answer alike.",
+    );
+    let _ = writeln!(out, "mgnt_config_info{{hash=\"{}\"}} 1", escape(hash));
+    if cx.fleet.db.is_none() {
+        return;
+    }
+    let view = &cx.fleet.view;
+    let gauges = [
+        (
+            "mgnt_node_name_held",
+            "1 while this node holds its [node] name in the database (0: it lost the connection, or another node took the name).",
+            u64::from(cx.fleet.holds_name()),
+        ),
+        (
+            "mgnt_nodes_live",
+            "Live nodes on the database, this one included, as last read.",
+            view.live.load(Relaxed),
+        ),
+        (
+            "mgnt_nodes_config_differing",
+            "Other live nodes whose config hash differs from this node's.",
+            view.differing.load(Relaxed),
+        ),
+    ];
+    for (name, text, value) in gauges {
+        help(out, name, "gauge", text);
+        let _ = writeln!(out, "{name} {value}");
     }
 }
 

@@ -1,4 +1,4 @@
-//! The admin HTTP API: regions, drains, explain, reload, metrics.
+//! The admin HTTP API: regions, drains, explain, reload, metrics, nodes.
 //!
 //! JSON under `/v1`, bearer-token auth on everything but `GET /healthz`.
 //! The router is built from [`routes`], the same table the OpenAPI test
@@ -12,6 +12,7 @@ mod handlers;
 mod hook;
 mod logs;
 mod metrics_text;
+mod nodes;
 mod sites;
 
 use std::sync::Arc;
@@ -51,6 +52,8 @@ pub struct Context {
     pub api_edge: Arc<crate::edge::EdgeCounters>,
     /// Whether `[store]`'s database answers, when there is one.
     pub store: Option<Arc<crate::pg::Reach>>,
+    /// This node among the others on the database.
+    pub fleet: Arc<crate::fleet::Fleet>,
 }
 
 /// Shared by every handler.
@@ -86,6 +89,7 @@ pub fn routes() -> Vec<Route> {
         (Method::GET, "/v1/explain", get(handlers::explain)),
         (Method::POST, "/v1/reload", post(handlers::reload)),
         (Method::GET, "/metrics", get(handlers::metrics)),
+        (Method::GET, "/v1/nodes", get(nodes::list)),
         (Method::POST, "/v1/sites", post(sites::create)),
         (Method::PUT, "/v1/sites/{uuid}", put(sites::put)),
         (Method::GET, "/v1/sites/{uuid}", get(sites::get)),

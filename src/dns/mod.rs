@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use crate::{
     config::{Config, ConfigError},
+    fleet::{ConfigHash, config_hash},
     geo::{GeoDb, GeoError},
     locate::{Maps, MapsError},
     metrics::RegionCounters,
@@ -61,6 +62,9 @@ pub struct Data {
     /// Which load this is: per-thread caches compare it to know they are
     /// stale. The state owner numbers its loads; a fresh load is 0.
     pub generation: u64,
+    /// What every node of a fleet should load alike: `config`'s shared
+    /// part, the zones' records, the GeoIP data.
+    pub config_hash: ConfigHash,
 }
 
 impl Data {
@@ -70,6 +74,7 @@ impl Data {
         let zones = Zones::load(&config.dns.zones_dir)?;
         let geo = geo_names::build(&config, &zones)?;
         let geodb = GeoDb::open(&config.geoip.database, &config.geoip.centroids)?;
+        let config_hash = config_hash(&config, &zones.digest, &geodb.digest()?);
         let maps = Maps::build(&config, geodb).map_err(|source| LoadError::Maps {
             file: config.geoip.database.clone(),
             source,
@@ -82,6 +87,7 @@ impl Data {
             geo,
             counters,
             generation: 0,
+            config_hash,
         })
     }
 

@@ -59,6 +59,9 @@ pub struct ZoneInfo {
 pub struct Zones {
     pub catalog: Catalog,
     pub zones: Vec<ZoneInfo>,
+    /// SHA-256 of every zone's records in presentation form, sorted: equal
+    /// for zone files that differ only in comments, layout or order.
+    pub digest: [u8; 32],
     by_name: HashMap<LowerName, Vec<Record>>,
 }
 
@@ -69,8 +72,13 @@ impl Zones {
         let mut catalog = Catalog::new();
         let mut zones = Vec::new();
         let mut by_name: HashMap<LowerName, Vec<Record>> = HashMap::new();
+        let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
         for file in zone_files(dir)? {
             let (origin, records) = parse_file(&file)?;
+            for line in presentation(&origin, &records) {
+                digest.update(line.as_bytes());
+                digest.update(b"\n");
+            }
             let negative_soa = soa_of(&origin, &records).ok_or_else(|| ZoneError::Invalid {
                 file: file.clone(),
                 reason: format!("no SOA record at the origin {origin}"),
@@ -105,9 +113,12 @@ impl Zones {
                 negative_soa,
             });
         }
+        let mut sum = [0; 32];
+        sum.copy_from_slice(digest.finish().as_ref());
         Ok(Self {
             catalog,
             zones,
+            digest: sum,
             by_name,
         })
     }
@@ -214,6 +225,18 @@ fn error_line<T, E>(text: &str, parse: &dyn Fn(&str) -> Result<T, E>) -> usize {
     lo + 1
 }
 
+/// A zone in a canonical text: its origin, then each record in
+/// presentation form, sorted.
+fn presentation(origin: &Name, records: &ZoneRecords) -> Vec<String> {
+    let mut lines: Vec<String> = records
+        .values()
+        .flat_map(|set| set.records_without_rrsigs().map(ToString::to_string))
+        .collect();
+    lines.sort_unstable();
+    lines.insert(0, format!("$ORIGIN {origin}"));
+    lines
+}
+
 fn soa_of(origin: &Name, records: &ZoneRecords) -> Option<Record> {
     let set = records.get(&RrKey::new(LowerName::new(origin), RecordType::SOA))?;
     let mut soa = set.records_without_rrsigs().next()?.clone();
@@ -243,6 +266,18 @@ mod tests {
         assert_eq!(recs.len(), 3);
         let soa = soa_of(&o, &recs).unwrap();
         assert_eq!(soa.ttl, 60, "negative TTL is min(SOA TTL, minimum)");
+    }
+
+    #[test]
+    fn the_canonical_text_ignores_layout_and_keeps_every_value() {
+        let text = |zone: &str| {
+            let (o, recs) = parse_text(zone, Path::new("x.zone"), &origin()).unwrap();
+            presentation(&o, &recs)
+        };
+        let relaid = "; the same zone\n$TTL 300\nns1 A 192.0.2.1\n@ NS ns1 ; name server\n@ IN SOA ns1 hostmaster 1 7200 900 1209600 60\n";
+        assert_eq!(text(relaid), text(ZONE));
+        assert_ne!(text(&ZONE.replace("$TTL 300", "$TTL 600")), text(ZONE));
+        assert_ne!(text(&ZONE.replace("192.0.2.1", "192.0.2.2")), text(ZONE));
     }
 
     #[test]

@@ -181,6 +181,8 @@ impl Owner {
             }
         };
         if applied.reloaded && persisted.is_ok() {
+            let data = &self.data;
+            info!(generation = data.generation, config_hash = %data.config_hash, "reloaded");
             self.restart_probes();
         }
         self.publish(&requests, &applied, now);
@@ -322,10 +324,14 @@ impl Owner {
         let mut data = match loaded {
             Ok(d) => d,
             Err(e) => {
+                error!(by, error = %e, "reload refused; the previous data keeps serving");
                 audit.push(audit::Entry::new(now, by, "reload", format!("failed: {e}")));
                 return Err(StateError::Load(e));
             }
         };
+        let needs_restart = restart_only_changes(&self.started, &data.config);
+        // The name stays the one claimed at start, in DNS as in the database.
+        data.config.node = self.started.node.clone();
         self.loads += 1;
         data.generation = self.loads;
         data.inherit_counters(&self.data);
@@ -336,7 +342,8 @@ impl Owner {
             geo_names: data.geo.len(),
             regions: data.config.regions.len(),
             geoip_build_epoch: data.maps.db().build_epoch(),
-            needs_restart: restart_only_changes(&self.started, &data.config),
+            config_hash: data.config_hash.clone(),
+            needs_restart,
         };
         for key in &report.needs_restart {
             warn!(
@@ -444,6 +451,12 @@ impl Owner {
 
 fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
     let mut out = Vec::new();
+    if running.node != new.node {
+        out.push("node.name".to_owned());
+    }
+    if running.store != new.store {
+        out.push("store".to_owned());
+    }
     if running.dns.listen != new.dns.listen {
         out.push("dns.listen".to_owned());
     }

@@ -180,6 +180,7 @@ impl Exporter {
         mut announced: tokio::sync::watch::Receiver<u64>,
         mut seen: u64,
     ) {
+        let mut failing = false;
         loop {
             if announced.wait_for(|&seq| seq > seen).await.is_err() {
                 return;
@@ -188,12 +189,18 @@ impl Exporter {
             let changed = match tokio::task::spawn_blocking(move || s.credentials(seen)).await {
                 Ok(Ok(changed)) => changed,
                 Ok(Err(e)) => {
-                    error!(error = %e, "reading changed sites for the OpenVPN files failed; trying again");
+                    // Said once per outage, not at every try.
+                    if !std::mem::replace(&mut failing, true) {
+                        error!(error = %e, "reading changed sites for the OpenVPN files failed; trying again every second");
+                    }
                     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                     continue;
                 }
                 Err(_) => return,
             };
+            if std::mem::take(&mut failing) {
+                info!("the OpenVPN files follow the changed sites again");
+            }
             let usernames = changed.sites.iter().map(|c| &c.username);
             for site in usernames
                 .chain(&changed.deleted)

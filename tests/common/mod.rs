@@ -194,6 +194,8 @@ pub struct Server {
     pub fixture: Fixture,
     /// The network namespace it runs in, if not ours.
     pub netns: Option<String>,
+    /// Its log (`RUST_LOG=info`) goes to the fixture's `serve.log`.
+    logging: bool,
 }
 
 impl Server {
@@ -202,14 +204,25 @@ impl Server {
     }
 
     pub fn start_with(fixture: Fixture) -> Self {
-        Self::spawn(fixture, mgnt())
+        Self::spawn(fixture, mgnt(), false)
+    }
+
+    /// Starts the server with its log at level info appended to the
+    /// fixture's `serve.log` (read with [`Self::log`]).
+    pub fn start_logging(fixture: Fixture) -> Self {
+        Self::spawn(fixture, mgnt(), true)
+    }
+
+    /// What a server started by [`Self::start_logging`] has logged.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.fixture.path("serve.log")).unwrap_or_default()
     }
 
     /// Starts the server inside network namespace `netns` (needs root).
     pub fn start_in_netns(fixture: Fixture, netns: &str) -> Self {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", netns, env!("CARGO_BIN_EXE_mgnt")]);
-        let mut server = Self::spawn(fixture, cmd);
+        let mut server = Self::spawn(fixture, cmd, false);
         server.netns = Some(netns.to_owned());
         server
     }
@@ -232,7 +245,7 @@ impl Server {
                 c
             }
         };
-        let l = Self::launch(&self.fixture, cmd);
+        let l = Self::launch(&self.fixture, cmd, self.logging);
         (
             self.child,
             self.v4,
@@ -243,8 +256,8 @@ impl Server {
         ) = (l.child, l.v4, l.v6, l.api, l.syslog, l.routers);
     }
 
-    fn spawn(fixture: Fixture, cmd: Command) -> Self {
-        let l = Self::launch(&fixture, cmd);
+    fn spawn(fixture: Fixture, cmd: Command, logging: bool) -> Self {
+        let l = Self::launch(&fixture, cmd, logging);
         Self {
             child: l.child,
             v4: l.v4,
@@ -254,16 +267,27 @@ impl Server {
             routers: l.routers,
             fixture,
             netns: None,
+            logging,
         }
     }
 
-    fn launch(fixture: &Fixture, mut cmd: Command) -> Launched {
+    fn launch(fixture: &Fixture, mut cmd: Command, logging: bool) -> Launched {
+        let (level, stderr) = if logging {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(fixture.path("serve.log"))
+                .unwrap();
+            ("info", Stdio::from(log))
+        } else {
+            ("error", Stdio::inherit())
+        };
         let mut child = cmd
             .args(["serve", "--config"])
             .arg(fixture.config())
-            .env("RUST_LOG", "error")
+            .env("RUST_LOG", level)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
