@@ -61,6 +61,9 @@ const MIGRATIONS: &[&str] = &[
      );
      CREATE INDEX sites_by_seq ON sites (seq);
      CREATE TABLE released (address inet PRIMARY KEY, until bigint NOT NULL);
+     -- The next never-used address, as a number: nodes allocate from it
+     -- without waiting for each other (a sequence is never rolled back).
+     CREATE SEQUENCE site_cursor AS bigint MINVALUE 0 START 0;
      CREATE TABLE jobs (
          id uuid PRIMARY KEY,
          site uuid NOT NULL REFERENCES sites (uuid) ON DELETE CASCADE,

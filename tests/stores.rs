@@ -78,3 +78,50 @@ fn the_postgresql_stores_keep_every_promise_of_the_sqlite_stores() {
         check(&*store);
     }
 }
+
+#[test]
+#[ignore = "needs root (runs a PostgreSQL cluster as the postgres user); scripts/test runs it as root"]
+fn a_full_pool_reuses_only_what_waited_out_its_quarantine_and_a_renumber_moves_the_cursor() {
+    use mgnt::tunnels::store::StoreError;
+    let mut fresh = Fresh::new();
+    let keys = Arc::new(Keys::load_or_create(&fresh.dir.path().join("secret.key")).unwrap());
+    let small: ipnet::Ipv4Net = "100.64.0.0/29".parse().unwrap(); // .2 to .6
+    let lifetimes = store::conformance::LIFETIMES; // an hour's quarantine
+    let k = keys.clone();
+    let (store, db) = fresh.open(|db| {
+        let store = PgSiteStore::open(db.clone(), small, k, lifetimes);
+        (store, db)
+    });
+    let ids: Vec<uuid::Uuid> = (0..5).map(|_| uuid::Uuid::new_v4()).collect();
+    for id in &ids {
+        store.ensure(*id, 0).unwrap();
+    }
+    let full = store.ensure(uuid::Uuid::new_v4(), 0);
+    assert!(matches!(full, Err(StoreError::Pool(_))), "{full:?}");
+    let freed = store.get(ids[1]).unwrap().unwrap().address;
+    assert!(store.delete(ids[1], 0).unwrap());
+    let waiting = store.ensure(uuid::Uuid::new_v4(), 10);
+    assert!(
+        matches!(waiting, Err(StoreError::Pool(_))),
+        "quarantined: {waiting:?}"
+    );
+    let (reused, _) = store.ensure(uuid::Uuid::new_v4(), 3600).unwrap();
+    assert_eq!(reused.address, freed);
+
+    // Onto a new pool: every site moves, and new ones follow them.
+    let other: ipnet::Ipv4Net = "10.9.0.0/24".parse().unwrap();
+    let moved = fresh.rt.block_on(store.renumber(other, 4000)).unwrap();
+    assert_eq!(moved.len(), 5);
+    let to: std::collections::BTreeSet<String> = moved.iter().map(|m| m.to.to_string()).collect();
+    assert_eq!(to.len(), 5, "{to:?}");
+    assert!(moved.iter().all(|m| other.contains(&m.to)));
+    let moved_store = fresh
+        .rt
+        .block_on(async { PgSiteStore::open(db, other, keys, lifetimes) });
+    let (next, _) = moved_store.ensure(uuid::Uuid::new_v4(), 4001).unwrap();
+    assert_eq!(
+        next.address.to_string(),
+        "10.9.0.7",
+        "after the moved sites"
+    );
+}

@@ -43,8 +43,11 @@ use crate::{
 
 /// Where credential changes are announced (by the schema's triggers).
 const CHANNEL: &str = "mgnt_sites";
-/// Serializes address allocation between nodes (one transaction at a time).
+/// Serializes what allocation cannot do side by side: moving the cursor,
+/// looking for holes, renumbering.
 const ALLOCATION_LOCK: i64 = 0x6d67_6e74_0003;
+/// Tries at creating a site whose address another took meanwhile.
+const MAX_TRIES: usize = 8;
 /// Longest failure text kept from a router.
 const MAX_ERROR: usize = 500;
 /// How long the change follower waits before connecting again.
@@ -120,6 +123,7 @@ impl PgSiteStore {
             &[&first, &last],
         )
         .await?;
+        resync_cursor(&tx, net, true).await?;
         let outside = tx
             .query(
                 "SELECT uuid, address FROM sites WHERE NOT address BETWEEN $1 AND $2
@@ -282,37 +286,54 @@ impl PgSiteStore {
             secret: self.keys.new_secret()?,
             router_token: self.keys.new_secret()?,
         };
-        let tx = c.transaction().await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ALLOCATION_LOCK])
-            .await?;
-        // Another node may have created it while this one waited.
-        if let Some(site) = select_site(&tx, &uuid).await? {
-            return Ok((site, None));
+        // Nodes allocate without waiting for each other; an address taken
+        // meanwhile (the cursor resynchronised) is a conflict and another try.
+        for _ in 0..MAX_TRIES {
+            let tx = c.transaction().await?;
+            let address = allocate(&tx, self.net, now).await?;
+            let site = Site {
+                uuid,
+                username: username(&uuid),
+                address,
+                created: now,
+            };
+            let inserted = tx
+                .execute(
+                    "INSERT INTO sites (uuid, username, address, secret_hash, secret_applied, router_token_hash, created)
+                     VALUES ($1, $2, $3, $4, false, $5, $6)",
+                    &[
+                        &uuid,
+                        &site.username,
+                        &IpAddr::V4(address),
+                        &self.keys.digest(&created.secret),
+                        &self.keys.digest(&created.router_token),
+                        &secs(now),
+                    ],
+                )
+                .await;
+            match inserted.as_ref().map_err(conflict) {
+                Ok(_) => {}
+                Err(Some("sites_address_key")) => continue,
+                // Created by another request meanwhile: theirs stands.
+                Err(Some(_)) => {
+                    drop(tx);
+                    let site = select_site(&c, &uuid).await?;
+                    return site.map(|s| (s, None)).ok_or_else(|| {
+                        StoreError::Corrupt(format!("site {uuid} conflicted but is not there"))
+                    });
+                }
+                Err(None) => {
+                    inserted?;
+                }
+            }
+            self.insert_job(&tx, uuid, "install", &created.secret, now)
+                .await?;
+            tx.commit().await?;
+            return Ok((site, Some(created)));
         }
-        let address = allocate(&tx, self.net, now).await?;
-        let site = Site {
-            uuid,
-            username: username(&uuid),
-            address,
-            created: now,
-        };
-        tx.execute(
-            "INSERT INTO sites (uuid, username, address, secret_hash, secret_applied, router_token_hash, created)
-             VALUES ($1, $2, $3, $4, false, $5, $6)",
-            &[
-                &uuid,
-                &site.username,
-                &IpAddr::V4(address),
-                &self.keys.digest(&created.secret),
-                &self.keys.digest(&created.router_token),
-                &secs(now),
-            ],
-        )
-        .await?;
-        self.insert_job(&tx, uuid, "install", &created.secret, now)
-            .await?;
-        tx.commit().await?;
-        Ok((site, Some(created)))
+        Err(StoreError::Pg(format!(
+            "no free address after {MAX_TRIES} tries: every one was taken meanwhile"
+        )))
     }
 
     async fn verify_async(
@@ -782,16 +803,17 @@ fn bounds(net: Ipv4Net) -> Result<(IpAddr, IpAddr), StoreError> {
     Ok((at(2), at(size - 2)))
 }
 
-/// A free address of `net`, inside the caller's transaction (which holds
-/// [`ALLOCATION_LOCK`]): a released one whose quarantine is over, else the
-/// one after the highest ever taken, else a hole below it; the lowest first.
+/// A free address of `net` for the caller's transaction: a released one
+/// whose quarantine is over (the lowest no other transaction is taking),
+/// else the cursor's next never-used one, else — the cursor past the end —
+/// a hole below it. Only the last waits for other nodes.
 async fn allocate(tx: &impl GenericClient, net: Ipv4Net, now: u64) -> Result<Ipv4Addr, StoreError> {
     let (first, last) = bounds(net)?;
     let reused = tx
         .query_opt(
             "DELETE FROM released WHERE address = (
                  SELECT address FROM released WHERE until <= $1 AND address BETWEEN $2 AND $3
-                 ORDER BY address LIMIT 1)
+                 ORDER BY address LIMIT 1 FOR UPDATE SKIP LOCKED)
              RETURNING address",
             &[&secs(now), &first, &last],
         )
@@ -799,27 +821,24 @@ async fn allocate(tx: &impl GenericClient, net: Ipv4Net, now: u64) -> Result<Ipv
     if let Some(row) = reused {
         return v4(col(&row, 0)?);
     }
-    let mut top: Option<IpAddr> = None;
-    for table in ["sites", "released"] {
-        let sql = format!(
-            "SELECT address FROM {table} WHERE address BETWEEN $1 AND $2 ORDER BY address DESC LIMIT 1"
-        );
-        if let Some(row) = tx.query_opt(&sql, &[&first, &last]).await? {
-            top = top.max(Some(col(&row, 0)?));
+    for _ in 0..2 {
+        let next: IpAddr = col(
+            &tx.query_one("SELECT '0.0.0.0'::inet + nextval('site_cursor')", &[])
+                .await?,
+            0,
+        )?;
+        if next < first {
+            // A new pool, or a store filled by `mgnt store migrate`.
+            resync_cursor(tx, net, false).await?;
+            continue;
         }
+        if next <= last {
+            return v4(next);
+        }
+        break;
     }
-    let next = match top {
-        None => Some(first),
-        Some(IpAddr::V4(a)) => u32::from(a)
-            .checked_add(1)
-            .map(|n| IpAddr::V4(Ipv4Addr::from(n)))
-            .filter(|n| *n <= last),
-        Some(other) => return Err(StoreError::Corrupt(format!("address `{other}`"))),
-    };
-    if let Some(next) = next {
-        return v4(next);
-    }
-    // Every address above the highest is gone: look for a hole below it.
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ALLOCATION_LOCK])
+        .await?;
     let hole = tx
         .query_opt(
             "WITH taken AS (SELECT address AS a FROM sites UNION ALL SELECT address FROM released)
@@ -835,6 +854,40 @@ async fn allocate(tx: &impl GenericClient, net: Ipv4Net, now: u64) -> Result<Ipv
         Some(row) => v4(col(&row, 0)?),
         None => Err(PoolError::Exhausted(net).into()),
     }
+}
+
+/// Moves the cursor to the highest address `net` has taken (or just before
+/// its first): up only, unless `down` (a renumber onto another pool).
+async fn resync_cursor(
+    tx: &impl GenericClient,
+    net: Ipv4Net,
+    down: bool,
+) -> Result<(), StoreError> {
+    let (first, last) = bounds(net)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ALLOCATION_LOCK])
+        .await?;
+    tx.execute(
+        "SELECT setval('site_cursor', GREATEST(
+             CASE WHEN $3 THEN 0 ELSE (SELECT last_value FROM site_cursor) END,
+             $1::inet - '0.0.0.0'::inet - 1,
+             (SELECT max(address) - '0.0.0.0'::inet FROM (
+                 (SELECT address FROM sites WHERE address BETWEEN $1 AND $2
+                  ORDER BY address DESC LIMIT 1)
+                 UNION ALL
+                 (SELECT address FROM released WHERE address BETWEEN $1 AND $2
+                  ORDER BY address DESC LIMIT 1)) AS top)))",
+        &[&first, &last, &down],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The constraint a statement violated, when it was a unique violation.
+fn conflict(e: &tokio_postgres::Error) -> Option<&str> {
+    let db = e.as_db_error()?;
+    (db.code() == &tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+        .then(|| db.constraint())
+        .flatten()
 }
 
 /// Follows `mgnt_sites` on a connection of its own and keeps `changes` at
