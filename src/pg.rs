@@ -66,7 +66,8 @@ const MIGRATIONS: &[&str] = &[
      CREATE SEQUENCE site_cursor AS bigint MINVALUE 0 START 0;
      CREATE TABLE jobs (
          id uuid PRIMARY KEY,
-         site uuid NOT NULL REFERENCES sites (uuid) ON DELETE CASCADE,
+         site uuid NOT NULL REFERENCES sites (uuid) ON DELETE CASCADE
+             DEFERRABLE INITIALLY DEFERRED,
          kind text NOT NULL,
          state text NOT NULL,
          secret text,
@@ -134,7 +135,9 @@ const MIGRATIONS: &[&str] = &[
          bytes_out bigint NOT NULL DEFAULT 0
      );
      CREATE INDEX vpn_sessions_by_tunnel ON vpn_sessions (tunnel, start);
-     CREATE INDEX vpn_sessions_by_source ON vpn_sessions (host, peer, start);
+     -- A session is found again by (server, peer, start); a record from no
+     -- known server has no host, and NULL is no key: index it as ''.
+     CREATE INDEX vpn_sessions_by_source ON vpn_sessions ((coalesce(host, '')), peer, start);
      CREATE INDEX vpn_sessions_open ON vpn_sessions (id) WHERE "end" IS NULL;
      CREATE INDEX vpn_sessions_by_region ON vpn_sessions (region, "end");
      CREATE INDEX vpn_sessions_by_end ON vpn_sessions ("end");

@@ -196,6 +196,19 @@ impl PgSiteStore {
             &[&secs(now), &site],
         )
         .await?;
+        self.new_job(tx, site, kind, secret, now).await
+    }
+
+    /// Inserts an open job carrying `secret` (sealed), for a site that has
+    /// no other open job.
+    async fn new_job(
+        &self,
+        tx: &impl GenericClient,
+        site: Uuid,
+        kind: &str,
+        secret: &str,
+        now: u64,
+    ) -> Result<Job, StoreError> {
         let id = Uuid::new_v4();
         let sealed = self.keys.seal(secret, &id.to_string())?;
         tx.execute(
@@ -291,6 +304,12 @@ impl PgSiteStore {
         for _ in 0..MAX_TRIES {
             let tx = c.transaction().await?;
             let address = allocate(&tx, self.net, now).await?;
+            // The job first (its reference to the site is checked at
+            // commit): inserting the site takes the change counter's row
+            // lock, which every node's credential changes wait on until this
+            // commits, so it comes last.
+            self.new_job(&tx, uuid, "install", &created.secret, now)
+                .await?;
             let site = Site {
                 uuid,
                 username: username(&uuid),
@@ -326,8 +345,6 @@ impl PgSiteStore {
                     inserted?;
                 }
             }
-            self.insert_job(&tx, uuid, "install", &created.secret, now)
-                .await?;
             tx.commit().await?;
             return Ok((site, Some(created)));
         }

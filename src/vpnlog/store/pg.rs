@@ -361,7 +361,7 @@ impl Statements {
                     r#"WITH updated AS (
                         UPDATE vpn_sessions SET virtual_addr = $4, "end" = $8, end_reason = $9, bytes_in = $10, bytes_out = $11
                         WHERE id = (SELECT max(id) FROM vpn_sessions
-                                    WHERE host IS NOT DISTINCT FROM $5 AND peer = $3 AND start = $7)
+                                    WHERE coalesce(host, '') = coalesce($5, '') AND peer = $3 AND start = $7)
                         RETURNING 1)
                      INSERT INTO vpn_sessions ({SESSION_COLUMNS})
                      SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11
