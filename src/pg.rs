@@ -135,9 +135,12 @@ const MIGRATIONS: &[&str] = &[
          bytes_out bigint NOT NULL DEFAULT 0
      );
      CREATE INDEX vpn_sessions_by_tunnel ON vpn_sessions (tunnel, start);
-     -- A session is found again by (server, peer, start); a record from no
-     -- known server has no host, and NULL is no key: index it as ''.
-     CREATE INDEX vpn_sessions_by_source ON vpn_sessions ((coalesce(host, '')), peer, start);
+     -- A session is found again by (server, peer, start), the newest row
+     -- of a key first (id last, so max(id) is one index probe, never a scan
+     -- of the primary key); a record from no known server has no host, and
+     -- NULL is no key: index it as ''.
+     CREATE INDEX vpn_sessions_by_source
+         ON vpn_sessions ((coalesce(host, '')), peer, start, id);
      CREATE INDEX vpn_sessions_open ON vpn_sessions (id) WHERE "end" IS NULL;
      CREATE INDEX vpn_sessions_by_region ON vpn_sessions (region, "end");
      CREATE INDEX vpn_sessions_by_end ON vpn_sessions ("end");

@@ -75,6 +75,30 @@ pub struct SessionRow {
     pub bytes_out: u64,
 }
 
+impl SessionRow {
+    /// The session to resume, with where it came from: `None` when its
+    /// peer is no address (a row written by hand).
+    fn into_open(self) -> Option<(Origin, Session)> {
+        let peer = self.peer.parse().ok()?;
+        let origin = Origin {
+            host: self.host,
+            region: self.region,
+        };
+        let session = Session {
+            tunnel: self.tunnel,
+            common_name: self.common_name,
+            peer,
+            virtual_addr: self.virtual_addr.and_then(|a| a.parse().ok()),
+            start: self.start,
+            end: None,
+            end_reason: None,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+        };
+        Some((origin, session))
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct AttemptRow {
     pub time: u64,

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{
-    keys::{Digests, KeyError},
+    keys::{Check, Digests, KeyError, Keys},
     pool::PoolError,
 };
 pub use pg::PgSiteStore;
@@ -207,6 +207,98 @@ pub struct Attempt {
     pub site: Option<Uuid>,
     pub ok: bool,
     pub source: Option<String>,
+}
+
+/// Longest failure text kept from a router.
+const MAX_ERROR: usize = 500;
+
+/// The stored digest a password matched: the column to replace should it
+/// be an older version's hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Matched {
+    Current,
+    Previous,
+}
+
+impl Matched {
+    fn column(self) -> &'static str {
+        match self {
+            Self::Current => "secret_hash",
+            Self::Previous => "previous_secret_hash",
+        }
+    }
+}
+
+/// Checks `password` against a site's current digest, then against the
+/// previous one while its grace lasts; `None` when neither matches.
+fn check_secret(
+    keys: &Keys,
+    password: &str,
+    current: &str,
+    previous: Option<&str>,
+    previous_until: Option<u64>,
+    now: u64,
+) -> Option<(Matched, Check)> {
+    match keys.check(password, current) {
+        Check::NoMatch => {
+            let in_grace = previous_until.is_some_and(|until| now < until);
+            let previous = previous.filter(|_| in_grace)?;
+            match keys.check(password, previous) {
+                Check::NoMatch => None,
+                check => Some((Matched::Previous, check)),
+            }
+        }
+        check => Some((Matched::Current, check)),
+    }
+}
+
+/// What reporting an outcome for a job comes to.
+enum Finishing {
+    /// Record this state and error.
+    Record(Job, JobState, Option<String>),
+    /// Nothing to write: not that site's job, or already ended (the same
+    /// way or not).
+    Answer(Finished),
+}
+
+/// What reporting `outcome` for `job` (by `site`'s router, if given) comes to.
+fn finishing(job: Job, site: Option<Uuid>, outcome: Outcome) -> Finishing {
+    if site.is_some_and(|s| s != job.site) {
+        return Finishing::Answer(Finished::NotFound);
+    }
+    let wanted = match &outcome {
+        Outcome::Applied => JobState::Applied,
+        Outcome::Failed(_) => JobState::Failed,
+    };
+    if !job.state.open() {
+        return Finishing::Answer(if job.state == wanted {
+            Finished::Done(job)
+        } else {
+            Finished::Conflict(job)
+        });
+    }
+    let error = match outcome {
+        Outcome::Applied => None,
+        Outcome::Failed(e) => Some(e.chars().take(MAX_ERROR).collect()),
+    };
+    Finishing::Record(job, wanted, error)
+}
+
+/// The secret an open job carries, opened from its sealed form.
+fn open_sealed(
+    keys: &Keys,
+    id: Uuid,
+    sealed: Option<&str>,
+    state: JobState,
+) -> Result<Option<String>, StoreError> {
+    match (sealed, state.open()) {
+        (Some(sealed), true) => keys.open(sealed, &id.to_string()).map(Some).ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "job {id}: sealed secret does not open with this key file"
+            ))
+        }),
+        _ => Ok(None),
+    }
 }
 
 /// What provisioning needs from storage.

@@ -29,8 +29,8 @@ use tokio_postgres::{AsyncMessage, Row, types::FromSql};
 use uuid::Uuid;
 
 use super::{
-    Attempt, Created, Credential, Credentials, Enrolled, Finished, Job, JobState, Lifetimes,
-    Outcome, Renumbered, Site, Store, StoreError,
+    Attempt, Created, Credential, Credentials, Enrolled, Finished, Finishing, Job, JobState,
+    Lifetimes, Outcome, Renumbered, Site, Store, StoreError, check_secret, finishing, open_sealed,
 };
 use crate::{
     pg::Db,
@@ -48,8 +48,6 @@ const CHANNEL: &str = "mgnt_sites";
 const ALLOCATION_LOCK: i64 = 0x6d67_6e74_0003;
 /// Tries at creating a site whose address another took meanwhile.
 const MAX_TRIES: usize = 8;
-/// Longest failure text kept from a router.
-const MAX_ERROR: usize = 500;
 /// How long the change follower waits before connecting again.
 const RECONNECT: Duration = Duration::from_secs(1);
 
@@ -262,16 +260,7 @@ impl PgSiteStore {
         let state = JobState::parse(&state)
             .ok_or_else(|| StoreError::Corrupt(format!("job state `{state}`")))?;
         let sealed: Option<String> = col(r, 9)?;
-        let secret = match (sealed, state.open()) {
-            (Some(sealed), true) => {
-                Some(self.keys.open(&sealed, &id.to_string()).ok_or_else(|| {
-                    StoreError::Corrupt(format!(
-                        "job {id}: sealed secret does not open with this key file"
-                    ))
-                })?)
-            }
-            _ => None,
-        };
+        let secret = open_sealed(&self.keys, id, sealed.as_deref(), state)?;
         Ok(Job {
             id,
             site: col(r, 1)?,
@@ -373,16 +362,18 @@ impl PgSiteStore {
         let current: String = col(&row, 4)?;
         let previous: Option<String> = col(&row, 5)?;
         let until: Option<i64> = col(&row, 6)?;
-        let (column, check) = match self.keys.check(password, &current) {
-            Check::NoMatch => {
-                let in_grace = until.is_some_and(|u| secs(now) < u);
-                match previous.as_deref().filter(|_| in_grace) {
-                    Some(previous) => ("previous_secret_hash", self.keys.check(password, previous)),
-                    None => return Ok(None),
-                }
-            }
-            check => ("secret_hash", check),
+        let until = until.map(unsecs);
+        let Some((matched, check)) = check_secret(
+            &self.keys,
+            password,
+            &current,
+            previous.as_deref(),
+            until,
+            now,
+        ) else {
+            return Ok(None);
         };
+        let column = matched.column();
         match check {
             Check::NoMatch => Ok(None),
             Check::Match => Ok(Some(site)),
@@ -500,25 +491,12 @@ impl PgSiteStore {
             tx.commit().await?; // the expiry
             return Ok(Finished::NotFound);
         };
-        if site.is_some_and(|s| s != job.site) {
-            tx.commit().await?;
-            return Ok(Finished::NotFound);
-        }
-        let wanted = match &outcome {
-            Outcome::Applied => JobState::Applied,
-            Outcome::Failed(_) => JobState::Failed,
-        };
-        if !job.state.open() {
-            tx.commit().await?;
-            return Ok(if job.state == wanted {
-                Finished::Done(job)
-            } else {
-                Finished::Conflict(job)
-            });
-        }
-        let error = match outcome {
-            Outcome::Applied => None,
-            Outcome::Failed(e) => Some(e.chars().take(MAX_ERROR).collect::<String>()),
+        let (job, wanted, error) = match finishing(job, site, outcome) {
+            Finishing::Record(job, wanted, error) => (job, wanted, error),
+            Finishing::Answer(answer) => {
+                tx.commit().await?; // the expiry
+                return Ok(answer);
+            }
         };
         tx.execute(
             "UPDATE jobs SET state = $1, finished = $2, error = $3, secret = NULL WHERE id = $4",

@@ -14,17 +14,14 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use uuid::Uuid;
 
 use super::{
-    Attempt, Created, Credential, Credentials, Enrolled, Finished, Job, JobState, Lifetimes,
-    Outcome, Renumbered, Site, Store, StoreError,
+    Attempt, Created, Credential, Credentials, Enrolled, Finished, Finishing, Job, JobState,
+    Lifetimes, Outcome, Renumbered, Site, Store, StoreError, check_secret, finishing, open_sealed,
 };
 use crate::tunnels::{
     keys::{Check, Keys},
     pool::Pool,
     username::{tunnel_of, username},
 };
-
-/// Longest failure text kept from a router.
-const MAX_ERROR: usize = 500;
 
 /// Schema versions, applied in order; `PRAGMA user_version` records the last.
 pub(super) const MIGRATIONS: &[&str] = &[
@@ -229,14 +226,7 @@ impl SqliteStore {
         let id = parse_uuid(&r.id)?;
         let state = JobState::parse(&r.state)
             .ok_or_else(|| StoreError::Corrupt(format!("job state `{}`", r.state)))?;
-        let secret = match (&r.secret, state.open()) {
-            (Some(sealed), true) => Some(self.keys.open(sealed, &r.id).ok_or_else(|| {
-                StoreError::Corrupt(format!(
-                    "job {id}: sealed secret does not open with this key file"
-                ))
-            })?),
-            _ => None,
-        };
+        let secret = open_sealed(&self.keys, id, r.secret.as_deref(), state)?;
         Ok(Job {
             id,
             site: parse_uuid(&r.site)?,
@@ -543,16 +533,17 @@ impl Store for SqliteStore {
         let Some((site, secrets)) = select(&inner.db, &uuid)? else {
             return Ok(None);
         };
-        let (column, check) = match self.keys.check(password, &secrets.current) {
-            Check::NoMatch => {
-                let in_grace = secrets.previous_until.is_some_and(|until| now < until);
-                match secrets.previous.as_deref().filter(|_| in_grace) {
-                    Some(previous) => ("previous_secret_hash", self.keys.check(password, previous)),
-                    None => return Ok(None),
-                }
-            }
-            check => ("secret_hash", check),
+        let Some((matched, check)) = check_secret(
+            &self.keys,
+            password,
+            &secrets.current,
+            secrets.previous.as_deref(),
+            secrets.previous_until,
+            now,
+        ) else {
+            return Ok(None);
         };
+        let column = matched.column();
         match check {
             Check::NoMatch => Ok(None),
             Check::Match => Ok(Some(site)),
@@ -718,23 +709,9 @@ impl Store for SqliteStore {
         let Some(job) = self.read_job(&inner.db, "id = ?1", &id.to_string())? else {
             return Ok(Finished::NotFound);
         };
-        if site.is_some_and(|s| s != job.site) {
-            return Ok(Finished::NotFound);
-        }
-        let wanted = match &outcome {
-            Outcome::Applied => JobState::Applied,
-            Outcome::Failed(_) => JobState::Failed,
-        };
-        if !job.state.open() {
-            return Ok(if job.state == wanted {
-                Finished::Done(job)
-            } else {
-                Finished::Conflict(job)
-            });
-        }
-        let error = match outcome {
-            Outcome::Applied => None,
-            Outcome::Failed(e) => Some(e.chars().take(MAX_ERROR).collect::<String>()),
+        let (job, wanted, error) = match finishing(job, site, outcome) {
+            Finishing::Record(job, wanted, error) => (job, wanted, error),
+            Finishing::Answer(answer) => return Ok(answer),
         };
         let tx = inner
             .db

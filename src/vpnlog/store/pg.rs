@@ -200,24 +200,7 @@ impl LogStore for PgLogStore {
             let rows = self.client().await?.query(&sql, &[]).await?;
             let mut open = Vec::with_capacity(rows.len());
             for row in &rows {
-                let r = session_row(row)?;
-                let Ok(peer) = r.peer.parse() else { continue };
-                let origin = Origin {
-                    host: r.host,
-                    region: r.region,
-                };
-                let session = Session {
-                    tunnel: r.tunnel,
-                    common_name: r.common_name,
-                    peer,
-                    virtual_addr: r.virtual_addr.and_then(|a| a.parse().ok()),
-                    start: r.start,
-                    end: None,
-                    end_reason: None,
-                    bytes_in: r.bytes_in,
-                    bytes_out: r.bytes_out,
-                };
-                open.push((origin, session));
+                open.extend(session_row(row)?.into_open());
             }
             Ok(open)
         })

@@ -195,24 +195,7 @@ impl LogStore for SqliteLogStore {
         let rows = stmt.query_map([], session_row)?;
         let mut open = Vec::new();
         for row in rows {
-            let r = row?;
-            let Ok(peer) = r.peer.parse() else { continue };
-            let origin = Origin {
-                host: r.host,
-                region: r.region,
-            };
-            let session = Session {
-                tunnel: r.tunnel,
-                common_name: r.common_name,
-                peer,
-                virtual_addr: r.virtual_addr.and_then(|a| a.parse().ok()),
-                start: r.start,
-                end: None,
-                end_reason: None,
-                bytes_in: r.bytes_in,
-                bytes_out: r.bytes_out,
-            };
-            open.push((origin, session));
+            open.extend(row?.into_open());
         }
         Ok(open)
     }
