@@ -6,6 +6,7 @@
 //! the zone data (a region host missing from the zones, a geo name colliding
 //! with zone records) live in [`crate::dns::zones`].
 
+pub mod hash;
 mod raw;
 
 use std::{

@@ -18,8 +18,8 @@ pub mod zones;
 use std::sync::Arc;
 
 use crate::{
+    config::hash::{ConfigHash, config_hash},
     config::{Config, ConfigError},
-    fleet::{ConfigHash, config_hash},
     geo::{GeoDb, GeoError},
     locate::{Maps, MapsError},
     metrics::RegionCounters,

@@ -11,7 +11,6 @@
 
 pub mod claim;
 pub mod compare;
-pub mod hash;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
@@ -19,9 +18,8 @@ use serde::Serialize;
 
 pub use claim::{Claim, ClaimError, Me};
 pub use compare::Node;
-pub use hash::{ConfigHash, config_hash};
 
-use crate::pg::Db;
+use crate::{config::hash::ConfigHash, pg::Db};
 
 /// What the node last found of the fleet, for the metrics.
 #[derive(Debug, Default)]

@@ -119,7 +119,7 @@ pub struct ReloadReport {
     pub regions: usize,
     pub geoip_build_epoch: u64,
     /// The new config hash, which the other nodes compare with theirs.
-    pub config_hash: crate::fleet::ConfigHash,
+    pub config_hash: crate::config::hash::ConfigHash,
     /// Settings that differ from what the server started with and only take
     /// effect after a restart.
     pub needs_restart: Vec<String>,
