@@ -224,6 +224,21 @@ pub enum DbError {
     Newer { found: i32, known: i32 },
 }
 
+impl DbError {
+    /// Whether the database did not answer (rather than refused).
+    pub fn unavailable(&self) -> bool {
+        match self {
+            Self::Pool(_) => true,
+            // No SQLSTATE: the connection failed or closed; connection
+            // classes (08), resources (53), operator intervention (57).
+            Self::Postgres(e) => e
+                .code()
+                .is_none_or(|c| ["08", "53", "57"].iter().any(|p| c.code().starts_with(p))),
+            _ => false,
+        }
+    }
+}
+
 impl From<deadpool_postgres::PoolError> for DbError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         Self::Pool(e.to_string())
@@ -270,6 +285,14 @@ pub struct Db {
 impl Db {
     /// Connects as `[store]` says and brings the schema up to date.
     pub async fn open(config: &StoreConfig) -> Result<Self, DbError> {
+        let db = Self::connect(config)?;
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    /// The pool `[store]` describes, before any connection is made (the
+    /// schema is not brought up to date: [`Db::migrate`]).
+    pub fn connect(config: &StoreConfig) -> Result<Self, DbError> {
         let mut pg = tokio_postgres::Config::from_str(&config.url)
             .map_err(|e| DbError::Config(format!("store.url: {e}")))?;
         if let Some(password) = password(config.password.as_ref())? {
@@ -301,13 +324,11 @@ impl Db {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| DbError::Pool(e.to_string()))?;
-        let db = Self {
+        Ok(Self {
             pool,
             connect: Arc::new((pg, tls)),
             reach: Arc::default(),
-        };
-        db.migrate().await?;
-        Ok(db)
+        })
     }
 
     /// One connection of its own, its messages (notifications) handed to
@@ -332,7 +353,7 @@ impl Db {
     }
 
     /// Applies the migrations this database lacks, in one transaction.
-    async fn migrate(&self) -> Result<(), DbError> {
+    pub async fn migrate(&self) -> Result<(), DbError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])

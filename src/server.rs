@@ -14,7 +14,7 @@ use crate::{
     pg::Db,
     state::{
         self, StateError,
-        pg::PgStore,
+        pg::{LocalCopy, PgStore},
         store::{FileStore, StateStore},
     },
     tunnels::{export::Exporter, store::Store},
@@ -59,19 +59,57 @@ fn state_store(config: &Config, db: Option<&Db>) -> Box<dyn StateStore> {
     };
     info!("region state in the shared database");
     let node = config.node.name.clone();
-    Box::new(PgStore::start(db.clone(), node, store.reread_interval))
+    let copy = LocalCopy::new(config.health.state_file.clone());
+    Box::new(PgStore::start(
+        db.clone(),
+        node,
+        store.reread_interval,
+        copy,
+    ))
 }
 
 /// With `[store]`: the database, this node's name claimed in it (refused
-/// if a live node holds it).
-async fn join(config: &Config, me: &Me, hash: &str) -> Result<Option<(Db, Claim)>, ServeError> {
+/// if a live node holds it). A database that does not answer does not stop
+/// the node: it answers by its last-known state, and the schema is checked
+/// and the name claimed once the database answers (`None`: not yet).
+async fn join(
+    config: &Config,
+    me: &Me,
+    hash: &str,
+) -> Result<Option<(Db, Option<Claim>)>, ServeError> {
     let Some(store) = &config.store else {
         return Ok(None);
     };
-    let db = Db::open(store).await?;
+    let db = Db::connect(store)?;
+    match db.migrate().await {
+        Ok(()) => {}
+        Err(error) if error.unavailable() => {
+            warn!(%error, "the database does not answer at start: answering by the last-known state; the schema is checked and this node's name claimed once it answers");
+            db.reach.lost(state::now());
+            tokio::spawn(migrate_once_back(db.clone()));
+            return Ok(Some((db, None)));
+        }
+        Err(error) => return Err(error.into()),
+    }
     let claim = crate::fleet::claim::claim(&db, me, hash).await?;
     info!("this node's name is claimed in the shared database");
-    Ok(Some((db, claim)))
+    Ok(Some((db, Some(claim))))
+}
+
+/// Brings the schema up to date once the database answers.
+async fn migrate_once_back(db: Db) {
+    let mut wait = std::time::Duration::from_secs(1);
+    loop {
+        tokio::time::sleep(wait).await;
+        match db.migrate().await {
+            Ok(()) => return info!("the database answers; its schema is up to date"),
+            Err(error) if error.unavailable() => {}
+            Err(error) => {
+                return error!(%error, "the database answers, but its schema cannot be used: this node keeps answering by its last-known state");
+            }
+        }
+        wait = (wait * 2).min(std::time::Duration::from_secs(30));
+    }
 }
 
 /// Opens the tunnel store, if provisioning is on: in the shared database
@@ -92,8 +130,9 @@ async fn open_store(config: &Config, db: Option<&Db>) -> Option<Arc<dyn Store>> 
             return None;
         }
     };
-    if db.is_some() {
-        // SQLite checks this as it rebuilds its pool; the database, here.
+    if db.is_some_and(|db| db.reach.lost_since().is_none()) {
+        // SQLite checks this as it rebuilds its pool; the database, here
+        // (when it answers: a reload checks again).
         let (s, c) = (store.clone(), config.clone());
         let held = tokio::task::spawn_blocking(move || crate::tunnels::pool_holds(s.as_ref(), &c))
             .await

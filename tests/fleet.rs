@@ -54,7 +54,7 @@ fn a_drain_on_one_node_reaches_the_other_outlives_a_restart_and_waits_out_the_da
     let pg = Postgres::start();
     // An hour between full re-reads: only a notification can carry the drain in time.
     let mut a = node(&pg, "node-a", "1h");
-    let b = node(&pg, "node-b", "1h");
+    let mut b = node(&pg, "node-b", "1h");
     assert_eq!(answer_for_belgium(&b).as_deref(), Some("europe1"));
 
     let (status, body) = a.post(
@@ -111,6 +111,14 @@ fn a_drain_on_one_node_reaches_the_other_outlives_a_restart_and_waits_out_the_da
         panic!("metrics are text")
     };
     assert!(m.contains("mgnt_store_up 0"), "{m}");
+    // A node started while the database is away answers by what it last
+    // knew: us1's drain, made on it before.
+    b.stop();
+    b.restart();
+    let (_, regions) = b.get("/v1/regions");
+    assert_eq!(drain_of(&regions, "us1")["reason"], "move", "{regions}");
+    assert_eq!(health(&b)["store"], "unavailable");
+    assert_eq!(answer_for_belgium(&b).as_deref(), Some("europe1"));
     // Back: a drain made now reaches the other node again.
     pg.up();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -128,6 +136,14 @@ fn a_drain_on_one_node_reaches_the_other_outlives_a_restart_and_waits_out_the_da
     a.get_until("/healthz", "node-a finds the database again", |h| {
         h["store"] == "available"
     });
+    b.get_until(
+        "/metrics",
+        "node-b claims its name once the database is back",
+        |m| {
+            m.as_str()
+                .is_some_and(|m| m.contains("mgnt_node_name_held 1"))
+        },
+    );
 
     // Each node audited what it did, under its name.
     let audited = pg.psql(

@@ -213,8 +213,12 @@ pub async fn nodes(client: &Client) -> Result<Vec<Node>, tokio_postgres::Error> 
 /// Keeps the claim for the node's life: heartbeats, the config hash after
 /// reloads, the other nodes compared; the name claimed again whenever the
 /// connection had to be made again.
-pub async fn keep(db: Db, first: Claim, me: Me, reader: Reader, view: Arc<View>) {
-    let mut claim = first;
+/// Without a first claim (the database was away at start), claims it first.
+pub async fn keep(db: Db, first: Option<Claim>, me: Me, reader: Reader, view: Arc<View>) {
+    let mut claim = match first {
+        Some(claim) => claim,
+        None => reclaim(&db, &me, &reader).await,
+    };
     let mut seen = Differences::default();
     loop {
         view.held.store(true, Relaxed);

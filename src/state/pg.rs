@@ -54,25 +54,81 @@ pub struct PgStore {
     votes: Mutex<Option<mpsc::Receiver<Votes>>>,
     /// The drains' version after this node's last change.
     saved: AtomicU64,
+    /// The last-known state, on this node's disk.
+    copy: LocalCopy,
+}
+
+/// The state last read from or written to the database, kept in a file of
+/// the node's own (`[health] state_file`), so that a node started while the
+/// database is away answers by the drains it last knew. One writer at a time.
+#[derive(Clone)]
+pub struct LocalCopy {
+    file: std::path::PathBuf,
+    lock: std::sync::Arc<Mutex<()>>,
+}
+
+impl LocalCopy {
+    pub fn new(file: std::path::PathBuf) -> Self {
+        Self {
+            file,
+            lock: std::sync::Arc::default(),
+        }
+    }
+
+    /// Replaces the copy with `state`, or only its drains with `drains`.
+    async fn write(&self, state: Option<StateFile>, drains: Option<Drains>) {
+        let copy = self.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let _one = copy.lock.lock().unwrap_or_else(|p| p.into_inner());
+            let state = match (state, drains) {
+                (Some(state), _) => state,
+                (None, Some(drains)) => {
+                    let regions = super::file::load(&copy.file).map(|s| s.regions);
+                    StateFile::new(regions.unwrap_or_default(), drains)
+                }
+                (None, None) => return Ok(()),
+            };
+            super::file::save(&copy.file, &state)
+        })
+        .await;
+        if let Ok(Err(error)) = written {
+            warn!(file = %self.file.display(), %error, "cannot keep the last-known state on disk");
+        }
+    }
+
+    async fn read(&self) -> Option<StateFile> {
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || super::file::load(&file))
+            .await
+            .ok()
+            .flatten()
+    }
 }
 
 impl PgStore {
     /// The store of node `node`; follows the other nodes' drains and health
-    /// votes from now on.
-    pub fn start(db: Db, node: String, reread: Duration) -> Self {
+    /// votes from now on, keeping what it last knew in `copy`.
+    pub fn start(db: Db, node: String, reread: Duration, copy: LocalCopy) -> Self {
         let (tx, rx) = mpsc::channel(16);
         let (votes_tx, votes_rx) = mpsc::channel(16);
         let to_owner = ToOwner {
             drains: tx,
             votes: votes_tx,
         };
-        tokio::spawn(follow(db.clone(), node.clone(), reread, to_owner));
+        tokio::spawn(follow(
+            db.clone(),
+            node.clone(),
+            reread,
+            to_owner,
+            copy.clone(),
+        ));
         Self {
             db,
             node,
             shared: Mutex::new(Some(rx)),
             votes: Mutex::new(Some(votes_rx)),
             saved: AtomicU64::new(0),
+            copy,
         }
     }
 }
@@ -160,8 +216,13 @@ impl StateStore for PgStore {
                 shared.drains
             }
             Err(error) => {
-                warn!(%error, "cannot read the drains from the database; starting without");
-                return None;
+                let copy = self.copy.read().await;
+                let known = match &copy {
+                    Some(_) => "answering by the last-known state",
+                    None => "and no last-known state: starting without drains",
+                };
+                warn!(%error, file = %self.copy.file.display(), "cannot read the drains from the database; {known}");
+                return copy;
             }
         };
         let mut regions = BTreeMap::new();
@@ -180,13 +241,18 @@ impl StateStore for PgStore {
                 }
             }
         }
-        Some(StateFile::new(regions, drains))
+        let state = StateFile::new(regions, drains);
+        self.copy.write(Some(state.clone()), None).await;
+        Some(state)
     }
 
     async fn save(&self, state: StateFile, audit: Vec<audit::Entry>) -> Result<(), StoreError> {
-        let saved = self.write(state, audit).await;
+        let saved = self.write(state.clone(), audit).await;
         match &saved {
-            Ok(()) => found(&self.db),
+            Ok(()) => {
+                found(&self.db);
+                self.copy.write(Some(state), None).await;
+            }
             Err(e) => lost(&self.db, e),
         }
         saved
@@ -327,7 +393,7 @@ struct ToOwner {
 /// read older than its own last change, and drains equal to its own); the
 /// other nodes' health rows read again on each of their notifications and
 /// every `reread`, and sent as votes (the owner publishes only a change).
-async fn follow(db: Db, node: String, reread: Duration, to_owner: ToOwner) {
+async fn follow(db: Db, node: String, reread: Duration, to_owner: ToOwner, copy: LocalCopy) {
     let mut last: Option<u64> = None;
     let mut backoff = Duration::from_secs(1);
     loop {
@@ -366,6 +432,7 @@ async fn follow(db: Db, node: String, reread: Duration, to_owner: ToOwner) {
                 match read_drains(&db).await {
                     Ok(shared) if last != Some(shared.version) => {
                         last = Some(shared.version);
+                        copy.write(None, Some(shared.drains.clone())).await;
                         if to_owner.drains.send(shared).await.is_err() {
                             return;
                         }

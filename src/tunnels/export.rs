@@ -19,13 +19,13 @@ use std::{
 };
 
 use tokio::sync::{mpsc, oneshot};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use uuid::Uuid;
 
 use super::{
     openvpn,
     pool::Pool,
-    store::{Site, Store},
+    store::{Site, Store, StoreError},
     username::tunnel_of,
 };
 use crate::{config::ProvisionConfig, durable::write_atomic};
@@ -152,17 +152,29 @@ impl Exporter {
                 let s = store.clone();
                 let seen = tokio::task::spawn_blocking(move || s.credentials(u64::MAX))
                     .await
-                    .map_err(|e| target.io(io::Error::other(e)))??
-                    .seq;
-                Some((rx, seen))
+                    .map_err(|e| target.io(io::Error::other(e)))?;
+                match seen {
+                    Ok(c) => Some((rx, c.seq)),
+                    // Away at start: every site is written once it answers.
+                    Err(StoreError::Unavailable(_)) => Some((rx, 0)),
+                    Err(e) => return Err(e.into()),
+                }
             }
             None => None,
         };
         let (t, s) = (target.clone(), store.clone());
         let all = tokio::task::spawn_blocking(move || t.all(s.as_ref()))
             .await
-            .map_err(|e| target.io(io::Error::other(e)))??;
-        info!(dir = %target.dir.display(), tunnels = all.tunnels, removed = all.removed, "exported the OpenVPN files");
+            .map_err(|e| target.io(io::Error::other(e)))?;
+        match all {
+            Ok(all) => {
+                info!(dir = %target.dir.display(), tunnels = all.tunnels, removed = all.removed, "exported the OpenVPN files");
+            }
+            Err(ExportError::Store(StoreError::Unavailable(error))) if announced.is_some() => {
+                warn!(%error, "the OpenVPN files are written once the database answers");
+            }
+            Err(e) => return Err(e),
+        }
         let (changes, queue) = mpsc::channel(1024);
         tokio::spawn(follow(target, store.clone(), queue));
         let exporter = Self { changes };
