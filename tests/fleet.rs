@@ -359,6 +359,15 @@ fn sites_made_on_two_nodes_share_one_pool_survive_a_killed_node_and_reach_the_ot
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 
+    // A real agent asking node-b: its credential cache takes in a site made
+    // on node-a (its firewall off: this is the test machine's own).
+    let agent = Agent::start(&b);
+    agent.until_cached(""); // its first full read, before the site is made
+    let (made, _) = create_site(a.api, &a.token()).expect("a site made on node-a");
+    let (_, made) = b.get(&format!("/v1/sites/{made}"));
+    agent.until_cached(made["site"]["username"].as_str().unwrap());
+    drop(agent);
+
     // The database away: creations are refused with a reason, and work again
     // once it is back.
     pg.down();
@@ -376,6 +385,12 @@ fn sites_made_on_two_nodes_share_one_pool_survive_a_killed_node_and_reach_the_ot
             "no creation after the database came back"
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // Everything acknowledged before the database went away is still there.
+    let after = pg.psql("mgnt", "SELECT uuid || ' ' || host(address) FROM sites");
+    for (_, (uuid, address)) in &acknowledged {
+        let line = format!("{uuid} {address}");
+        assert!(after.lines().any(|l| l == line), "{line} lost");
     }
 }
 
@@ -524,4 +539,68 @@ fn a_name_is_held_by_one_live_node_and_nodes_that_differ_are_reported() {
     a.get_until("/metrics", "node-a holds its name again", held(1));
     logged("this node holds its name again");
     assert_eq!(answer_for_belgium(&a).as_deref(), Some("europe1"));
+}
+
+/// `mgnt agent` beside no OpenVPN server (its management interface never
+/// answers), asking `node` for credentials as srv1; killed on drop.
+struct Agent {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl Agent {
+    fn start(node: &Server) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for (file, text) in [("token", "agent-token-of-srv1\n"), ("mgmt.pw", "unused\n")] {
+            std::fs::write(d.join(file), text).unwrap();
+            std::fs::set_permissions(d.join(file), std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        std::fs::write(
+            d.join("agent.toml"),
+            format!(
+                "[agent]\nmanagement = \"127.0.0.1:9\"\nmanagement_password_file = \"{}\"\n\
+                 control = \"http://{}\"\ntoken_file = \"{}\"\ncache_dir = \"{}\"\nfirewall = false\n",
+                d.join("mgmt.pw").display(),
+                node.api,
+                d.join("token").display(),
+                d.join("cache").display(),
+            ),
+        )
+        .unwrap();
+        let child = mgnt()
+            .args(["agent", "--config"])
+            .arg(d.join("agent.toml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Self { child, dir }
+    }
+
+    /// Waits until the agent's cache on disk holds `username` (any file, for "").
+    fn until_cached(&self, username: &str) {
+        let file = self.dir.path().join("cache/credentials.json");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            if !text.is_empty() && text.contains(username) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{username} not in {}: {text}",
+                file.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
