@@ -65,6 +65,8 @@ pub struct PgStore {
 pub struct LocalCopy {
     file: std::path::PathBuf,
     lock: std::sync::Arc<Mutex<()>>,
+    /// Set while writing fails: said once, not at every save.
+    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl LocalCopy {
@@ -72,6 +74,7 @@ impl LocalCopy {
         Self {
             file,
             lock: std::sync::Arc::default(),
+            failing: std::sync::Arc::default(),
         }
     }
 
@@ -91,8 +94,14 @@ impl LocalCopy {
             super::file::save(&copy.file, &state)
         })
         .await;
-        if let Ok(Err(error)) = written {
-            warn!(file = %self.file.display(), %error, "cannot keep the last-known state on disk");
+        match written {
+            Ok(Err(error)) if !self.failing.swap(true, Relaxed) => {
+                warn!(file = %self.file.display(), %error, "cannot keep the last-known state on disk");
+            }
+            Ok(Ok(())) if self.failing.swap(false, Relaxed) => {
+                info!(file = %self.file.display(), "the last-known state is kept on disk again");
+            }
+            _ => {}
         }
     }
 
@@ -219,7 +228,7 @@ impl StateStore for PgStore {
                 let copy = self.copy.read().await;
                 let known = match &copy {
                     Some(_) => "answering by the last-known state",
-                    None => "and no last-known state: starting without drains",
+                    None => "no last-known state either: starting without drains",
                 };
                 warn!(%error, file = %self.copy.file.display(), "cannot read the drains from the database; {known}");
                 return copy;
