@@ -122,6 +122,7 @@ fn a_single_machine_copied_into_postgresql_serves_its_sites_secrets_jobs_and_dra
     let password = at("db.password");
     let tunnels_db = at("state/tunnels.db");
     let before = std::fs::read(&tunnels_db).unwrap();
+    single_machine_logs(&at("state/vpnlog.db"));
     let store = "\n[node]\nname = \"node-a\"\n".to_owned() + &pg.store_toml(&password, "1h");
     let migrate = || {
         let mut cmd = mgnt();
@@ -163,6 +164,9 @@ fn a_single_machine_copied_into_postgresql_serves_its_sites_secrets_jobs_and_dra
         "  audit                1",
         "secret_key_file",
         "The open job's sealed secret opens with it.",
+        "  vpn_sessions         1  from",
+        "  vpn_auth             2\n",
+        "  vpn_unparsed         1\n",
     ] {
         assert!(out.contains(want), "{want:?} in\n{out}");
     }
@@ -170,6 +174,14 @@ fn a_single_machine_copied_into_postgresql_serves_its_sites_secrets_jobs_and_dra
         std::fs::read(&tunnels_db).unwrap() == before,
         "tunnels.db changed"
     );
+    // The log records went into the partitions of the days they fall on.
+    let days = pg.psql(
+        "mgnt",
+        "SELECT string_agg(c.relname, ' ' ORDER BY c.relname) FROM pg_inherits i
+         JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent
+         WHERE p.relname = 'vpn_auth'",
+    );
+    assert_eq!(days.trim(), "vpn_auth_20241004 vpn_auth_20241005");
     // Every site inserted was numbered: an agent asking since=0 gets both.
     assert_eq!(pg.psql("mgnt", "SELECT value FROM sites_seq").trim(), "2");
     assert_eq!(
@@ -239,7 +251,7 @@ fn a_single_machine_copied_into_postgresql_serves_its_sites_secrets_jobs_and_dra
     let (code, out, err) = migrate();
     assert_eq!(code, Some(1), "{out}{err}");
     assert!(
-        err.contains("already holds 3 sites, 1 quarantined address and 1 drain")
+        err.contains("already holds 3 sites, 1 quarantined address, 1 drain and 3 VPN log records")
             && err.contains("nothing was written"),
         "{err}"
     );
@@ -279,4 +291,58 @@ fn a_single_machine_copied_into_postgresql_serves_its_sites_secrets_jobs_and_dra
         .trim(),
         "3"
     );
+}
+
+/// A single machine's `vpnlog.db` with one session, two authentication
+/// attempts a day apart and an unparsed line, as its log store writes them.
+fn single_machine_logs(file: &std::path::Path) {
+    use mgnt::vpnlog::{
+        sessions::{AuthAttempt, Record, Session},
+        store::{Item, LogStore, Origin, SqliteLogStore},
+    };
+    let day = 20_000 * 86_400; // 2024-10-04
+    let origin = Origin {
+        host: Some("vpn-fra-1".into()),
+        region: Some("europe1".into()),
+    };
+    let peer = "198.51.100.7:4000".parse().unwrap();
+    let auth = |time: u64| Item::Record {
+        record: Record::Auth(AuthAttempt {
+            time,
+            peer: Some(peer),
+            username: None,
+            tunnel: None,
+            ok: false,
+        }),
+        origin: origin.clone(),
+        time,
+    };
+    let session = Session {
+        tunnel: None,
+        common_name: "r".into(),
+        peer,
+        virtual_addr: None,
+        start: day,
+        end: None,
+        end_reason: None,
+        bytes_in: 0,
+        bytes_out: 0,
+    };
+    let store = SqliteLogStore::open(file).unwrap();
+    store
+        .write(&[
+            Item::Record {
+                record: Record::Opened(session),
+                origin: origin.clone(),
+                time: day,
+            },
+            auth(day + 10),
+            auth(day + 86_400 + 10),
+            Item::Unparsed {
+                time: day + 20,
+                origin: origin.clone(),
+                raw: "what".into(),
+            },
+        ])
+        .unwrap();
 }
