@@ -110,15 +110,19 @@ pub struct GeoDb {
 }
 
 impl GeoDb {
-    /// Opens `database` memory-mapped and reads `centroids`.
-    ///
-    /// The database must be replaced by renaming a new file over it (as
-    /// `geoipupdate` does), never rewritten in place, while a server maps it.
+    /// Opens `database` and reads `centroids`. The database is copied into
+    /// a file only this process holds, and that copy is memory-mapped: a
+    /// database rewritten in place (`cp new.mmdb db.mmdb`) cannot change the
+    /// pages under a lookup (a mapped file that shrinks kills its reader with
+    /// SIGBUS); a reload reads the new one.
     pub fn open(database: &Path, centroids: &Path) -> Result<Self, GeoError> {
-        let file = std::fs::File::open(database).map_err(|source| GeoError::Read {
+        let read = |source| GeoError::Read {
             file: database.to_owned(),
             source,
-        })?;
+        };
+        let file = std::fs::File::open(database)
+            .and_then(private_copy)
+            .map_err(read)?;
         let reader = map(&file)
             .and_then(Reader::from_source)
             .map_err(|source| GeoError::Open {
@@ -310,9 +314,35 @@ fn network_of(ip: IpAddr, found: &maxminddb::LookupResult<'_, Mmap>) -> IpNet {
 
 /// Maps `file` read-only.
 fn map(file: &std::fs::File) -> Result<Mmap, maxminddb::MaxMindDbError> {
-    // SAFETY: the mapped file is only ever replaced by rename (documented in
-    // README), never rewritten in place, so its pages never change under us.
+    // SAFETY: `file` is a private copy ([`private_copy`]): unlinked, held by
+    // this process only and never written after the copy, so its pages never
+    // change or vanish under a mapping.
     unsafe { memmap2::MmapOptions::new().map(file) }.map_err(maxminddb::MaxMindDbError::Mmap)
+}
+
+/// A copy of `source` in an unlinked temporary file (mode 0600) that no
+/// other process can open or change; its pages stay evictable page cache,
+/// as a mapping of the original's would.
+fn private_copy(mut source: std::fs::File) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = std::env::temp_dir();
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).mode(0o600);
+    let mut copy = match options.clone().custom_flags(libc::O_TMPFILE).open(&dir) {
+        Ok(f) => f,
+        // A file system without O_TMPFILE: a named file, unlinked at once.
+        Err(_) => {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            let name = dir.join(format!(".mgnt-geoip-{}-{nanos}", std::process::id()));
+            let f = options.create_new(true).open(&name)?;
+            std::fs::remove_file(&name)?;
+            f
+        }
+    };
+    std::io::copy(&mut source, &mut copy)?;
+    Ok(copy)
 }
 
 /// IPv4-mapped IPv6 addresses are located as the IPv4 address they carry.

@@ -254,3 +254,55 @@ fn dig_and_kdig_see_the_geo_answer() {
     assert!(out.contains("asia1.mkcld.io."), "{out}");
     assert!(out.contains("2001:db8::31"), "{out}");
 }
+
+/// The GeoIP file rewritten in place (truncated, then written again) while
+/// queries run: the server answers on from the copy it holds; a reload reads
+/// the file as it is then (refusing a broken one, keeping the old).
+#[test]
+fn a_geoip_file_rewritten_in_place_disturbs_no_lookup_and_a_reload_reads_it() {
+    let mut server = Server::start();
+    let file = server.fixture.path("test-city.mmdb");
+    let good = std::fs::read(&file).unwrap();
+    let v4 = server.v4;
+    let belgium = || {
+        region_of(&udp(
+            v4,
+            &query("mgnt.mkcld.io.", RecordType::A, Some("81.240.0.0/16")),
+        ))
+    };
+    assert_eq!(belgium().as_deref(), Some("europe1"));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let asking = {
+        let (v4, stop) = (server.v4, stop.clone());
+        std::thread::spawn(move || {
+            let mut answered = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let m = udp(
+                    v4,
+                    &query("mgnt.mkcld.io.", RecordType::A, Some("81.240.0.0/16")),
+                );
+                assert_eq!(region_of(&m).as_deref(), Some("europe1"));
+                answered += 1;
+            }
+            answered
+        })
+    };
+    for _ in 0..50 {
+        // What `cp` does: truncate, then write.
+        std::fs::write(&file, &good[..good.len() / 3]).unwrap();
+        std::fs::write(&file, &good).unwrap();
+    }
+    std::fs::write(&file, &good[..good.len() / 3]).unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(asking.join().unwrap() > 0);
+    assert!(server.is_running(), "the server died");
+    // A reload now reads the truncated file: refused, the old data kept.
+    let (status, body) = server.post("/v1/reload", None);
+    assert_ne!(status, 200, "{body}");
+    assert!(body.to_string().contains("test-city.mmdb"), "{body}");
+    assert_eq!(belgium().as_deref(), Some("europe1"));
+    std::fs::write(&file, &good).unwrap();
+    let (status, body) = server.post("/v1/reload", None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(belgium().as_deref(), Some("europe1"));
+}
