@@ -80,7 +80,8 @@ impl Tokens {
             .token_env
             .as_ref()
             .and_then(|var| std::env::var(var).ok());
-        if let Some(v) = from_env.filter(|v| v.len() >= MIN_TOKEN_LEN) {
+        let from_env = from_env.map(|v| v.trim().to_owned());
+        if let Some(v) = from_env.filter(|v| v.chars().count() >= MIN_TOKEN_LEN) {
             tokens.push(("env".to_owned(), v));
         }
         if tokens.is_empty() {
@@ -169,13 +170,15 @@ fn parse(text: &str, file: &Path) -> Result<Vec<(String, String)>, AuthError> {
             continue;
         }
         let (name, token) = line.split_once(':').unwrap_or(("admin", line));
-        if token.len() < MIN_TOKEN_LEN {
+        // Trimmed before it is measured: padding is no part of a secret.
+        let token = token.trim();
+        if token.chars().count() < MIN_TOKEN_LEN {
             return Err(AuthError::Short {
                 file: file.to_owned(),
                 line: i + 1,
             });
         }
-        out.push((name.trim().to_owned(), token.trim().to_owned()));
+        out.push((name.trim().to_owned(), token.to_owned()));
     }
     Ok(out)
 }
@@ -219,6 +222,17 @@ mod tests {
             parse("short\n", Path::new("f")),
             Err(AuthError::Short { line: 1, .. })
         ));
+    }
+
+    #[test]
+    fn a_token_is_measured_after_its_padding_is_trimmed() {
+        let padded = format!("a:{}x\n", " ".repeat(16));
+        assert!(matches!(
+            parse(&padded, Path::new("f")),
+            Err(AuthError::Short { line: 1, .. })
+        ));
+        let t = parse("a:  0123456789abcdef  \n", Path::new("f")).unwrap();
+        assert_eq!(t[0], ("a".into(), "0123456789abcdef".into()));
     }
 
     #[test]
