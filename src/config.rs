@@ -23,6 +23,9 @@ use crate::route::Coord;
 
 /// Default number of simultaneous TCP connections a DNS listener accepts.
 pub const DEFAULT_TCP_MAX_CONNECTIONS: usize = 1024;
+/// One source's share of them: a flood from one address leaves the rest free.
+pub const DEFAULT_TCP_MAX_PER_SOURCE: usize = 64;
+pub const DEFAULT_TCP_IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default idle time after which a TCP connection without a query is closed.
 pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default largest UDP response (RFC 9715 / DNS flag day 2020 value).
@@ -131,8 +134,13 @@ pub struct NodeConfig {
 pub struct DnsConfig {
     pub listen: Vec<SocketAddr>,
     pub zones_dir: PathBuf,
+    /// A connection with no query begun for this long is closed.
     pub tcp_idle_timeout: Duration,
+    /// Most time a begun query may take to arrive, and a reply to be taken.
+    pub tcp_io_timeout: Duration,
     pub tcp_max_connections: usize,
+    /// Open connections from one source (an IPv4 address, an IPv6 /64).
+    pub tcp_max_per_source: usize,
     pub max_udp_payload: u16,
     /// UDP sockets per listen address (SO_REUSEPORT), one receive loop each.
     pub udp_sockets: usize,

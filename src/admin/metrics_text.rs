@@ -30,6 +30,7 @@ pub fn render(cx: &Context) -> String {
     );
     fleet(&mut out, cx, data.config_hash.as_str());
     cx.responder.queries.render(&mut out);
+    dns_tcp(&mut out, &cx.responder.tcp);
 
     help(
         &mut out,
@@ -293,6 +294,27 @@ fn region_families(out: &mut String, regions: &[RegionStatus]) {
                 let _ = writeln!(out, "{name}{{region=\"{region}\"}} {value}");
             }
         }
+    }
+}
+
+/// DNS TCP connections closed by us, by reason.
+fn dns_tcp(out: &mut String, tcp: &crate::dns::answer::TcpCounters) {
+    help(
+        out,
+        "mgnt_dns_tcp_closed_total",
+        "counter",
+        "DNS TCP connections closed by us, by reason (cap: over tcp_max_connections; per_source: over tcp_max_per_source; io_timeout: a query or reply not through within tcp_io_timeout).",
+    );
+    for (reason, n) in [
+        ("cap", &tcp.cap),
+        ("per_source", &tcp.per_source),
+        ("io_timeout", &tcp.io_timeout),
+    ] {
+        let _ = writeln!(
+            out,
+            "mgnt_dns_tcp_closed_total{{reason=\"{reason}\"}} {}",
+            n.load(Relaxed)
+        );
     }
 }
 

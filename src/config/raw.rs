@@ -50,7 +50,9 @@ struct RawDns {
     listen: Vec<String>,
     zones_dir: PathBuf,
     tcp_idle_timeout: Option<String>,
+    tcp_io_timeout: Option<String>,
     tcp_max_connections: Option<usize>,
+    tcp_max_per_source: Option<usize>,
     max_udp_payload: Option<u16>,
     udp_sockets: Option<usize>,
 }
@@ -360,6 +362,16 @@ impl RawDns {
         if tcp_max_connections == 0 {
             return Err(cx.err("dns.tcp_max_connections", "must be at least 1"));
         }
+        let tcp_max_per_source = self
+            .tcp_max_per_source
+            .unwrap_or(super::DEFAULT_TCP_MAX_PER_SOURCE);
+        if tcp_max_per_source == 0 {
+            return Err(cx.err("dns.tcp_max_per_source", "must be at least 1"));
+        }
+        let tcp_io_timeout = match &self.tcp_io_timeout {
+            None => super::DEFAULT_TCP_IO_TIMEOUT,
+            Some(s) => duration(cx, "dns.tcp_io_timeout", s)?,
+        };
         let max_udp_payload = self
             .max_udp_payload
             .unwrap_or(super::DEFAULT_MAX_UDP_PAYLOAD);
@@ -376,7 +388,9 @@ impl RawDns {
             listen,
             zones_dir: cx.path(&self.zones_dir),
             tcp_idle_timeout,
+            tcp_io_timeout,
             tcp_max_connections,
+            tcp_max_per_source,
             max_udp_payload,
             udp_sockets,
         })

@@ -43,6 +43,18 @@ use crate::{
 #[derive(Default)]
 pub struct Responder {
     pub queries: QueryCounters,
+    pub tcp: TcpCounters,
+}
+
+/// DNS TCP connections closed by us, by reason.
+#[derive(Debug, Default)]
+pub struct TcpCounters {
+    /// Over `tcp_max_connections`.
+    pub cap: std::sync::atomic::AtomicU64,
+    /// Over `tcp_max_per_source`.
+    pub per_source: std::sync::atomic::AtomicU64,
+    /// A begun query or a reply not through within `tcp_io_timeout`.
+    pub io_timeout: std::sync::atomic::AtomicU64,
 }
 
 /// The parts of a query every response needs.

@@ -4,10 +4,17 @@
 //!
 //! UDP: several sockets per address with SO_REUSEPORT, so the kernel spreads
 //! queries over receive threads without a shared queue ([`batch`]). TCP (RFC 7766): two-byte
-//! length framing, many queries per connection, an idle timeout, and a cap on
-//! open connections so a flood of idle clients cannot exhaust file descriptors.
+//! length framing, many queries per connection, an idle timeout between
+//! queries and an I/O timeout within one, and caps on open connections in all
+//! and per source (an address, an IPv6 /64; checked first), so a flood of idle
+//! clients cannot exhaust file descriptors nor one source deny the others.
 
-use std::{io, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    io,
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::Duration,
+};
 
 use hickory_server::net::xfer::Protocol;
 use socket2::{Domain, Socket, Type};
@@ -22,7 +29,7 @@ use tracing::{debug, warn};
 
 mod batch;
 
-use crate::{config::DnsConfig, dns::answer::Responder, state::Reader};
+use crate::{config::DnsConfig, dns::answer::Responder, edge::sources::Sources, state::Reader};
 
 /// Binds every listen address (UDP and TCP on the same port) and starts serving.
 ///
@@ -36,6 +43,7 @@ pub fn start(
     let mut tasks = JoinSet::new();
     let mut bound = Vec::with_capacity(config.listen.len());
     let connections = Arc::new(Semaphore::new(config.tcp_max_connections));
+    let sources = Arc::new(Sources::default());
     for &addr in &config.listen {
         let (addr, udp, tcp) = bind_all(addr, config.udp_sockets)?;
         for socket in udp {
@@ -46,9 +54,15 @@ pub fn start(
                 .name(format!("udp {addr}"))
                 .spawn(move || batch::serve(socket, &state, &responder, &runtime))?;
         }
-        let idle = config.tcp_idle_timeout;
         let answering = (state.clone(), responder.clone());
-        tasks.spawn(serve_tcp(tcp, answering, connections.clone(), idle));
+        let limits = TcpLimits {
+            connections: connections.clone(),
+            sources: sources.clone(),
+            per_source: config.tcp_max_per_source,
+            idle: config.tcp_idle_timeout,
+            io: config.tcp_io_timeout,
+        };
+        tasks.spawn(serve_tcp(tcp, answering, limits));
         bound.push(addr);
     }
     Ok((bound, tasks))
@@ -133,12 +147,26 @@ fn tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-async fn serve_tcp(
-    listener: TcpListener,
-    answering: (Reader, Arc<Responder>),
+/// What bounds DNS over TCP, shared by every listener.
+#[derive(Clone)]
+struct TcpLimits {
     connections: Arc<Semaphore>,
+    sources: Arc<Sources>,
+    per_source: usize,
     idle: Duration,
-) {
+    io: Duration,
+}
+
+/// Whose share a connection from `ip` counts against: the address for
+/// IPv4, its /64 for IPv6 (one subscriber's or one server's network).
+fn source_of(ip: IpAddr) -> IpAddr {
+    match crate::geo::canonical(ip) {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !0xffff_ffff_ffff_ffffu128)),
+        v4 => v4,
+    }
+}
+
+async fn serve_tcp(listener: TcpListener, answering: (Reader, Arc<Responder>), limits: TcpLimits) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(got) => got,
@@ -149,38 +177,55 @@ async fn serve_tcp(
                 continue;
             }
         };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            debug!(%peer, "tcp connection limit reached; closing");
+        let counters = &answering.1.tcp;
+        // Per source first: one source's flood must not spend the shared slots.
+        let Some(slot) = limits.sources.take(source_of(peer.ip()), limits.per_source) else {
+            counters.per_source.fetch_add(1, Relaxed);
+            continue;
+        };
+        let Ok(permit) = limits.connections.clone().try_acquire_owned() else {
+            counters.cap.fetch_add(1, Relaxed);
             continue;
         };
         let (state, responder) = answering.clone();
+        let (idle, io) = (limits.idle, limits.io);
         tokio::spawn(async move {
-            let _permit = permit;
-            if let Err(error) = tcp_connection(stream, peer, (&state, &responder), idle).await {
+            let _held = (permit, slot);
+            let served = tcp_connection(stream, peer, (&state, &responder), idle, io).await;
+            if let Err(error) = served {
+                if error.kind() == io::ErrorKind::TimedOut {
+                    responder.tcp.io_timeout.fetch_add(1, Relaxed);
+                }
                 debug!(%error, %peer, "tcp connection closed");
             }
         });
     }
 }
 
-/// Serves one connection until the peer closes it, goes idle, or breaks framing.
+/// Serves one connection until the peer closes it, goes idle (no query
+/// begun within `idle`), is too slow (a begun query or a reply not through
+/// within `io`), or breaks framing.
 async fn tcp_connection(
     mut stream: TcpStream,
     peer: SocketAddr,
     (state, responder): (&Reader, &Responder),
     idle: Duration,
+    io: Duration,
 ) -> io::Result<()> {
     let mut buf = Vec::with_capacity(512);
     loop {
         let mut len = [0u8; 2];
-        match timeout(idle, stream.read_exact(&mut len)).await {
-            Ok(Ok(_)) => {}
+        match timeout(idle, stream.read_u8()).await {
+            Ok(Ok(first)) => len[0] = first,
             Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
             Ok(Err(e)) => return Err(e),
             Err(_) => return Ok(()),
         }
+        len[1] = timeout(io, stream.read_u8())
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "query length timed out"))??;
         buf.resize(usize::from(u16::from_be_bytes(len)), 0);
-        timeout(idle, stream.read_exact(&mut buf))
+        timeout(io, stream.read_exact(&mut buf))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "query body timed out"))??;
         let snapshot = state.load_full();
@@ -194,7 +239,7 @@ async fn tcp_connection(
         let mut out = Vec::with_capacity(reply.len() + 2);
         out.extend_from_slice(&(reply.len() as u16).to_be_bytes());
         out.extend_from_slice(&reply);
-        timeout(idle, stream.write_all(&out))
+        timeout(io, stream.write_all(&out))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "reply write timed out"))??;
     }
@@ -205,6 +250,14 @@ mod tests {
     use std::os::fd::AsRawFd;
 
     use super::*;
+
+    #[test]
+    fn a_source_is_an_ipv4_address_or_an_ipv6_64() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(source_of(ip("198.51.100.7")), ip("198.51.100.7"));
+        assert_eq!(source_of(ip("2001:db8:1:2:3:4:5:6")), ip("2001:db8:1:2::"));
+        assert_eq!(source_of(ip("::ffff:198.51.100.7")), ip("198.51.100.7"));
+    }
 
     fn option(socket: &std::net::UdpSocket, level: i32, name: i32) -> i32 {
         let (mut value, mut len) = (0i32, std::mem::size_of::<i32>() as libc::socklen_t);
