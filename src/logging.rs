@@ -16,15 +16,21 @@ use tracing_subscriber::{
     registry::LookupSpan,
 };
 
+/// Without `RUST_LOG`: info, but nothing from the DNS protocol library,
+/// which logs per packet (a spoofed flood of malformed options would write
+/// a line each); such packets are counted in the metrics instead.
+const DEFAULT: &str = "info,hickory_proto=off,hickory_server=off";
+
 /// Installs the logger; `node`: the name every line carries.
 pub fn init(node: Option<String>) {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| DEFAULT.into()),
         )
         .with_writer(std::io::stderr)
-        // Field names in italics on a terminal; plain text for a file or journald.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // Plain text everywhere: no escape codes in files or journald.
+        .with_ansi(false)
         .event_format(Line { node })
         .init();
 }
@@ -63,9 +69,26 @@ where
             }
         }
         write!(writer, "{}: ", meta.target())?;
-        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        // Values come from the network and from operators (a drain's
+        // reason): a control character must not start a forged line.
+        let mut fields = String::new();
+        ctx.field_format()
+            .format_fields(Writer::new(&mut fields), event)?;
+        write_escaped(&mut writer, &fields)?;
         writeln!(writer)
     }
+}
+
+/// `text` with every control character written as an escape (`\n`, `\u{1b}`).
+fn write_escaped(out: &mut impl fmt::Write, text: &str) -> fmt::Result {
+    for c in text.chars() {
+        if c.is_control() {
+            write!(out, "{}", c.escape_default())?;
+        } else {
+            out.write_char(c)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -99,6 +122,7 @@ mod tests {
             .finish();
         tracing::subscriber::with_default(subscriber, || {
             tracing::warn!(region = "europe1", "region health changed");
+            tracing::warn!(reason = %"x\n2026-01-01T00:00:00Z ERROR forged", "drained");
         });
         String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
     }
@@ -108,10 +132,16 @@ mod tests {
         let line = logged(Some("ns1"));
         let (time, rest) = line.split_once(' ').unwrap();
         assert!(humantime::parse_rfc3339(time).is_ok(), "{line}");
+        let (first, second) = rest.split_once('\n').unwrap();
         assert_eq!(
-            rest,
-            " WARN node=ns1 mgnt::logging::tests: region health changed region=\"europe1\"\n"
+            first,
+            " WARN node=ns1 mgnt::logging::tests: region health changed region=\"europe1\""
         );
+        assert!(
+            second.ends_with(" drained reason=x\\n2026-01-01T00:00:00Z ERROR forged\n"),
+            "{second:?}"
+        );
+        assert_eq!(line.lines().count(), 2, "no forged line");
         assert!(!logged(None).contains("node="));
     }
 }
