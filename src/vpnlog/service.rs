@@ -102,6 +102,11 @@ fn open_file(config: &VpnlogConfig) -> Result<Arc<dyn LogStore>, StartError> {
         source,
     })?;
     let file = config.data_dir.join("vpnlog.db");
+    // Who connected from where, and when: the owner's only.
+    crate::durable::private_file(&file).map_err(|source| StartError::Dir {
+        dir: file.clone(),
+        source,
+    })?;
     let store = SqliteLogStore::open(&file).map_err(|source| StartError::Store { file, source })?;
     Ok(Arc::new(store))
 }
