@@ -7,9 +7,11 @@
 //! ID is patched and the OPT record re-rendered (payload, ECS echo with scope
 //! 0), and an answer is kept only when that re-rendering reproduces the full
 //! path's bytes exactly. Truncated and SERVFAIL answers are never kept. A
-//! reload (a new [`Data::generation`]) empties the cache; a full cache is
-//! emptied too, so a flood of random names costs memory only up to
-//! [`MAX_ENTRIES`].
+//! reload (a new [`Data::generation`]) empties the cache. A full cache
+//! evicts one answer per new one by CLOCK (second chance): an answer replayed
+//! since the hand last passed it is kept once more, so a flood of random
+//! names — each asked once — evicts its own answers and not the hot ones,
+//! and costs memory only up to [`MAX_ENTRIES`].
 
 use std::collections::HashMap;
 
@@ -31,11 +33,23 @@ struct Kept {
     rcode: ResponseCode,
 }
 
+/// A kept answer in the clock, with its key and whether it was replayed
+/// since the hand last passed.
+struct Slot {
+    key: Box<[u8]>,
+    kept: Kept,
+    used: bool,
+}
+
 /// One thread's replayable answers.
 #[derive(Default)]
 pub struct AnswerCache {
     generation: u64,
-    kept: HashMap<Box<[u8]>, Kept>,
+    /// Key → its slot in `slots`.
+    index: HashMap<Box<[u8]>, usize>,
+    slots: Vec<Slot>,
+    /// The next slot the clock looks at when one must go.
+    hand: usize,
     /// The key being built; reused so lookups do not allocate.
     scratch: Vec<u8>,
 }
@@ -60,17 +74,58 @@ impl Shape<'_> {
 
 impl AnswerCache {
     pub fn len(&self) -> usize {
-        self.kept.len()
+        self.slots.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.kept.is_empty()
+        self.slots.is_empty()
     }
 
     fn sync(&mut self, data: &Data) {
         if self.generation != data.generation {
-            self.kept.clear();
+            self.index.clear();
+            self.slots.clear();
+            self.hand = 0;
             self.generation = data.generation;
+        }
+    }
+
+    /// The answer kept under `key`, marked as replayed.
+    fn hit(&mut self, key: &[u8]) -> Option<&Kept> {
+        let &i = self.index.get(key)?;
+        let slot = &mut self.slots[i];
+        slot.used = true;
+        Some(&slot.kept)
+    }
+
+    /// Keeps `kept` under `key`: in place of its old answer, in a free
+    /// slot, or in the first slot the clock finds not replayed since.
+    fn keep(&mut self, key: Box<[u8]>, kept: Kept) {
+        if let Some(&i) = self.index.get(&key) {
+            self.slots[i].kept = kept;
+            return;
+        }
+        let slot = Slot {
+            key: key.clone(),
+            kept,
+            used: false,
+        };
+        if self.slots.len() < MAX_ENTRIES {
+            self.index.insert(key, self.slots.len());
+            self.slots.push(slot);
+            return;
+        }
+        loop {
+            let i = self.hand;
+            self.hand = (self.hand + 1) % self.slots.len();
+            let old = &mut self.slots[i];
+            if std::mem::take(&mut old.used) {
+                continue;
+            }
+            self.index.remove(&old.key);
+            *old = slot;
+            self.index.insert(key, i);
+            return;
         }
     }
 
@@ -85,8 +140,7 @@ impl AnswerCache {
         self.sync(data);
         let mut key = std::mem::take(&mut self.scratch);
         shape.key_into(&mut key);
-        let found = self.kept.get(key.as_slice());
-        let result = found.map(|k| {
+        let result = self.hit(&key).map(|k| {
             out.clear();
             out.extend_from_slice(&shape.raw[..2]);
             out.extend_from_slice(&k.header[2..]);
@@ -122,22 +176,58 @@ impl AnswerCache {
         if rcode == ResponseCode::ServFail {
             return;
         }
-        if self.kept.len() >= MAX_ENTRIES {
-            self.kept.clear();
-        }
         let mut header = [0u8; 12];
         header.copy_from_slice(&answer[..12]);
         header[..2].fill(0);
         let mut key = Vec::new();
         shape.key_into(&mut key);
-        self.kept.insert(
-            key.into_boxed_slice(),
-            Kept {
-                header,
-                body: answer[start..answer.len() - opt.len()].into(),
-                qtype,
-                rcode,
-            },
-        );
+        let kept = Kept {
+            header,
+            body: answer[start..answer.len() - opt.len()].into(),
+            qtype,
+            rcode,
+        };
+        self.keep(key.into_boxed_slice(), kept);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kept() -> Kept {
+        Kept {
+            header: [0; 12],
+            body: Box::new([]),
+            qtype: RecordType::A,
+            rcode: ResponseCode::NoError,
+        }
+    }
+
+    fn key(n: u64) -> Box<[u8]> {
+        n.to_be_bytes().into()
+    }
+
+    #[test]
+    fn a_flood_of_names_asked_once_evicts_its_own_answers_not_the_hot_ones() {
+        let mut cache = AnswerCache::default();
+        for hot in 0..100 {
+            cache.keep(key(hot), kept());
+        }
+        // Ten full caches' worth of random names, the hot ones asked between.
+        for round in 0..40u64 {
+            for hot in 0..100 {
+                assert!(cache.hit(&key(hot)).is_some(), "hot name {hot} lost in round {round}");
+            }
+            for n in 0..1_000 {
+                cache.keep(key(1_000_000 + round * 1_000 + n), kept());
+            }
+            assert!(cache.len() <= MAX_ENTRIES);
+        }
+        assert_eq!(cache.len(), MAX_ENTRIES);
+        assert_eq!(cache.index.len(), MAX_ENTRIES, "index and slots agree");
+        // A name kept again replaces its answer in place.
+        cache.keep(key(7), kept());
+        assert_eq!(cache.len(), MAX_ENTRIES);
     }
 }
