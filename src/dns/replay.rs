@@ -217,7 +217,10 @@ mod tests {
         // Ten full caches' worth of random names, the hot ones asked between.
         for round in 0..40u64 {
             for hot in 0..100 {
-                assert!(cache.hit(&key(hot)).is_some(), "hot name {hot} lost in round {round}");
+                assert!(
+                    cache.hit(&key(hot)).is_some(),
+                    "hot name {hot} lost in round {round}"
+                );
             }
             for n in 0..1_000 {
                 cache.keep(key(1_000_000 + round * 1_000 + n), kept());
