@@ -18,6 +18,24 @@ pub(super) enum Fault {
     WrongKey(Uuid),
 }
 
+impl Fault {
+    /// The error naming `file` (and `key`, the key file, for a secret that
+    /// does not open with it).
+    pub(super) fn about(self, file: &Path, key: &Path) -> MigrateError {
+        let file = file.to_owned();
+        match self {
+            Self::Sqlite(source) => MigrateError::Sqlite { file, source },
+            Self::Db(e) => e,
+            Self::Corrupt(what) => MigrateError::Corrupt { file, what },
+            Self::WrongKey(job) => MigrateError::WrongKey {
+                file,
+                job,
+                key: key.to_owned(),
+            },
+        }
+    }
+}
+
 impl From<rusqlite::Error> for Fault {
     fn from(e: rusqlite::Error) -> Self {
         Self::Sqlite(e)

@@ -127,22 +127,9 @@ impl Source {
 
     /// Copies every table inside `tx`.
     pub(super) async fn copy(&self, tx: &Transaction<'_>) -> Result<Copied, MigrateError> {
-        self.copy_tables(tx).await.map_err(|fault| match fault {
-            Fault::Sqlite(source) => MigrateError::Sqlite {
-                file: self.file.clone(),
-                source,
-            },
-            Fault::Db(e) => e,
-            Fault::Corrupt(what) => MigrateError::Corrupt {
-                file: self.file.clone(),
-                what,
-            },
-            Fault::WrongKey(job) => MigrateError::WrongKey {
-                file: self.file.clone(),
-                job,
-                key: self.key_file.clone(),
-            },
-        })
+        self.copy_tables(tx)
+            .await
+            .map_err(|fault| fault.about(&self.file, &self.key_file))
     }
 
     async fn copy_tables(&self, tx: &Transaction<'_>) -> Result<Copied, Fault> {

@@ -161,21 +161,10 @@ impl Source {
 
     /// Copies every table inside `tx`.
     pub(super) async fn copy(&self, tx: &Transaction<'_>) -> Result<Copied, MigrateError> {
-        self.copy_tables(tx).await.map_err(|fault| match fault {
-            Fault::Sqlite(source) => MigrateError::Sqlite {
-                file: self.file.clone(),
-                source,
-            },
-            Fault::Db(e) => e,
-            Fault::Corrupt(what) => MigrateError::Corrupt {
-                file: self.file.clone(),
-                what,
-            },
-            Fault::WrongKey(_) => MigrateError::Corrupt {
-                file: self.file.clone(),
-                what: "no key is used here".into(),
-            },
-        })
+        // No key is read here: a wrong-key fault cannot arise.
+        self.copy_tables(tx)
+            .await
+            .map_err(|fault| fault.about(&self.file, Path::new("")))
     }
 
     async fn copy_tables(&self, tx: &Transaction<'_>) -> Result<Copied, Fault> {

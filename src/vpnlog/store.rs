@@ -110,6 +110,15 @@ pub struct AttemptRow {
     pub region: Option<String>,
 }
 
+/// The share of `sent` pings that got no answer.
+fn loss(sent: u32, received: u32) -> f64 {
+    if sent == 0 {
+        0.0
+    } else {
+        f64::from(sent - received.min(sent)) / f64::from(sent)
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct LatencyRow {
     pub time: u64,

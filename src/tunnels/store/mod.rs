@@ -140,6 +140,24 @@ pub struct Job {
     pub secret: Option<String>,
 }
 
+impl Job {
+    /// A new job, waiting for its router, carrying `secret`.
+    fn pending(id: Uuid, site: Uuid, kind: &str, secret: &str, now: u64) -> Self {
+        Self {
+            id,
+            site,
+            kind: kind.to_owned(),
+            state: JobState::Pending,
+            attempts: 0,
+            created: now,
+            fetched: None,
+            finished: None,
+            error: None,
+            secret: Some(secret.to_owned()),
+        }
+    }
+}
+
 /// One tunnel's login, as an agent checks it: the username, the address it
 /// gets and the digests its secret is checked against.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -214,18 +214,7 @@ impl PgSiteStore {
             &[&id, &site, &kind, &sealed, &secs(now)],
         )
         .await?;
-        Ok(Job {
-            id,
-            site,
-            kind: kind.to_owned(),
-            state: JobState::Pending,
-            attempts: 0,
-            created: now,
-            fetched: None,
-            finished: None,
-            error: None,
-            secret: Some(secret.to_owned()),
-        })
+        Ok(Job::pending(id, site, kind, secret, now))
     }
 
     /// Ends open jobs older than the job expiry.

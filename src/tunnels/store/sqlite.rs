@@ -292,18 +292,7 @@ impl SqliteStore {
             "INSERT INTO jobs (id, site, kind, secret, created, state) VALUES (?1, ?2, ?3, ?4, ?5, 'pending')",
             params![id.to_string(), site.to_string(), kind, sealed, now as i64],
         )?;
-        Ok(Job {
-            id,
-            site,
-            kind: kind.to_owned(),
-            state: JobState::Pending,
-            attempts: 0,
-            created: now,
-            fetched: None,
-            finished: None,
-            error: None,
-            secret: Some(secret.to_owned()),
-        })
+        Ok(Job::pending(id, site, kind, secret, now))
     }
 }
 

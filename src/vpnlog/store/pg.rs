@@ -504,11 +504,7 @@ fn latency_row(r: &Row) -> Result<LatencyRow, LogStoreError> {
         region: r.try_get(3)?,
         sent,
         received,
-        loss: if sent == 0 {
-            0.0
-        } else {
-            f64::from(sent - received.min(sent)) / f64::from(sent)
-        },
+        loss: super::loss(sent, received),
         rtt_ms: rtt,
     })
 }

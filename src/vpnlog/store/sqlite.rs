@@ -258,11 +258,7 @@ impl LogStore for SqliteLogStore {
                 region: r.get(3)?,
                 sent,
                 received,
-                loss: if sent == 0 {
-                    0.0
-                } else {
-                    f64::from(sent - received.min(sent)) / f64::from(sent)
-                },
+                loss: super::loss(sent, received),
                 rtt_ms: rtt,
             })
         })?;
