@@ -11,11 +11,7 @@
 //! same file, never stored in plaintext. Both keys come from the file through
 //! HKDF-SHA-256 with their own labels, so neither is the other.
 
-use std::{
-    io::Write,
-    os::unix::fs::{OpenOptionsExt, PermissionsExt},
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use data_encoding::{BASE32_NOPAD, BASE64URL_NOPAD, HEXLOWER_PERMISSIVE};
 use ring::{
@@ -37,10 +33,6 @@ pub enum KeyError {
     },
     #[error("{file}: not a key: expected {} hex digits on one line", KEY_BYTES * 2)]
     Format { file: PathBuf },
-    #[error(
-        "{file}: readable by others (mode {mode:o}); it holds the key to every secret: chmod 600 it"
-    )]
-    Mode { file: PathBuf, mode: u32 },
     #[error("the system random generator failed")]
     Random,
 }
@@ -71,13 +63,8 @@ impl Keys {
         let random = SystemRandom::new();
         let bytes = match std::fs::read_to_string(file) {
             Ok(text) => {
-                let mode = std::fs::metadata(file).map_err(io)?.permissions().mode() & 0o777;
-                if mode & 0o077 != 0 {
-                    return Err(KeyError::Mode {
-                        file: file.to_owned(),
-                        mode,
-                    });
-                }
+                // A key copied in with `cp` follows the umask: made private again.
+                crate::durable::tighten(file).map_err(io)?;
                 HEXLOWER_PERMISSIVE
                     .decode(text.trim().as_bytes())
                     .ok()
@@ -89,7 +76,8 @@ impl Keys {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut key = [0u8; KEY_BYTES];
                 random.fill(&mut key).map_err(|_| KeyError::Random)?;
-                create(file, &key).map_err(io)?;
+                let text = format!("{}\n", HEXLOWER_PERMISSIVE.encode(&key));
+                crate::durable::create_private(file, text.as_bytes()).map_err(io)?;
                 key.to_vec()
             }
             Err(e) => return Err(io(e)),
@@ -183,24 +171,6 @@ impl Keys {
     }
 }
 
-/// Writes a new key file: mode 0600 from the start, synced, never replacing one.
-fn create(file: &Path, key: &[u8]) -> std::io::Result<()> {
-    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(file)?;
-    writeln!(f, "{}", HEXLOWER_PERMISSIVE.encode(key))?;
-    f.sync_all()?;
-    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
 /// Length of the digest key.
 const DIGEST_KEY_BYTES: usize = 32;
 
@@ -271,6 +241,8 @@ impl Digests {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     fn keys(dir: &Path) -> Keys {
@@ -302,7 +274,7 @@ mod tests {
     }
 
     #[test]
-    fn bad_key_files_are_refused_with_the_reason() {
+    fn bad_key_files_are_refused_with_the_reason_and_loose_ones_tightened() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("secret.key");
         std::fs::write(&file, "abc\n").unwrap();
@@ -313,8 +285,9 @@ mod tests {
         ));
         std::fs::write(&file, format!("{}\n", "ab".repeat(32))).unwrap();
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let err = Keys::load_or_create(&file).err().unwrap();
-        assert!(err.to_string().contains("chmod 600"), "{err}");
+        Keys::load_or_create(&file).unwrap();
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "a key others could read is made private");
     }
 
     #[test]
