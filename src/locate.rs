@@ -39,7 +39,7 @@ pub struct Client {
     /// The address located (an IPv4-mapped IPv6 address as its IPv4 address).
     pub addr: IpAddr,
     /// Leading bits of the original address the client stands for: the ECS
-    /// source prefix, or the whole address for a packet source. Caps the scope.
+    /// source prefix, or the whole address for a packet source.
     pub source_prefix: u8,
     /// 96 when `addr` came from an IPv4-mapped IPv6 address: scopes are
     /// reported in the original family's bits.
@@ -106,12 +106,18 @@ pub struct Position {
 }
 
 /// The ECS scope of an answer ([RFC 7871 §7.2.1]): the bits that decided it,
-/// at most the bits the client sent. The one place the scope is capped.
+/// even when they are more than the client sent — "the SCOPE PREFIX-LENGTH
+/// MAY be longer than the SOURCE PREFIX-LENGTH", telling the resolver that
+/// its prefix was not specific enough (it then caches the answer for its
+/// source prefix only, §7.3.1). As gdnsd does. A source prefix of 0 asked
+/// to be located by the resolver's own address (§7.1.2): scope 0.
 ///
 /// [RFC 7871 §7.2.1]: https://www.rfc-editor.org/rfc/rfc7871#section-7.2.1
 pub fn ecs_scope(span: u8, client: &Client) -> u8 {
+    if client.source_prefix == 0 {
+        return 0;
+    }
     span.saturating_add(client.mapped_bits)
-        .min(client.source_prefix)
 }
 
 /// How clients are mapped to orders: outside every override prefix, or inside one.
@@ -375,15 +381,16 @@ mod tests {
             // Belgium's /14 holds the override /24: 81.240/16 is outside it.
             ("81.240.1.1", 32, &BE, 16),
             ("81.240.0.0", 16, &BE, 16),
-            ("81.240.0.0", 12, &BE, 12),
+            // A short source prefix: the scope says more bits decided.
+            ("81.240.0.0", 12, &BE, 16),
             // Inside the override: its regions first, then by distance.
             ("81.241.7.9", 32, &["sa1", "us1", "europe1", "asia1"], 24),
             ("81.241.7.0", 24, &["sa1", "us1", "europe1", "asia1"], 24),
             // Its neighbour /24 is outside; the scope says so.
             ("81.241.6.0", 24, &BE, 24),
             // A /16 holding the override: located by its first address, and
-            // the scope (the /22 that excludes the override) capped at /16.
-            ("81.241.0.0", 16, &BE, 16),
+            // the scope the /22 that excludes the override, longer than /16.
+            ("81.241.0.0", 16, &BE, 22),
             ("3.5.7.0", 24, &["us1", "europe1", "sa1", "asia1"], 9),
             // Country override, then distance from New Zealand.
             ("49.224.0.1", 32, &["us1", "asia1", "sa1", "europe1"], 14),

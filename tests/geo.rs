@@ -78,7 +78,7 @@ fn cname_answer_carries_the_region_address_and_ttls() {
 }
 
 #[test]
-fn ecs_scope_is_the_deciding_network_capped_at_the_source_prefix() {
+fn ecs_scope_is_the_deciding_network_even_past_the_source_prefix() {
     let server = Server::start();
     let scope = |net: &str| {
         let r = udp(
@@ -89,7 +89,13 @@ fn ecs_scope_is_the_deciding_network_capped_at_the_source_prefix() {
     };
     // The database network is 81.240.0.0/14, but 81.241.7.0/24 is an override inside it.
     assert_eq!(scope("81.240.0.0/16"), (16, 16));
-    assert_eq!(scope("81.240.0.0/12"), (12, 12));
+    // RFC 7871 §7.2.1: longer than the source prefix when more bits decided.
+    assert_eq!(scope("81.240.0.0/12"), (12, 16));
+    assert_eq!(
+        scope("81.241.0.0/16"),
+        (16, 22),
+        "the /22 that excludes the override"
+    );
     assert_eq!(scope("3.5.0.0/16"), (16, 9), "US network is a /9");
     assert_eq!(scope("3.5.7.0/24"), (24, 9));
     // Non-geo names echo scope 0 (RFC 7871 §7.2.1).
