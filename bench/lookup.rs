@@ -91,7 +91,7 @@ fn benches(c: &mut Criterion) {
         .expect("an answer");
     c.bench_function("replayed reply (static A, EDNS)", |b| {
         let (mut out, mut caches) = (Vec::with_capacity(512), fast::Caches::default());
-        fast::learn(&data, &ns1, &full, &mut caches.answers);
+        fast::learn(&data, &ns1, src, &full, &mut caches.answers);
         b.iter(|| {
             let replayed = fast::answer(&data, &view, black_box(&ns1), src, &mut out, &mut caches);
             assert!(replayed.is_some());

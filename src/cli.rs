@@ -59,7 +59,9 @@ pub enum CliError {
 
 /// `mgnt check-config`: loads everything; the one-line summary.
 pub fn check_config(config: &Path) -> Result<String, CliError> {
-    let data = state::load(config)?;
+    let mut data = state::load(config)?;
+    // Read when present, not created: the server makes the secret.
+    data.load_cookies(false)?;
     let db = data.maps.db();
     let (orders, classes) = data.maps.counts();
     Ok(format!(

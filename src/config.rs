@@ -43,6 +43,10 @@ pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:8053";
 pub const DEFAULT_TOKEN_FILE: &str = "state/admin.token";
 pub const DEFAULT_AUDIT_LOG: &str = "state/audit.log";
 pub const DEFAULT_SECRET_KEY_FILE: &str = "state/secret.key";
+pub const DEFAULT_COOKIE_SECRET_FILE: &str = "state/cookie.secret";
+/// BIND's and Knot's usual figures for response rate limiting.
+pub const DEFAULT_RRL_RATE: u32 = 20;
+pub const DEFAULT_RRL_SLIP: u32 = 2;
 pub const DEFAULT_ROUTERS_LISTEN: &str = "127.0.0.1:8054";
 /// A router that polls every few minutes has days to apply a recreate job.
 pub const DEFAULT_ROTATION_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -144,6 +148,31 @@ pub struct DnsConfig {
     pub max_udp_payload: u16,
     /// UDP sockets per listen address (SO_REUSEPORT), one receive loop each.
     pub udp_sockets: usize,
+    /// DNS Cookies (RFC 7873, RFC 9018): answered unless turned off.
+    pub cookies: bool,
+    /// The server secret, shared by every node (created when missing).
+    pub cookie_secret_file: PathBuf,
+    /// The secret being retired: its cookies are still valid.
+    pub cookie_previous_secret_file: Option<PathBuf>,
+    /// UDP answers larger than this to queries without a valid server
+    /// cookie go out truncated; 0 never truncates.
+    pub truncate_without_cookie: u16,
+    /// Response rate limiting, when configured.
+    pub rrl: Option<RrlConfig>,
+}
+
+/// `[dns.rrl]`: how many answers per second one network gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RrlConfig {
+    /// Answers per second to one network for one kind of answer.
+    pub rate: u32,
+    /// Every `slip`-th answer over the rate goes out truncated (TC, or
+    /// BADCOOKIE to a query with a client cookie) instead of being dropped;
+    /// 0 drops them all.
+    pub slip: u32,
+    /// The networks counted as one: IPv4 and IPv6 prefix lengths.
+    pub ipv4_prefix: u8,
+    pub ipv6_prefix: u8,
 }
 
 #[derive(Debug, Clone)]

@@ -172,7 +172,7 @@ async fn start_exporter(config: &Config, store: Option<&Arc<dyn Store>>) -> Opti
 /// ever stops, rather than leave the API waiting on it.
 pub async fn run(config_path: PathBuf) -> Result<(), ServeError> {
     let path = config_path.clone();
-    let data = tokio::task::spawn_blocking(move || state::load(&path))
+    let data = tokio::task::spawn_blocking(move || state::load_checked(&path, None))
         .await
         .expect("loading task panicked")?;
     let config = data.config.clone();

@@ -15,7 +15,12 @@ use hickory_proto::{
 use hickory_server::net::xfer::Protocol;
 use mgnt::{
     config::Config,
-    dns::{Data, RouteCache, answer::Responder, fast},
+    dns::{
+        Data, RouteCache,
+        answer::Responder,
+        cookie::{self, Received, Secrets},
+        fast,
+    },
     locate::Client,
     route::{RegionState, RegionView},
 };
@@ -48,7 +53,25 @@ fn random_addr(rng: &mut Rng) -> IpAddr {
     }
 }
 
-fn random_query(rng: &mut Rng) -> Vec<u8> {
+/// A COOKIE option value: a client cookie alone, with a valid server
+/// cookie for `src` (when there are secrets), with a foreign one, or malformed.
+fn random_cookie(rng: &mut Rng, secrets: Option<&Secrets>, src: IpAddr) -> Vec<u8> {
+    let client = rng.next().to_be_bytes();
+    match rng.below(4) {
+        0 => client.to_vec(),
+        1 => match secrets {
+            Some(s) => {
+                let first = s.judge(&Received::parse(&client).unwrap(), src, cookie::now());
+                first.reply.to_vec()
+            }
+            None => client.to_vec(),
+        },
+        2 => [client, rng.next().to_be_bytes(), rng.next().to_be_bytes()].concat(),
+        _ => client[..rng.below(8) as usize].to_vec(),
+    }
+}
+
+fn random_query(rng: &mut Rng, secrets: Option<&Secrets>, src: IpAddr) -> Vec<u8> {
     let names = [
         "mgnt.mkcld.io.",
         "direct.mkcld.io.",
@@ -113,11 +136,14 @@ fn random_query(rng: &mut Rng) -> Vec<u8> {
             e.options_mut()
                 .insert(EdnsOption::Subnet(ClientSubnet::new(net.addr(), prefix, 0)));
         }
-        if rng.coin(20) {
-            e.options_mut().insert(EdnsOption::Unknown(
-                u16::from(EdnsCode::Cookie),
-                vec![1, 2, 3, 4, 5, 6, 7, 8],
-            ));
+        if rng.coin(40) {
+            let code = u16::from(EdnsCode::Cookie);
+            e.options_mut()
+                .insert(EdnsOption::Unknown(code, random_cookie(rng, secrets, src)));
+            if rng.coin(3) {
+                let again = EdnsOption::Unknown(code, random_cookie(rng, secrets, src));
+                e.options_mut().insert(again);
+            }
         }
         if rng.coin(5) {
             e.options_mut().insert(EdnsOption::Unknown(65001, vec![9]));
@@ -150,6 +176,10 @@ fn load(fixture: &Fixture, max_udp_payload: u16, generation: u64) -> Data {
     fixture.write_config(&text);
     let mut data = Data::load(Config::load(&fixture.config()).unwrap()).unwrap();
     data.generation = generation;
+    // Every other load answers cookies.
+    if generation % 2 == 1 {
+        data.cookies = Some(Secrets::new([7; 16], Some([8; 16])));
+    }
     data
 }
 
@@ -174,7 +204,7 @@ async fn fast_and_full_paths_answer_identically() {
     let fixture = Fixture::new();
     let responder = Responder::default();
     let mut rng = Rng(0x6d67_6e74_6661_7374);
-    let (mut fast_count, mut total, mut replayed) = (0, 0, 0);
+    let (mut fast_count, mut total, mut replayed, mut cookies) = (0, 0, 0, 0);
     let mut out = Vec::new();
     // One thread's caches live across loads, as in the server.
     let mut caches = fast::Caches::default();
@@ -187,8 +217,8 @@ async fn fast_and_full_paths_answer_identically() {
             if i % 1_000 == 0 {
                 view = random_view(&mut rng, data.config.regions.len());
             }
-            let raw = random_query(&mut rng);
             let src: SocketAddr = (random_addr(&mut rng), 5353).into();
+            let raw = random_query(&mut rng, data.cookies.as_ref(), src.ip());
             total += 1;
             let full = responder
                 .respond(&data, &view, &raw, src, Protocol::Udp)
@@ -197,7 +227,7 @@ async fn fast_and_full_paths_answer_identically() {
             if fast.is_none() {
                 // As the server does: keep what the full path said, for replay.
                 if let Some(full) = &full {
-                    fast::learn(&data, &raw, full, &mut caches.answers);
+                    fast::learn(&data, &raw, src.ip(), full, &mut caches.answers);
                 }
                 continue;
             }
@@ -211,6 +241,8 @@ async fn fast_and_full_paths_answer_identically() {
                 })
                 .is_some_and(|n| n.starts_with("mgnt.") || n.starts_with("direct."));
             replayed += usize::from(!is_geo);
+            let answered = Message::from_vec(&out).ok().and_then(|m| m.edns);
+            cookies += usize::from(answered.is_some_and(|e| e.option(EdnsCode::Cookie).is_some()));
             assert_eq!(
                 Some(&out),
                 full.as_ref(),
@@ -220,7 +252,10 @@ async fn fast_and_full_paths_answer_identically() {
             );
         }
     }
-    eprintln!("fast path answered {fast_count} of {total}, {replayed} of them replayed");
+    eprintln!(
+        "fast path answered {fast_count} of {total}, {replayed} of them replayed, {cookies} with a cookie"
+    );
+    assert!(cookies > 300, "only {cookies} fast answers with a cookie");
     assert!(
         fast_count > total / 3,
         "the fast path took only {fast_count} of {total}"

@@ -31,6 +31,7 @@ pub fn render(cx: &Context) -> String {
     fleet(&mut out, cx, data.config_hash.as_str());
     cx.responder.queries.render(&mut out);
     dns_tcp(&mut out, &cx.responder.tcp);
+    dns_guard(&mut out, &cx.responder.guard.counters);
 
     help(
         &mut out,
@@ -316,6 +317,30 @@ fn dns_tcp(out: &mut String, tcp: &crate::dns::answer::TcpCounters) {
             n.load(Relaxed)
         );
     }
+}
+
+/// UDP answers rate limited or truncated for want of a cookie.
+fn dns_guard(out: &mut String, c: &crate::dns::guard::GuardCounters) {
+    families_out(
+        out,
+        [(
+            "mgnt_dns_rrl_answers_total",
+            "UDP answers over the [dns.rrl] rate, by what was sent instead (dropped: nothing; slipped: truncated; badcookie: BADCOOKIE with a fresh cookie).",
+            "action",
+            vec![
+                ("dropped", &c.rrl_dropped),
+                ("slipped", &c.rrl_slipped),
+                ("badcookie", &c.rrl_badcookie),
+            ],
+        )],
+    );
+    crate::metrics::single(
+        out,
+        "mgnt_dns_truncated_without_cookie_total",
+        "counter",
+        "UDP answers over truncate_without_cookie sent truncated to queries without a valid server cookie.",
+        c.truncated_without_cookie.load(Relaxed),
+    );
 }
 
 /// The config hash, and with `[store]` what this node found of the others.

@@ -65,6 +65,8 @@ pub fn shared_part(config: &Config) -> Config {
     c.dns.listen.clear();
     c.dns.zones_dir = none();
     c.dns.udp_sockets = 0;
+    c.dns.cookie_secret_file = none();
+    c.dns.cookie_previous_secret_file = None;
     c.geoip.database = none();
     c.geoip.centroids = none();
     c.health.state_file = none();

@@ -55,6 +55,20 @@ struct RawDns {
     tcp_max_per_source: Option<usize>,
     max_udp_payload: Option<u16>,
     udp_sockets: Option<usize>,
+    cookies: Option<bool>,
+    cookie_secret_file: Option<PathBuf>,
+    cookie_previous_secret_file: Option<PathBuf>,
+    truncate_without_cookie: Option<u16>,
+    rrl: Option<RawRrl>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRrl {
+    rate: Option<u32>,
+    slip: Option<u32>,
+    ipv4_prefix: Option<u8>,
+    ipv6_prefix: Option<u8>,
 }
 
 #[derive(Deserialize)]
@@ -384,6 +398,17 @@ impl RawDns {
         if udp_sockets == 0 || udp_sockets > 64 {
             return Err(cx.err("dns.udp_sockets", "must be between 1 and 64"));
         }
+        let truncate_without_cookie = self.truncate_without_cookie.unwrap_or(0);
+        if (1..128).contains(&truncate_without_cookie) {
+            return Err(cx.err(
+                "dns.truncate_without_cookie",
+                "must be 0 (never truncate) or at least 128 bytes",
+            ));
+        }
+        let secret = self
+            .cookie_secret_file
+            .as_deref()
+            .unwrap_or(Path::new(super::DEFAULT_COOKIE_SECRET_FILE));
         Ok(DnsConfig {
             listen,
             zones_dir: cx.path(&self.zones_dir),
@@ -393,6 +418,34 @@ impl RawDns {
             tcp_max_per_source,
             max_udp_payload,
             udp_sockets,
+            cookies: self.cookies.unwrap_or(true),
+            cookie_secret_file: cx.path(secret),
+            cookie_previous_secret_file: self
+                .cookie_previous_secret_file
+                .as_deref()
+                .map(|p| cx.path(p)),
+            truncate_without_cookie,
+            rrl: self.rrl.as_ref().map(|r| r.validate(cx)).transpose()?,
+        })
+    }
+}
+
+impl RawRrl {
+    fn validate(&self, cx: &Ctx) -> Result<super::RrlConfig, ConfigError> {
+        let rate = self.rate.unwrap_or(super::DEFAULT_RRL_RATE);
+        if rate == 0 {
+            return Err(cx.err("dns.rrl.rate", "must be at least 1 answer per second"));
+        }
+        let prefix = |key: &str, value: Option<u8>, default: u8, width: u8| match value {
+            None => Ok(default),
+            Some(p) if (1..=width).contains(&p) => Ok(p),
+            Some(_) => Err(cx.err(key, format!("must be 1 to {width}"))),
+        };
+        Ok(super::RrlConfig {
+            rate,
+            slip: self.slip.unwrap_or(super::DEFAULT_RRL_SLIP),
+            ipv4_prefix: prefix("dns.rrl.ipv4_prefix", self.ipv4_prefix, 24, 32)?,
+            ipv6_prefix: prefix("dns.rrl.ipv6_prefix", self.ipv6_prefix, 56, 128)?,
         })
     }
 }

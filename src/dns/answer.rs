@@ -29,7 +29,7 @@ use hickory_server::{
     zone_handler::{MessageResponse, MessageResponseBuilder},
 };
 
-use super::{Data, GeoTable, ecs};
+use super::{Data, GeoTable, cookie, ecs};
 use crate::{
     locate::Client,
     metrics::QueryCounters,
@@ -44,6 +44,8 @@ use crate::{
 pub struct Responder {
     pub queries: QueryCounters,
     pub tcp: TcpCounters,
+    /// Rate limiting and truncation of UDP answers.
+    pub guard: super::guard::Guard,
 }
 
 /// DNS TCP connections closed by us, by reason.
@@ -124,10 +126,25 @@ async fn answer(
         }
         e
     });
-    let with_edns = |code| (error(&cx, code, edns.as_ref()), code);
     if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
-        return with_edns(ResponseCode::BADVERS);
+        return (
+            error(&cx, ResponseCode::BADVERS, edns.as_ref()),
+            ResponseCode::BADVERS,
+        );
     }
+    if let (Some(asked), Some(e), Some(secrets)) = (&request.edns, &mut edns, &data.cookies) {
+        match answer_cookie(asked, secrets, src) {
+            Ok(Some(reply)) => e.options_mut().insert(reply),
+            Ok(None) => {}
+            Err(_) => {
+                return (
+                    error(&cx, ResponseCode::FormErr, Some(e)),
+                    ResponseCode::FormErr,
+                );
+            }
+        }
+    }
+    let with_edns = |code| (error(&cx, code, edns.as_ref()), code);
     let subnet = match request.edns.is_some().then(|| ecs::parse(raw)).transpose() {
         Ok(s) => s.flatten(),
         Err(_) => return with_edns(ResponseCode::FormErr),
@@ -171,6 +188,32 @@ async fn answer(
         .get(3)
         .map_or(ResponseCode::ServFail, |b| ResponseCode::from(0, b & 0x0F));
     (bytes, rcode)
+}
+
+/// The COOKIE option to answer with (RFC 7873 §5.2), if the query had one;
+/// `Err` for a malformed option or more than one.
+fn answer_cookie(
+    asked: &Edns,
+    secrets: &cookie::Secrets,
+    src: SocketAddr,
+) -> Result<Option<EdnsOption>, cookie::Malformed> {
+    let mut sent = asked.options().get_all(EdnsCode::Cookie).into_iter();
+    let Some(first) = sent.next() else {
+        return Ok(None);
+    };
+    let value = match first {
+        EdnsOption::Unknown(_, value) => value.as_slice(),
+        _ => &[],
+    };
+    let received = cookie::Received::parse(value)?;
+    if sent.next().is_some() {
+        return Err(cookie::Malformed(value.len()));
+    }
+    let verdict = secrets.judge(&received, src.ip(), cookie::now());
+    Ok(Some(EdnsOption::Unknown(
+        cookie::CODE,
+        verdict.reply.to_vec(),
+    )))
 }
 
 /// RFC 7871 §7.2.1: the response carries ECS with the query's family, source

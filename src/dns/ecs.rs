@@ -43,17 +43,31 @@ pub enum EcsError {
 ///
 /// Returns `Ok(None)` when the query carries no OPT record or no ECS option.
 pub fn parse(msg: &[u8]) -> Result<Option<ClientSubnet>, EcsError> {
+    let mut found = None;
+    for (code, value) in opt_options(msg)? {
+        if code == ECS_CODE {
+            if found.is_some() {
+                return Err(EcsError::Duplicate);
+            }
+            found = Some(validate(value)?);
+        }
+    }
+    Ok(found)
+}
+
+/// The options of a message's OPT records (none without one), in order.
+pub fn opt_options(msg: &[u8]) -> Result<Vec<(u16, &[u8])>, EcsError> {
     if msg.len() < 12 {
         return Err(EcsError::Truncated);
     }
-    let mut r = Cursor { msg, pos: 12 };
+    let mut r = Cursor::new(msg, 12);
     let count = |i: usize| u16::from_be_bytes([msg[4 + 2 * i], msg[5 + 2 * i]]);
     for _ in 0..count(0) {
         r.skip_name()?;
         r.take(4)?;
     }
     let records = usize::from(count(1)) + usize::from(count(2)) + usize::from(count(3));
-    let mut found = None;
+    let mut found = Vec::new();
     for _ in 0..records {
         r.skip_name()?;
         let rtype = r.u16()?;
@@ -61,14 +75,7 @@ pub fn parse(msg: &[u8]) -> Result<Option<ClientSubnet>, EcsError> {
         let rdlen = usize::from(r.u16()?);
         let rdata = r.take(rdlen)?;
         if rtype == OPT {
-            for opt in options(rdata)? {
-                if opt.0 == ECS_CODE {
-                    if found.is_some() {
-                        return Err(EcsError::Duplicate);
-                    }
-                    found = Some(validate(opt.1)?);
-                }
-            }
+            found.extend(options(rdata)?);
         }
     }
     Ok(found)
@@ -131,26 +138,35 @@ pub fn validate(data: &[u8]) -> Result<ClientSubnet, EcsError> {
     })
 }
 
-struct Cursor<'a> {
+/// Reads a message from a position on, never past its end.
+pub struct Cursor<'a> {
     msg: &'a [u8],
     pos: usize,
 }
 
 impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], EcsError> {
+    pub fn new(msg: &'a [u8], pos: usize) -> Self {
+        Self { msg, pos }
+    }
+
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8], EcsError> {
         let end = self.pos.checked_add(n).ok_or(EcsError::Truncated)?;
         let s = self.msg.get(self.pos..end).ok_or(EcsError::Truncated)?;
         self.pos = end;
         Ok(s)
     }
 
-    fn u16(&mut self) -> Result<u16, EcsError> {
+    pub fn u16(&mut self) -> Result<u16, EcsError> {
         let b = self.take(2)?;
         Ok(u16::from_be_bytes([b[0], b[1]]))
     }
 
     /// Skips a name in place; a compression pointer ends it (we never follow one).
-    fn skip_name(&mut self) -> Result<(), EcsError> {
+    pub fn skip_name(&mut self) -> Result<(), EcsError> {
         loop {
             let len = self.take(1)?[0];
             match len {

@@ -5,8 +5,9 @@
 //! hickory's own encoder (see [`Templates::render`]); a query only costs the
 //! GeoIP lookup, the routing decision and a few copies into a reused buffer:
 //! header (ID, RD, CD patched), the question as received (case echoed), the
-//! template, and the OPT record with the ECS echo. Anything else — other names
-//! and types, odd flags, unknown EDNS options, malformed ECS — returns `None`
+//! template, and the OPT record with the cookie and the ECS echo. Anything
+//! else — other names and types, odd flags, unknown EDNS options, malformed
+//! ECS or COOKIE — returns `None`
 //! and goes to the full path in [`super::answer`], which stays the reference:
 //! a differential test requires identical bytes from both. Plain queries for
 //! other names are answered from [`super::replay`] once the full path has
@@ -22,7 +23,9 @@ use hickory_proto::{
 use hickory_server::zone_handler::{MessageResponseBuilder, Queries};
 
 use super::{
-    Data, GeoTable, RouteCache, ecs,
+    Data, GeoTable, RouteCache,
+    cookie::{self, Received, Verdict},
+    ecs,
     replay::{AnswerCache, Shape},
 };
 use crate::{
@@ -32,9 +35,9 @@ use crate::{
 
 const OPT: u16 = 41;
 const ECS: u16 = 8;
-/// EDNS options that hickory keeps as opaque bytes, so ignoring them here
-/// answers exactly as the full path does (COOKIE, TCP keepalive, padding).
-const OPAQUE_OPTIONS: [u16; 3] = [10, 11, 12];
+/// EDNS options that need no answer, so ignoring them here answers exactly
+/// as the full path does (TCP keepalive, padding).
+const OPAQUE_OPTIONS: [u16; 2] = [11, 12];
 
 /// Rendered answer and authority sections of one region for A and AAAA.
 #[derive(Debug, Clone, Default)]
@@ -114,6 +117,8 @@ struct Parsed {
     payload: Option<u16>,
     dnssec_ok: bool,
     subnet: Option<ecs::ClientSubnet>,
+    /// Where the COOKIE option's value is in the query (start, length).
+    cookie: Option<(usize, usize)>,
 }
 
 impl Parsed {
@@ -142,6 +147,8 @@ pub struct Query {
     /// Who a geo query is located as: the ECS address and source prefix if
     /// there is one, else the sender.
     client: Client,
+    /// The sender, whom a server cookie is made for.
+    src: IpAddr,
 }
 
 impl Query {
@@ -154,6 +161,7 @@ impl Query {
             parsed,
             table,
             client: Client::of(src, subnet),
+            src,
         })
     }
 
@@ -196,10 +204,12 @@ pub fn answer_parsed(
     let q = &query.parsed;
     let max_udp = data.config.dns.max_udp_payload;
     let limit = q.payload.map_or(512, |p| p.clamp(512, max_udp));
+    let cookie = judge_cookie(data, raw, q, query.src).ok()?;
+    let reply_cookie = cookie.as_ref().map(|v| &v.reply);
     let Some(table_index) = query.table else {
         let replayed = caches.answers.replay(data, &q.shape(raw), out)?;
         if q.payload.is_some() {
-            push_opt(out, max_udp, q.subnet, 0);
+            push_opt(out, max_udp, reply_cookie, q.subnet, 0);
         }
         return (out.len() <= usize::from(limit)).then_some(replayed);
     };
@@ -231,7 +241,7 @@ pub fn answer_parsed(
     out.extend_from_slice(&raw[12..q.question_end]);
     out.extend_from_slice(&t.bytes);
     if q.payload.is_some() {
-        push_opt(out, max_udp, q.subnet, routed.scope);
+        push_opt(out, max_udp, reply_cookie, q.subnet, routed.scope);
     }
     if out.len() > usize::from(limit) {
         return None;
@@ -248,49 +258,81 @@ fn geo_table(data: &Data, name: &[u8]) -> Option<usize> {
         .position(|t| t.name_wire.eq_ignore_ascii_case(name))
 }
 
-/// Keeps the full path's `answer` to `raw` for replay, if `raw` is a plain
-/// query outside the geo names.
-pub fn learn(data: &Data, raw: &[u8], answer: &[u8], answers: &mut AnswerCache) {
+/// Keeps the full path's `answer` to `raw` (from `src`) for replay, if
+/// `raw` is a plain query outside the geo names.
+pub fn learn(data: &Data, raw: &[u8], src: IpAddr, answer: &[u8], answers: &mut AnswerCache) {
     let Some(q) = parse(raw) else { return };
     if geo_table(data, q.name(raw)).is_some() {
         return;
     }
+    let Ok(cookie) = judge_cookie(data, raw, &q, src) else {
+        return;
+    };
     let mut opt = Vec::new();
     if q.payload.is_some() {
-        push_opt(&mut opt, data.config.dns.max_udp_payload, q.subnet, 0);
+        let reply = cookie.as_ref().map(|v| &v.reply);
+        push_opt(
+            &mut opt,
+            data.config.dns.max_udp_payload,
+            reply,
+            q.subnet,
+            0,
+        );
     }
     answers.learn(data, &q.shape(raw), RecordType::from(q.qtype), answer, &opt);
 }
 
+/// The query's cookie judged, when it has one and cookies are on; `Err`
+/// for a malformed one, which the full path answers (FORMERR).
+fn judge_cookie(data: &Data, raw: &[u8], q: &Parsed, src: IpAddr) -> Result<Option<Verdict>, ()> {
+    let (Some(secrets), Some((at, len))) = (&data.cookies, q.cookie) else {
+        return Ok(None);
+    };
+    let received = Received::parse(&raw[at..at + len]).map_err(|_| ())?;
+    Ok(Some(secrets.judge(&received, src, cookie::now())))
+}
+
 /// The OPT record hickory emits for our response EDNS: root owner, our
-/// payload size, version 0, no flags, and the ECS echo with `scope` if the
-/// query had one.
-fn push_opt(out: &mut Vec<u8>, payload: u16, subnet: Option<ecs::ClientSubnet>, scope: u8) {
+/// payload size, version 0, no flags; then the COOKIE option if there is a
+/// cookie to send, and the ECS echo with `scope` if the query had one (the
+/// order in which the full path adds them).
+fn push_opt(
+    out: &mut Vec<u8>,
+    payload: u16,
+    cookie: Option<&[u8; 8 + cookie::SERVER_BYTES]>,
+    subnet: Option<ecs::ClientSubnet>,
+    scope: u8,
+) {
     out.push(0);
     out.extend_from_slice(&OPT.to_be_bytes());
     out.extend_from_slice(&payload.to_be_bytes());
     out.extend_from_slice(&[0, 0, 0, 0]);
-    let Some(s) = subnet else {
-        out.extend_from_slice(&[0, 0]);
-        return;
-    };
-    let octets = usize::from(s.source_prefix.div_ceil(8));
-    let (family, addr): (u16, [u8; 16]) = match s.address {
-        IpAddr::V4(a) => {
-            let mut b = [0; 16];
-            b[..4].copy_from_slice(&a.octets());
-            (1, b)
-        }
-        IpAddr::V6(a) => (2, a.octets()),
-    };
-    let option_len = 4 + octets as u16;
-    out.extend_from_slice(&(4 + option_len).to_be_bytes());
-    out.extend_from_slice(&ECS.to_be_bytes());
-    out.extend_from_slice(&option_len.to_be_bytes());
-    out.extend_from_slice(&family.to_be_bytes());
-    out.push(s.source_prefix);
-    out.push(scope);
-    out.extend_from_slice(&addr[..octets]);
+    let rdlen_at = out.len();
+    out.extend_from_slice(&[0, 0]);
+    if let Some(c) = cookie {
+        out.extend_from_slice(&cookie::CODE.to_be_bytes());
+        out.extend_from_slice(&(c.len() as u16).to_be_bytes());
+        out.extend_from_slice(c);
+    }
+    if let Some(s) = subnet {
+        let octets = usize::from(s.source_prefix.div_ceil(8));
+        let (family, addr): (u16, [u8; 16]) = match s.address {
+            IpAddr::V4(a) => {
+                let mut b = [0; 16];
+                b[..4].copy_from_slice(&a.octets());
+                (1, b)
+            }
+            IpAddr::V6(a) => (2, a.octets()),
+        };
+        out.extend_from_slice(&ECS.to_be_bytes());
+        out.extend_from_slice(&(4 + octets as u16).to_be_bytes());
+        out.extend_from_slice(&family.to_be_bytes());
+        out.push(s.source_prefix);
+        out.push(scope);
+        out.extend_from_slice(&addr[..octets]);
+    }
+    let rdlen = (out.len() - rdlen_at - 2) as u16;
+    out[rdlen_at..rdlen_at + 2].copy_from_slice(&rdlen.to_be_bytes());
 }
 
 fn be16(b: &[u8], at: usize) -> Option<u16> {
@@ -327,12 +369,12 @@ fn parse(raw: &[u8]) -> Option<Parsed> {
     }
     let question_end = pos + 5;
     raw.get(12..question_end)?;
-    let (payload, dnssec_ok, subnet) = if with_opt {
+    let (payload, dnssec_ok, options) = if with_opt {
         let opt = raw.get(question_end..)?;
-        let (payload, subnet) = parse_opt(opt)?;
-        (Some(payload), opt[7] & 0x80 != 0, subnet)
+        let (payload, options) = parse_opt(opt)?;
+        (Some(payload), opt[7] & 0x80 != 0, options)
     } else if raw.len() == question_end {
-        (None, false, None)
+        (None, false, Options::default())
     } else {
         return None;
     };
@@ -342,35 +384,49 @@ fn parse(raw: &[u8]) -> Option<Parsed> {
         qtype,
         payload,
         dnssec_ok,
-        subnet,
+        subnet: options.subnet,
+        cookie: options
+            .cookie
+            .map(|(at, len)| (question_end + 11 + at, len)),
     })
 }
 
-/// The OPT record, which must be the rest of the message exactly.
-fn parse_opt(opt: &[u8]) -> Option<(u16, Option<ecs::ClientSubnet>)> {
+/// The options of a query's OPT record that shape the answer.
+#[derive(Default)]
+struct Options {
+    subnet: Option<ecs::ClientSubnet>,
+    /// The COOKIE value's offset in the OPT RDATA, and its length.
+    cookie: Option<(usize, usize)>,
+}
+
+/// The OPT record, which must be the rest of the message exactly; a second
+/// ECS or COOKIE option goes to the full path.
+fn parse_opt(opt: &[u8]) -> Option<(u16, Options)> {
     // Root owner, type OPT, version 0 (byte 6 of the TTL field).
     if opt.len() < 11 || opt[0] != 0 || be16(opt, 1)? != OPT || opt[6] != 0 {
         return None;
     }
     let payload = be16(opt, 3)?;
     let rdlen = usize::from(be16(opt, 9)?);
-    let mut rdata = opt.get(11..)?;
-    if rdata.len() != rdlen {
+    let all = opt.get(11..)?;
+    if all.len() != rdlen {
         return None;
     }
-    let mut subnet = None;
-    while !rdata.is_empty() {
-        let code = be16(rdata, 0)?;
-        let len = usize::from(be16(rdata, 2)?);
-        let value = rdata.get(4..4 + len)?;
+    let mut options = Options::default();
+    let mut at = 0;
+    while at < all.len() {
+        let code = be16(all, at)?;
+        let len = usize::from(be16(all, at + 2)?);
+        let value = all.get(at + 4..at + 4 + len)?;
         match code {
-            ECS if subnet.is_none() => subnet = Some(ecs::validate(value).ok()?),
+            ECS if options.subnet.is_none() => options.subnet = Some(ecs::validate(value).ok()?),
+            cookie::CODE if options.cookie.is_none() => options.cookie = Some((at + 4, len)),
             c if OPAQUE_OPTIONS.contains(&c) => {}
             _ => return None,
         }
-        rdata = &rdata[4 + len..];
+        at += 4 + len;
     }
-    Some((payload, subnet))
+    Some((payload, options))
 }
 
 impl GeoTable {

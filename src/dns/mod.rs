@@ -8,9 +8,11 @@
 //! sockets and these live in [`crate::listen`].
 
 pub mod answer;
+pub mod cookie;
 pub mod ecs;
 pub mod fast;
 pub mod geo_names;
+pub mod guard;
 pub mod replay;
 mod route_cache;
 pub mod zones;
@@ -46,6 +48,8 @@ pub enum LoadError {
     /// A check outside the loaded data refused the config.
     #[error("{0}")]
     Refused(String),
+    #[error("dns.cookie_secret_file: {0}")]
+    Cookie(#[from] cookie::SecretError),
 }
 
 /// Everything loaded from disk, validated together; replaced whole on reload.
@@ -65,6 +69,9 @@ pub struct Data {
     /// What every node of a fleet should load alike: `config`'s shared
     /// part, the zones' records, the GeoIP data.
     pub config_hash: ConfigHash,
+    /// The cookie secrets, once [`Data::load_cookies`] read them; without
+    /// them COOKIE options are neither answered nor judged.
+    pub cookies: Option<cookie::Secrets>,
 }
 
 impl Data {
@@ -88,7 +95,35 @@ impl Data {
             counters,
             generation: 0,
             config_hash,
+            cookies: None,
         })
+    }
+
+    /// Reads the cookie secret files (when cookies are on), creating the
+    /// current one when `create` and missing; without `create` a missing
+    /// current secret leaves cookies unread (what `check-config` wants:
+    /// the server creates it), while a missing previous one is an error.
+    pub fn load_cookies(&mut self, create: bool) -> Result<(), LoadError> {
+        let dns = &self.config.dns;
+        if !dns.cookies {
+            return Ok(());
+        }
+        let current = match cookie::read_secret(&dns.cookie_secret_file, create) {
+            Err(cookie::SecretError::Io { source, .. })
+                if !create && source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return Ok(());
+            }
+            read => read?,
+        };
+        let previous = match &dns.cookie_previous_secret_file {
+            Some(file) => Some(cookie::read_secret(file, false).map_err(|e| {
+                LoadError::Refused(format!("dns.cookie_previous_secret_file: {e}"))
+            })?),
+            None => None,
+        };
+        self.cookies = Some(cookie::Secrets::new(current, previous));
+        Ok(())
     }
 
     /// Takes over `old`'s answer counters for regions that keep their name.

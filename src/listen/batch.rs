@@ -17,7 +17,11 @@ use hickory_server::net::xfer::Protocol;
 use tracing::debug;
 
 use crate::{
-    dns::{answer::Responder, fast},
+    dns::{
+        answer::Responder,
+        fast,
+        guard::{self, Action},
+    },
     state::Reader,
 };
 
@@ -245,11 +249,23 @@ impl Batch {
             } else {
                 match runtime.block_on(responder.respond(data, view, query, src, Protocol::Udp)) {
                     Some(bytes) => {
-                        fast::learn(data, query, &bytes, &mut caches.answers);
+                        fast::learn(data, query, src.ip(), &bytes, &mut caches.answers);
                         *reply = bytes;
                     }
                     None => continue,
                 }
+            }
+            let cookies = data.cookies.as_ref();
+            match responder
+                .guard
+                .judge(&data.config.dns, cookies, query, reply, src.ip())
+            {
+                Action::Send => {}
+                Action::Drop => continue,
+                action => match guard::shrink(reply, action) {
+                    Some(shrunk) => *reply = shrunk,
+                    None => continue,
+                },
             }
             self.ready[i] = true;
         }

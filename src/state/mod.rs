@@ -275,16 +275,23 @@ impl Handle {
 
 /// Loads `path`'s config and everything it names.
 pub fn load(path: &std::path::Path) -> Result<Data, LoadError> {
-    load_checked(path, None)
+    Data::load(Config::load(path)?)
 }
 
-/// [`load`], refusing a config that `check` refuses before anything else is read.
-fn load_checked(path: &std::path::Path, check: Option<&ReloadCheck>) -> Result<Data, LoadError> {
+/// [`load`] for serving: a config that `check` refuses is refused before
+/// anything else is read, and the cookie secrets are read (the current one
+/// created when missing).
+pub fn load_checked(
+    path: &std::path::Path,
+    check: Option<&ReloadCheck>,
+) -> Result<Data, LoadError> {
     let config = Config::load(path)?;
     if let Some(check) = check {
         check(&config).map_err(LoadError::Refused)?;
     }
-    Data::load(config)
+    let mut data = Data::load(config)?;
+    data.load_cookies(true)?;
+    Ok(data)
 }
 
 impl Counters {
