@@ -75,15 +75,15 @@ pub fn render(cx: &Context) -> String {
     }
     help(
         &mut out,
-        "mgnt_probe_rtt_ms",
+        "mgnt_probe_rtt_seconds",
         "histogram",
-        "Round-trip time of passing probes, milliseconds.",
+        "Round-trip time of passing probes, seconds.",
     );
     for ((region, kind), stats) in probes.iter() {
         let kind = format!("{kind:?}").to_lowercase();
-        stats.rtt_ms.render(
+        stats.rtt.render(
             &mut out,
-            "mgnt_probe_rtt_ms",
+            "mgnt_probe_rtt_seconds",
             &format!("region=\"{region}\",kind=\"{kind}\""),
         );
     }
