@@ -371,13 +371,13 @@ fn vpnlog_regions(out: &mut String, regions: &BTreeMap<String, RegionLive>) {
             |l| l.auth_failures,
         ),
         (
-            "mgnt_vpnlog_bytes_in_total",
+            "mgnt_vpnlog_received_bytes_total",
             "counter",
             "Bytes received from routers, by region.",
             |l| l.bytes_in,
         ),
         (
-            "mgnt_vpnlog_bytes_out_total",
+            "mgnt_vpnlog_sent_bytes_total",
             "counter",
             "Bytes sent to routers, by region.",
             |l| l.bytes_out,
