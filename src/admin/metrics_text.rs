@@ -26,7 +26,7 @@ pub fn render(cx: &Context) -> String {
     let _ = writeln!(
         out,
         "mgnt_node_info{{node=\"{}\"}} 1",
-        crate::metrics::escape(&data.config.node.name)
+        escape(&data.config.node.name)
     );
     fleet(&mut out, cx, data.config_hash.as_str());
     cx.responder.queries.render(&mut out);
@@ -44,7 +44,7 @@ pub fn render(cx: &Context) -> String {
             let _ = writeln!(
                 out,
                 "mgnt_geo_answers_total{{region=\"{}\",reason={}}} {}",
-                region.name,
+                escape(&region.name),
                 reason_name,
                 data.counters[i].get(reason)
             );
@@ -61,7 +61,7 @@ pub fn render(cx: &Context) -> String {
     );
     let probes = counters.probes.lock().unwrap_or_else(|p| p.into_inner());
     for ((region, kind), stats) in probes.iter() {
-        let kind = format!("{kind:?}").to_lowercase();
+        let (region, kind) = (escape(region), format!("{kind:?}").to_lowercase());
         let _ = writeln!(
             out,
             "mgnt_probes_total{{region=\"{region}\",kind=\"{kind}\",result=\"ok\"}} {}",
@@ -80,7 +80,7 @@ pub fn render(cx: &Context) -> String {
         "Round-trip time of passing probes, seconds.",
     );
     for ((region, kind), stats) in probes.iter() {
-        let kind = format!("{kind:?}").to_lowercase();
+        let (region, kind) = (escape(region), format!("{kind:?}").to_lowercase());
         stats.rtt.render(
             &mut out,
             "mgnt_probe_rtt_seconds",
@@ -392,6 +392,7 @@ fn vpnlog_regions(out: &mut String, regions: &BTreeMap<String, RegionLive>) {
     for (name, kind, text, get) in gauges {
         help(out, name, kind, text);
         for (region, live) in regions {
+            let region = escape(region);
             let _ = writeln!(out, "{name}{{region=\"{region}\"}} {}", get(live));
         }
     }
