@@ -1,10 +1,6 @@
 //! `GET /metrics`: every counter of the running server in Prometheus text format.
 
-use std::{
-    collections::BTreeMap,
-    fmt::Write as _,
-    sync::atomic::{AtomicU64, Ordering::Relaxed},
-};
+use std::{collections::BTreeMap, fmt::Write as _, sync::atomic::Ordering::Relaxed};
 
 use super::Context;
 use crate::{
@@ -437,21 +433,10 @@ fn router_endpoint(out: &mut String, r: &crate::routers::Routers) {
             "mgnt_router_connections_total",
             "Connections to the router endpoint, by what became of them.",
             "result",
-            connections(e),
+            e.by_result(),
         ),
     ];
     families_out(out, families);
-}
-
-/// An accept loop's counters, by what became of the connections.
-fn connections(e: &crate::edge::EdgeCounters) -> Vec<(&str, &AtomicU64)> {
-    vec![
-        ("accepted", &e.accepted),
-        ("refused_total_cap", &e.refused_total),
-        ("refused_source_cap", &e.refused_source),
-        ("tls_failed", &e.tls_failed),
-        ("timed_out", &e.timed_out),
-    ]
 }
 
 /// The admin API's connections.
@@ -462,7 +447,7 @@ fn api_edge(out: &mut String, e: &crate::edge::EdgeCounters) {
             "mgnt_api_connections_total",
             "Connections to the admin API, by what became of them.",
             "result",
-            connections(e),
+            e.by_result(),
         )],
     );
 }

@@ -162,6 +162,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
             outbox: outbox.counters.clone(),
             latency_rounds: Arc::clone(&latency_rounds),
             cache: rx.clone(),
+            edge: Arc::default(),
         };
         tokio::spawn(metrics::serve(listener, Arc::new(m)));
     }
