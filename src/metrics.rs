@@ -283,15 +283,17 @@ fn labels_ok(mut text: &str) -> bool {
     true
 }
 
-/// A fixed-bucket histogram (milliseconds), safe to observe from any thread.
+/// A fixed-bucket histogram of durations, safe to observe from any thread.
+/// It takes and renders seconds, the text format's base unit.
 pub struct Histogram {
-    counts: [AtomicU64; BUCKETS_MS.len() + 1],
-    /// Sum in microseconds, so it stays an integer.
+    counts: [AtomicU64; BUCKETS.len() + 1],
+    /// Sum in microseconds, so it stays an integer in an atomic.
     sum_us: AtomicU64,
 }
 
-pub const BUCKETS_MS: [f64; 11] = [
-    0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0,
+/// Upper bounds in seconds, 0.5 ms to 1 s.
+pub const BUCKETS: [f64; 11] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 ];
 
 impl Default for Histogram {
@@ -304,13 +306,15 @@ impl Default for Histogram {
 }
 
 impl Histogram {
-    pub fn observe(&self, ms: f64) {
-        let i = BUCKETS_MS
+    pub fn observe(&self, seconds: f64) {
+        let i = BUCKETS
             .iter()
-            .position(|&b| ms <= b)
-            .unwrap_or(BUCKETS_MS.len());
+            .position(|&b| seconds <= b)
+            .unwrap_or(BUCKETS.len());
         self.counts[i].fetch_add(1, Relaxed);
-        self.sum_us.fetch_add((ms * 1000.0) as u64, Relaxed);
+        // Rounded: 0.0002 s is 199.99… µs in binary floating point.
+        self.sum_us
+            .fetch_add((seconds * 1e6).round() as u64, Relaxed);
     }
 
     /// Renders cumulative buckets with `labels` (e.g. `region="eu",kind="tcp"`).
@@ -318,12 +322,10 @@ impl Histogram {
         let mut cumulative = 0;
         for (i, c) in self.counts.iter().enumerate() {
             cumulative += c.load(Relaxed);
-            let le = BUCKETS_MS
-                .get(i)
-                .map_or("+Inf".to_owned(), |b| b.to_string());
+            let le = BUCKETS.get(i).map_or("+Inf".to_owned(), |b| b.to_string());
             let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
         }
-        let sum = self.sum_us.load(Relaxed) as f64 / 1000.0;
+        let sum = self.sum_us.load(Relaxed) as f64 / 1e6;
         let _ = writeln!(
             out,
             "{name}_sum{{{labels}}} {sum}\n{name}_count{{{labels}}} {cumulative}"
@@ -392,22 +394,22 @@ mod tests {
     }
 
     #[test]
-    fn histogram_buckets_are_cumulative() {
+    fn histogram_buckets_are_cumulative_and_in_seconds() {
         let h = Histogram::default();
-        for ms in [0.2, 3.0, 3.0, 2000.0] {
-            h.observe(ms);
+        for seconds in [0.0002, 0.003, 0.003, 2.0] {
+            h.observe(seconds);
         }
         let mut out = String::new();
         h.render(&mut out, "rtt", "region=\"x\"");
-        assert!(
-            out.contains("rtt_bucket{region=\"x\",le=\"0.5\"} 1"),
-            "{out}"
-        );
-        assert!(out.contains("rtt_bucket{region=\"x\",le=\"5\"} 3"), "{out}");
-        assert!(
-            out.contains("rtt_bucket{region=\"x\",le=\"+Inf\"} 4"),
-            "{out}"
-        );
-        assert!(out.contains("rtt_count{region=\"x\"} 4"), "{out}");
+        for line in [
+            "rtt_bucket{region=\"x\",le=\"0.0005\"} 1",
+            "rtt_bucket{region=\"x\",le=\"0.005\"} 3",
+            "rtt_bucket{region=\"x\",le=\"1\"} 3",
+            "rtt_bucket{region=\"x\",le=\"+Inf\"} 4",
+            "rtt_sum{region=\"x\"} 2.0062",
+            "rtt_count{region=\"x\"} 4",
+        ] {
+            assert!(out.lines().any(|l| l == line), "{line} in\n{out}");
+        }
     }
 }

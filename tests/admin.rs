@@ -446,7 +446,7 @@ fn metrics_count_queries_and_answers() {
         "mgnt_geo_answers_total{region=\"europe1\",reason=\"nearest\"} 3",
         "mgnt_region_serving{region=\"us1\"} 1",
         "mgnt_geoip_build_epoch_seconds ",
-        "# TYPE mgnt_probe_rtt_ms histogram",
+        "# TYPE mgnt_probe_rtt_seconds histogram",
     ] {
         assert!(m.contains(needle), "{needle} missing:\n{m}");
     }

@@ -1,10 +1,6 @@
 //! `GET /metrics`: every counter of the running server in Prometheus text format.
 
-use std::{
-    collections::BTreeMap,
-    fmt::Write as _,
-    sync::atomic::{AtomicU64, Ordering::Relaxed},
-};
+use std::{collections::BTreeMap, fmt::Write as _, sync::atomic::Ordering::Relaxed};
 
 use super::Context;
 use crate::{
@@ -26,7 +22,7 @@ pub fn render(cx: &Context) -> String {
     let _ = writeln!(
         out,
         "mgnt_node_info{{node=\"{}\"}} 1",
-        crate::metrics::escape(&data.config.node.name)
+        escape(&data.config.node.name)
     );
     fleet(&mut out, cx, data.config_hash.as_str());
     cx.responder.queries.render(&mut out);
@@ -45,7 +41,7 @@ pub fn render(cx: &Context) -> String {
             let _ = writeln!(
                 out,
                 "mgnt_geo_answers_total{{region=\"{}\",reason={}}} {}",
-                region.name,
+                escape(&region.name),
                 reason_name,
                 data.counters[i].get(reason)
             );
@@ -62,7 +58,7 @@ pub fn render(cx: &Context) -> String {
     );
     let probes = counters.probes.lock().unwrap_or_else(|p| p.into_inner());
     for ((region, kind), stats) in probes.iter() {
-        let kind = format!("{kind:?}").to_lowercase();
+        let (region, kind) = (escape(region), format!("{kind:?}").to_lowercase());
         let _ = writeln!(
             out,
             "mgnt_probes_total{{region=\"{region}\",kind=\"{kind}\",result=\"ok\"}} {}",
@@ -76,15 +72,15 @@ pub fn render(cx: &Context) -> String {
     }
     help(
         &mut out,
-        "mgnt_probe_rtt_ms",
+        "mgnt_probe_rtt_seconds",
         "histogram",
-        "Round-trip time of passing probes, milliseconds.",
+        "Round-trip time of passing probes, seconds.",
     );
     for ((region, kind), stats) in probes.iter() {
-        let kind = format!("{kind:?}").to_lowercase();
-        stats.rtt_ms.render(
+        let (region, kind) = (escape(region), format!("{kind:?}").to_lowercase());
+        stats.rtt.render(
             &mut out,
-            "mgnt_probe_rtt_ms",
+            "mgnt_probe_rtt_seconds",
             &format!("region=\"{region}\",kind=\"{kind}\""),
         );
     }
@@ -396,13 +392,13 @@ fn vpnlog_regions(out: &mut String, regions: &BTreeMap<String, RegionLive>) {
             |l| l.auth_failures,
         ),
         (
-            "mgnt_vpnlog_bytes_in_total",
+            "mgnt_vpnlog_received_bytes_total",
             "counter",
             "Bytes received from routers, by region.",
             |l| l.bytes_in,
         ),
         (
-            "mgnt_vpnlog_bytes_out_total",
+            "mgnt_vpnlog_sent_bytes_total",
             "counter",
             "Bytes sent to routers, by region.",
             |l| l.bytes_out,
@@ -417,6 +413,7 @@ fn vpnlog_regions(out: &mut String, regions: &BTreeMap<String, RegionLive>) {
     for (name, kind, text, get) in gauges {
         help(out, name, kind, text);
         for (region, live) in regions {
+            let region = escape(region);
             let _ = writeln!(out, "{name}{{region=\"{region}\"}} {}", get(live));
         }
     }
@@ -461,21 +458,10 @@ fn router_endpoint(out: &mut String, r: &crate::routers::Routers) {
             "mgnt_router_connections_total",
             "Connections to the router endpoint, by what became of them.",
             "result",
-            connections(e),
+            e.by_result(),
         ),
     ];
     families_out(out, families);
-}
-
-/// An accept loop's counters, by what became of the connections.
-fn connections(e: &crate::edge::EdgeCounters) -> Vec<(&str, &AtomicU64)> {
-    vec![
-        ("accepted", &e.accepted),
-        ("refused_total_cap", &e.refused_total),
-        ("refused_source_cap", &e.refused_source),
-        ("tls_failed", &e.tls_failed),
-        ("timed_out", &e.timed_out),
-    ]
 }
 
 /// The admin API's connections.
@@ -486,7 +472,7 @@ fn api_edge(out: &mut String, e: &crate::edge::EdgeCounters) {
             "mgnt_api_connections_total",
             "Connections to the admin API, by what became of them.",
             "result",
-            connections(e),
+            e.by_result(),
         )],
     );
 }

@@ -1,7 +1,8 @@
 //! The agent's `GET /metrics`, in Prometheus text format (version 0.0.4):
 //! logins, sessions, the management connection, the credential cache, the
-//! control plane and the reports on their way to it. Served on loopback only
-//! (the agent has no TLS server), behind the bounded accept loop.
+//! control plane, the reports on their way to it and the connections to this
+//! listener. Served on loopback only (the agent has no TLS server), behind the
+//! bounded accept loop.
 
 use std::{
     sync::{
@@ -42,6 +43,8 @@ pub struct Metrics {
     pub outbox: Arc<OutboxCounters>,
     pub latency_rounds: Arc<AtomicU64>,
     pub cache: watch::Receiver<Arc<Cache>>,
+    /// This listener's accept loop.
+    pub edge: Arc<EdgeCounters>,
 }
 
 impl Metrics {
@@ -52,6 +55,15 @@ impl Metrics {
         self.management(&mut out);
         self.control(&mut out);
         self.reports(&mut out);
+        families_out(
+            &mut out,
+            [(
+                "mgnt_agent_metrics_connections_total",
+                "Connections to this metrics listener, by what became of them.",
+                "result",
+                self.edge.by_result(),
+            )],
+        );
         out
     }
 
@@ -168,10 +180,10 @@ impl Metrics {
 
 /// Serves `GET /metrics` on `listener` for as long as the agent runs.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    let counters = metrics.edge.clone();
     let app = Router::new()
         .route("/metrics", get(scrape))
         .with_state(metrics);
-    let counters = Arc::new(EdgeCounters::default());
     crate::edge::serve(listener, app, LIMITS, None, counters).await;
 }
 
@@ -198,6 +210,7 @@ mod tests {
             outbox: Arc::default(),
             latency_rounds: Arc::default(),
             cache: watch::channel(Arc::new(Cache::default())).1,
+            edge: Arc::default(),
         }
     }
 
@@ -229,6 +242,8 @@ mod tests {
             "mgnt_agent_reports_dropped_total 2",
             "mgnt_agent_reports_sent_total 0",
             "mgnt_agent_latency_rounds_total 0",
+            "mgnt_agent_metrics_connections_total{result=\"refused_source_cap\"} 0",
+            "mgnt_agent_metrics_connections_total{result=\"header_timed_out\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }
@@ -254,6 +269,10 @@ mod tests {
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         assert!(answer.contains("text/plain; version=0.0.4"), "{answer}");
         assert!(answer.contains("mgnt_agent_logins_total{result=\"allowed\"} 1"));
+        assert!(
+            answer.contains("mgnt_agent_metrics_connections_total{result=\"accepted\"} 1"),
+            "this scrape's own connection: {answer}"
+        );
         assert!(get("/").await.starts_with("HTTP/1.1 404"));
     }
 }

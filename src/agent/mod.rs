@@ -102,15 +102,19 @@ pub fn rules(config: &AgentConfig) -> Result<String, AgentError> {
     policy.rules().map_err(AgentError::Firewall)
 }
 
-/// Binds `[agent] metrics` when set (at start: a port taken stops the agent).
+/// Binds `[agent] metrics` when set (at start: a port taken stops the agent)
+/// and prints `listening metrics ADDR`, as `mgnt serve` prints its listeners
+/// (port 0 takes a free one).
 async fn metrics_listener(config: &AgentConfig) -> Result<Option<TcpListener>, AgentError> {
     let Some(addr) = config.metrics else {
         return Ok(None);
     };
-    let listener = TcpListener::bind(addr)
+    let bound = TcpListener::bind(addr)
         .await
-        .map_err(|source| AgentError::Metrics { addr, source })?;
+        .and_then(|l| Ok((l.local_addr()?, l)));
+    let (addr, listener) = bound.map_err(|source| AgentError::Metrics { addr, source })?;
     info!(%addr, "serving metrics");
+    println!("listening metrics {addr}");
     Ok(Some(listener))
 }
 
@@ -162,6 +166,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
             outbox: outbox.counters.clone(),
             latency_rounds: Arc::clone(&latency_rounds),
             cache: rx.clone(),
+            edge: Arc::default(),
         };
         tokio::spawn(metrics::serve(listener, Arc::new(m)));
     }

@@ -63,7 +63,8 @@ pub struct Report {
 pub struct ProbeStats {
     pub ok: u64,
     pub failed: u64,
-    pub rtt_ms: Histogram,
+    /// Round-trip times of passing probes, in seconds.
+    pub rtt: Histogram,
 }
 
 /// The probe loops of the current configuration. Their reports go into the

@@ -418,7 +418,7 @@ impl Owner {
                 stats.failed += 1;
             }
             if let Some(ms) = r.rtt_ms {
-                stats.rtt_ms.observe(ms);
+                stats.rtt.observe(ms / 1000.0);
             }
         }
     }
