@@ -25,6 +25,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// Creates `dir` and its missing parents mode 0700, whatever the umask: the
+/// directories of secrets and records are the owner's only (an existing
+/// directory is left as the operator made it).
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
 /// Makes `path` a file only its owner can read and write, whatever the
 /// umask: created empty (mode 0600) when missing, tightened when it exists,
 /// and so are the journal files SQLite keeps beside a database (`-wal`,
@@ -66,7 +77,7 @@ pub fn create_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
     if let Some(dir) = dir {
-        std::fs::create_dir_all(dir)?;
+        private_dir(dir)?;
     }
     let mut f = std::fs::OpenOptions::new()
         .write(true)

@@ -58,6 +58,10 @@ impl Tokens {
     /// Reads the tokens; a server (`may_create`) creates a missing file on loopback.
     pub fn load(api: &ApiConfig, may_create: bool) -> Result<(Self, Origin), AuthError> {
         let mut origin = Origin::Loaded;
+        if may_create {
+            // The server's start: a token file others could read is made private.
+            tighten(&api.token_file)?;
+        }
         let mut tokens = match std::fs::read_to_string(&api.token_file) {
             Ok(text) => parse(&text, &api.token_file)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -99,6 +103,7 @@ impl Tokens {
         let Some(file) = file else {
             return Ok(Self(Vec::new()));
         };
+        tighten(file)?;
         let text = std::fs::read_to_string(file).map_err(|source| AuthError::Read {
             file: file.to_owned(),
             source,
@@ -183,6 +188,17 @@ fn parse(text: &str, file: &Path) -> Result<Vec<(String, String)>, AuthError> {
     Ok(out)
 }
 
+/// Makes an existing token file the owner's only (a missing one is fine).
+fn tighten(file: &Path) -> Result<(), AuthError> {
+    match crate::durable::tighten(file) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(AuthError::Read {
+            file: file.to_owned(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Creates `file` (mode 0600, never overwriting) holding a fresh random token.
 fn create(file: &Path) -> Result<String, AuthError> {
     let err = |source| AuthError::Create {
@@ -190,7 +206,7 @@ fn create(file: &Path) -> Result<String, AuthError> {
         source,
     };
     if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(err)?;
+        crate::durable::private_dir(dir).map_err(err)?;
     }
     let bytes: [u8; 32] = rand::random();
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();

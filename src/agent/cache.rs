@@ -182,7 +182,7 @@ impl Cache {
             file: file.clone(),
             source,
         };
-        std::fs::create_dir_all(dir).map_err(io)?;
+        crate::durable::private_dir(dir).map_err(io)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
         let stored = Stored {
             seq: self.seq,

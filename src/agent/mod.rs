@@ -71,6 +71,9 @@ fn token(config: &AgentConfig) -> Result<String, AgentError> {
         file: config.token_file.display().to_string(),
         reason,
     };
+    // Made the owner's only when others could read it; best effort, since
+    // `--print-rules` may run as another user than the file's owner.
+    let _ = crate::durable::tighten(&config.token_file);
     let text = std::fs::read_to_string(&config.token_file).map_err(|e| err(e.to_string()))?;
     let token = text.lines().next().unwrap_or("").trim();
     // A line copied from the control plane's file still works.

@@ -137,7 +137,7 @@ impl Buffer {
             text.push('\n');
         }
         if let Some(dir) = self.file.parent() {
-            std::fs::create_dir_all(dir)?;
+            crate::durable::private_dir(dir)?;
         }
         let mut f = std::fs::OpenOptions::new()
             .create(true)

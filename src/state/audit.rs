@@ -47,7 +47,7 @@ pub fn append(path: &Path, entries: &[Entry]) -> std::io::Result<()> {
         return Ok(());
     }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
+        crate::durable::private_dir(dir)?;
     }
     let mut lines = Vec::new();
     for entry in entries {

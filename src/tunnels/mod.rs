@@ -87,7 +87,7 @@ pub fn open_store(config: &Config, checks_only: bool) -> Result<Option<SqliteSto
     let keys = load_keys(p)?;
     if !checks_only {
         // Digests, sealed secrets and tokens: the owner's only.
-        std::fs::create_dir_all(&p.data_dir)
+        crate::durable::private_dir(&p.data_dir)
             .and_then(|()| crate::durable::private_file(&file))
             .map_err(|e| err(StoreError::Corrupt(e.to_string())))?;
     }

@@ -97,7 +97,7 @@ pub async fn start(
 }
 
 fn open_file(config: &VpnlogConfig) -> Result<Arc<dyn LogStore>, StartError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::Dir {
+    crate::durable::private_dir(&config.data_dir).map_err(|source| StartError::Dir {
         dir: config.data_dir.clone(),
         source,
     })?;
