@@ -1,6 +1,7 @@
 //! Criterion benchmarks of the per-query work, without sockets:
-//! GeoIP lookup + routing decision, the fast-path reply, the full path, and
-//! a replayed answer for a static name.
+//! GeoIP lookup + routing decision, the fast-path reply (without and with a
+//! DNS cookie), the full path, a replayed answer for a static name, and the
+//! replay cache under a random-subdomain flood.
 //! Uses the shipped config and GeoIP database. `cargo bench --bench lookup`.
 
 use std::{hint::black_box, net::IpAddr, path::Path};
@@ -9,7 +10,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use hickory_server::net::xfer::Protocol;
 use mgnt::{
     config::Config,
-    dns::{Data, answer::Responder, fast},
+    dns::{Data, answer::Responder, cookie, fast},
     locate::Client,
     route::{self, RegionView},
 };
@@ -63,6 +64,26 @@ fn benches(c: &mut Criterion) {
         })
     });
 
+    // The same queries with a client cookie and the server cookie made for
+    // it: judged valid, echoed (one SipHash per query).
+    let mut with_cookies = data_with_cookies();
+    with_cookies.generation = 1;
+    let cookie_queries: Vec<Vec<u8>> = queries
+        .iter()
+        .map(|q| with_cookie(&with_cookies, q, src))
+        .collect();
+    c.bench_function("fast-path reply (geo A + ECS + valid cookie)", |b| {
+        let (mut i, mut out) = (0, Vec::with_capacity(512));
+        let mut caches = fast::Caches::default();
+        b.iter(|| {
+            i = (i + 1) % cookie_queries.len();
+            let q = black_box(&cookie_queries[i]);
+            let answered = fast::answer(&with_cookies, &view, q, src, &mut out, &mut caches);
+            assert!(answered.is_some());
+            black_box(answered)
+        })
+    });
+
     let responder = Responder::default();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -98,6 +119,32 @@ fn benches(c: &mut Criterion) {
             black_box(replayed)
         })
     });
+}
+
+/// The shipped data with cookie secrets, as `mgnt serve` loads it.
+fn data_with_cookies() -> Data {
+    let mut data = load();
+    data.cookies = Some(cookie::Secrets::new([0x5a; 16], None));
+    data
+}
+
+/// `query` (a [`ecs_query`]: `mgnt.mkcld.io A`, then its OPT record) with a
+/// COOKIE option added, whose server cookie `data` made for `src` just now.
+fn with_cookie(data: &Data, query: &[u8], src: IpAddr) -> Vec<u8> {
+    let client = [1, 2, 3, 4, 5, 6, 7, 8];
+    let secrets = data.cookies.as_ref().expect("secrets");
+    let received = cookie::Received::parse(&client).expect("a client cookie");
+    let value = secrets.judge(&received, src, cookie::now()).reply;
+    let mut q = query.to_vec();
+    // Header, name (15 bytes), type and class; then the OPT record's owner,
+    // type, payload and TTL (9 bytes) before its RDATA length.
+    let rdlen_at = 12 + 15 + 4 + 9;
+    let rdlen = u16::from_be_bytes([q[rdlen_at], q[rdlen_at + 1]]) + 4 + value.len() as u16;
+    q[rdlen_at..rdlen_at + 2].copy_from_slice(&rdlen.to_be_bytes());
+    q.extend_from_slice(&cookie::CODE.to_be_bytes());
+    q.extend_from_slice(&(value.len() as u16).to_be_bytes());
+    q.extend_from_slice(&value);
+    q
 }
 
 criterion_group!(lookup, benches);
