@@ -3,11 +3,17 @@
 //! every line, so the logs of several nodes can be read together:
 //!
 //! `2025-06-01T10:00:00.123456Z  INFO node=ns1 mgnt::server: serving DNS addr=…`
+//!
+//! What the network can set off again and again is written through
+//! [`throttled!`](crate::throttled): at most one line per kind per [`INTERVAL`].
+
+mod throttle;
 
 use std::{fmt, path::Path};
 
 use tracing::{Event, Subscriber};
 use tracing_subscriber::{
+    EnvFilter,
     fmt::{
         FmtContext, FormatEvent, FormatFields,
         format::Writer,
@@ -15,6 +21,8 @@ use tracing_subscriber::{
     },
     registry::LookupSpan,
 };
+
+pub use throttle::{INTERVAL, Throttle, report_suppressed};
 
 /// Without `RUST_LOG`: info, but nothing from the DNS protocol library,
 /// which logs per packet (a spoofed flood of malformed options would write
@@ -24,10 +32,7 @@ const DEFAULT: &str = "info,hickory_proto=off,hickory_server=off";
 /// Installs the logger; `node`: the name every line carries.
 pub fn init(node: Option<String>) {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| DEFAULT.into()),
-        )
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| DEFAULT.into()))
         .with_writer(std::io::stderr)
         // Plain text everywhere: no escape codes in files or journald.
         .with_ansi(false)
@@ -92,7 +97,7 @@ fn write_escaped(out: &mut impl fmt::Write, text: &str) -> fmt::Result {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
@@ -110,21 +115,68 @@ mod tests {
         }
     }
 
-    fn logged(node: Option<&str>) -> String {
+    impl Buffer {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    /// A subscriber writing `format`'s lines into the buffer, with `filter`.
+    fn subscriber<F>(format: F, filter: EnvFilter) -> (impl Subscriber + Send + Sync, Buffer)
+    where
+        F: FormatEvent<
+                tracing_subscriber::Registry,
+                tracing_subscriber::fmt::format::DefaultFields,
+            > + Send
+            + Sync
+            + 'static,
+    {
         let buffer = Buffer::default();
         let out = buffer.clone();
         let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(filter)
             .with_writer(move || out.clone())
             .with_ansi(false)
-            .event_format(Line {
-                node: node.map(str::to_owned),
-            })
+            .event_format(format)
             .finish();
-        tracing::subscriber::with_default(subscriber, || {
-            tracing::warn!(region = "europe1", "region health changed");
-            tracing::warn!(reason = %"x\n2026-01-01T00:00:00Z ERROR forged", "drained");
-        });
-        String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
+        (subscriber, buffer)
+    }
+
+    /// What `format` writes of `run`'s events (level info and above).
+    pub(crate) fn written<F>(format: F, run: impl FnOnce()) -> String
+    where
+        F: FormatEvent<
+                tracing_subscriber::Registry,
+                tracing_subscriber::fmt::format::DefaultFields,
+            > + Send
+            + Sync
+            + 'static,
+    {
+        let (subscriber, buffer) = subscriber(format, EnvFilter::new("info"));
+        tracing::subscriber::with_default(subscriber, run);
+        buffer.text()
+    }
+
+    /// The text lines written on this thread while `run`'s future runs.
+    pub(crate) async fn capture<F, R>(run: F) -> String
+    where
+        F: FnOnce() -> R,
+        R: std::future::Future<Output = ()>,
+    {
+        let (subscriber, buffer) = subscriber(Line { node: None }, EnvFilter::new("info"));
+        let _default = tracing::subscriber::set_default(subscriber);
+        run().await;
+        buffer.text()
+    }
+
+    fn events() {
+        tracing::warn!(region = "europe1", "region health changed");
+        tracing::warn!(reason = %"x\n2026-01-01T00:00:00Z ERROR forged", "drained");
+    }
+
+    fn logged(node: Option<&str>) -> String {
+        let node = node.map(str::to_owned);
+        written(Line { node }, events)
     }
 
     #[test]
