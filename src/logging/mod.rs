@@ -24,20 +24,40 @@ use tracing_subscriber::{
 
 pub use throttle::{INTERVAL, Throttle, report_suppressed};
 
-/// Without `RUST_LOG`: info, but nothing from the DNS protocol library,
-/// which logs per packet (a spoofed flood of malformed options would write
-/// a line each); such packets are counted in the metrics instead.
+/// The DNS protocol library logs per packet (a spoofed flood of malformed
+/// options would write a line each); such packets are counted in the
+/// metrics instead.
+const QUIET: &str = "hickory_proto=off,hickory_server=off";
+
+/// Without `RUST_LOG`: info, and nothing from the DNS protocol library.
 const DEFAULT: &str = "info,hickory_proto=off,hickory_server=off";
 
 /// Installs the logger; `node`: the name every line carries.
 pub fn init(node: Option<String>) {
+    let env = std::env::var("RUST_LOG").ok();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| DEFAULT.into()))
+        .with_env_filter(filter(env.as_deref()))
         .with_writer(std::io::stderr)
         // Plain text everywhere: no escape codes in files or journald.
         .with_ansi(false)
         .event_format(Line { node })
         .init();
+}
+
+/// The filter of `RUST_LOG` (`env`), or [`DEFAULT`] when it is unset or
+/// not a filter.
+fn filter(env: Option<&str>) -> EnvFilter {
+    EnvFilter::try_new(directives(env)).unwrap_or_else(|_| EnvFilter::new(DEFAULT))
+}
+
+/// `RUST_LOG` with the protocol library kept quiet unless it names that
+/// library itself: `RUST_LOG=warn` must not bring back its line per packet.
+fn directives(env: Option<&str>) -> String {
+    match env.map(str::trim).filter(|s| !s.is_empty()) {
+        None => DEFAULT.to_owned(),
+        Some(spec) if spec.contains("hickory") => spec.to_owned(),
+        Some(spec) => format!("{spec},{QUIET}"),
+    }
 }
 
 /// The node name of the config at `path`, if it loads (if it does not, the
@@ -195,5 +215,27 @@ pub(crate) mod tests {
         );
         assert_eq!(line.lines().count(), 2, "no forged line");
         assert!(!logged(None).contains("node="));
+    }
+
+    #[test]
+    fn rust_log_keeps_the_protocol_library_quiet_unless_it_names_it() {
+        assert_eq!(directives(None), DEFAULT);
+        assert_eq!(directives(Some(" ")), DEFAULT);
+        assert_eq!(directives(Some("warn")), format!("warn,{QUIET}"));
+        assert_eq!(
+            directives(Some("debug,hickory_server=warn")),
+            "debug,hickory_server=warn"
+        );
+        for env in [None, Some("warn"), Some("trace"), Some("not a filter ==")] {
+            let (subscriber, buffer) = subscriber(Line { node: None }, filter(env));
+            tracing::subscriber::with_default(subscriber, || {
+                tracing::warn!(target: "hickory_proto::op::message", "malformed option");
+                tracing::warn!(target: "hickory_server::server", "dropped");
+                tracing::warn!("ours");
+            });
+            let text = buffer.text();
+            assert_eq!(text.lines().count(), 1, "{env:?}: {text}");
+            assert!(text.contains("ours"), "{env:?}: {text}");
+        }
     }
 }
