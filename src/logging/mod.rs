@@ -1,12 +1,15 @@
 //! The log lines of the command line: standard error, the level from
 //! `RUST_LOG` (default `info`), and for `mgnt serve` the node's name on
-//! every line, so the logs of several nodes can be read together:
+//! every line, so the logs of several nodes can be read together. As text
+//! (the default):
 //!
 //! `2025-06-01T10:00:00.123456Z  INFO node=ns1 mgnt::server: serving DNS addr=…`
 //!
-//! What the network can set off again and again is written through
+//! or with `--log-format json` one JSON object per line ([`json`]). What the
+//! network can set off again and again is written through
 //! [`throttled!`](crate::throttled): at most one line per kind per [`INTERVAL`].
 
+mod json;
 mod throttle;
 
 use std::{fmt, path::Path};
@@ -32,16 +35,28 @@ const QUIET: &str = "hickory_proto=off,hickory_server=off";
 /// Without `RUST_LOG`: info, and nothing from the DNS protocol library.
 const DEFAULT: &str = "info,hickory_proto=off,hickory_server=off";
 
+/// How lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Format {
+    /// One line of text per event.
+    #[default]
+    Text,
+    /// One JSON object per line (journald, log stacks).
+    Json,
+}
+
 /// Installs the logger; `node`: the name every line carries.
-pub fn init(node: Option<String>) {
+pub fn init(node: Option<String>, format: Format) {
     let env = std::env::var("RUST_LOG").ok();
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter(env.as_deref()))
         .with_writer(std::io::stderr)
         // Plain text everywhere: no escape codes in files or journald.
-        .with_ansi(false)
-        .event_format(Line { node })
-        .init();
+        .with_ansi(false);
+    match format {
+        Format::Text => builder.event_format(Line { node }).init(),
+        Format::Json => builder.event_format(json::Line { node }).init(),
+    }
 }
 
 /// The filter of `RUST_LOG` (`env`), or [`DEFAULT`] when it is unset or
