@@ -374,7 +374,7 @@ fn writer(rx: &mpsc::Receiver<Item>, store: &dyn LogStore, ingest: &Ingest) {
         until_done(
             || store.write(&batch),
             |e, wait| {
-                error!(error = %e, items, retry_in = ?wait, "writing log records failed; the batch is kept and written again");
+                error!(error = %e, items, retry_in = %humantime::format_duration(wait), "writing log records failed; the batch is kept and written again");
                 std::thread::sleep(wait);
             },
         );
