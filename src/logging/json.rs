@@ -9,8 +9,8 @@
 
 use std::fmt;
 
-use serde::Serialize;
-use serde_json::{Map, Number, Value};
+use serde::{Serialize, Serializer};
+use serde_json::{Number, Value};
 use tracing::{
     Event, Subscriber,
     field::{Field, Visit},
@@ -40,8 +40,14 @@ struct Object<'a> {
     spans: Vec<&'static str>,
     target: &'a str,
     message: String,
-    #[serde(skip_serializing_if = "Map::is_empty")]
-    fields: Map<String, Value>,
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "in_order")]
+    fields: Vec<(&'static str, Value)>,
+}
+
+/// The fields as an object, in the order the event gives them (as the
+/// text lines have them).
+fn in_order<S: Serializer>(fields: &[(&'static str, Value)], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(fields.iter().map(|(name, value)| (name, value)))
 }
 
 impl<S, N> FormatEvent<S, N> for Line
@@ -82,16 +88,14 @@ where
 #[derive(Default)]
 struct Fields {
     message: String,
-    values: Map<String, Value>,
+    values: Vec<(&'static str, Value)>,
 }
 
 impl Fields {
     fn put(&mut self, field: &Field, value: Value) {
         match (field.name(), value) {
             ("message", Value::String(text)) => self.message = text,
-            (name, value) => {
-                self.values.insert(name.to_owned(), value);
-            }
+            (name, value) => self.values.push((name, value)),
         }
     }
 }
@@ -165,6 +169,10 @@ mod tests {
             first["fields"],
             serde_json::json!({"region": "europe1", "down": 2, "offset": -3, "rtt_ms": 1.5,
                 "serving": false, "addr": "127.0.0.1:53"})
+        );
+        assert!(
+            text.contains(r#""fields":{"region":"europe1","down":2,"offset":-3,"rtt_ms":1.5,"serving":false,"addr":"127.0.0.1:53"}"#),
+            "in the event's order: {text}"
         );
         assert_eq!(lines[1]["level"], "INFO");
         assert_eq!(lines[1]["fields"]["reason"], "x\n{\"forged\":1}\u{1b}[31m");
