@@ -36,7 +36,8 @@
 //! - [`store_migrate`]: `mgnt store migrate`: a single machine's stores copied
 //!   into the `[store]` database.
 //! - [`cli`]: the other commands of the command line.
-//! - [`logging`]: log lines (RFC 3339 times, the node's name for `mgnt serve`).
+//! - [`logging`]: log lines (RFC 3339 times, the node's name for `mgnt serve`), and
+//!   at most one per kind and interval for what the network can set off again and again.
 
 pub mod admin;
 pub mod agent;

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use mgnt::cli;
 
 #[derive(Parser)]
@@ -12,8 +12,26 @@ struct Cli {
     /// The config file.
     #[arg(long, global = true, default_value = "mgnt.toml")]
     config: PathBuf,
+    /// How log lines are written: text, or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+impl From<LogFormat> for mgnt::logging::Format {
+    fn from(f: LogFormat) -> Self {
+        match f {
+            LogFormat::Text => Self::Text,
+            LogFormat::Json => Self::Json,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -141,7 +159,7 @@ fn main() -> Result<()> {
         Command::Serve => mgnt::logging::node_name(&cli.config),
         _ => None,
     };
-    mgnt::logging::init(node);
+    mgnt::logging::init(node, cli.log_format.into());
     let config = cli.config;
     match cli.command {
         Command::Serve => {

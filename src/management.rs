@@ -222,7 +222,7 @@ where
             backoff = Duration::from_secs(1);
         }
         if problem != last_problem {
-            warn!(%label, %addr, problem = %problem, retry_in = ?backoff, "OpenVPN management interface");
+            warn!(%label, %addr, problem = %problem, retry_in = %humantime::format_duration(backoff), "OpenVPN management interface");
             last_problem = problem;
         }
         sleep(backoff).await;

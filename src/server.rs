@@ -171,6 +171,7 @@ async fn start_exporter(config: &Config, store: Option<&Arc<dyn Store>>) -> Opti
 /// Serves until SIGINT or SIGTERM; SIGHUP reloads. Fails if the state owner
 /// ever stops, rather than leave the API waiting on it.
 pub async fn run(config_path: PathBuf) -> Result<(), ServeError> {
+    tokio::spawn(crate::logging::report_suppressed());
     let path = config_path.clone();
     let data = tokio::task::spawn_blocking(move || state::load_checked(&path, None))
         .await

@@ -123,6 +123,7 @@ async fn metrics_listener(config: &AgentConfig) -> Result<Option<TcpListener>, A
 
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
+    tokio::spawn(crate::logging::report_suppressed());
     check_openvpn(&config)?;
     let metrics_listener = metrics_listener(&config).await?;
     let control = sync::Control::new(&config, token(&config)?).map_err(AgentError::Control)?;

@@ -262,7 +262,13 @@ async fn send(
         }
         sent.fetch_add(n as u64, Relaxed);
         if let Err(e) = buffer.sent(n) {
-            warn!(file = %buffer.file.display(), error = %e, "updating the report spool");
+            // Per batch sent: a backlog is sent in many.
+            crate::throttled!(
+                warn,
+                "updating the report spool",
+                file = %buffer.file.display(),
+                error = %e
+            );
         }
     }
     Ok(())

@@ -187,7 +187,7 @@ pub async fn run(
                         let (tunnels, seq) = (next.len(), next.seq);
                         cache.send_replace(Arc::new(next));
                         if full {
-                            info!(%server, region = ?region, tunnels, seq, "credentials read in full");
+                            info!(%server, region = region.as_deref(), tunnels, seq, "credentials read in full");
                             last_full = Some(Instant::now());
                         }
                         None
@@ -208,7 +208,7 @@ pub async fn run(
             }
             Some(p) => {
                 if p != last_problem {
-                    warn!(problem = %p, retry_in = ?backoff, "cannot reach the control plane; logins are answered from the cache");
+                    warn!(problem = %p, retry_in = %humantime::format_duration(backoff), "cannot reach the control plane; logins are answered from the cache");
                     last_problem = p;
                 }
                 tokio::time::sleep(backoff).await;

@@ -23,7 +23,7 @@ use tokio::{
     sync::Semaphore,
 };
 use tower::ServiceExt;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::{sources::Sources, tls::Certificate};
 
@@ -82,7 +82,7 @@ pub async fn serve(
             Ok(got) => got,
             Err(error) => {
                 // EMFILE and friends: back off instead of spinning on the error.
-                warn!(%error, "accept failed");
+                crate::throttled!(warn, "http accept failed", %error);
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }

@@ -16,6 +16,16 @@ pub enum Status {
     Down,
 }
 
+impl Status {
+    /// As the state file and the API spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Up => "up",
+            Self::Down => "down",
+        }
+    }
+}
+
 /// Consecutive results needed to change state.
 #[derive(Debug, Clone, Copy)]
 pub struct Thresholds {
@@ -101,6 +111,13 @@ mod tests {
     const T: Thresholds = Thresholds { fall: 2, rise: 3 };
     const INTERVAL: Duration = Duration::from_secs(300);
     const RECHECK: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn logged_names_are_the_stored_ones() {
+        for s in [Status::Up, Status::Down] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.name());
+        }
+    }
 
     fn feed(m: &mut Machine, results: &[bool]) -> Vec<Transition> {
         results.iter().filter_map(|&ok| m.observe(ok, T)).collect()

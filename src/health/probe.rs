@@ -20,6 +20,16 @@ pub enum Kind {
     Icmp,
 }
 
+impl Kind {
+    /// As the state file and the API spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Icmp => "icmp",
+        }
+    }
+}
+
 /// One target's result in a round.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TargetResult {
@@ -152,6 +162,13 @@ pub async fn round(spec: &ProbeSpec, timeout: Duration, pingers: &Pingers) -> Ro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logged_names_are_the_stored_ones() {
+        for k in [Kind::Tcp, Kind::Icmp] {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.name());
+        }
+    }
 
     fn r(kind: Kind, ok: bool) -> TargetResult {
         result(

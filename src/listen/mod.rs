@@ -25,7 +25,7 @@ use tokio::{
     task::JoinSet,
     time::timeout,
 };
-use tracing::{debug, warn};
+use tracing::debug;
 
 mod batch;
 
@@ -172,7 +172,7 @@ async fn serve_tcp(listener: TcpListener, answering: (Reader, Arc<Responder>), l
             Ok(got) => got,
             Err(error) => {
                 // EMFILE and friends: back off instead of spinning on the error.
-                warn!(%error, "tcp accept failed");
+                crate::throttled!(warn, "tcp accept failed", %error);
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }

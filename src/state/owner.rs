@@ -13,7 +13,7 @@
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 
 use tokio::{sync::mpsc, task::JoinHandle};
-use tracing::{error, info, warn};
+use tracing::{error, field::display, info, warn};
 
 use super::{
     Clock, Counters, DrainRecord, DrainRequest, Handle, Input, QUEUE, Reader, ReloadReport,
@@ -280,7 +280,8 @@ impl Owner {
         audit.push(entry);
         match result {
             Ok(()) => {
-                info!(%region, by = %request.by, reason = %request.reason, until = ?request.until, "region drained");
+                let until = request.until.map(|t| display(crate::clock::rfc3339(t)));
+                info!(%region, by = %request.by, reason = %request.reason, until, "region drained");
                 Ok(record)
             }
             Err(Refusal::NoRegion) => Err(StateError::NoRegion(region.to_owned())),
@@ -496,8 +497,8 @@ fn log_transition(region: &str, t: Transition, round: &Round) {
         .results
         .iter()
         .map(|r| match &r.error {
-            Some(e) => format!("{:?} {}: {e}", r.kind, r.target),
-            None => format!("{:?} {}: ok", r.kind, r.target),
+            Some(e) => format!("{} {}: {e}", r.kind.name(), r.target),
+            None => format!("{} {}: ok", r.kind.name(), r.target),
         })
         .collect::<Vec<_>>()
         .join("; ");
@@ -506,7 +507,9 @@ fn log_transition(region: &str, t: Transition, round: &Round) {
         .iter()
         .filter_map(|r| r.rtt_ms)
         .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.min(v))));
-    warn!(region, from = ?t.from, to = ?t.to, %reason, ?rtt_ms, "region health changed");
+    // No RTT when no target answered: the field is left out.
+    let (from, to) = (t.from.name(), t.to.name());
+    warn!(region, from, to, %reason, rtt_ms, "region health changed");
 }
 
 /// Logs each region whose votes took it out of the answers or brought it

@@ -374,7 +374,7 @@ fn writer(rx: &mpsc::Receiver<Item>, store: &dyn LogStore, ingest: &Ingest) {
         until_done(
             || store.write(&batch),
             |e, wait| {
-                error!(error = %e, items, retry_in = ?wait, "writing log records failed; the batch is kept and written again");
+                error!(error = %e, items, retry_in = %humantime::format_duration(wait), "writing log records failed; the batch is kept and written again");
                 std::thread::sleep(wait);
             },
         );
@@ -435,8 +435,14 @@ pub async fn listen(config: &VpnlogConfig, ingest: Arc<Ingest>) -> io::Result<So
     let (per_source, idle) = (config.tcp_max_per_source, config.tcp_idle_timeout);
     tokio::spawn(async move {
         loop {
-            let Ok((stream, peer)) = tcp.accept().await else {
-                continue;
+            let (stream, peer) = match tcp.accept().await {
+                Ok(got) => got,
+                Err(error) => {
+                    // EMFILE and friends: back off instead of spinning on the error.
+                    crate::throttled!(warn, "syslog tcp accept failed", %error);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
             };
             let (Ok(permit), Some(slot)) = (
                 total.clone().try_acquire_owned(),

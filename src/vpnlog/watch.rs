@@ -166,7 +166,10 @@ fn apply(
             let taken = s.taken.unwrap_or(time);
             ingest.track(host, |t| t.snapshot(&s, taken, time));
         }
-        Notice::Error(e) => warn!(host = ?host, error = %e, "OpenVPN management interface"),
+        // Per line of the interface.
+        Notice::Error(e) => {
+            crate::throttled!(warn, "OpenVPN management interface error", host, error = %e);
+        }
         Notice::Client { client: None, .. } => {}
     }
 }

@@ -214,6 +214,14 @@ impl Server {
         Self::spawn(fixture, mgnt(), true)
     }
 
+    /// As [`Self::start_logging`], its lines written as JSON
+    /// (`--log-format json`; a [`Self::restart`] drops the flag).
+    pub fn start_logging_json(fixture: Fixture) -> Self {
+        let mut cmd = mgnt();
+        cmd.args(["--log-format", "json"]);
+        Self::spawn(fixture, cmd, true)
+    }
+
     /// What a server started by [`Self::start_logging`] has logged.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.fixture.path("serve.log")).unwrap_or_default()
