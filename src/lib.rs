@@ -56,6 +56,7 @@ pub mod locate;
 pub mod logging;
 pub mod management;
 pub mod metrics;
+pub mod notify;
 pub mod pg;
 pub mod route;
 pub mod routers;
