@@ -181,6 +181,38 @@ fn a_broken_zone_file_names_the_line() {
 }
 
 #[test]
+fn a_zone_error_after_a_multi_line_soa_names_its_file_and_line() {
+    let f = Fixture::new();
+    // Loaded after the good mkcld.io.zone; the SOA spans lines 4–9.
+    let zone = "; a second zone\n$ORIGIN other.test.\n$TTL 300\n\
+        @ IN SOA ns1.other.test. hostmaster.other.test. (\n\
+        \x20   1          ; serial\n\
+        \x20   7200       ; refresh\n\
+        \x20   900        ; retry\n\
+        \x20   1209600    ; expire\n\
+        \x20   60 )       ; minimum\n\
+        @ IN NS ns1.other.test.\n\
+        ns1 IN A 192.0.2.53\n\
+        ; the bad record is next\n\
+        www IN A 300.1.2.3\n";
+    std::fs::write(f.path("zones/other.test.zone"), zone).unwrap();
+    fails_with(
+        &f,
+        &["other.test.zone:13: `www IN A 300.1.2.3`: network address"],
+    );
+    let out = mgnt()
+        .args(["check-config", "--config"])
+        .arg(f.config())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("mkcld.io.zone"),
+        "the good zone is not blamed: {err}"
+    );
+}
+
+#[test]
 fn a_zone_without_soa_is_refused() {
     let f = Fixture::new();
     std::fs::write(

@@ -1,6 +1,8 @@
 //! Zone files (RFC 1035 master format) → hickory's catalog, plus the records
 //! the geo answers are built from.
 
+mod entries;
+
 use std::{
     collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
@@ -9,7 +11,7 @@ use std::{
 
 use hickory_proto::{
     rr::{LowerName, Name, RData, Record, RecordSet, RecordType, RrKey},
-    serialize::txt::Parser,
+    serialize::txt::{ParseError, Parser},
 };
 use hickory_server::{
     net::runtime::TokioRuntimeProvider,
@@ -36,11 +38,14 @@ pub enum ZoneError {
         file: PathBuf,
         source: std::io::Error,
     },
-    #[error("{file}:{line}: {reason}")]
+    /// `line` is the first line of the record (or directive) that does not
+    /// parse, `record` its text without comments.
+    #[error("{file}:{line}: `{record}`: {source}")]
     Parse {
         file: PathBuf,
         line: usize,
-        reason: String,
+        record: String,
+        source: ParseError,
     },
     #[error("{file}: {reason}")]
     Invalid { file: PathBuf, reason: String },
@@ -185,44 +190,28 @@ fn parse_file(file: &Path) -> Result<(Name, ZoneRecords), ZoneError> {
             file: file.to_owned(),
             reason: format!("file name `{stem}` is not a zone name: {e}"),
         })?;
-    parse_text(&text, file, &origin).map_err(|(line, reason)| ZoneError::Parse {
-        file: file.to_owned(),
-        line,
-        reason,
-    })
+    parse_text(&text, file, &origin)
 }
 
-/// Parses zone text; an error carries the line where it was found.
-fn parse_text(
-    text: &str,
-    file: &Path,
-    origin: &Name,
-) -> Result<(Name, ZoneRecords), (usize, String)> {
+/// Parses zone text; an error names the record where the parser stopped.
+fn parse_text(text: &str, file: &Path, origin: &Name) -> Result<(Name, ZoneRecords), ZoneError> {
     let parse = |t: &str| Parser::new(t, Some(file.to_owned()), Some(origin.clone())).parse();
-    match parse(text) {
-        Ok(ok) => Ok(ok),
-        Err(e) => Err((error_line(text, &parse), e.to_string())),
-    }
-}
-
-/// hickory's zone parser reports no position, so find the shortest prefix of
-/// whole lines that fails; its last line is where the bad record starts.
-fn error_line<T, E>(text: &str, parse: &dyn Fn(&str) -> Result<T, E>) -> usize {
-    let ends: Vec<usize> = text
-        .match_indices('\n')
-        .map(|(i, _)| i + 1)
-        .chain(std::iter::once(text.len()))
-        .collect();
-    let (mut lo, mut hi) = (0, ends.len() - 1);
-    while lo < hi {
-        let mid = (lo + hi) / 2;
-        if parse(&text[..ends[mid]]).is_err() {
-            hi = mid;
-        } else {
-            lo = mid + 1;
+    parse(text).map_err(|source| {
+        let all = entries::entries(text);
+        // hickory's errors carry no position: find the entry it stopped at.
+        let bad = entries::first_bad(text, &all, |t| parse(t).is_err());
+        // The whole text is the last prefix tried, so an entry is found unless
+        // the scan and the parser disagree; then only the file is certain.
+        let (line, record) = bad.map_or((1, String::new()), |e| {
+            (e.line, entries::shown(&text[e.span.clone()]))
+        });
+        ZoneError::Parse {
+            file: file.to_owned(),
+            line,
+            record,
+            source,
         }
-    }
-    lo + 1
+    })
 }
 
 /// A zone in a canonical text: its origin, then each record in
@@ -280,10 +269,106 @@ mod tests {
         assert_ne!(text(&ZONE.replace("192.0.2.1", "192.0.2.2")), text(ZONE));
     }
 
+    /// The line and record text of the error `zone` fails with.
+    fn error_at(zone: &str) -> (usize, String) {
+        match parse_text(zone, Path::new("x.zone"), &origin()) {
+            Err(ZoneError::Parse { line, record, .. }) => (line, record),
+            other => panic!("{:?}", other.map(|(_, recs)| recs.len())),
+        }
+    }
+
+    /// Lines 1–9, the SOA on lines 4–9 as in the shipped zone.
+    const MULTI_LINE_SOA: &str = "; example\n$ORIGIN example.\n$TTL 300\n\
+        @ IN SOA ns1 hostmaster (\n\
+        \x20   2026112501 ; serial\n\
+        \x20   7200       ; refresh (two hours)\n\
+        \x20   900        ; retry\n\
+        \x20   1209600    ; expire\n\
+        \x20   60 )       ; minimum \"(negative caching)\"\n";
+
+    /// Good records on lines 10–14, with `bad` on line `at`.
+    fn after_the_soa(at: usize, bad: &str) -> String {
+        let mut lines = [
+            "@ IN NS ns1",
+            "ns1 IN A 192.0.2.1",
+            "; between records",
+            "www IN A 192.0.2.80",
+            "mail IN MX 10 ns1",
+        ];
+        lines[at - 10] = bad;
+        format!("{MULTI_LINE_SOA}{}\n", lines.join("\n"))
+    }
+
+    #[test]
+    fn the_zone_after_a_multi_line_soa_parses() {
+        let (_, recs) = parse_text(&after_the_soa(12, ""), Path::new("x.zone"), &origin()).unwrap();
+        assert_eq!(recs.len(), 5, "SOA, NS, two A and MX");
+    }
+
+    #[test]
+    fn errors_after_a_multi_line_soa_name_their_own_line() {
+        // The parser stops at the first error, so each zone holds one.
+        for (at, bad) in [
+            (10, "@ IN NS"),
+            (11, "ns1 IN A 300.1.2.3"),
+            (13, "www IN AAAA 192.0.2.80"),
+            (14, "mail IN MX ten ns1"),
+        ] {
+            assert_eq!(error_at(&after_the_soa(at, bad)), (at, bad.to_owned()));
+        }
+    }
+
+    #[test]
+    fn errors_in_crlf_text_name_the_same_lines() {
+        let zone = after_the_soa(11, "ns1 IN A 300.1.2.3").replace('\n', "\r\n");
+        assert_eq!(error_at(&zone), (11, "ns1 IN A 300.1.2.3".to_owned()));
+    }
+
+    #[test]
+    fn an_error_inside_a_multi_line_record_names_its_first_line() {
+        // hickory names no token, so the line is the record's first and the
+        // message quotes the whole record.
+        let zone = after_the_soa(12, "").replace("7200       ;", "2h2x       ;");
+        assert_eq!(
+            error_at(&zone),
+            (
+                4,
+                "@ IN SOA ns1 hostmaster ( 2026112501 2h2x 900 1209600 60 )".to_owned()
+            )
+        );
+        let unclosed = after_the_soa(12, "").replace("60 )", "60");
+        assert_eq!(
+            error_at(&unclosed).0,
+            4,
+            "the record whose `(` is never closed"
+        );
+    }
+
+    #[test]
+    fn errors_after_directives_and_in_them_name_their_line() {
+        let zone = after_the_soa(12, "$ORIGIN sub.example.\n$TTL 60\nx IN A 192.0.2.999");
+        assert_eq!(error_at(&zone), (14, "x IN A 192.0.2.999".to_owned()));
+        assert_eq!(error_at(&after_the_soa(12, "$TTL soon")).0, 12);
+        assert_eq!(error_at(&after_the_soa(12, "$ORIGIN a..b.")).0, 12);
+        let include = after_the_soa(12, "$INCLUDE no-such-file.zone");
+        assert_eq!(
+            error_at(&include),
+            (12, "$INCLUDE no-such-file.zone".to_owned())
+        );
+    }
+
+    #[test]
+    fn quotes_and_parentheses_in_strings_and_comments_join_no_lines() {
+        let zone = after_the_soa(
+            11,
+            "t IN TXT \"(\" \"a;b\" ; a remark (unclosed\nu IN TXT \"two\nlines\"\nns1 IN A 300.1.2.3",
+        );
+        assert_eq!(error_at(&zone), (14, "ns1 IN A 300.1.2.3".to_owned()));
+    }
+
     #[test]
     fn errors_name_the_line_of_the_bad_record() {
         let bad = format!("{ZONE}www A 192.0.2.1\nmail A not-an-address\nx A 192.0.2.9\n");
-        let (line, reason) = parse_text(&bad, Path::new("x.zone"), &origin()).unwrap_err();
-        assert_eq!(line, 6, "{reason}");
+        assert_eq!(error_at(&bad), (6, "mail A not-an-address".to_owned()));
     }
 }
