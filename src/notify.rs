@@ -12,8 +12,11 @@
 use std::{
     io,
     os::unix::net::{SocketAddr, UnixDatagram},
+    sync::Arc,
     time::Duration,
 };
+
+use tracing::warn;
 
 /// Where notifications go: the socket systemd passed in `NOTIFY_SOCKET`.
 pub struct Notifier {
@@ -39,6 +42,33 @@ impl Notifier {
         self.socket.send_to_addr(state.as_bytes(), &self.to)?;
         Ok(())
     }
+}
+
+/// Tells systemd (when it started us with `Type=notify`) that we serve,
+/// with `status` for `systemctl status`, and keeps its watchdog fed from the
+/// runtime, so a hung runtime is restarted. The notifier, for `STOPPING=1`.
+pub fn ready(status: &str) -> Option<Arc<Notifier>> {
+    let notifier = match Notifier::from_env() {
+        Ok(n) => Arc::new(n?),
+        Err(error) => {
+            warn!(%error, "NOTIFY_SOCKET is set but unusable; systemd is not told we are ready");
+            return None;
+        }
+    };
+    if let Err(error) = notifier.send(&format!("READY=1\nSTATUS={status}")) {
+        warn!(%error, "systemd not told we are ready");
+    }
+    if let Some(every) = watchdog_interval() {
+        let n = notifier.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let _ = n.send("WATCHDOG=1");
+            }
+        });
+    }
+    Some(notifier)
 }
 
 /// A socket path, or with a leading `@` a name in the abstract namespace.

@@ -271,7 +271,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), ServeError> {
     }
     info!(addr = %api_addr, "serving the admin API");
     println!("listening api {api_addr}");
-    let systemd = notify_ready(&hash);
+    let systemd = crate::notify::ready(&format!("serving, config {hash}"));
     tokio::select! {
         () = signals(&state, routers.as_deref(), api_tls.as_deref()) => {
             info!("shutting down");
@@ -289,33 +289,6 @@ pub async fn run(config_path: PathBuf) -> Result<(), ServeError> {
             Err(ServeError::StateOwner(why))
         }
     }
-}
-
-/// Tells systemd (when it started us with `Type=notify`) that every
-/// listener is bound and the first snapshot is served, and keeps its
-/// watchdog fed from the runtime, so a hung runtime is restarted.
-fn notify_ready(hash: &str) -> Option<Arc<crate::notify::Notifier>> {
-    let notifier = match crate::notify::Notifier::from_env() {
-        Ok(n) => Arc::new(n?),
-        Err(error) => {
-            warn!(%error, "NOTIFY_SOCKET is set but unusable; systemd is not told we are ready");
-            return None;
-        }
-    };
-    if let Err(error) = notifier.send(&format!("READY=1\nSTATUS=serving, config {hash}")) {
-        warn!(%error, "systemd not told we are ready");
-    }
-    if let Some(every) = crate::notify::watchdog_interval() {
-        let n = notifier.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            loop {
-                tick.tick().await;
-                let _ = n.send("WATCHDOG=1");
-            }
-        });
-    }
-    Some(notifier)
 }
 
 async fn signals(

@@ -192,10 +192,16 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     ));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| AgentError::Control(e.to_string()))?;
+    // Logins are answered from here on (from the cache until the control
+    // plane answers), under the rules last known.
+    let systemd = crate::notify::ready("answering logins");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
     info!("stopping");
+    if let Some(n) = &systemd {
+        let _ = n.send("STOPPING=1");
+    }
     Ok(())
 }
