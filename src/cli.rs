@@ -1,6 +1,8 @@
 //! The commands behind the `mgnt` command line; `main.rs` only parses
 //! arguments and prints what these return.
 
+mod status;
+
 use std::{
     net::IpAddr,
     path::{Path, PathBuf},
@@ -12,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::{
     admin::client::{Client, ClientError},
-    config::{Config, ConfigError, ProvisionConfig},
+    config::{Config, ConfigError, Named, ProvisionConfig, ReadError},
     dns::LoadError,
     explain::{Explanation, explain},
     pg::{Db, DbError},
@@ -20,6 +22,7 @@ use crate::{
     store_migrate::{self, MigrateError, Sources},
     tunnels::{
         export::{ExportError, export_store},
+        routeros::Version,
         store::{PgSiteStore, SqliteStore, StoreError},
     },
 };
@@ -32,6 +35,20 @@ pub enum CliError {
     Load(#[from] LoadError),
     #[error(transparent)]
     Api(#[from] ClientError),
+    #[error(
+        "`{region}` is the last serving region of {}; use --force to drain it anyway (answers then fail open)",
+        geo_names.join(", ")
+    )]
+    LastServing {
+        region: String,
+        geo_names: Vec<String>,
+    },
+    #[error("{reason}; `mgnt site recreate {uuid}` issues a new one")]
+    NoJob { uuid: String, reason: String },
+    #[error("{}", Version::choices())]
+    NoVersion,
+    #[error(transparent)]
+    File(#[from] Named<ReadError>),
     #[error("`{0}` is not an address or prefix")]
     Client(String),
     #[error("provisioning is off: the config has no [provision] table")]
@@ -108,7 +125,49 @@ pub fn drain(
         if force { "?force=true" } else { "" }
     );
     let body = json!({ "reason": reason, "until": until });
-    Ok(client(config)?.post(&path, Some(body))?)
+    client(config)?
+        .post(&path, Some(body))
+        .map_err(|e| match e {
+            // The server's words name its URL parameter; ours, the flag.
+            ClientError::Status {
+                status: 409, body, ..
+            } if body["geo_names"].is_array() => CliError::LastServing {
+                region: region.to_owned(),
+                geo_names: serde_json::from_value(body["geo_names"].clone()).unwrap_or_default(),
+            },
+            e => e.into(),
+        })
+}
+
+/// `mgnt status`: the regions as a table, or the API's JSON as it is.
+pub fn status(config: &Path, json: bool) -> Result<String, CliError> {
+    let listed = client(config)?.get("/v1/regions")?;
+    if json {
+        return Ok(format!("{listed:#}\n"));
+    }
+    Ok(status::table(&listed))
+}
+
+/// `mgnt site script`: the RouterOS script of the site's pending job.
+/// Without the router's version there is no script: the releases differ in
+/// what they accept, and a guess would be the newest (`7` = 7.99).
+pub fn site_script(config: &Path, uuid: &str, version: Option<&str>) -> Result<String, CliError> {
+    let version = version.ok_or(CliError::NoVersion)?;
+    let path = format!("/v1/sites/{uuid}/routeros.rsc?version={version}");
+    match client(config)?.get(&path) {
+        Ok(Value::String(text)) => Ok(text),
+        Ok(other) => Ok(format!("{other:#}\n")),
+        // 409: no pending job; 410: its secret is gone. Either way a new job is the fix.
+        Err(ClientError::Status {
+            status: 409 | 410,
+            message,
+            ..
+        }) => Err(CliError::NoJob {
+            uuid: uuid.to_owned(),
+            reason: message.split(';').next().unwrap_or_default().to_owned(),
+        }),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// `mgnt undrain`.
@@ -123,10 +182,7 @@ pub fn nodes(config: &Path) -> Result<String, CliError> {
 
 /// `GET /v1/nodes`'s answer as lines, times in RFC 3339.
 fn nodes_text(listed: &Value) -> String {
-    let time = |v: &Value| {
-        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(v.as_u64().unwrap_or(0));
-        humantime::format_rfc3339_seconds(at).to_string()
-    };
+    let time = |v: &Value| crate::clock::rfc3339(v.as_u64().unwrap_or(0)).to_string();
     let text = |v: &Value| v.as_str().unwrap_or("?").to_owned();
     let mut out = String::new();
     for node in listed["nodes"].as_array().into_iter().flatten() {
@@ -271,7 +327,15 @@ pub fn auth_verify(config: &Path, file: &Path) -> Result<bool, CliError> {
     let text = read(file)?;
     let mut lines = text.lines();
     let (user, password) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
-    let token = read(&p.hook_token_file)?
+    let token = std::fs::read_to_string(&p.hook_token_file)
+        .map_err(|source| {
+            let file = p.hook_token_file.clone();
+            Named::new(
+                config,
+                "provision.hook_token_file",
+                ReadError { file, source },
+            )
+        })?
         .lines()
         .next()
         .unwrap_or("")

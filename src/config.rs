@@ -71,6 +71,35 @@ pub enum ConfigError {
     },
 }
 
+/// An error about a file the config names, with the config file and the key
+/// that named it: an operator reads which line to fix, not only which file failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{config}: key `{key}`: {source}")]
+pub struct Named<E: std::error::Error + 'static> {
+    pub config: PathBuf,
+    pub key: String,
+    /// Boxed: the errors that carry this stay small (clippy's `result_large_err`).
+    pub source: Box<E>,
+}
+
+impl<E: std::error::Error + 'static> Named<E> {
+    pub fn new(config: &Path, key: impl Into<String>, source: E) -> Self {
+        Self {
+            config: config.to_owned(),
+            key: key.into(),
+            source: Box::new(source),
+        }
+    }
+}
+
+/// A file that could not be read, named.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {source}")]
+pub struct ReadError {
+    pub file: PathBuf,
+    pub source: std::io::Error,
+}
+
 /// The whole validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {

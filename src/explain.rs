@@ -7,11 +7,12 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::{
+    clock::rfc3339,
     geo::Location,
     health::{RegionHealth, machine::Status},
     locate::Client,
     route::{self, Reason, RegionState},
-    state::Snapshot,
+    state::{DrainRecord, Snapshot},
 };
 
 /// The whole explanation for one client address (or ECS prefix).
@@ -41,6 +42,8 @@ pub struct RegionLine {
     pub overridden: bool,
     pub state: RegionState,
     pub health: HealthLine,
+    /// The operator's drain that keeps it out of the answers, if any.
+    pub drain: Option<DrainRecord>,
 }
 
 /// A region's health as far as this process knows it.
@@ -80,12 +83,32 @@ impl HealthLine {
             s.push_str(" (unconfirmed)");
         }
         if let Some(at) = self.last_probe {
-            let _ = write!(s, ", probed at {at}");
+            let _ = write!(s, ", probed at {}", rfc3339(at));
         }
         if let Some(rtt) = self.rtt_ms {
             let _ = write!(s, ", rtt {rtt:.1} ms");
         }
         s
+    }
+}
+
+/// A drain in words: the reason (quoted, so no control character reaches
+/// the terminal), who drained it and until when.
+pub fn drain_text(d: &DrainRecord) -> String {
+    match d.until {
+        Some(until) => format!("{:?} by {} until {}", d.reason, d.by, rfc3339(until)),
+        None => format!("{:?} by {}, no end", d.reason, d.by),
+    }
+}
+
+impl RegionLine {
+    /// Serving, or why not: drained (by whom, why, until when) or down.
+    fn serving_text(&self) -> String {
+        match (&self.drain, self.state.serving) {
+            (Some(d), _) => format!("not serving: drained {}", drain_text(d)),
+            (None, true) => "serving".into(),
+            (None, false) => "not serving: down".into(),
+        }
     }
 }
 
@@ -115,6 +138,7 @@ pub fn explain(snapshot: &Snapshot, client: IpNet) -> Explanation {
                         serving: snapshot.view.serving(r.region),
                     },
                     health: HealthLine::of(&snapshot.regions[r.region].health),
+                    drain: snapshot.regions[r.region].drain.clone(),
                 }
             })
             .collect();
@@ -166,11 +190,7 @@ impl Explanation {
                     r.name,
                     r.host,
                     r.distance_km.map_or("-".into(), |d| format!("{d:.0} km")),
-                    if r.state.serving {
-                        "serving"
-                    } else {
-                        "not serving"
-                    },
+                    r.serving_text(),
                     if r.overridden { ", override" } else { "" },
                     r.health.to_text(),
                 );

@@ -28,12 +28,27 @@ pub enum GeoError {
         file: PathBuf,
         source: std::io::Error,
     },
+    #[error("{file}: cannot read: {source}")]
+    ReadCentroids {
+        file: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{file}: line {line}: {reason}")]
     Centroid {
         file: PathBuf,
         line: usize,
         reason: String,
     },
+}
+
+impl GeoError {
+    /// The `[geoip]` key that names the file this is about.
+    pub fn key(&self) -> &'static str {
+        match self {
+            Self::Open { .. } | Self::Read { .. } => "geoip.database",
+            Self::ReadCentroids { .. } | Self::Centroid { .. } => "geoip.centroids",
+        }
+    }
 }
 
 /// Where the coordinates of a [`Location`] came from.
@@ -391,7 +406,7 @@ fn valid_coord(lat: f64, lon: f64) -> Option<Coord> {
 
 /// Reads `code,latitude,longitude[,name]` lines; `#` starts a comment, a `code` header is skipped.
 fn load_centroids(path: &Path) -> Result<HashMap<[u8; 2], Coord>, GeoError> {
-    let text = std::fs::read_to_string(path).map_err(|source| GeoError::Read {
+    let text = std::fs::read_to_string(path).map_err(|source| GeoError::ReadCentroids {
         file: path.to_owned(),
         source,
     })?;

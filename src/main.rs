@@ -62,8 +62,12 @@ enum Command {
     },
     /// Put a drained region back into the answers.
     Undrain { region: String },
-    /// Show every region's health, drain and answer counts.
-    Status,
+    /// Show every region's health, drain and answer counts, one row each.
+    Status {
+        /// Print the API's JSON (times in seconds since 1970) instead.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the nodes on the server's database: live or gone, config hash
     /// (same as the server's or not), version, times.
     Nodes,
@@ -101,8 +105,10 @@ enum SiteCommand {
     /// Print the RouterOS script of the site's pending job.
     Script {
         uuid: String,
-        #[arg(long, default_value = "7")]
-        version: String,
+        /// The router's RouterOS version (6.49.7, 7.16, …); without it the
+        /// versions scripts are made for are listed.
+        #[arg(long)]
+        version: Option<String>,
     },
     /// Issue new credentials and a job that recreates the tunnel on the router.
     Recreate { uuid: String },
@@ -188,7 +194,7 @@ fn main() -> Result<()> {
             force,
         )?)?,
         Command::Undrain { region } => print(&cli::undrain(&config, &region)?)?,
-        Command::Status => print(&cli::client(&config)?.get("/v1/regions")?)?,
+        Command::Status { json } => print!("{}", cli::status(&config, json)?),
         Command::Nodes => print!("{}", cli::nodes(&config)?),
         Command::Site { action } => site(&config, action)?,
         Command::Store {
@@ -232,6 +238,11 @@ fn site(config: &std::path::Path, action: SiteCommand) -> Result<()> {
             return Ok(());
         }
         SiteCommand::Renumber => return print(&cli::renumber(config)?),
+        // Its version is checked before anything is asked of the server.
+        SiteCommand::Script { uuid, version } => {
+            print!("{}", cli::site_script(config, &uuid, version.as_deref())?);
+            return Ok(());
+        }
         _ => {}
     }
     let client = cli::client(config)?;
@@ -241,14 +252,6 @@ fn site(config: &std::path::Path, action: SiteCommand) -> Result<()> {
         SiteCommand::Delete { uuid } => {
             client.delete(&format!("/v1/sites/{uuid}"))?;
             println!("deleted {uuid}");
-            Ok(())
-        }
-        SiteCommand::Script { uuid, version } => {
-            let path = format!("/v1/sites/{uuid}/routeros.rsc?version={version}");
-            match client.get(&path)? {
-                serde_json::Value::String(text) => print!("{text}"),
-                other => print(&other)?,
-            }
             Ok(())
         }
         SiteCommand::Recreate { uuid } => {
@@ -268,6 +271,8 @@ fn site(config: &std::path::Path, action: SiteCommand) -> Result<()> {
             );
             Ok(())
         }
-        SiteCommand::Export { .. } | SiteCommand::Renumber => unreachable!("handled above"),
+        SiteCommand::Export { .. } | SiteCommand::Renumber | SiteCommand::Script { .. } => {
+            unreachable!("handled above")
+        }
     }
 }

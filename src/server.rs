@@ -7,8 +7,9 @@ use tracing::{error, info, warn};
 
 use crate::{
     admin::{self, auth::Tokens},
-    config::Config,
+    config::{Config, Named},
     dns::{LoadError, answer::Responder},
+    edge::bind::BindError,
     fleet::{Claim, ClaimError, Fleet, Me},
     listen,
     pg::Db,
@@ -25,21 +26,18 @@ use crate::{
 pub enum ServeError {
     #[error(transparent)]
     Load(#[from] LoadError),
-    #[error("binding DNS listeners: {0}")]
-    Dns(std::io::Error),
-    #[error("binding the admin API on {addr}: {source}")]
-    Api {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
+    #[error("binding the DNS listeners: {0}")]
+    Dns(BindError),
+    #[error("binding the admin API: {0}")]
+    Api(BindError),
     #[error(transparent)]
-    Auth(#[from] admin::auth::AuthError),
+    Auth(#[from] Named<admin::auth::AuthError>),
     #[error("log ingestion: {0}")]
     Vpnlog(#[from] crate::vpnlog::service::StartError),
     #[error("the state owner stopped: {0}")]
     StateOwner(String),
     #[error("admin API TLS: {0}")]
-    ApiTls(#[from] crate::edge::tls::TlsError),
+    ApiTls(#[from] Named<crate::edge::tls::TlsError>),
     #[error(transparent)]
     Routers(#[from] crate::routers::RoutersError),
     #[error("[store]: {0}")]
@@ -177,11 +175,16 @@ pub async fn run(config_path: PathBuf) -> Result<(), ServeError> {
         .await
         .expect("loading task panicked")?;
     let config = data.config.clone();
-    let (tokens, origin) = Tokens::load(&config.api, true)?;
-    let agents = Tokens::load_agents(config.api.agent_token_file.as_deref())?;
+    let file = config.file.as_path();
+    let named = |key: &'static str| move |e| Named::new(file, key, e);
+    let (tokens, origin) = Tokens::load(&config.api, true).map_err(named("api.token_file"))?;
+    let agents = Tokens::load_agents(config.api.agent_token_file.as_deref())
+        .map_err(named("api.agent_token_file"))?;
     // The via-file hook's token, for an OpenVPN server beside this one.
     let hook = match &config.provision {
-        Some(p) => Tokens::load_hook(&p.hook_token_file)?,
+        Some(p) => {
+            Tokens::load_hook(&p.hook_token_file).map_err(named("provision.hook_token_file"))?
+        }
         None => Tokens::none(),
     };
     if let admin::auth::Origin::Created(file) = origin {
@@ -232,16 +235,12 @@ pub async fn run(config_path: PathBuf) -> Result<(), ServeError> {
         _ => None,
     };
     let vpnlog = start_vpnlog(&config, db.as_ref()).await?;
+    let api_bind =
+        |source| ServeError::Api(BindError::new(config.api.listen, "api.listen", source));
     let api = tokio::net::TcpListener::bind(config.api.listen)
         .await
-        .map_err(|source| ServeError::Api {
-            addr: config.api.listen,
-            source,
-        })?;
-    let api_addr = api.local_addr().map_err(|source| ServeError::Api {
-        addr: config.api.listen,
-        source,
-    })?;
+        .map_err(api_bind)?;
+    let api_addr = api.local_addr().map_err(api_bind)?;
     let cx = admin::Context {
         state: state.clone(),
         responder,
@@ -258,12 +257,13 @@ pub async fn run(config_path: PathBuf) -> Result<(), ServeError> {
         agents,
         hook,
     };
-    let api_tls = config
-        .api
-        .tls
-        .as_ref()
-        .map(crate::edge::tls::Certificate::load)
-        .transpose()?;
+    let api_tls = match &config.api.tls {
+        Some(files) => Some(
+            crate::edge::tls::Certificate::load(files)
+                .map_err(|e| Named::new(&config.file, e.key("api", files), e))?,
+        ),
+        None => None,
+    };
     tokio::spawn(admin::serve(api, cx, tokens, api_tls.clone()));
     for addr in &bound {
         info!(%addr, "serving DNS over UDP and TCP");

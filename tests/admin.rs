@@ -475,10 +475,153 @@ fn the_cli_drains_and_undrains_through_the_api() {
     let (ok, out) = run(&["status"]);
     assert!(ok && out.contains("cli test"), "{out}");
     let (ok, out) = run(&["drain", "mars1", "--reason", "x"]);
-    assert!(!ok && out.contains("404"), "{out}");
+    assert!(!ok && out.contains("no region `mars1`"), "{out}");
     let (ok, out) = run(&["undrain", "europe1"]);
     assert!(ok, "{out}");
     assert_eq!(region_for(&server, BELGIUM), "europe1");
+}
+
+/// `mgnt status`: a table with one aligned row per region, the drain's
+/// reason, who and until when in RFC 3339; `--json` the API's answer.
+#[test]
+fn status_is_a_table_and_json_on_request() {
+    let server = Server::start();
+    let ok = |args: &[&str]| {
+        let out = server.cli(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {err}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let until = "2099-01-01T00:00:00Z";
+    ok(&[
+        "drain",
+        "europe1",
+        "--reason",
+        "maintenance",
+        "--until",
+        until,
+    ]);
+    ok(&["drain", "us1", "--reason", "fibre cut"]);
+    let table = ok(&["status"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 5, "{table}");
+    assert!(lines[0].starts_with("REGION"), "{table}");
+    let column = |line: &str| line.find("unprobed");
+    assert!(
+        lines[1..].iter().all(|l| column(l) == column(lines[1])),
+        "aligned: {table}"
+    );
+    let row = |name: &str| *lines.iter().find(|l| l.starts_with(name)).unwrap();
+    assert!(
+        row("europe1").contains(&format!("\"maintenance\" by admin until {until}")),
+        "{table}"
+    );
+    assert!(
+        row("us1").contains("\"fibre cut\" by admin, no end"),
+        "{table}"
+    );
+    assert!(row("asia1").contains(" yes "), "{table}");
+    let json: Value = serde_json::from_str(&ok(&["status", "--json"])).unwrap();
+    let regions = json["regions"].as_array().unwrap();
+    let europe1 = regions.iter().find(|r| r["name"] == "europe1").unwrap();
+    assert_eq!(
+        europe1["drain"]["until"], 4_070_908_800u64,
+        "epoch seconds in JSON"
+    );
+}
+
+/// `mgnt lookup` says why a region is out: drained, by whom, why, until when.
+#[test]
+fn lookup_shows_the_drain() {
+    let server = Server::start();
+    let out = server.cli(&["drain", "europe1", "--reason", "maintenance"]);
+    assert!(out.status.success());
+    let out = server.cli(&["lookup", "81.240.0.0/16"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let europe1 = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("europe1"))
+        .unwrap();
+    assert!(
+        europe1.contains("not serving: drained \"maintenance\" by admin, no end"),
+        "{text}"
+    );
+}
+
+/// The command line's errors in its own words: the flag, the config key,
+/// the command to run; never the HTTP exchange.
+#[test]
+fn cli_errors_speak_of_flags_keys_and_commands() {
+    let server = Server::start();
+    let err = |args: &[&str]| {
+        let out = server.cli(args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    for region in ["us1", "asia1", "sa1"] {
+        assert!(
+            server
+                .cli(&["drain", region, "--reason", "x"])
+                .status
+                .success()
+        );
+    }
+    let said = err(&["drain", "europe1", "--reason", "x"]);
+    assert!(said.contains("use --force to drain it anyway"), "{said}");
+    assert!(
+        !said.contains("force=true") && !said.contains("409"),
+        "{said}"
+    );
+    std::fs::write(
+        server.fixture.path("state/admin.token"),
+        "not-the-servers-token-at-all\n",
+    )
+    .unwrap();
+    let said = err(&["status"]);
+    assert!(said.contains("the token was refused"), "{said}");
+    assert!(said.contains("api.token_file"), "{said}");
+}
+
+#[test]
+fn the_cli_says_when_no_server_listens() {
+    let server = {
+        let mut s = Server::start();
+        s.cli(&["status"]); // points the config at the bound port
+        s.stop();
+        s
+    };
+    let out = server.cli(&["status"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        said.contains(&format!(
+            "no server at {} (is `mgnt serve` running?",
+            server.api
+        )),
+        "{said}"
+    );
+}
+
+/// Without the router's version there is no script: the supported ones are listed.
+#[test]
+fn site_script_without_a_version_lists_the_supported_ones() {
+    let f = Fixture::new();
+    let out = mgnt()
+        .args([
+            "site",
+            "script",
+            "00000000-0000-0000-0000-000000000000",
+            "--config",
+        ])
+        .arg(f.config())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    for needle in ["--version", "6.48", "7.1 or later", "7.8"] {
+        assert!(said.contains(needle), "{needle}: {said}");
+    }
+    assert!(!said.contains("7.99"), "{said}");
 }
 
 #[test]

@@ -171,6 +171,106 @@ fn broken_configs_are_refused_naming_file_key_and_reason() {
     }
 }
 
+/// Files the config names: a missing one names the config file, the key and the path.
+const MISSING_FILES: &[(&str, &str, &[&str])] = &[
+    (
+        "database = \"test-city.mmdb\"",
+        "database = \"geoip/x.mmdb\"",
+        &[
+            "mgnt.toml: key `geoip.database`: ",
+            "geoip/x.mmdb",
+            "No such file",
+        ],
+    ),
+    (
+        "centroids = \"centroids.csv\"",
+        "centroids = \"nowhere.csv\"",
+        &[
+            "mgnt.toml: key `geoip.centroids`: ",
+            "nowhere.csv",
+            "No such file",
+        ],
+    ),
+    (
+        "zones_dir = \"zones\"",
+        "zones_dir = \"no-zones\"",
+        &["mgnt.toml: key `dns.zones_dir`: ", "no-zones"],
+    ),
+];
+
+#[test]
+fn a_missing_file_names_the_config_file_and_key() {
+    for (from, to, needles) in MISSING_FILES {
+        edit_fails_with(from, to, needles);
+    }
+}
+
+/// `serve` alone reads the token and certificate files.
+#[test]
+fn a_missing_certificate_names_its_key() {
+    let f = Fixture::new();
+    let text = config_text("\"127.0.0.1:0\"").replace(
+        "[api]\nlisten = \"127.0.0.1:0\"",
+        "[api]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"api.crt\"\ntls_key = \"api.key\"",
+    );
+    f.write_config(&text);
+    let out = mgnt()
+        .args(["serve", "--config"])
+        .arg(f.config())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("mgnt.toml: key `api.tls_cert`: ") && err.contains("api.crt"),
+        "{err}"
+    );
+}
+
+/// `serve` on a DNS address another process holds: the address, the key, who.
+#[test]
+fn a_taken_port_is_named_with_what_to_do() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let f = Fixture::new();
+    f.write_config(&config_text(&format!("\"{addr}\"")));
+    let out = mgnt()
+        .args(["serve", "--config"])
+        .arg(f.config())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let want = format!(
+        "binding the DNS listeners: {addr} (dns.listen): address in use: another process holds it"
+    );
+    assert!(err.contains(&want), "{err}");
+}
+
+/// A port below 1024 without the capability: the capability and the
+/// alternative are named. Runs `serve` as nobody, which needs root to arrange.
+#[test]
+#[ignore = "needs root: runs the server as an unprivileged user (setpriv)"]
+fn a_privileged_port_names_the_capability() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fixture::new();
+    f.write_config(&config_text("\"127.0.0.1:53\""));
+    // Nobody reads the fixture and writes the token file into it.
+    std::fs::set_permissions(f.dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args([env!("CARGO_BIN_EXE_mgnt"), "serve", "--config"])
+        .arg(f.config())
+        .output()
+        .expect("setpriv is required (Debian package util-linux)");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("127.0.0.1:53 (dns.listen): permission denied: ports below 1024 need CAP_NET_BIND_SERVICE (systemd: AmbientCapabilities=CAP_NET_BIND_SERVICE) or pick a port ≥ 1024"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_broken_zone_file_names_the_line() {
     let f = Fixture::new();

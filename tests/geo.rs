@@ -224,6 +224,23 @@ async fn hickory_client_over_udp_and_tcp() {
     }
 }
 
+/// Without `dig` or `kdig` a test says which package to install, in one line.
+#[test]
+fn a_missing_dns_client_names_its_package() {
+    let empty = tempfile::tempdir().unwrap();
+    for (cmd, package) in DNS_CLIENTS {
+        let failed = std::panic::catch_unwind(|| run_on_path(cmd, &["-v"], Some(empty.path())));
+        let panic = failed.expect_err("ran without being installed");
+        let said = panic.downcast_ref::<String>().unwrap();
+        assert_eq!(
+            said,
+            &format!(
+                "`{cmd}` is not installed: the tests query the server with it; install the Debian package {package} (`apt-get install {package}`; scripts/test does)"
+            )
+        );
+    }
+}
+
 #[test]
 fn dig_and_kdig_see_the_geo_answer() {
     let server = Server::start();

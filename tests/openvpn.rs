@@ -848,11 +848,11 @@ fn the_agent_answers_logins_and_keeps_answering_with_the_control_plane_away() {
 
     // A rotation: the applied secret works until the new one is applied, then only the new.
     let job_of = |script: &str| script.lines().next().unwrap()["# mgnt job ".len()..].to_owned();
-    let install = cli_ok(&server, &["site", "script", &b.uuid]);
+    let install = cli_ok(&server, &["site", "script", &b.uuid, "--version", "7"]);
     let (status, _) = server.post(&format!("/v1/jobs/{}/applied", job_of(&install)), None);
     assert_eq!(status, 200);
     cli_ok(&server, &["site", "recreate", &b.uuid]);
-    let script = cli_ok(&server, &["site", "script", &b.uuid]);
+    let script = cli_ok(&server, &["site", "script", &b.uuid, "--version", "7"]);
     let rotated = between(&script, "password=\"", '"').to_owned();
     let new_b = client_config(&dir, NET, "b-new", &b.user, &rotated);
     let old_b = client_config(&dir, NET, "b-old", &b.user, &b.secret);

@@ -1,4 +1,7 @@
 //! The command-line side of the admin API (`mgnt drain`, `undrain`, `status`).
+//!
+//! Its errors are said in the command line's words: which server, which
+//! config key, what to run; the HTTP exchange behind them stays out of sight.
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -9,16 +12,33 @@ use std::{
 use serde_json::Value;
 
 use super::auth::{AuthError, Tokens};
-use crate::config::{ApiConfig, Config};
+use crate::config::{ApiConfig, Config, Named};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(transparent)]
-    Auth(#[from] AuthError),
+    Auth(#[from] Named<AuthError>),
+    #[error(
+        "no server at {addr} (is `mgnt serve` running? the address is `api.listen` in {config})"
+    )]
+    NoServer { addr: String, config: PathBuf },
     #[error("cannot reach the admin API at {url}: {source}")]
     Http { url: String, source: ureq::Error },
-    #[error("{status}: {body}")]
-    Status { status: u16, body: String },
+    #[error(
+        "the token was refused by the server at {addr} (check `api.token_file` or `api.token_env` in {config}: this command sends the first token they hold, which the server must hold too)"
+    )]
+    Refused { addr: String, config: PathBuf },
+    #[error(
+        "{config}: key `api.token_file`: no token to send: {file} does not exist (`mgnt serve` creates it at its first start) and `api.token_env` names no set variable"
+    )]
+    NoToken { file: PathBuf, config: PathBuf },
+    /// The server said no; `message` is its reason.
+    #[error("{message}")]
+    Status {
+        status: u16,
+        message: String,
+        body: Value,
+    },
     #[error("the API's CA ({file}): {reason}")]
     Ca { file: PathBuf, reason: String },
 }
@@ -28,6 +48,8 @@ pub struct Client {
     base: String,
     token: String,
     agent: ureq::Agent,
+    /// The config file, for errors that name its keys.
+    config: PathBuf,
 }
 
 /// The API's base URL for a client on this machine: `https://` when the
@@ -64,11 +86,19 @@ impl Client {
     pub fn new(config: &Config) -> Result<Self, ClientError> {
         let api = &config.api;
         // The client never creates a token file of its own.
-        let (tokens, _) = Tokens::load(api, false)?;
+        let (tokens, _) = Tokens::load(api, false).map_err(|e| match e {
+            // The server's words ("refusing to serve") do not fit a client.
+            AuthError::NoToken { file, .. } => ClientError::NoToken {
+                file,
+                config: config.file.clone(),
+            },
+            e => Named::new(&config.file, "api.token_file", e).into(),
+        })?;
         Ok(Self {
             base: base(api),
             token: tokens.first().to_owned(),
             agent: agent(api, Duration::from_secs(30))?,
+            config: config.file.clone(),
         })
     }
 
@@ -78,6 +108,7 @@ impl Client {
             base: base(&config.api),
             token,
             agent: agent(&config.api, Duration::from_secs(10))?,
+            config: config.file.clone(),
         })
     }
 
@@ -114,12 +145,60 @@ impl Client {
                 None => req.send_empty(),
             }
         };
-        let mut response = response.map_err(http)?;
+        let mut response = response.map_err(|e| self.unreachable(e, &url))?;
         let status = response.status().as_u16();
         let text = response.body_mut().read_to_string().map_err(http)?;
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if !(200..300).contains(&status) {
-            return Err(ClientError::Status { status, body: text });
+            return Err(self.refusal(status, body));
         }
-        Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        Ok(body)
+    }
+
+    /// The server's host and port, as the errors name it.
+    fn addr(&self) -> String {
+        self.base
+            .split_once("://")
+            .map_or(&*self.base, |(_, a)| a)
+            .to_owned()
+    }
+
+    /// A request that got no answer: nothing listening is said as such.
+    fn unreachable(&self, source: ureq::Error, url: &str) -> ClientError {
+        let refused = match &source {
+            ureq::Error::Io(e) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+            ureq::Error::ConnectionFailed => true,
+            _ => false,
+        };
+        if refused {
+            return ClientError::NoServer {
+                addr: self.addr(),
+                config: self.config.clone(),
+            };
+        }
+        ClientError::Http {
+            url: url.to_owned(),
+            source,
+        }
+    }
+
+    /// An answer other than 2xx: the token refused, or the server's reason.
+    fn refusal(&self, status: u16, body: Value) -> ClientError {
+        if status == 401 {
+            return ClientError::Refused {
+                addr: self.addr(),
+                config: self.config.clone(),
+            };
+        }
+        let message = match &body {
+            Value::Object(o) => o.get("error").and_then(Value::as_str).map(str::to_owned),
+            Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_owned()),
+            _ => None,
+        };
+        ClientError::Status {
+            status,
+            message: message.unwrap_or_else(|| format!("the server answered {status}")),
+            body,
+        }
     }
 }

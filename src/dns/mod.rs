@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use crate::{
     config::hash::{ConfigHash, config_hash},
-    config::{Config, ConfigError},
+    config::{Config, ConfigError, Named},
     geo::{GeoDb, GeoError},
     locate::{Maps, MapsError},
     metrics::RegionCounters,
@@ -37,9 +37,9 @@ pub enum LoadError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
-    Zone(#[from] ZoneError),
+    Zone(#[from] Named<ZoneError>),
     #[error(transparent)]
-    Geo(#[from] GeoError),
+    Geo(#[from] Named<GeoError>),
     #[error("{file}: {source}")]
     Maps {
         file: std::path::PathBuf,
@@ -48,8 +48,8 @@ pub enum LoadError {
     /// A check outside the loaded data refused the config.
     #[error("{0}")]
     Refused(String),
-    #[error("dns.cookie_secret_file: {0}")]
-    Cookie(#[from] cookie::SecretError),
+    #[error(transparent)]
+    Cookie(#[from] Named<cookie::SecretError>),
 }
 
 /// Everything loaded from disk, validated together; replaced whole on reload.
@@ -78,10 +78,14 @@ impl Data {
     /// Loads zones and the GeoIP database named by `config`, checks them
     /// against it and precomputes where clients go.
     pub fn load(config: Config) -> Result<Self, LoadError> {
-        let zones = Zones::load(&config.dns.zones_dir)?;
+        let file = config.file.as_path();
+        let zones =
+            Zones::load(&config.dns.zones_dir).map_err(|e| Named::new(file, "dns.zones_dir", e))?;
         let geo = geo_names::build(&config, &zones)?;
-        let geodb = GeoDb::open(&config.geoip.database, &config.geoip.centroids)?;
-        let config_hash = config_hash(&config, &zones.digest, &geodb.digest()?);
+        let geo_err = |e: GeoError| Named::new(file, e.key(), e);
+        let geodb =
+            GeoDb::open(&config.geoip.database, &config.geoip.centroids).map_err(geo_err)?;
+        let config_hash = config_hash(&config, &zones.digest, &geodb.digest().map_err(geo_err)?);
         let maps = Maps::build(&config, geodb).map_err(|source| LoadError::Maps {
             file: config.geoip.database.clone(),
             source,
@@ -108,18 +112,21 @@ impl Data {
         if !dns.cookies {
             return Ok(());
         }
+        let file = self.config.file.as_path();
+        let named = |key: &str, e| Named::new(file, key, e);
         let current = match cookie::read_secret(&dns.cookie_secret_file, create) {
             Err(cookie::SecretError::Io { source, .. })
                 if !create && source.kind() == std::io::ErrorKind::NotFound =>
             {
                 return Ok(());
             }
-            read => read?,
+            read => read.map_err(|e| named("dns.cookie_secret_file", e))?,
         };
         let previous = match &dns.cookie_previous_secret_file {
-            Some(file) => Some(cookie::read_secret(file, false).map_err(|e| {
-                LoadError::Refused(format!("dns.cookie_previous_secret_file: {e}"))
-            })?),
+            Some(previous) => Some(
+                cookie::read_secret(previous, false)
+                    .map_err(|e| named("dns.cookie_previous_secret_file", e))?,
+            ),
             None => None,
         };
         self.cookies = Some(cookie::Secrets::new(current, previous));

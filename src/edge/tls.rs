@@ -32,6 +32,19 @@ pub enum TlsError {
     },
 }
 
+impl TlsError {
+    /// The config key (in `table`) naming the file this is about.
+    pub fn key(&self, table: &str, files: &TlsFiles) -> String {
+        let key = match self {
+            Self::File { file, .. } if *file == files.key => "tls_key",
+            // A key that does not go with the certificate: the key is what to check.
+            Self::Pair { .. } => "tls_key",
+            Self::File { .. } | Self::NoCertificate { .. } => "tls_cert",
+        };
+        format!("{table}.{key}")
+    }
+}
+
 /// The certificate a listener presents; [`Certificate::reload`] swaps it.
 #[derive(Debug)]
 pub struct Certificate {

@@ -29,7 +29,12 @@ use tracing::debug;
 
 mod batch;
 
-use crate::{config::DnsConfig, dns::answer::Responder, edge::sources::Sources, state::Reader};
+use crate::{
+    config::DnsConfig,
+    dns::answer::Responder,
+    edge::{bind::BindError, sources::Sources},
+    state::Reader,
+};
 
 /// Binds every listen address (UDP and TCP on the same port) and starts serving.
 ///
@@ -39,20 +44,22 @@ pub fn start(
     config: &DnsConfig,
     state: Reader,
     responder: Arc<Responder>,
-) -> io::Result<(Vec<SocketAddr>, JoinSet<()>)> {
+) -> Result<(Vec<SocketAddr>, JoinSet<()>), BindError> {
     let mut tasks = JoinSet::new();
     let mut bound = Vec::with_capacity(config.listen.len());
     let connections = Arc::new(Semaphore::new(config.tcp_max_connections));
     let sources = Arc::new(Sources::default());
     for &addr in &config.listen {
-        let (addr, udp, tcp) = bind_all(addr, config.udp_sockets)?;
+        let failed = |source| BindError::new(addr, "dns.listen", source);
+        let (addr, udp, tcp) = bind_all(addr, config.udp_sockets).map_err(failed)?;
         for socket in udp {
-            socket.set_nonblocking(false)?;
+            socket.set_nonblocking(false).map_err(failed)?;
             let (state, responder) = (state.clone(), responder.clone());
             let runtime = tokio::runtime::Handle::current();
             std::thread::Builder::new()
                 .name(format!("udp {addr}"))
-                .spawn(move || batch::serve(socket, &state, &responder, &runtime))?;
+                .spawn(move || batch::serve(socket, &state, &responder, &runtime))
+                .map_err(failed)?;
         }
         let answering = (state.clone(), responder.clone());
         let limits = TcpLimits {

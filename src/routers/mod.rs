@@ -38,11 +38,8 @@ const MAX_BODY: usize = 4 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RoutersError {
-    #[error("binding the router endpoint on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error("binding the router endpoint: {0}")]
+    Bind(edge::bind::BindError),
     #[error("router endpoint TLS: {0}")]
     Tls(#[from] edge::tls::TlsError),
 }
@@ -84,9 +81,12 @@ pub async fn start(
     state: Reader,
 ) -> Result<(Routers, SocketAddr), RoutersError> {
     let certificate = config.tls.as_ref().map(Certificate::load).transpose()?;
-    let bind = |source| RoutersError::Bind {
-        addr: config.listen,
-        source,
+    let bind = |source| {
+        RoutersError::Bind(edge::bind::BindError::new(
+            config.listen,
+            "routers.listen",
+            source,
+        ))
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -36,11 +36,8 @@ pub enum StartError {
         dir: PathBuf,
         source: std::io::Error,
     },
-    #[error("binding the syslog listeners on {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error("binding the syslog listeners: {0}")]
+    Listen(crate::edge::bind::BindError),
 }
 
 /// Opens the log store — the shared database `db` with `[store]`, else
@@ -61,9 +58,12 @@ pub async fn start(
         .expect("starting log ingestion panicked");
     let addr = ingest::listen(config, ingest.clone())
         .await
-        .map_err(|source| StartError::Listen {
-            addr: config.listen,
-            source,
+        .map_err(|source| {
+            StartError::Listen(crate::edge::bind::BindError::new(
+                config.listen,
+                "vpnlog.listen",
+                source,
+            ))
         })?;
     let watchers = watch::Watchers::new(&config.servers);
     for server in &config.servers {

@@ -530,11 +530,34 @@ pub fn ecs_echo(m: &Message) -> Option<(u8, u8)> {
     }
 }
 
+/// The command-line DNS clients the tests run, and their Debian packages.
+pub const DNS_CLIENTS: &[(&str, &str)] = &[("dig", "bind9-dnsutils"), ("kdig", "knot-dnsutils")];
+
 /// Runs a command-line DNS client, returning its standard output.
 pub fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| {
-        panic!("{cmd} is required (Debian: bind9-dnsutils / knot-dnsutils): {e}")
-    });
+    run_on_path(cmd, args, None)
+}
+
+/// [`run`], finding `cmd` on `path` (else on this process's PATH). A client
+/// that is not installed fails the test with one line naming its package.
+pub fn run_on_path(cmd: &str, args: &[&str], path: Option<&Path>) -> String {
+    let mut command = Command::new(cmd);
+    if let Some(path) = path {
+        command.env("PATH", path);
+    }
+    let out = match command.args(args).output() {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let package = DNS_CLIENTS
+                .iter()
+                .find(|(c, _)| *c == cmd)
+                .map_or("?", |(_, p)| p);
+            panic!(
+                "`{cmd}` is not installed: the tests query the server with it; install the Debian package {package} (`apt-get install {package}`; scripts/test does)"
+            );
+        }
+        Err(e) => panic!("running {cmd}: {e}"),
+    };
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 

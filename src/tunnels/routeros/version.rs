@@ -48,6 +48,20 @@ impl Version {
     pub const OLDEST_6: Self = v(6, 48);
     pub const OLDEST_7: Self = v(7, 1);
 
+    /// The versions scripts are made for, and where they differ: what a
+    /// command asking for a version says when it was given none.
+    pub fn choices() -> String {
+        format!(
+            "the router's RouterOS version is needed (--version, as `/system resource print` shows it): scripts are made for {}–{}.x (`6` means {}) and {} or later (`7` means the newest); they differ from {} (the server's certificate verified) and {} (SHA-2 auth, cipher names with their mode)",
+            Self::OLDEST_6,
+            Self::LATEST_6,
+            Self::LATEST_6,
+            Self::OLDEST_7,
+            Self::OLDEST_7,
+            v(7, 8),
+        )
+    }
+
     /// Parses `7`, `7.16`, `7.16.2` or RouterOS's own `7.16.2 (stable)`.
     pub fn parse(s: &str) -> Result<Self, ScriptError> {
         let err = || ScriptError::Version(s.to_owned());
