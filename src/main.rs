@@ -62,6 +62,9 @@ enum Command {
     },
     /// Put a drained region back into the answers.
     Undrain { region: String },
+    /// Have the running server re-read its config, zones and GeoIP
+    /// database; lists the settings that wait for a restart.
+    Reload,
     /// Show every region's health, drain and answer counts.
     Status,
     /// Show the nodes on the server's database: live or gone, config hash
@@ -188,6 +191,7 @@ fn main() -> Result<()> {
             force,
         )?)?,
         Command::Undrain { region } => print(&cli::undrain(&config, &region)?)?,
+        Command::Reload => print!("{}", cli::reload(&config)?),
         Command::Status => print(&cli::client(&config)?.get("/v1/regions")?)?,
         Command::Nodes => print!("{}", cli::nodes(&config)?),
         Command::Site { action } => site(&config, action)?,
