@@ -183,7 +183,9 @@ impl Owner {
         if applied.reloaded && persisted.is_ok() {
             let data = &self.data;
             let needs_restart = applied.outcomes.iter().rev().find_map(|o| match o {
-                Outcome::Reload(Ok(report)) => Some(report.needs_restart.join(", ")),
+                Outcome::Reload(Ok(r)) if !r.needs_restart.is_empty() => {
+                    Some(r.needs_restart.join(", "))
+                }
                 _ => None,
             });
             info!(generation = data.generation, config_hash = %data.config_hash, needs_restart, "reloaded");
