@@ -175,6 +175,28 @@ pub fn undrain(config: &Path, region: &str) -> Result<Value, CliError> {
     Ok(client(config)?.post(&format!("/v1/regions/{region}/undrain"), None)?)
 }
 
+/// `mgnt reload`: what the server loaded, and what waits for a restart.
+pub fn reload(config: &Path) -> Result<String, CliError> {
+    Ok(reload_text(&client(config)?.post("/v1/reload", None)?))
+}
+
+/// `POST /v1/reload`'s answer as lines, one per setting to restart for.
+fn reload_text(answer: &Value) -> String {
+    let report = &answer["report"];
+    let mut out = format!(
+        "reloaded: generation {} config hash {}\n",
+        report["generation"],
+        report["config_hash"].as_str().unwrap_or("?")
+    );
+    for key in report["needs_restart"].as_array().into_iter().flatten() {
+        out += &format!(
+            "needs a restart: {} (differs from what runs)\n",
+            key.as_str().unwrap_or("?")
+        );
+    }
+    out
+}
+
 /// `mgnt nodes`: the nodes on the server's database, one line each.
 pub fn nodes(config: &Path) -> Result<String, CliError> {
     Ok(nodes_text(&client(config)?.get("/v1/nodes")?))
@@ -354,6 +376,19 @@ pub fn auth_verify(config: &Path, file: &Path) -> Result<bool, CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reload_lists_what_waits_for_a_restart() {
+        let answer = json!({"reloaded": true, "report": {
+            "generation": 3, "config_hash": "0123456789abcdef",
+            "needs_restart": ["dns.listen", "provision"]}});
+        assert_eq!(
+            reload_text(&answer),
+            "reloaded: generation 3 config hash 0123456789abcdef\n\
+             needs a restart: dns.listen (differs from what runs)\n\
+             needs a restart: provision (differs from what runs)\n"
+        );
+    }
 
     #[test]
     fn nodes_are_listed_one_line_each_with_rfc3339_times() {

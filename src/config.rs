@@ -8,6 +8,7 @@
 
 pub mod hash;
 mod raw;
+pub mod restart;
 
 use std::{
     collections::BTreeMap,

@@ -62,6 +62,9 @@ enum Command {
     },
     /// Put a drained region back into the answers.
     Undrain { region: String },
+    /// Have the running server re-read its config, zones and GeoIP
+    /// database; lists the settings that wait for a restart.
+    Reload,
     /// Show every region's health, drain and answer counts, one row each.
     Status {
         /// Print the API's JSON (times in seconds since 1970) instead.
@@ -194,6 +197,7 @@ fn main() -> Result<()> {
             force,
         )?)?,
         Command::Undrain { region } => print(&cli::undrain(&config, &region)?)?,
+        Command::Reload => print!("{}", cli::reload(&config)?),
         Command::Status { json } => print!("{}", cli::status(&config, json)?),
         Command::Nodes => print!("{}", cli::nodes(&config)?),
         Command::Site { action } => site(&config, action)?,

@@ -13,7 +13,7 @@ use axum::{
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Api, Caller, handlers::error};
+use super::{Api, Caller, fail::provisioning_off, handlers::error};
 use crate::{
     tunnels::{
         ports::{INBOUND, OUTBOUND},
@@ -58,10 +58,7 @@ pub async fn credentials(
     Query(q): Query<CredentialsQuery>,
 ) -> Response {
     let Some(store) = api.cx.tunnels.clone() else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "provisioning is off: the config has no [provision] table",
-        );
+        return provisioning_off(&api).into();
     };
     let since = q.since.unwrap_or(0);
     let wait = Duration::from_secs(q.wait.unwrap_or(0)).min(MAX_WAIT);

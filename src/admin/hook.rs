@@ -13,7 +13,7 @@ use axum::{
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Api, handlers::error};
+use super::{Api, fail::provisioning_off, handlers::error};
 use crate::{clock, tunnels::store::Attempt};
 
 #[derive(Deserialize)]
@@ -29,10 +29,7 @@ pub struct VerifyBody {
 /// tunnel; the attempt is recorded.
 pub async fn verify(State(api): State<Arc<Api>>, Json(body): Json<VerifyBody>) -> Response {
     let Some(store) = api.cx.tunnels.clone() else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "provisioning is off: the config has no [provision] table",
-        );
+        return provisioning_off(&api).into();
     };
     let checked = tokio::task::spawn_blocking(move || {
         let now = clock::now();

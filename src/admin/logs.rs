@@ -35,7 +35,7 @@ fn vpnlog(api: &Api) -> Result<&VpnLog, Fail> {
     api.cx.vpnlog.as_ref().ok_or_else(|| {
         Fail(
             StatusCode::NOT_FOUND,
-            "log ingestion is off: the config has no [vpnlog] table".into(),
+            "log ingestion is off: the server started without a [vpnlog] table (a reload does not start it; restart)".into(),
         )
     })
 }

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::{
     Api,
-    fail::{Fail, attempt, uuid},
+    fail::{Fail, attempt, provisioning_off, uuid},
     handlers::error,
 };
 use crate::{
@@ -29,12 +29,7 @@ use crate::{
 
 /// The store, or the reason provisioning cannot answer.
 fn store(api: &Api) -> Result<Arc<dyn Store>, Fail> {
-    api.cx.tunnels.clone().ok_or_else(|| {
-        Fail(
-            StatusCode::NOT_FOUND,
-            "provisioning is off: the config has no [provision] table".into(),
-        )
-    })
+    api.cx.tunnels.clone().ok_or_else(|| provisioning_off(api))
 }
 
 /// Runs a store call off the async threads (the store's calls block).
@@ -258,7 +253,7 @@ pub async fn bootstrap(
     let Some(routers) = config.routers.as_ref() else {
         return error(
             StatusCode::CONFLICT,
-            "no router endpoint: the config has no [routers] table",
+            "no router endpoint: the server started without a [routers] table (a reload does not start it; restart)",
         );
     };
     let Some(text) = q.version.as_deref() else {

@@ -23,6 +23,12 @@ pub struct Entry {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub force: bool,
     pub outcome: String,
+    /// A reload's new config hash.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
+    /// What a reload could not apply (it waits for a restart).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub needs_restart: Vec<String>,
 }
 
 impl Entry {
@@ -37,6 +43,8 @@ impl Entry {
             until: None,
             force: false,
             outcome: outcome.into(),
+            config_hash: None,
+            needs_restart: Vec::new(),
         }
     }
 }
@@ -111,7 +119,9 @@ mod tests {
         let mut drain = Entry::new(1_700_000_000, "ops", "drain", "drained");
         drain.region = Some("europe1".into());
         drain.reason = Some("maintenance".into());
-        let reload = Entry::new(1_700_000_100, "SIGHUP", "reload", "reloaded");
+        let mut reload = Entry::new(1_700_000_100, "SIGHUP", "reload", "reloaded");
+        reload.config_hash = Some("0123456789abcdef".into());
+        reload.needs_restart = vec!["dns.listen".into()];
         let text = format!(
             "{}\n\n{}\n",
             serde_json::to_string(&drain).unwrap(),
@@ -122,6 +132,14 @@ mod tests {
         assert_eq!(read[0].0, 1_700_000_000);
         assert_eq!(read[0].1, serde_json::to_value(&drain).unwrap());
         assert_eq!(read[1].1["action"], "reload");
+        assert_eq!(
+            read[1].1["needs_restart"],
+            serde_json::json!(["dns.listen"])
+        );
+        assert!(
+            read[0].1.get("needs_restart").is_none(),
+            "left out when empty"
+        );
 
         let torn = format!("{text}{{\"time\":1700000200,\"tok");
         let e = read_lines(&torn).unwrap_err();

@@ -51,13 +51,11 @@ impl Drains {
         gone
     }
 
-    /// The earliest `until` still ahead, when the next expiry must be applied.
-    pub fn next_expiry(&self, now: u64) -> Option<u64> {
-        self.0
-            .values()
-            .filter_map(|d| d.until)
-            .filter(|&u| u > now)
-            .min()
+    /// When the next expiry must be applied: the earliest `until`, even one
+    /// already passed (a drain restored or adopted after its end is ended,
+    /// and audited, at once rather than at the next unrelated change).
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.0.values().filter_map(|d| d.until).min()
     }
 }
 
@@ -82,9 +80,9 @@ mod tests {
         assert!(d.is_drained("europe1", 199));
         assert!(!d.is_drained("europe1", 200));
         assert!(d.is_drained("us1", u64::MAX));
-        assert_eq!(d.next_expiry(150), Some(200));
+        assert_eq!(d.next_expiry(), Some(200));
         assert_eq!(d.expire(250), ["europe1"]);
-        assert_eq!(d.next_expiry(250), None);
+        assert_eq!(d.next_expiry(), None);
         assert!(!d.is_drained("asia1", 0));
     }
 }

@@ -22,7 +22,7 @@ use super::{
     store::{Shared, StateStore},
 };
 use crate::{
-    config::Config,
+    config::{Config, restart},
     dns::{Data, LoadError},
     health::{
         Scheduler,
@@ -113,7 +113,7 @@ impl Owner {
         loop {
             let now = (self.clock)();
             let after = |at: u64| Duration::from_secs(at.saturating_sub(now));
-            let wake = self.regions.next_expiry(now).map(after);
+            let wake = self.regions.next_expiry().map(after);
             let rule = Rule::of(&self.data.config.health);
             let recount = self.regions.next_vote_expiry(rule, now).map(after);
             let mut batch = Vec::new();
@@ -182,7 +182,13 @@ impl Owner {
         };
         if applied.reloaded && persisted.is_ok() {
             let data = &self.data;
-            info!(generation = data.generation, config_hash = %data.config_hash, "reloaded");
+            let needs_restart = applied.outcomes.iter().rev().find_map(|o| match o {
+                Outcome::Reload(Ok(r)) if !r.needs_restart.is_empty() => {
+                    Some(r.needs_restart.join(", "))
+                }
+                _ => None,
+            });
+            info!(generation = data.generation, config_hash = %data.config_hash, needs_restart, "reloaded");
             self.restart_probes();
         }
         self.publish(&requests, &applied, now);
@@ -330,9 +336,11 @@ impl Owner {
                 return Err(StateError::Load(e));
             }
         };
-        let needs_restart = restart_only_changes(&self.started, &data.config);
-        // The name stays the one claimed at start, in DNS as in the database.
-        data.config.node = self.started.node.clone();
+        let needs_restart = restart::changes(&self.started, &data.config);
+        // What runs as it started (listeners, stores, the node's claimed
+        // name…) is published as it runs, so no reader acts on a value
+        // nothing applied.
+        restart::keep_running(&mut data.config, &self.started);
         self.loads += 1;
         data.generation = self.loads;
         data.inherit_counters(&self.data);
@@ -353,7 +361,10 @@ impl Owner {
             );
         }
         self.data = Arc::from(data);
-        audit.push(audit::Entry::new(now, by, "reload", "reloaded"));
+        let mut entry = audit::Entry::new(now, by, "reload", "reloaded");
+        entry.config_hash = Some(report.config_hash.to_string());
+        entry.needs_restart.clone_from(&report.needs_restart);
+        audit.push(entry);
         Ok(report)
     }
 
@@ -448,48 +459,6 @@ impl Owner {
             s.restart(data.generation, &data.config, |r| regions.machine(r));
         }
     }
-}
-
-fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
-    let mut out = Vec::new();
-    if running.node != new.node {
-        out.push("node.name".to_owned());
-    }
-    if running.store != new.store {
-        out.push("store".to_owned());
-    }
-    if running.dns.listen != new.dns.listen {
-        out.push("dns.listen".to_owned());
-    }
-    if running.api.listen != new.api.listen {
-        out.push("api.listen".to_owned());
-    }
-    if running.health.state_file != new.health.state_file {
-        out.push("health.state_file".to_owned());
-    }
-    if running.api.audit_log != new.api.audit_log {
-        out.push("api.audit_log".to_owned());
-    }
-    if running.vpnlog != new.vpnlog {
-        out.push("vpnlog".to_owned());
-    }
-    let provision = |c: &Config| {
-        c.provision.as_ref().map(|p| {
-            let files = (
-                p.data_dir.clone(),
-                p.secret_key_file.clone(),
-                p.export_dir.clone(),
-            );
-            (p.pool, files)
-        })
-    };
-    if provision(running) != provision(new) {
-        out.push("provision (pool, data_dir, secret_key_file, export_dir)".to_owned());
-    }
-    if running.routers != new.routers {
-        out.push("routers".to_owned());
-    }
-    out
 }
 
 fn log_transition(region: &str, t: Transition, round: &Round) {

@@ -196,9 +196,9 @@ impl Regions {
             .collect()
     }
 
-    /// When the next drain ends (seconds since 1970).
-    pub fn next_expiry(&self, now: u64) -> Option<u64> {
-        self.drains.next_expiry(now)
+    /// When the next drain ends (seconds since 1970), or ended.
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.drains.next_expiry()
     }
 
     /// Which regions of `config` may answer at `now` (health by the nodes'
@@ -344,7 +344,7 @@ mod tests {
         let c = config(&["europe1", "us1"], &[]);
         let mut r = Regions::restore(&c, None);
         r.drain(&c, "us1", drain("a", 1, Some(100)), false).unwrap();
-        assert_eq!(r.next_expiry(50), Some(100));
+        assert_eq!(r.next_expiry(), Some(100));
         assert!(!r.view(&c, 99).0.serving(1));
         assert!(
             r.view(&c, 100).0.serving(1),
@@ -357,7 +357,7 @@ mod tests {
             "still drained when the region comes back"
         );
         assert_eq!(r.expire(100).len(), 1);
-        assert_eq!(r.next_expiry(100), None);
+        assert_eq!(r.next_expiry(), None);
     }
 
     fn vote(node: &str, down: bool, reported: u64) -> crate::health::quorum::Vote {

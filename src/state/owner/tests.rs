@@ -25,7 +25,15 @@ struct Rig {
 /// An owner of `regions` (all probed), on the file store, with a clock that
 /// follows tokio's (paused) one.
 async fn rig(regions: &[&str]) -> Rig {
+    rig_saved(regions, None).await
+}
+
+/// [`rig`] restarted from `saved`, the state file a previous run left.
+async fn rig_saved(regions: &[&str], saved: Option<StateFile>) -> Rig {
     let fixture = Fixture::new(ROWS);
+    if let Some(saved) = saved {
+        crate::state::file::save(&fixture.path("state/health.json"), &saved).unwrap();
+    }
     let data = fixture.load(regions, regions, "");
     let store = FileStore {
         state_file: fixture.path("state/health.json"),
@@ -127,6 +135,17 @@ impl Rig {
 
     fn saved(&self) -> StateFile {
         crate::state::file::load(&self.fixture.path("state/health.json")).expect("a state file")
+    }
+
+    /// The audit log's entries, as JSON.
+    fn audit(&self) -> Vec<serde_json::Value> {
+        let text =
+            std::fs::read_to_string(self.fixture.path("state/audit.log")).unwrap_or_default();
+        crate::state::audit::read_lines(&text)
+            .unwrap()
+            .into_iter()
+            .map(|(_, entry)| entry)
+            .collect()
     }
 }
 
@@ -233,6 +252,44 @@ async fn a_drain_ends_by_itself_at_until() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(!rig.regions()[1].3, "ended");
     assert!(rig.saved().drains.0.is_empty(), "and persisted");
+    let ended = &rig.audit()[1];
+    assert_eq!(
+        (&ended["action"], &ended["region"], &ended["time"]),
+        (
+            &"drain-ended".into(),
+            &"europe1".into(),
+            &(BASE + 30).into()
+        ),
+        "audited when it ended: {ended}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_that_ended_while_stopped_ends_and_is_audited_at_start() {
+    let mut saved = StateFile {
+        version: 1,
+        ..StateFile::default()
+    };
+    let record = |until| DrainRecord {
+        reason: "maintenance".into(),
+        by: "ops".into(),
+        since: BASE - 100,
+        until,
+    };
+    saved
+        .drains
+        .0
+        .insert("europe1".into(), record(Some(BASE - 10)));
+    saved.drains.0.insert("us1".into(), record(None));
+    let rig = rig_saved(&ALL, Some(saved)).await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let audit = rig.audit();
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(
+        (&audit[0]["action"], &audit[0]["region"], &audit[0]["time"]),
+        (&"drain-ended".into(), &"europe1".into(), &BASE.into())
+    );
+    assert_eq!(rig.saved().drains.0.keys().collect::<Vec<_>>(), ["us1"]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -335,6 +392,8 @@ async fn restart_only_settings_are_compared_with_the_running_config() {
         ["dns.listen"],
         "still"
     );
+    let port = |rig: &Rig| rig.handle.snapshot().data.config.dns.listen[0].port();
+    assert_eq!(port(&rig), 0, "published as it runs");
     std::fs::write(rig.fixture.path("mgnt.toml"), &text).unwrap();
     assert!(
         rig.handle
@@ -344,6 +403,51 @@ async fn restart_only_settings_are_compared_with_the_running_config() {
             .needs_restart
             .is_empty(),
         "back as started"
+    );
+    let audited: Vec<_> = rig
+        .audit()
+        .iter()
+        .map(|e| e["needs_restart"].clone())
+        .collect();
+    let listen = serde_json::json!(["dns.listen"]);
+    assert_eq!(audited, [listen.clone(), listen, serde_json::Value::Null]);
+    let hash = rig.handle.snapshot().data.config_hash.to_string();
+    assert_eq!(rig.audit()[2]["config_hash"], hash.as_str());
+}
+
+#[tokio::test(start_paused = true)]
+async fn provisioning_added_by_a_reload_waits_for_a_restart() {
+    let rig = rig(&ALL).await;
+    let file = rig.fixture.path("mgnt.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let added =
+        format!("{text}[provision]\npool = \"100.64.0.0/16\"\nconnect_to = \"vpn.example\"\n");
+    std::fs::write(&file, added).unwrap();
+    let report = rig.handle.reload("ops").await.unwrap();
+    assert_eq!(report.needs_restart, ["provision"]);
+    assert!(
+        rig.handle.snapshot().data.config.provision.is_none(),
+        "nothing started it: it is published as off"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_reload_is_audited_with_its_error() {
+    let rig = rig(&ALL).await;
+    std::fs::write(rig.fixture.path("mgnt.toml"), "[dns").unwrap();
+    assert!(matches!(
+        rig.handle.reload("SIGHUP").await,
+        Err(StateError::Load(_))
+    ));
+    let audit = rig.audit();
+    assert_eq!(
+        (&audit[0]["action"], &audit[0]["token"]),
+        (&"reload".into(), &"SIGHUP".into())
+    );
+    let outcome = audit[0]["outcome"].as_str().unwrap();
+    assert!(
+        outcome.starts_with("failed: ") && outcome.contains("mgnt.toml"),
+        "{outcome}"
     );
 }
 
