@@ -201,7 +201,7 @@ fn every_region_down_fails_open_and_a_restart_remembers() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("europe1") && text.contains("not serving [down"),
+        text.contains("europe1") && text.contains("not serving: down [down"),
         "{text}"
     );
 }
