@@ -32,6 +32,8 @@ pub enum CliError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
+    Backup(#[from] crate::backup::BackupError),
+    #[error(transparent)]
     Load(#[from] LoadError),
     #[error(transparent)]
     Api(#[from] ClientError),
@@ -91,6 +93,24 @@ pub fn check_config(config: &Path) -> Result<String, CliError> {
         db.build_epoch(),
         data.config_hash,
     ))
+}
+
+/// `mgnt backup DIR`: what was copied, what the config names but is not
+/// there, and where the shared state is when it is not in these files.
+pub fn backup(config: &Path, dir: &Path) -> Result<String, CliError> {
+    let config = Config::load(config)?;
+    let report = crate::backup::run(&crate::backup::plan(&config), dir)?;
+    let mut out = String::new();
+    for file in &report.copied {
+        out.push_str(&format!("copied   {}\n", file.display()));
+    }
+    for file in &report.missing {
+        out.push_str(&format!("not there {}\n", file.display()));
+    }
+    if config.store.is_some() {
+        out.push_str("[store]: sites, drains, health and logs are in PostgreSQL; back them up with pg_dump\n");
+    }
+    Ok(out)
 }
 
 /// `mgnt lookup`: what a server started now would answer `client` (an

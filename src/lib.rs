@@ -41,6 +41,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod backup;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -40,6 +40,12 @@ enum Command {
     Serve,
     /// Load and check the config, zones and GeoIP database, then exit.
     CheckConfig,
+    /// Copy this node's state and secrets into DIR while it runs, each
+    /// file at its absolute path under DIR.
+    Backup {
+        /// A new or empty directory.
+        dir: std::path::PathBuf,
+    },
     /// Show where a client is located and which region it would be given.
     Lookup {
         /// Client address, or an ECS prefix such as 81.240.0.0/16.
@@ -176,6 +182,7 @@ fn main() -> Result<()> {
             runtime.block_on(mgnt::server::run(config))?;
         }
         Command::CheckConfig => println!("{}", cli::check_config(&config)?),
+        Command::Backup { dir } => print!("{}", cli::backup(&config, &dir)?),
         Command::Lookup { client, json } => {
             let report = cli::lookup(&config, &client)?;
             if json {
