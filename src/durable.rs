@@ -60,6 +60,43 @@ pub fn private_file(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Why a secret file gave no secret.
+#[derive(Debug)]
+pub enum SecretFileError {
+    Io(std::io::Error),
+    /// Not `N` bytes of hex on one line.
+    Format,
+    /// The system's random generator failed.
+    Random,
+}
+
+/// Reads a file holding `N` random bytes in hex (one line), made the
+/// owner's only when others could read it (a secret copied in with `cp`
+/// follows the umask); when it is missing and `create`, writes a fresh
+/// random one, 0600 from the start.
+pub fn hex_secret<const N: usize>(path: &Path, create: bool) -> Result<[u8; N], SecretFileError> {
+    use data_encoding::HEXLOWER_PERMISSIVE;
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            tighten(path).map_err(SecretFileError::Io)?;
+            let bytes = HEXLOWER_PERMISSIVE.decode(text.trim().as_bytes());
+            bytes
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or(SecretFileError::Format)
+        }
+        Err(e) if create && e.kind() == std::io::ErrorKind::NotFound => {
+            let mut secret = [0u8; N];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+                .map_err(|_| SecretFileError::Random)?;
+            let text = format!("{}\n", HEXLOWER_PERMISSIVE.encode(&secret));
+            create_private(path, text.as_bytes()).map_err(SecretFileError::Io)?;
+            Ok(secret)
+        }
+        Err(e) => Err(SecretFileError::Io(e)),
+    }
+}
+
 /// Takes group and other permissions away from an existing file (a secret
 /// copied in with `cp` follows the umask).
 pub fn tighten(path: &Path) -> std::io::Result<()> {

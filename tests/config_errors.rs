@@ -20,6 +20,17 @@ fn fails_with(fixture: &Fixture, needles: &[&str]) {
     }
 }
 
+/// What `serve` on the fixture says as it fails to start.
+fn serve_error(f: &Fixture) -> String {
+    let out = mgnt()
+        .args(["serve", "--config"])
+        .arg(f.config())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "serve started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// Replaces `from` by `to` in the test config; the result must fail naming `needles`.
 fn edit_fails_with(from: &str, to: &str, needles: &[&str]) {
     let f = Fixture::new();
@@ -214,13 +225,7 @@ fn a_missing_certificate_names_its_key() {
         "[api]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"api.crt\"\ntls_key = \"api.key\"",
     );
     f.write_config(&text);
-    let out = mgnt()
-        .args(["serve", "--config"])
-        .arg(f.config())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = serve_error(&f);
     assert!(
         err.contains("mgnt.toml: key `api.tls_cert`: ") && err.contains("api.crt"),
         "{err}"
@@ -234,13 +239,7 @@ fn a_taken_port_is_named_with_what_to_do() {
     let addr = taken.local_addr().unwrap();
     let f = Fixture::new();
     f.write_config(&config_text(&format!("\"{addr}\"")));
-    let out = mgnt()
-        .args(["serve", "--config"])
-        .arg(f.config())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = serve_error(&f);
     let want = format!(
         "binding the DNS listeners: {addr} (dns.listen): address in use: another process holds it"
     );
@@ -358,13 +357,7 @@ fn a_non_loopback_admin_api_without_a_token_is_refused() {
         "[api]\nlisten = \"0.0.0.0:0\"\ntls_cert = \"api.crt\"\ntls_key = \"api.key\"",
     );
     f.write_config(&text);
-    let out = mgnt()
-        .args(["serve", "--config"])
-        .arg(f.config())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = serve_error(&f);
     assert!(
         err.contains("refusing to serve the admin API on 0.0.0.0:0 without a token"),
         "{err}"

@@ -276,7 +276,8 @@ fn the_packaged_binary_serves_port_53_as_a_user_with_only_cap_net_bind_service()
     });
     assert!(answer.contains("status: NOERROR"), "{answer}");
     // It runs as nobody, with CAP_NET_BIND_SERVICE alone.
-    let status = text(Path::new(&format!("/proc/{}/status", child_pid(&child))));
+    // `ip netns exec` and `setpriv` exec: the child is the server itself.
+    let status = text(Path::new(&format!("/proc/{}/status", child.id())));
     let field = |name: &str| {
         status
             .lines()
@@ -297,11 +298,6 @@ fn the_packaged_binary_serves_port_53_as_a_user_with_only_cap_net_bind_service()
     // Its secrets were made private in the state directory.
     let m = std::fs::metadata(state.join("admin.token")).unwrap();
     assert_eq!(m.permissions().mode() & 0o777, 0o600);
-}
-
-/// The server's own pid: `ip netns exec` and `setpriv` exec, so it is the child's.
-fn child_pid(child: &std::process::Child) -> u32 {
-    child.id()
 }
 
 /// Deletes a network namespace on drop.

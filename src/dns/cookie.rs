@@ -22,7 +22,6 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use data_encoding::HEXLOWER_PERMISSIVE;
 use siphasher::sip::SipHasher24;
 
 /// The EDNS option code of COOKIE.
@@ -227,41 +226,13 @@ pub enum SecretError {
 /// Reads a secret file (32 hex digits); `create` makes a random one (mode
 /// 0600) when it is missing. A file others may read is tightened to 0600.
 pub fn read_secret(file: &Path, create: bool) -> Result<[u8; SECRET_BYTES], SecretError> {
-    let io = |source| SecretError::Io {
-        file: file.to_owned(),
-        source,
-    };
-    match std::fs::read_to_string(file) {
-        Ok(text) => {
-            crate::durable::tighten(file).map_err(io)?;
-            decode(text.trim()).ok_or_else(|| SecretError::Format {
-                file: file.to_owned(),
-            })
-        }
-        Err(e) if create && e.kind() == std::io::ErrorKind::NotFound => {
-            let mut secret = [0u8; SECRET_BYTES];
-            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret).map_err(
-                |_| SecretError::Random {
-                    file: file.to_owned(),
-                },
-            )?;
-            crate::durable::create_private(
-                file,
-                format!("{}\n", HEXLOWER_PERMISSIVE.encode(&secret)).as_bytes(),
-            )
-            .map_err(io)?;
-            Ok(secret)
-        }
-        Err(e) => Err(io(e)),
-    }
-}
-
-fn decode(hex: &str) -> Option<[u8; SECRET_BYTES]> {
-    HEXLOWER_PERMISSIVE
-        .decode(hex.as_bytes())
-        .ok()?
-        .try_into()
-        .ok()
+    use crate::durable::SecretFileError;
+    let file = file.to_owned();
+    crate::durable::hex_secret(&file, create).map_err(|e| match e {
+        SecretFileError::Io(source) => SecretError::Io { file, source },
+        SecretFileError::Format => SecretError::Format { file },
+        SecretFileError::Random => SecretError::Random { file },
+    })
 }
 
 #[cfg(test)]
@@ -275,11 +246,12 @@ mod tests {
             .collect()
     }
 
+    fn secret(s: &str) -> [u8; SECRET_BYTES] {
+        hex(s).try_into().unwrap()
+    }
+
     fn secrets(current: &str, previous: Option<&str>) -> Secrets {
-        Secrets::new(
-            decode(current).unwrap(),
-            previous.map(|p| decode(p).unwrap()),
-        )
+        Secrets::new(secret(current), previous.map(secret))
     }
 
     const SECRET: &str = "e5e973e5a6b2a43f48e7dc849e37bfcf";

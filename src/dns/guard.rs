@@ -229,17 +229,12 @@ fn kind_key(h: &mut impl Hasher, reply: &[u8]) {
     }
 }
 
-/// The question's name and type, uncompressed as every question is.
+/// The question's name and type.
 fn question(msg: &[u8]) -> Option<&[u8]> {
-    let mut pos = 12;
-    loop {
-        let len = usize::from(*msg.get(pos)?);
-        if len == 0 || len & 0xC0 != 0 {
-            break;
-        }
-        pos += 1 + len;
-    }
-    msg.get(12..pos + 3)
+    let mut r = ecs::Cursor::new(msg, 12);
+    r.skip_name().ok()?;
+    r.take(2).ok()?;
+    msg.get(12..r.pos())
 }
 
 /// `reply` cut to its header, question and OPT record, with TC set, or

@@ -78,15 +78,10 @@ pub async fn serve(
     let sources = Arc::new(Sources::default());
     let acceptor = tls.map(|c| c.acceptor());
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(got) => got,
-            Err(error) => {
-                // EMFILE and friends: back off instead of spinning on the error.
-                crate::throttled!(warn, "http accept failed", %error);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (stream, peer) = super::accept::next(&listener, |error| {
+            crate::throttled!(warn, "http accept failed", %error);
+        })
+        .await;
         let Ok(permit) = total.clone().try_acquire_owned() else {
             counters.refused_total.fetch_add(1, Relaxed);
             continue;

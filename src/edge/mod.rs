@@ -3,6 +3,7 @@
 //! limit on every connection, TLS off loopback ([`tls`]), and HTTP served by
 //! hyper with small header and body limits ([`http`]).
 
+pub mod accept;
 pub mod bind;
 pub mod http;
 pub mod sockopt;

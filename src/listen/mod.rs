@@ -175,15 +175,10 @@ fn source_of(ip: IpAddr) -> IpAddr {
 
 async fn serve_tcp(listener: TcpListener, answering: (Reader, Arc<Responder>), limits: TcpLimits) {
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(got) => got,
-            Err(error) => {
-                // EMFILE and friends: back off instead of spinning on the error.
-                crate::throttled!(warn, "tcp accept failed", %error);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (stream, peer) = crate::edge::accept::next(&listener, |error| {
+            crate::throttled!(warn, "tcp accept failed", %error);
+        })
+        .await;
         let counters = &answering.1.tcp;
         // Per source first: one source's flood must not spend the shared slots.
         let Some(slot) = limits.sources.take(source_of(peer.ip()), limits.per_source) else {

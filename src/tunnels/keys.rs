@@ -60,29 +60,15 @@ impl Keys {
             file: file.to_owned(),
             source,
         };
-        let random = SystemRandom::new();
-        let bytes = match std::fs::read_to_string(file) {
-            Ok(text) => {
-                // A key copied in with `cp` follows the umask: made private again.
-                crate::durable::tighten(file).map_err(io)?;
-                HEXLOWER_PERMISSIVE
-                    .decode(text.trim().as_bytes())
-                    .ok()
-                    .filter(|b| b.len() == KEY_BYTES)
-                    .ok_or_else(|| KeyError::Format {
-                        file: file.to_owned(),
-                    })?
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut key = [0u8; KEY_BYTES];
-                random.fill(&mut key).map_err(|_| KeyError::Random)?;
-                let text = format!("{}\n", HEXLOWER_PERMISSIVE.encode(&key));
-                crate::durable::create_private(file, text.as_bytes()).map_err(io)?;
-                key.to_vec()
-            }
-            Err(e) => return Err(io(e)),
-        };
-        Ok(Self::from_bytes(&bytes, random))
+        use crate::durable::SecretFileError;
+        let key: [u8; KEY_BYTES] = crate::durable::hex_secret(file, true).map_err(|e| match e {
+            SecretFileError::Io(source) => io(source),
+            SecretFileError::Format => KeyError::Format {
+                file: file.to_owned(),
+            },
+            SecretFileError::Random => KeyError::Random,
+        })?;
+        Ok(Self::from_bytes(&key, SystemRandom::new()))
     }
 
     fn from_bytes(ikm: &[u8], random: SystemRandom) -> Self {

@@ -435,15 +435,10 @@ pub async fn listen(config: &VpnlogConfig, ingest: Arc<Ingest>) -> io::Result<So
     let (per_source, idle) = (config.tcp_max_per_source, config.tcp_idle_timeout);
     tokio::spawn(async move {
         loop {
-            let (stream, peer) = match tcp.accept().await {
-                Ok(got) => got,
-                Err(error) => {
-                    // EMFILE and friends: back off instead of spinning on the error.
-                    crate::throttled!(warn, "syslog tcp accept failed", %error);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
+            let (stream, peer) = crate::edge::accept::next(&tcp, |error| {
+                crate::throttled!(warn, "syslog tcp accept failed", %error);
+            })
+            .await;
             let (Ok(permit), Some(slot)) = (
                 total.clone().try_acquire_owned(),
                 sources.take(peer.ip(), per_source),
