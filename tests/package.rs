@@ -15,39 +15,7 @@ use std::{
     time::Duration,
 };
 
-use common::{lab::*, *};
-
-/// Builds the package from the binary under test into `dir`; its path.
-fn build_package(dir: &Path) -> PathBuf {
-    let binary = Path::new(env!("CARGO_BIN_EXE_mgnt"));
-    // target/<profile dir>/mgnt: the package takes the same binary.
-    let profile = match binary.parent().and_then(Path::file_name) {
-        Some(d) if d == "debug" => "dev".to_owned(),
-        Some(d) => d.to_string_lossy().into_owned(),
-        None => panic!("{} is not in a profile directory", binary.display()),
-    };
-    let out = Command::new("cargo")
-        .args([
-            "deb",
-            "--no-build",
-            "--no-strip",
-            "--quiet",
-            "--profile",
-            &profile,
-        ])
-        .arg("--manifest-path")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-        .arg("--output")
-        .arg(dir.join("mgnt.deb"))
-        .output()
-        .expect("cargo");
-    assert!(
-        out.status.success(),
-        "cargo deb failed (scripts/test installs cargo-deb): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    dir.join("mgnt.deb")
-}
+use common::{deb, lab::*, *};
 
 fn dpkg_deb(args: &[&str], deb: &Path, into: &Path) {
     let ok = Command::new("dpkg-deb")
@@ -73,7 +41,7 @@ struct Unpacked {
 
 fn unpack() -> Unpacked {
     let dir = tempfile::tempdir().unwrap();
-    let deb = build_package(dir.path());
+    let deb = deb::build(dir.path(), None);
     let (root, control) = (dir.path().join("root"), dir.path().join("control"));
     dpkg_deb(&["-x"], &deb, &root);
     dpkg_deb(&["-e"], &deb, &control);

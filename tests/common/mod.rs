@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod curl;
+pub mod deb;
 pub mod exposition;
 pub mod lab;
 pub mod pg;
