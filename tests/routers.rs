@@ -26,7 +26,7 @@ fn start(routers: &str) -> Server {
             + "\n[routers]\nlisten = \"127.0.0.1:0\"\nmin_poll_gap = \"1s\"\n"
             + routers),
     );
-    Server::start_with(fixture)
+    Server::start_logging(fixture)
 }
 
 /// A router's poll for its job.
@@ -192,6 +192,33 @@ fn a_recreate_keeps_the_live_tunnel_until_the_router_applied_it() {
         .expect("the script sets the new password")
         .to_owned();
     assert_ne!(new, old);
+    // Each job makes the live-view user again with a password of its own,
+    // which only the router endpoint's copy carries.
+    let live = |script: &str| {
+        script
+            .lines()
+            .find(|l| l.starts_with("/user add name=\"mgnt-live\""))
+            .and_then(|l| l.split("password=\"").nth(1))
+            .and_then(|rest| rest.split('"').next())
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("a live-view user in {script}"))
+    };
+    let (first, second) = (live(&install.body), live(&got.body));
+    assert_ne!(first, second, "a recreate rotates it");
+    assert_eq!(first.len(), 48);
+    let admin = Command::new("curl")
+        .args(["-s", "-H"])
+        .arg(format!("Authorization: Bearer {}", server.token()))
+        .arg(format!("http://{}/v1/jobs/{recreate}/script", server.api))
+        .output()
+        .unwrap();
+    let admin = String::from_utf8_lossy(&admin.stdout);
+    assert!(admin.contains("# mgnt job"), "{admin}");
+    assert!(
+        !admin.contains("/user "),
+        "the admin copy leaves it: {admin}"
+    );
+    assert!(!admin.contains(&second) && !admin.contains(&first));
     assert!(
         logs_in(&server, &uuid, &new),
         "the new secret works at once"
@@ -206,6 +233,13 @@ fn a_recreate_keeps_the_live_tunnel_until_the_router_applied_it() {
         "applied: the old secret is done"
     );
     assert!(logs_in(&server, &uuid, &new));
+
+    let log = server.log();
+    assert!(log.contains("router endpoint"), "the log is read: {log}");
+    assert!(
+        !log.contains(&first) && !log.contains(&second),
+        "never logged"
+    );
 }
 
 #[test]

@@ -22,7 +22,7 @@ use crate::{
     tunnels::{
         pool::PoolError,
         routeros::{Version, poller},
-        scripts::Scripts,
+        scripts::{JobSecrets, Scripts},
         store::{Created, Finished, Job, Outcome, Site, Store, StoreError},
     },
 };
@@ -136,7 +136,12 @@ fn script(api: &Api, site: &Site, job: &Job, version: Option<&str>) -> Response 
             ),
         );
     };
-    let rendered = scripts.job(site, job.id, secret, version);
+    // The live-view password is for the router endpoint's copy only.
+    let secrets = JobSecrets {
+        tunnel: secret,
+        live: None,
+    };
+    let rendered = scripts.job(site, job.id, secrets, version);
     match rendered {
         Ok(text) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response(),
         Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),

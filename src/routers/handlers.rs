@@ -26,7 +26,7 @@ use crate::{
     state::Reader,
     tunnels::{
         routeros::Version,
-        scripts::Scripts,
+        scripts::{JobSecrets, Scripts},
         store::{Finished, Outcome, Site, Store, StoreError},
     },
 };
@@ -173,7 +173,12 @@ pub async fn job(
         cx.count(|c| &c.polls_empty);
         return StatusCode::NO_CONTENT.into_response();
     };
-    let script = scripts.job(&site, job.id, &secret, version);
+    let live = cx.store.live_password(site.uuid, job.id);
+    let secrets = JobSecrets {
+        tunnel: &secret,
+        live: Some(&live),
+    };
+    let script = scripts.job(&site, job.id, secrets, version);
     match script {
         Ok(body) => {
             cx.count(|c| &c.jobs_served);
@@ -291,10 +296,14 @@ pub async fn bootstrap(
         return text(StatusCode::SERVICE_UNAVAILABLE, "provisioning is off");
     };
     let (site, job) = (&enrolled.site, &enrolled.job);
-    let secret = job.secret.as_deref().unwrap_or_default();
+    let live = cx.store.live_password(site.uuid, job.id);
+    let secrets = JobSecrets {
+        tunnel: job.secret.as_deref().unwrap_or_default(),
+        live: Some(&live),
+    };
     // The version was checked when the token was issued.
     let rendered = Version::parse(&enrolled.version)
-        .map(|v| scripts.bootstrap(site, job.id, secret, &enrolled.router_token, v));
+        .map(|v| scripts.bootstrap(site, job.id, secrets, &enrolled.router_token, v));
     match rendered {
         Ok(Some(Ok(body))) => {
             cx.count(|c| &c.bootstraps);

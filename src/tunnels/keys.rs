@@ -10,6 +10,11 @@
 //! (ChaCha20-Poly1305, bound to the job) with a second key derived from the
 //! same file, never stored in plaintext. Both keys come from the file through
 //! HKDF-SHA-256 with their own labels, so neither is the other.
+//!
+//! The password of a router's read-only live-view user is not stored at all:
+//! it is an HMAC, under a third key from the file, of the site and the job
+//! that installed it. Whoever holds the key file can compute it, exactly as
+//! whoever holds it could open a sealed secret; every job rotates it.
 
 use std::path::{Path, PathBuf};
 
@@ -41,6 +46,7 @@ pub enum KeyError {
 pub struct Keys {
     digests: Digests,
     seals: LessSafeKey,
+    live: hmac::Key,
     random: SystemRandom,
 }
 
@@ -83,9 +89,14 @@ impl Keys {
             .map(UnboundKey::from)
             .map(LessSafeKey::new)
             .expect("HKDF output of one key length");
+        let live = prk
+            .expand(&[b"live view passwords v1"], hmac::HMAC_SHA256)
+            .map(hmac::Key::from)
+            .expect("HKDF output of one hash length");
         Self {
             digests,
             seals,
+            live,
             random,
         }
     }
@@ -96,6 +107,18 @@ impl Keys {
         let mut bytes = [0u8; 30];
         self.random.fill(&mut bytes).map_err(|_| KeyError::Random)?;
         Ok(BASE32_NOPAD.encode(&bytes).to_ascii_lowercase())
+    }
+
+    /// The live-view user's password on `site`'s router as installed by
+    /// `job`: 240 bits as 48 lower-case base32 characters, like a secret.
+    pub fn live_password(&self, site: uuid::Uuid, job: uuid::Uuid) -> String {
+        let mut data = [0u8; 32];
+        data[..16].copy_from_slice(site.as_bytes());
+        data[16..].copy_from_slice(job.as_bytes());
+        let tag = hmac::sign(&self.live, &data);
+        BASE32_NOPAD
+            .encode(&tag.as_ref()[..30])
+            .to_ascii_lowercase()
     }
 
     /// The stored form of a random secret.
@@ -233,6 +256,22 @@ mod tests {
 
     fn keys(dir: &Path) -> Keys {
         Keys::load_or_create(&dir.join("secret.key")).unwrap()
+    }
+
+    #[test]
+    fn live_passwords_are_per_site_and_job_and_need_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, again) = (keys(dir.path()), keys(dir.path()));
+        let (site, job) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        let password = a.live_password(site, job);
+        assert_eq!(password.len(), 48);
+        assert!(password.chars().all(|c| c.is_ascii_alphanumeric()));
+        assert_eq!(again.live_password(site, job), password, "same key");
+        assert_ne!(a.live_password(site, uuid::Uuid::new_v4()), password);
+        assert_ne!(a.live_password(uuid::Uuid::new_v4(), job), password);
+        let other = tempfile::tempdir().unwrap();
+        assert_ne!(keys(other.path()).live_password(site, job), password);
+        assert_ne!(a.digest(&password), password);
     }
 
     #[test]

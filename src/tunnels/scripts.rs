@@ -12,6 +12,16 @@ use crate::config::{Config, ProvisionConfig, RoutersConfig};
 /// The router endpoint's path for the CA routers install.
 pub const CA_PATH: &str = "/router/v1/ca.pem";
 
+/// What a job carries that only its router may see.
+#[derive(Debug, Clone, Copy)]
+pub struct JobSecrets<'a> {
+    /// The tunnel secret.
+    pub tunnel: &'a str,
+    /// The live-view user's password: only in jobs fetched on the router
+    /// endpoint (never in the admin API's copy, which leaves the user be).
+    pub live: Option<&'a str>,
+}
+
 /// What rendering needs from the configuration.
 pub struct Scripts<'a> {
     provision: &'a ProvisionConfig,
@@ -43,23 +53,23 @@ impl<'a> Scripts<'a> {
             .unwrap_or_default()
     }
 
-    /// The job `job` installing `secret` on `site`'s router.
+    /// The job `job` installing `secrets` on `site`'s router.
     pub fn job(
         &self,
         site: &Site,
         job: Uuid,
-        secret: &str,
+        secrets: JobSecrets<'_>,
         version: Version,
     ) -> Result<String, ScriptError> {
         let url = self.ca_url();
-        self.tunnel(site, job, secret, &url).render(version)
+        self.tunnel(site, job, secrets, &url).render(version)
     }
 
     fn tunnel<'s>(
         &'s self,
         site: &'s Site,
         job: Uuid,
-        secret: &'s str,
+        secrets: JobSecrets<'s>,
         ca_url: &'s str,
     ) -> TunnelScript<'s> {
         let p = self.provision;
@@ -67,13 +77,14 @@ impl<'a> Scripts<'a> {
             uuid: site.uuid,
             job,
             username: &site.username,
-            password: secret,
+            password: secrets.tunnel,
             connect_to: &p.connect_to,
             port: p.port,
             auth: &p.auth,
             server_address: pool::gateway(p.pool),
             management: &p.management_networks,
             ca: self.ca(ca_url),
+            live_password: secrets.live,
         }
     }
 
@@ -83,7 +94,7 @@ impl<'a> Scripts<'a> {
         &self,
         site: &Site,
         job: Uuid,
-        secret: &str,
+        secrets: JobSecrets<'_>,
         router_token: &str,
         version: Version,
     ) -> Option<Result<String, ScriptError>> {
@@ -97,7 +108,7 @@ impl<'a> Scripts<'a> {
         };
         Some(poller::bootstrap(
             &poller,
-            &self.tunnel(site, job, secret, &url),
+            &self.tunnel(site, job, secrets, &url),
             version,
         ))
     }

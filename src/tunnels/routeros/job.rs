@@ -12,6 +12,12 @@
 //! the job came by. Every `find` names its property: a bare `[find]`, or a
 //! variable named like the property it filters on, matches everything.
 //!
+//! It also (re)creates the read-only user the live view logs in with
+//! ([`LIVE_USER`]: group policy `read,api,reboot`, nothing else, accepted only
+//! from the OpenVPN server's tunnel address and the management networks),
+//! with the password the job carries; a script rendered for the admin API
+//! carries none and leaves that user as it is.
+//!
 //! The job records its progress in two globals the poller reads after the
 //! import: `mgntJob` (its id) and `mgntJobError` (the step it stopped at, or
 //! empty once everything is in place).
@@ -53,7 +59,15 @@ pub struct TunnelScript<'a> {
     pub management: &'a [Ipv4Net],
     /// `None`: the router cannot verify the server (said in the script).
     pub ca: Option<Ca<'a>>,
+    /// The live-view user's password; `None` leaves the user as it is.
+    pub live_password: Option<&'a str>,
 }
+
+/// The read-only RouterOS user (and group) the live view logs in as.
+pub const LIVE_USER: &str = "mgnt-live";
+
+/// Its group's policies: read, the API, reboot — no write, no sensitive.
+pub const LIVE_POLICY: &str = "read,api,reboot";
 
 /// The file a downloaded CA is written to before it is imported.
 const CA_FILE: &str = "mgnt-ca.pem";
@@ -74,6 +88,7 @@ impl TunnelScript<'_> {
         self.remove(&mut s);
         self.tunnel(&mut s, version, &auth);
         self.firewall(&mut s);
+        self.live_user(&mut s);
         let _ = writeln!(s, ":set mgntJobError \"enabling the tunnel\"");
         let _ = writeln!(
             s,
@@ -228,6 +243,31 @@ impl TunnelScript<'_> {
                  place-before=[:pick $top 0]}} else={{/ip firewall filter add {r} comment=$tag}}"
             );
         }
+    }
+
+    /// The live view's user, made again with this job's password: the user
+    /// before the group it belongs to goes, and the group before the user.
+    fn live_user(&self, s: &mut String) {
+        let Some(password) = self.live_password else {
+            s.push_str(
+                "# The live-view user is left as it is: jobs fetched on the router endpoint carry its password.\n",
+            );
+            return;
+        };
+        let user = quote(LIVE_USER);
+        let mut from = vec![format!("{}/32", self.server_address)];
+        from.extend(self.management.iter().map(|n| n.to_string()));
+        from.dedup();
+        let _ = writeln!(s, ":set mgntJobError \"adding the live-view user\"");
+        let _ = writeln!(s, "/user remove [find name={user}]");
+        let _ = writeln!(s, "/user group remove [find name={user}]");
+        let _ = writeln!(s, "/user group add name={user} policy={LIVE_POLICY}");
+        let _ = writeln!(
+            s,
+            "/user add name={user} group={user} password={} address={}",
+            quote(password),
+            from.join(",")
+        );
     }
 }
 

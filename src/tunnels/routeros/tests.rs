@@ -29,6 +29,7 @@ fn script<'a>(auth: &'a str, ca: Option<Ca<'a>>) -> TunnelScript<'a> {
         server_address: "100.64.0.1".parse().unwrap(),
         management: &NETS,
         ca,
+        live_password: Some("live\"pw$x"),
     }
 }
 
@@ -240,11 +241,21 @@ fn accepted(
             ("policy", None),
             ("on-event", None),
         ],
+        // MikroTik's User manual (v7) and Router AAA (v6): the same on both.
+        "/user group add" => vec![("name", None), ("policy", None)],
+        "/user add" => vec![
+            ("name", None),
+            ("group", None),
+            ("password", None),
+            ("address", None),
+        ],
         other => panic!("no parameter table for `{other}`"),
     }
 }
 
-const COMMANDS: [&str; 8] = [
+const COMMANDS: [&str; 10] = [
+    "/user group add",
+    "/user add",
     "/interface ovpn-client add",
     "/ppp profile add",
     "/ip firewall filter add",
@@ -318,6 +329,33 @@ fn every_find_names_its_property() {
     ] {
         assert!(!text.contains(&format!(":local {property} ")), "{property}");
     }
+}
+
+#[test]
+fn the_live_user_may_read_and_reboot_only_from_the_server_and_management() {
+    let text = script("sha1", None).render(Version::LATEST_7).unwrap();
+    let at = |needle: &str| {
+        text.find(needle)
+            .unwrap_or_else(|| panic!("{needle} in {text}"))
+    };
+    let user = at(r#"/user remove [find name="mgnt-live"]"#);
+    let group = at(r#"/user group remove [find name="mgnt-live"]"#);
+    let new_group = at(r#"/user group add name="mgnt-live" policy=read,api,reboot"#);
+    let new_user = at(
+        r#"/user add name="mgnt-live" group="mgnt-live" password="live\"pw\$x" address=100.64.0.1/32,10.20.0.0/16"#,
+    );
+    assert!(user < group && group < new_group && new_group < new_user);
+    assert!(
+        new_user < at("ovpn-client enable"),
+        "in place before the tunnel is up"
+    );
+    assert_eq!(text.matches("policy=").count(), 1, "{text}");
+    // Rendered without its password (for the admin API) it is left alone.
+    let mut bare = script("sha1", None);
+    bare.live_password = None;
+    let text = bare.render(Version::LATEST_7).unwrap();
+    assert!(!text.contains("/user "), "{text}");
+    assert!(!text.contains("live\\\"pw"), "{text}");
 }
 
 #[test]

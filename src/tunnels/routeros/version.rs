@@ -9,6 +9,7 @@
 //! | cipher values `aes256-cbc`, `-gcm`     | 7.8   | RouterOS 7.8 changelog (OpenVPN cipher names with mode); before: `aes256` |
 //! | `verify-server-certificate` (ovpn)     | 7.1   | MikroTik's OpenVPN manual (v7) lists it for the client; the v6 manual (`Manual:Interface/OVPN`) has no such property, so v6 cannot verify the server |
 //! | `protocol` (ovpn)                      | never | tcp is every release's default (v6 has TCP only; community.routeros `_api_data` default `tcp`); the argument is only proven from 7.9 dumps, so it is left out |
+//! | `/user group add name policy`, `/user add name group password address` | every release | MikroTik's User manual (v7) and Router AAA manual (v6); `read`, `api` and `reboot` are policies of both |
 //! | `comment` on `/ppp profile`            | 7.15  | community.routeros `_api_data` (versioned field) — so profiles are found by name, never by comment |
 
 /// A RouterOS release, as far as the scripts depend on it.

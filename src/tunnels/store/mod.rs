@@ -376,6 +376,8 @@ pub trait Store: Send + Sync {
     fn credentials(&self, since: u64) -> Result<Credentials, StoreError>;
     /// The key secrets are digested under (for agents).
     fn digests(&self) -> Digests;
+    /// The live-view user's password `job` installs on `site`'s router.
+    fn live_password(&self, site: Uuid, job: Uuid) -> String;
     /// Records one authentication attempt.
     fn record_attempt(&self, attempt: &Attempt) -> Result<(), StoreError>;
     /// The newest credential change this node has heard of, when the store

@@ -709,6 +709,10 @@ impl Store for PgSiteStore {
         self.keys.digests().clone()
     }
 
+    fn live_password(&self, site: Uuid, job: Uuid) -> String {
+        self.keys.live_password(site, job)
+    }
+
     fn record_attempt(&self, a: &Attempt) -> Result<(), StoreError> {
         self.run(async {
             self.client()

@@ -791,6 +791,10 @@ impl Store for SqliteStore {
         self.keys.digests().clone()
     }
 
+    fn live_password(&self, site: Uuid, job: Uuid) -> String {
+        self.keys.live_password(site, job)
+    }
+
     fn record_attempt(&self, a: &Attempt) -> Result<(), StoreError> {
         self.lock().db.execute(
             "INSERT INTO auth_attempts (time, username, site, ok, source) VALUES (?1, ?2, ?3, ?4, ?5)",

@@ -49,6 +49,11 @@
 :if ([:len $top] > 0) do={/ip firewall filter add chain=output out-interface="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" action=drop comment=$tag place-before=[:pick $top 0]} else={/ip firewall filter add chain=output out-interface="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" action=drop comment=$tag}
 :if ([:len $top] > 0) do={/ip firewall filter add chain=forward in-interface="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" action=drop comment=$tag place-before=[:pick $top 0]} else={/ip firewall filter add chain=forward in-interface="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" action=drop comment=$tag}
 :if ([:len $top] > 0) do={/ip firewall filter add chain=forward out-interface="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" action=drop comment=$tag place-before=[:pick $top 0]} else={/ip firewall filter add chain=forward out-interface="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c" action=drop comment=$tag}
+:set mgntJobError "adding the live-view user"
+/user remove [find name="mgnt-live"]
+/user group remove [find name="mgnt-live"]
+/user group add name="mgnt-live" policy=read,api,reboot
+/user add name="mgnt-live" group="mgnt-live" password="live\"pw\$x" address=100.64.0.1/32,10.20.0.0/16
 :set mgntJobError "enabling the tunnel"
 /interface ovpn-client enable [find name="3f2b6c1e-9a4d-4e8b-b1c2-7d5e9f0a1b2c"]
 :set mgntJobError ""
