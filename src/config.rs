@@ -117,6 +117,8 @@ pub struct Config {
     pub provision: Option<ProvisionConfig>,
     /// `[routers]`; `None`: no router endpoint (jobs only through the admin API).
     pub routers: Option<RoutersConfig>,
+    /// `[live]`; `None` keeps the live view off.
+    pub live: Option<LiveConfig>,
     /// `[vpnlog]`; `None` keeps log ingestion off.
     pub vpnlog: Option<VpnlogConfig>,
     /// `[store]`: PostgreSQL; `None`: the embedded files (one machine).
@@ -364,6 +366,26 @@ pub struct RoutersConfig {
     pub max_connections_per_source: usize,
 }
 
+/// `[live]`: the read-only live view of routers through their RouterOS API.
+/// Every key applies on reload (the next ticket, viewer or stream uses it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveConfig {
+    /// The routers' API port, opened through their tunnels.
+    pub api_port: u16,
+    /// How long a ticket waits to be redeemed.
+    pub ticket_ttl: Duration,
+    /// Browser origins besides the page's own that may open a live view.
+    pub allowed_origins: Vec<String>,
+    pub max_viewers_per_router: usize,
+    pub max_streams_per_user: usize,
+    /// How long a router's API connection outlives its last viewer.
+    pub linger: Duration,
+    /// How long a reboot waits to be confirmed.
+    pub reboot_timeout: Duration,
+    /// Least time between two reboots of one site.
+    pub reboot_min_gap: Duration,
+}
+
 /// A PEM certificate chain and its private key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -564,5 +586,31 @@ location = [-3.5, 4.25]
             assert!(matches!(e, ConfigError::Parse { .. }), "{e}");
             assert!(e.to_string().starts_with("/etc/mgnt/mgnt.toml: "), "{e}");
         }
+    }
+
+    #[test]
+    fn the_live_table_has_defaults_and_names_its_errors() {
+        let provision = "\n[provision]\npool = \"100.64.0.0/16\"\nconnect_to = \"vpn.example\"\n";
+        let with = format!("{GOOD}{provision}\n[live]\n");
+        let live = parse(&with).unwrap().live.unwrap();
+        assert_eq!(live.api_port, 8728);
+        assert_eq!(live.ticket_ttl, Duration::from_secs(30));
+        assert!(live.allowed_origins.is_empty(), "same-origin only");
+        assert_eq!(
+            (live.max_viewers_per_router, live.max_streams_per_user),
+            (10, 20)
+        );
+        let bad = |extra: &str| invalid_key(&format!("{with}{extra}\n"));
+        assert_eq!(bad("ticket_ttl = \"10m\""), "live.ticket_ttl");
+        assert_eq!(bad("api_port = 0"), "live.api_port");
+        assert_eq!(
+            bad("max_viewers_per_router = 0"),
+            "live.max_viewers_per_router"
+        );
+        assert_eq!(
+            bad("allowed_origins = [\"https://a.example\", \"https://b.example/\"]"),
+            "live.allowed_origins[1]"
+        );
+        assert_eq!(invalid_key(&format!("{GOOD}\n[live]\n")), "live");
     }
 }

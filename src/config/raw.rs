@@ -18,6 +18,7 @@ use super::{
 };
 use crate::route::Coord;
 
+mod live;
 mod routers;
 mod store;
 
@@ -36,6 +37,7 @@ pub(super) struct RawConfig {
     api: RawApi,
     provision: Option<RawProvision>,
     routers: Option<routers::RawRouters>,
+    live: Option<live::RawLive>,
     vpnlog: Option<RawVpnlog>,
     store: Option<store::RawStore>,
     #[serde(default)]
@@ -258,6 +260,11 @@ impl RawConfig {
             .as_ref()
             .map(|r| r.validate(&cx, provision.is_some()))
             .transpose()?;
+        let live = self
+            .live
+            .as_ref()
+            .map(|l| l.validate(&cx, provision.is_some()))
+            .transpose()?;
         let vpnlog = self
             .vpnlog
             .as_ref()
@@ -278,6 +285,7 @@ impl RawConfig {
             api,
             provision,
             routers,
+            live,
             vpnlog,
             regions,
             overrides,

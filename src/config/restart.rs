@@ -297,6 +297,12 @@ location = [1.0, 2.0]
         let with = format!("{BASE}{PROVISION}");
         let scripts = edit(&with, "vpn.example", "vpn2.example");
         assert!(changes_to(&with, &scripts).is_empty(), "connect_to");
+        // The live view reads its table at every ticket, viewer and stream.
+        let live = format!("{with}\n[live]\nticket_ttl = \"10s\"\n");
+        assert!(changes_to(&with, &live).is_empty(), "[live] added");
+        let edited = edit(&live, "\"10s\"", "\"20s\"\nmax_viewers_per_router = 3");
+        assert!(changes_to(&live, &edited).is_empty(), "[live] edited");
+        assert!(changes_to(&live, &with).is_empty(), "[live] removed");
     }
 
     #[test]
