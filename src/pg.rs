@@ -201,6 +201,14 @@ const MIGRATIONS: &[&str] = &[
          config_hash text NOT NULL,
          version text NOT NULL
      );",
+    // 7: single-use live-view tickets, by digest: any node redeems them.
+    "CREATE TABLE live_tickets (
+         digest text PRIMARY KEY,
+         site uuid NOT NULL REFERENCES sites (uuid) ON DELETE CASCADE,
+         \"user\" text NOT NULL,
+         until bigint NOT NULL
+     );
+     CREATE INDEX live_tickets_by_until ON live_tickets (until);",
 ];
 
 /// Serializes migrations between nodes starting at once.

@@ -72,7 +72,55 @@ pub const ALL: &[(&str, Check)] = &[
         "deleted_addresses_wait_out_the_quarantine",
         deleted_addresses_wait_out_the_quarantine,
     ),
+    (
+        "a_live_ticket_is_redeemed_once_before_it_expires",
+        a_live_ticket_is_redeemed_once_before_it_expires,
+    ),
 ];
+
+pub fn a_live_ticket_is_redeemed_once_before_it_expires(store: Arc<dyn Store>) {
+    let (site, _) = store.ensure(Uuid::new_v4(), 100).unwrap();
+    let ticket = store
+        .new_live_ticket(site.uuid, "portal", 100, 130)
+        .unwrap()
+        .expect("a ticket for a site");
+    assert_eq!(ticket.len(), 48);
+    let other = store
+        .new_live_ticket(site.uuid, "admin", 100, 130)
+        .unwrap()
+        .unwrap();
+    let redeemed = store.redeem_live_ticket(&ticket, 129).unwrap().unwrap();
+    assert_eq!(
+        (redeemed.site, redeemed.user.as_str()),
+        (site.uuid, "portal")
+    );
+    assert_eq!(
+        store.redeem_live_ticket(&ticket, 129).unwrap(),
+        None,
+        "once"
+    );
+    assert_eq!(store.redeem_live_ticket("not-a-ticket", 129).unwrap(), None);
+    assert_eq!(
+        store.redeem_live_ticket(&other, 131).unwrap(),
+        None,
+        "expired"
+    );
+    assert_eq!(store.redeem_live_ticket(&other, 120).unwrap(), None, "gone");
+    assert_eq!(
+        store
+            .new_live_ticket(Uuid::new_v4(), "portal", 100, 130)
+            .unwrap(),
+        None,
+        "no such site"
+    );
+    // A deleted site's tickets go with it.
+    let late = store
+        .new_live_ticket(site.uuid, "portal", 200, 230)
+        .unwrap()
+        .unwrap();
+    assert!(store.delete(site.uuid, 201).unwrap());
+    assert_eq!(store.redeem_live_ticket(&late, 202).unwrap(), None);
+}
 
 fn ok(store: &dyn Store, site: &Site, secret: &str, now: u64) -> bool {
     store.verify(&site.username, secret, now).unwrap().is_some()

@@ -119,6 +119,14 @@ impl JobState {
     }
 }
 
+/// A redeemed live-view ticket: whose site, and for whom.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveTicket {
+    pub site: Uuid,
+    /// The name of the token it was issued to.
+    pub user: String,
+}
+
 /// A job that (re)installs a site's tunnel on its router.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Job {
@@ -352,6 +360,19 @@ pub trait Store: Send + Sync {
     fn new_router_token(&self, site: Uuid) -> Result<Option<String>, StoreError>;
     /// The site a router token belongs to.
     fn router_site(&self, token: &str) -> Result<Option<Site>, StoreError>;
+    /// A single-use live-view ticket for `site`, issued to `user` (the name
+    /// of the token that asked), valid until `until`; `None` without such a
+    /// site. Stored as a digest, so any node can redeem it.
+    fn new_live_ticket(
+        &self,
+        site: Uuid,
+        user: &str,
+        now: u64,
+        until: u64,
+    ) -> Result<Option<String>, StoreError>;
+    /// Spends a ticket: its site and user, if it was valid at `now`.
+    /// Spent, expired or unknown: `None` (a spent ticket is gone).
+    fn redeem_live_ticket(&self, ticket: &str, now: u64) -> Result<Option<LiveTicket>, StoreError>;
     /// The site's open job for its router, recorded as fetched once more.
     fn fetch_job(&self, site: Uuid, now: u64) -> Result<Option<Job>, StoreError>;
     fn job(&self, id: Uuid, now: u64) -> Result<Option<Job>, StoreError>;

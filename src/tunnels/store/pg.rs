@@ -30,7 +30,8 @@ use uuid::Uuid;
 
 use super::{
     Attempt, Created, Credential, Credentials, Enrolled, Finished, Finishing, Job, JobState,
-    Lifetimes, Outcome, Renumbered, Site, Store, StoreError, check_secret, finishing, open_sealed,
+    Lifetimes, LiveTicket, Outcome, Renumbered, Site, Store, StoreError, check_secret, finishing,
+    open_sealed,
 };
 use crate::{
     pg::Db,
@@ -620,6 +621,56 @@ impl Store for PgSiteStore {
         let digest = self.keys.digest(&token);
         let found = self.run(self.update_site("router_token_hash = $1", &digest, site))?;
         Ok(found.then_some(token))
+    }
+
+    fn new_live_ticket(
+        &self,
+        site: Uuid,
+        user: &str,
+        now: u64,
+        until: u64,
+    ) -> Result<Option<String>, StoreError> {
+        let ticket = self.keys.new_secret()?;
+        let digest = self.keys.digest(&ticket);
+        self.run(async {
+            let c = self.client().await?;
+            // Expired tickets go as new ones come, so the table stays small.
+            c.execute(
+                "DELETE FROM live_tickets WHERE until < $1",
+                &[&(now as i64)],
+            )
+            .await?;
+            let n = c
+                .execute(
+                    "INSERT INTO live_tickets SELECT $1, uuid, $2, $3 FROM sites WHERE uuid = $4",
+                    &[&digest, &user, &(until as i64), &site],
+                )
+                .await?;
+            Ok((n > 0).then_some(ticket))
+        })
+    }
+
+    fn redeem_live_ticket(&self, ticket: &str, now: u64) -> Result<Option<LiveTicket>, StoreError> {
+        let digest = self.keys.digest(ticket);
+        self.run(async {
+            let c = self.client().await?;
+            let row = c
+                .query_opt(
+                    "DELETE FROM live_tickets WHERE digest = $1 RETURNING site, \"user\", until",
+                    &[&digest],
+                )
+                .await?;
+            let Some(r) = row else {
+                return Ok(None);
+            };
+            if col::<i64>(&r, 2)? < now as i64 {
+                return Ok(None);
+            }
+            Ok(Some(LiveTicket {
+                site: col(&r, 0)?,
+                user: col(&r, 1)?,
+            }))
+        })
     }
 
     fn router_site(&self, token: &str) -> Result<Option<Site>, StoreError> {

@@ -15,7 +15,8 @@ use uuid::Uuid;
 
 use super::{
     Attempt, Created, Credential, Credentials, Enrolled, Finished, Finishing, Job, JobState,
-    Lifetimes, Outcome, Renumbered, Site, Store, StoreError, check_secret, finishing, open_sealed,
+    Lifetimes, LiveTicket, Outcome, Renumbered, Site, Store, StoreError, check_secret, finishing,
+    open_sealed,
 };
 use crate::tunnels::{
     keys::{Check, Keys},
@@ -99,6 +100,13 @@ pub(super) const MIGRATIONS: &[&str] = &[
         UPDATE change_seq SET value = value + 1;
         INSERT OR REPLACE INTO tombstones VALUES (OLD.username, (SELECT value FROM change_seq));
     END;",
+    // Single-use live-view tickets, by digest.
+    "CREATE TABLE live_tickets (
+        digest TEXT PRIMARY KEY,
+        site TEXT NOT NULL,
+        user TEXT NOT NULL,
+        until INTEGER NOT NULL
+    );",
 ];
 
 struct Inner {
@@ -632,6 +640,56 @@ impl Store for SqliteStore {
             params![self.keys.digest(&token), site.to_string()],
         )?;
         Ok((n > 0).then_some(token))
+    }
+
+    fn new_live_ticket(
+        &self,
+        site: Uuid,
+        user: &str,
+        now: u64,
+        until: u64,
+    ) -> Result<Option<String>, StoreError> {
+        let ticket = self.keys.new_secret()?;
+        let mut inner = self.lock();
+        let tx = inner.db.transaction()?;
+        // Expired tickets go as new ones come, so the table stays small.
+        tx.execute("DELETE FROM live_tickets WHERE until < ?1", [now as i64])?;
+        let n = tx.execute(
+            "INSERT INTO live_tickets SELECT ?1, uuid, ?2, ?3 FROM sites WHERE uuid = ?4",
+            params![
+                self.keys.digest(&ticket),
+                user,
+                until as i64,
+                site.to_string()
+            ],
+        )?;
+        tx.commit()?;
+        Ok((n > 0).then_some(ticket))
+    }
+
+    fn redeem_live_ticket(&self, ticket: &str, now: u64) -> Result<Option<LiveTicket>, StoreError> {
+        let row = self
+            .lock()
+            .db
+            .query_row(
+                // A deleted site's tickets are left to expire, and redeem nothing.
+                "DELETE FROM live_tickets WHERE digest = ?1 AND site IN (SELECT uuid FROM sites)
+                 RETURNING site, user, until",
+                [self.keys.digest(ticket)],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((site, user, _)) = row.filter(|(_, _, until)| *until >= now as i64) else {
+            return Ok(None);
+        };
+        let site = Uuid::parse_str(&site).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(Some(LiveTicket { site, user }))
     }
 
     fn router_site(&self, token: &str) -> Result<Option<Site>, StoreError> {
