@@ -10,6 +10,7 @@ pub mod client;
 mod fail;
 mod handlers;
 mod hook;
+mod live;
 mod logs;
 mod metrics_text;
 mod nodes;
@@ -113,6 +114,11 @@ pub fn routes() -> Vec<Route> {
             Method::POST,
             "/v1/sites/{uuid}/bootstrap",
             post(sites::bootstrap),
+        ),
+        (
+            Method::POST,
+            "/v1/sites/{uuid}/live/ticket",
+            post(live::ticket),
         ),
         (Method::GET, "/v1/jobs/{id}", get(sites::job)),
         (Method::GET, "/v1/jobs/{id}/script", get(sites::job_script)),

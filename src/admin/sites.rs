@@ -28,12 +28,12 @@ use crate::{
 };
 
 /// The store, or the reason provisioning cannot answer.
-fn store(api: &Api) -> Result<Arc<dyn Store>, Fail> {
+pub(super) fn store(api: &Api) -> Result<Arc<dyn Store>, Fail> {
     api.cx.tunnels.clone().ok_or_else(|| provisioning_off(api))
 }
 
 /// Runs a store call off the async threads (the store's calls block).
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, Fail> {
     match tokio::task::spawn_blocking(f).await {

@@ -301,6 +301,15 @@ impl Server {
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        // A server that never prints what is awaited (a config with one DNS
+        // listener, say) is killed, so the test fails instead of hanging.
+        let (started, watchdog) = std::sync::mpsc::channel::<()>();
+        let pid = child.id() as i32;
+        std::thread::spawn(move || {
+            if watchdog.recv_timeout(Duration::from_secs(90)).is_err() {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        });
         let mut addrs = Vec::new();
         let mut api = None;
         let mut syslog = None;
@@ -308,7 +317,7 @@ impl Server {
         while addrs.len() < 2 || api.is_none() {
             let line = lines
                 .next()
-                .expect("server exited before listening")
+                .expect("server exited (or was killed after 90 s) before listening on two DNS addresses and the API")
                 .unwrap();
             if let Some(a) = line.strip_prefix("listening dns ") {
                 addrs.push(a.parse::<SocketAddr>().unwrap());
@@ -323,6 +332,7 @@ impl Server {
                 routers = Some(a.parse::<SocketAddr>().unwrap());
             }
         }
+        let _ = started.send(());
         Launched {
             child,
             v4: addrs[0],

@@ -35,10 +35,10 @@ impl RawLive {
             Some(v) => duration(cx, &format!("live.{key}"), v),
         };
         let ticket_ttl = or("ticket_ttl", &self.ticket_ttl, 30)?;
-        if ticket_ttl > Duration::from_secs(300) {
+        if !(Duration::from_secs(1)..=Duration::from_secs(300)).contains(&ticket_ttl) {
             return Err(cx.err(
                 "live.ticket_ttl",
-                "must be 5m or less: a ticket is redeemed by the page that asked for it",
+                "must be 1s to 5m: a ticket is redeemed by the page that asked for it",
             ));
         }
         let api_port = match self.api_port {
