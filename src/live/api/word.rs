@@ -1,10 +1,11 @@
 //! Words and sentences on the wire: a length prefix of one to five bytes, then
 //! the word; a sentence is words ended by an empty word.
 //!
-//! MikroTik's API manual, "API words": "Each word is encoded as length,
-//! followed by that many bytes of content. […] Sentence is terminated by zero
-//! length word." The parser is incremental (bytes arrive as the socket gives
-//! them) and bounded, so a peer cannot make it buffer without limit.
+//! MikroTik's API manual, "Protocol": "A sentence is a sequence of words
+//! terminated by zero-length words. Word is part of a sentence encoded in a
+//! certain way - encoded length and data." The parser is incremental (bytes
+//! arrive as the socket gives them) and bounded, so a peer cannot make it
+//! buffer without limit.
 
 /// Longest word accepted or composed by default (a log message, a comment).
 pub const MAX_WORD: usize = 64 * 1024;
