@@ -30,6 +30,8 @@
 //! - [`tunnels`]: provisioning: username codec, CGNAT pool, RouterOS and OpenVPN
 //!   files, SQLite store.
 //! - [`vpnlog`]: OpenVPN log ingestion: syslog, management interface, status files.
+//! - [`live`]: the live view's RouterOS API client, restricted to an allowlist
+//!   of commands: reads (interface traffic, log events, resources) and a reboot.
 //! - [`fleet`]: nodes on one database: each claims its name, publishes its
 //!   config hash (config, zones, GeoIP data), and compares it with the others'.
 //! - [`server`]: `mgnt serve`: starts everything, signals.
@@ -53,6 +55,7 @@ pub mod fleet;
 pub mod geo;
 pub mod health;
 pub mod listen;
+pub mod live;
 pub mod locate;
 pub mod logging;
 pub mod management;

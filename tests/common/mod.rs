@@ -8,6 +8,7 @@ pub mod deb;
 pub mod exposition;
 pub mod lab;
 pub mod pg;
+pub mod routeros;
 
 use std::{
     collections::BTreeMap,
