@@ -4,3 +4,5 @@
 //! commands of [`api::Command`] and streams what comes back.
 
 pub mod api;
+pub mod hub;
+pub mod message;

@@ -60,7 +60,7 @@ pub enum Command {
 }
 
 /// A non-empty list of valid interface names (see [`Interfaces::new`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Interfaces(Vec<String>);
 
 /// Why a sentence or a value is not on the allowlist.
