@@ -202,3 +202,46 @@ async fn a_router_that_goes_away_is_reported_and_reconnected() {
         .await;
     assert!(hub.metrics().connects.load(Relaxed) >= 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_user_logs_in_with_the_first_password_the_router_holds() {
+    use common::routeros::User;
+    use mgnt::live::connect::login_any;
+    let mut config = Config::default();
+    config.users.push(User {
+        name: "mgnt-live",
+        password: "applied-job-password",
+        read_only: true,
+        reboot: true,
+    });
+    let router = RouterOs::start(config);
+    let passwords = |list: &[&str]| list.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+    // The open job's password first refused, the applied one's accepted.
+    let client = login_any(
+        router.addr(),
+        &passwords(&["open-job-password", "applied-job-password"]),
+        Timeouts::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(router.connections(), 2, "one connection per try");
+    drop(client);
+    // A router whose user predates both jobs: a clear way out.
+    let refused = login_any(
+        router.addr(),
+        &passwords(&["open-job-password"]),
+        Timeouts::default(),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(refused.contains("`mgnt-live`"), "{refused}");
+    assert!(refused.contains("recreate"), "{refused}");
+    let addr = router.addr();
+    drop(router);
+    let gone = login_any(addr, &passwords(&["x"]), Timeouts::default())
+        .await
+        .err()
+        .unwrap();
+    assert!(gone.contains("does not answer"), "{gone}");
+}

@@ -4,5 +4,6 @@
 //! commands of [`api::Command`] and streams what comes back.
 
 pub mod api;
+pub mod connect;
 pub mod hub;
 pub mod message;

@@ -76,7 +76,37 @@ pub const ALL: &[(&str, Check)] = &[
         "a_live_ticket_is_redeemed_once_before_it_expires",
         a_live_ticket_is_redeemed_once_before_it_expires,
     ),
+    (
+        "live_passwords_follow_the_applied_and_the_open_job",
+        live_passwords_follow_the_applied_and_the_open_job,
+    ),
 ];
+
+pub fn live_passwords_follow_the_applied_and_the_open_job(store: Arc<dyn Store>) {
+    let (site, _) = store.ensure(Uuid::new_v4(), 100).unwrap();
+    let install = store.pending_job(site.uuid, 100).unwrap().unwrap().id;
+    assert_eq!(store.live_jobs(site.uuid, 100).unwrap(), [install]);
+    let applied = |job| {
+        store
+            .finish_job(job, Some(site.uuid), Outcome::Applied, 110)
+            .unwrap()
+    };
+    applied(install);
+    assert_eq!(store.live_jobs(site.uuid, 110).unwrap(), [install]);
+    let recreate = store.recreate(site.uuid, 120).unwrap().unwrap().id;
+    assert_eq!(
+        store.live_jobs(site.uuid, 120).unwrap(),
+        [install, recreate],
+        "both until the new one is applied"
+    );
+    applied(recreate);
+    assert_eq!(store.live_jobs(site.uuid, 130).unwrap(), [recreate]);
+    assert_ne!(
+        store.live_password(site.uuid, install),
+        store.live_password(site.uuid, recreate)
+    );
+    assert!(store.live_jobs(Uuid::new_v4(), 130).unwrap().is_empty());
+}
 
 pub fn a_live_ticket_is_redeemed_once_before_it_expires(store: Arc<dyn Store>) {
     let (site, _) = store.ensure(Uuid::new_v4(), 100).unwrap();

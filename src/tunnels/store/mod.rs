@@ -399,6 +399,16 @@ pub trait Store: Send + Sync {
     fn digests(&self) -> Digests;
     /// The live-view user's password `job` installs on `site`'s router.
     fn live_password(&self, site: Uuid, job: Uuid) -> String;
+    /// The job the site's router last reported applied.
+    fn applied_job(&self, site: Uuid) -> Result<Option<Uuid>, StoreError>;
+    /// The jobs whose live-view password the router may hold, likeliest
+    /// first: the last applied, then the open one (fetched and perhaps
+    /// applied, its report not in yet) — both until the open one is applied.
+    fn live_jobs(&self, site: Uuid, now: u64) -> Result<Vec<Uuid>, StoreError> {
+        let mut jobs: Vec<Uuid> = self.applied_job(site)?.into_iter().collect();
+        jobs.extend(self.pending_job(site, now)?.map(|j| j.id));
+        Ok(jobs)
+    }
     /// Records one authentication attempt.
     fn record_attempt(&self, attempt: &Attempt) -> Result<(), StoreError>;
     /// The newest credential change this node has heard of, when the store

@@ -764,6 +764,21 @@ impl Store for PgSiteStore {
         self.keys.live_password(site, job)
     }
 
+    fn applied_job(&self, site: Uuid) -> Result<Option<Uuid>, StoreError> {
+        self.run(async {
+            let row = self
+                .client()
+                .await?
+                .query_opt(
+                    "SELECT id FROM jobs WHERE site = $1 AND state = 'applied'
+                     ORDER BY finished DESC, created DESC LIMIT 1",
+                    &[&site],
+                )
+                .await?;
+            row.map(|r| col(&r, 0)).transpose()
+        })
+    }
+
     fn record_attempt(&self, a: &Attempt) -> Result<(), StoreError> {
         self.run(async {
             self.client()

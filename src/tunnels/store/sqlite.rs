@@ -853,6 +853,21 @@ impl Store for SqliteStore {
         self.keys.live_password(site, job)
     }
 
+    fn applied_job(&self, site: Uuid) -> Result<Option<Uuid>, StoreError> {
+        let id: Option<String> = self
+            .lock()
+            .db
+            .query_row(
+                "SELECT id FROM jobs WHERE site = ?1 AND state = 'applied'
+                 ORDER BY finished DESC, rowid DESC LIMIT 1",
+                [site.to_string()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        id.map(|id| Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()
+    }
+
     fn record_attempt(&self, a: &Attempt) -> Result<(), StoreError> {
         self.lock().db.execute(
             "INSERT INTO auth_attempts (time, username, site, ok, source) VALUES (?1, ?2, ?3, ?4, ?5)",
