@@ -366,6 +366,9 @@ pub struct RoutersConfig {
     pub max_connections_per_source: usize,
 }
 
+/// RouterOS's API port.
+pub const DEFAULT_LIVE_API_PORT: u16 = 8728;
+
 /// `[live]`: the read-only live view of routers through their RouterOS API.
 /// Every key applies on reload (the next ticket, viewer or stream uses it).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -384,6 +387,22 @@ pub struct LiveConfig {
     pub reboot_timeout: Duration,
     /// Least time between two reboots of one site.
     pub reboot_min_gap: Duration,
+}
+
+impl Default for LiveConfig {
+    /// `[live]` with every key at its default.
+    fn default() -> Self {
+        Self {
+            api_port: DEFAULT_LIVE_API_PORT,
+            ticket_ttl: Duration::from_secs(30),
+            allowed_origins: Vec::new(),
+            max_viewers_per_router: 10,
+            max_streams_per_user: 20,
+            linger: Duration::from_secs(5),
+            reboot_timeout: Duration::from_secs(600),
+            reboot_min_gap: Duration::from_secs(300),
+        }
+    }
 }
 
 /// A PEM certificate chain and its private key.

@@ -241,9 +241,13 @@ pub async fn run(config_path: PathBuf) -> Result<(), ServeError> {
         .await
         .map_err(api_bind)?;
     let api_addr = api.local_addr().map_err(api_bind)?;
+    let live = tunnels
+        .clone()
+        .map(|store| Arc::new(crate::live::direct_hub(store, state.reader())));
     let cx = admin::Context {
         state: state.clone(),
         responder,
+        live,
         tunnels,
         vpnlog,
         routers: routers.clone(),

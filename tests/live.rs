@@ -1,9 +1,20 @@
-//! The live view's routes against the real server: tickets.
+//! The live view's routes against the real server: tickets, and the
+//! WebSocket fed by a RouterOS API stand-in listening on the site's tunnel
+//! address (the pool is on loopback here, 127.64.0.0/24, so no namespace is
+//! needed), logged in to as the user the site's job made.
 
 mod common;
 
-use common::*;
-use serde_json::json;
+use std::time::Duration;
+
+use common::{
+    curl::*,
+    routeros::{Config, RouterOs, User},
+    *,
+};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
 
 const PROVISION: &str =
     "\n[provision]\ndata_dir = \"state\"\npool = \"100.64.0.0/24\"\nauth = \"sha1\"\n";
@@ -47,4 +58,167 @@ fn tickets_are_issued_for_sites_while_the_live_view_is_on() {
     assert_eq!(status, 404, "{body}");
     let (status, _) = on.post("/v1/sites/not-a-uuid/live/ticket", None);
     assert_eq!(status, 400);
+}
+
+/// A server whose sites' tunnel addresses are on loopback, with a router
+/// endpoint and `[live]` on `api_port`.
+fn start_looped(api_port: u16) -> Server {
+    let fixture = Fixture::new();
+    fixture.write_config(
+        &(config_text("\"127.0.0.1:0\", \"[::1]:0\"")
+            + "\n[provision]\ndata_dir = \"state\"\npool = \"127.64.0.0/24\"\nauth = \"sha1\"\n"
+            + "\n[routers]\nlisten = \"127.0.0.1:0\"\nmin_poll_gap = \"1s\"\n"
+            + &format!("\n[live]\napi_port = {api_port}\nlinger = \"200ms\"\n")),
+    );
+    Server::start_with(fixture)
+}
+
+/// A site whose router applied its install job: its uuid, tunnel address and
+/// the live-view password that job carried.
+fn applied_site(server: &Server) -> (String, String, String) {
+    let (_, body) = server.post("/v1/sites", None);
+    let uuid = body["site"]["uuid"].as_str().unwrap().to_owned();
+    let address = body["site"]["address"].as_str().unwrap().to_owned();
+    let token = body["router_token"].as_str().unwrap().to_owned();
+    let base = format!("http://{}", server.routers.unwrap());
+    let job = curl(&[
+        &format!("{base}/router/v1/job?version=7.16"),
+        "-H",
+        &bearer(&token),
+    ]);
+    let password = job
+        .body
+        .lines()
+        .find(|l| l.starts_with("/user add name=\"mgnt-live\""))
+        .and_then(|l| l.split("password=\"").nth(1))
+        .and_then(|r| r.split('"').next())
+        .expect("the job makes the live-view user")
+        .to_owned();
+    let id = job.header("x-job-id").unwrap().to_owned();
+    let applied = curl(&[
+        &format!("{base}/router/v1/jobs/{id}/result"),
+        "-H",
+        &bearer(&token),
+        "-H",
+        "Content-Type: application/json",
+        "--data",
+        r#"{"status":"applied"}"#,
+    ]);
+    assert_eq!(applied.status, 200);
+    (uuid, address, password)
+}
+
+fn ticket(server: &Server, uuid: &str) -> String {
+    let (status, body) = server.post(&format!("/v1/sites/{uuid}/live/ticket"), None);
+    assert_eq!(status, 201, "{body}");
+    body["ticket"].as_str().unwrap().to_owned()
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens the live view; the HTTP status when it is refused.
+async fn open(server: &Server, path: &str, origin: Option<&str>) -> Result<Socket, u16> {
+    let mut request = format!("ws://{}{path}", server.api)
+        .into_client_request()
+        .unwrap();
+    if let Some(origin) = origin {
+        request
+            .headers_mut()
+            .insert("origin", origin.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((socket, _)) => Ok(socket),
+        Err(tungstenite::Error::Http(response)) => Err(response.status().as_u16()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// The next JSON message of `kind`, within 20 s.
+async fn next_of(socket: &mut Socket, kind: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let frame = tokio::time::timeout_at(deadline, socket.next())
+            .await
+            .unwrap_or_else(|_| panic!("no {kind} message in time"))
+            .expect("open")
+            .unwrap();
+        if let tungstenite::Message::Text(text) = frame {
+            let v: Value = serde_json::from_str(&text).unwrap();
+            if v["type"] == kind {
+                return v;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_viewers_share_the_routers_stream_through_tickets() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = start_looped(port);
+    let (uuid, address, password) = applied_site(&server);
+    let mut config = Config::default();
+    config.users.push(User {
+        name: "mgnt-live",
+        password: Box::leak(password.into_boxed_str()),
+        read_only: true,
+        reboot: true,
+    });
+    let router = RouterOs::start_on(format!("{address}:{port}").parse().unwrap(), config);
+
+    let path = |t: &str| format!("/v1/sites/{uuid}/live?ticket={t}&interfaces=ether1&log=1");
+    let first = ticket(&server, &uuid);
+    let mut a = open(&server, &path(&first), None).await.unwrap();
+    let sample = next_of(&mut a, "traffic").await;
+    assert_eq!(sample["interface"], "ether1", "{sample}");
+    assert!(
+        sample["rx_bps"].is_u64() && sample["time"].is_u64(),
+        "{sample}"
+    );
+    // The API's own origin is welcome; a ticket works once.
+    let own = format!("http://{}", server.api);
+    let mut b = open(&server, &path(&ticket(&server, &uuid)), Some(&own))
+        .await
+        .unwrap();
+    next_of(&mut b, "traffic").await;
+    assert_eq!(open(&server, &path(&first), None).await.err(), Some(401));
+    assert_eq!(router.connections(), 1, "one API connection for both");
+    assert_eq!(router.active_streams(), 2, "traffic and log, shared");
+    router.push_log("system,info", "user admin logged in");
+    for socket in [&mut a, &mut b] {
+        let log = next_of(socket, "log").await;
+        assert_eq!(log["message"], "user admin logged in");
+        assert_eq!(log["topics"], json!(["system", "info"]));
+    }
+
+    // Another site's page, or none of ours, is refused before the ticket is spent.
+    let spare = ticket(&server, &uuid);
+    let evil = open(&server, &path(&spare), Some("https://evil.example")).await;
+    assert_eq!(evil.err(), Some(403));
+    assert_eq!(
+        open(
+            &server,
+            &format!("/v1/sites/{uuid}/live?ticket={spare}"),
+            None
+        )
+        .await
+        .err(),
+        Some(400)
+    );
+    assert!(
+        open(&server, &path(&spare), None).await.is_ok(),
+        "still unspent"
+    );
+
+    a.close(None).await.unwrap();
+    b.close(None).await.unwrap();
+    router
+        .until("cancelled after the last viewer", |r| {
+            r.active_streams() == 0
+        })
+        .await;
 }

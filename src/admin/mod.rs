@@ -55,6 +55,8 @@ pub struct Context {
     pub store: Option<Arc<crate::pg::Reach>>,
     /// This node among the others on the database.
     pub fleet: Arc<crate::fleet::Fleet>,
+    /// The live view's routers and viewers, with provisioning.
+    pub live: Option<Arc<crate::live::hub::Hub>>,
 }
 
 /// Shared by every handler.
@@ -165,7 +167,12 @@ pub fn hook_routes() -> Vec<Route> {
 
 /// Routes open to anyone.
 pub fn public_routes() -> Vec<Route> {
-    vec![(Method::GET, "/healthz", get(handlers::healthz))]
+    vec![
+        (Method::GET, "/healthz", get(handlers::healthz)),
+        // Authenticated by its single-use ticket: a browser cannot send a
+        // bearer header on a WebSocket.
+        (Method::GET, "/v1/sites/{uuid}/live", get(live::stream)),
+    ]
 }
 
 /// The tokens the API accepts, each set on its own routes.

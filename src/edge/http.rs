@@ -138,6 +138,9 @@ where
         .header_read_timeout(limits.header_time)
         .max_buf_size(MAX_HEAD)
         .serve_connection(TokioIo::new(io), service)
+        // The live view's WebSocket: the upgraded stream leaves this
+        // connection (and its time limit); the live view's own limits bound it.
+        .with_upgrades()
         .await;
     if let Err(error) = served {
         if error.is_timeout() {

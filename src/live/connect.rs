@@ -48,13 +48,14 @@ pub async fn login_any(
 /// `mgnt serve`).
 pub struct Direct {
     pub store: Arc<dyn Store>,
-    pub port: u16,
+    /// `[live] api_port`, as the running config has it.
+    pub port: Arc<dyn Fn() -> u16 + Send + Sync>,
     pub timeouts: Timeouts,
 }
 
 impl Connector for Direct {
     fn open(&self, site: Uuid) -> BoxFuture<'static, Result<Client, String>> {
-        let (store, port, timeouts) = (self.store.clone(), self.port, self.timeouts);
+        let (store, port, timeouts) = (self.store.clone(), (self.port)(), self.timeouts);
         Box::pin(async move {
             let looked_up = tokio::task::spawn_blocking(move || {
                 let found = store.get(site)?;

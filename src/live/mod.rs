@@ -7,3 +7,40 @@ pub mod api;
 pub mod connect;
 pub mod hub;
 pub mod message;
+
+use std::sync::Arc;
+
+use crate::{config::LiveConfig, state::Reader, tunnels::store::Store};
+
+/// The hub's limits from `[live]`.
+pub fn limits(live: &LiveConfig) -> hub::Limits {
+    hub::Limits {
+        max_viewers_per_router: live.max_viewers_per_router,
+        max_streams_per_user: live.max_streams_per_user,
+        linger: live.linger,
+    }
+}
+
+/// The hub of a node that reaches routers directly (its OpenVPN server holds
+/// their tunnels), reading `[live]` from the running config at every open.
+pub fn direct_hub(store: Arc<dyn Store>, state: Reader) -> hub::Hub {
+    let live = state.load().data.config.live.clone();
+    let limits = live
+        .as_ref()
+        .map_or_else(|| limits(&crate::config::LiveConfig::default()), limits);
+    let port = Arc::new(move || {
+        state
+            .load()
+            .data
+            .config
+            .live
+            .as_ref()
+            .map_or(crate::config::DEFAULT_LIVE_API_PORT, |l| l.api_port)
+    });
+    let connector = connect::Direct {
+        store,
+        port,
+        timeouts: api::Timeouts::default(),
+    };
+    hub::Hub::new(Arc::new(connector), limits)
+}

@@ -30,11 +30,12 @@ impl RawLive {
                 "needs [provision]: its jobs make the routers' live-view user",
             ));
         }
-        let or = |key: &str, v: &Option<String>, default: u64| match v {
-            None => Ok(Duration::from_secs(default)),
+        let d = LiveConfig::default();
+        let or = |key: &str, v: &Option<String>, default: Duration| match v {
+            None => Ok(default),
             Some(v) => duration(cx, &format!("live.{key}"), v),
         };
-        let ticket_ttl = or("ticket_ttl", &self.ticket_ttl, 30)?;
+        let ticket_ttl = or("ticket_ttl", &self.ticket_ttl, d.ticket_ttl)?;
         if !(Duration::from_secs(1)..=Duration::from_secs(300)).contains(&ticket_ttl) {
             return Err(cx.err(
                 "live.ticket_ttl",
@@ -43,7 +44,7 @@ impl RawLive {
         }
         let api_port = match self.api_port {
             Some(0) => return Err(cx.err("live.api_port", "must be a port, 1-65535")),
-            p => p.unwrap_or(8728),
+            p => p.unwrap_or(d.api_port),
         };
         let allowed_origins = self
             .allowed_origins
@@ -62,12 +63,16 @@ impl RawLive {
             max_viewers_per_router: positive(
                 "max_viewers_per_router",
                 self.max_viewers_per_router,
-                10,
+                d.max_viewers_per_router,
             )?,
-            max_streams_per_user: positive("max_streams_per_user", self.max_streams_per_user, 20)?,
-            linger: or("linger", &self.linger, 5)?,
-            reboot_timeout: or("reboot_timeout", &self.reboot_timeout, 600)?,
-            reboot_min_gap: or("reboot_min_gap", &self.reboot_min_gap, 300)?,
+            max_streams_per_user: positive(
+                "max_streams_per_user",
+                self.max_streams_per_user,
+                d.max_streams_per_user,
+            )?,
+            linger: or("linger", &self.linger, d.linger)?,
+            reboot_timeout: or("reboot_timeout", &self.reboot_timeout, d.reboot_timeout)?,
+            reboot_min_gap: or("reboot_min_gap", &self.reboot_min_gap, d.reboot_min_gap)?,
         })
     }
 }
