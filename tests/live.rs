@@ -12,7 +12,7 @@ use common::{
     routeros::{Config, RouterOs, User},
     *,
 };
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
 
