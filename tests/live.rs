@@ -188,6 +188,19 @@ async fn two_viewers_share_the_routers_stream_through_tickets() {
     assert_eq!(open(&server, &path(&first), None).await.err(), Some(401));
     assert_eq!(router.connections(), 1, "one API connection for both");
     assert_eq!(router.active_streams(), 2, "traffic and log, shared");
+    let metrics = curl(&[
+        &format!("http://{}/metrics", server.api),
+        "-H",
+        &bearer(&server.token()),
+    ])
+    .body;
+    for line in [
+        "mgnt_live_routers 1",
+        "mgnt_live_viewers 2",
+        "mgnt_live_streams 2",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+    }
     router.push_log("system,info", "user admin logged in");
     for socket in [&mut a, &mut b] {
         let log = next_of(socket, "log").await;

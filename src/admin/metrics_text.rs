@@ -151,6 +151,9 @@ pub fn render(cx: &Context) -> String {
     if let Some(r) = &cx.routers {
         router_endpoint(&mut out, r);
     }
+    if let Some(hub) = &cx.live {
+        live(&mut out, hub.metrics());
+    }
     api_edge(&mut out, &cx.api_edge);
     if let Some(v) = &cx.vpnlog {
         let ingest = &v.ingest;
@@ -459,6 +462,50 @@ fn router_endpoint(out: &mut String, r: &crate::routers::Routers) {
             "Connections to the router endpoint, by what became of them.",
             "result",
             e.by_result(),
+        ),
+    ];
+    families_out(out, families);
+}
+
+/// The live view: routers with an API connection, viewers, streams, and
+/// what became of samples and connections.
+fn live(out: &mut String, m: &crate::live::hub::Metrics) {
+    let gauges: [(&str, &str, &std::sync::atomic::AtomicI64); 3] = [
+        (
+            "mgnt_live_routers",
+            "Routers whose API connection the live view holds (or lingers on).",
+            &m.routers,
+        ),
+        (
+            "mgnt_live_viewers",
+            "Live-view viewers connected.",
+            &m.viewers,
+        ),
+        (
+            "mgnt_live_streams",
+            "Streams running on routers (one per interface set, one per log).",
+            &m.streams,
+        ),
+    ];
+    for (name, text, value) in gauges {
+        help(out, name, "gauge", text);
+        let _ = writeln!(out, "{name} {}", value.load(Relaxed));
+    }
+    let families: [Family; 2] = [
+        (
+            "mgnt_live_connects_total",
+            "Router API connections the live view opened, by result.",
+            "result",
+            vec![("tried", &m.connects), ("failed", &m.connect_failures)],
+        ),
+        (
+            "mgnt_live_dropped_total",
+            "What the live view dropped, by why: samples a full viewer queue skipped, viewers over max_viewers_per_router.",
+            "reason",
+            vec![
+                ("sample_skipped", &m.skipped),
+                ("viewer_refused", &m.refused_viewers),
+            ],
         ),
     ];
     families_out(out, families);
