@@ -94,13 +94,7 @@ fn rate(text: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn attrs(pairs: &[(&str, &str)]) -> Attrs {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
+    use crate::live::api::reply::attrs;
 
     #[test]
     fn traffic_samples_become_the_documented_json() {

@@ -345,6 +345,8 @@ fn take_sentence(buf: &mut Vec<u8>) -> Option<Vec<String>> {
     }
 }
 
+/// The stand-in's own encoding, not the library's: it is the other side of
+/// the protocol, so a mistake in one does not hide in both.
 fn encode(words: &[&str]) -> Vec<u8> {
     let mut out = Vec::new();
     for word in words.iter().chain(&[""]) {

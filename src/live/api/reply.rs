@@ -75,16 +75,18 @@ impl Reply {
     }
 }
 
+/// Attributes from pairs, for tests.
+#[cfg(test)]
+pub(crate) fn attrs(pairs: &[(&str, &str)]) -> Attrs {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn attrs(pairs: &[(&str, &str)]) -> Attrs {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
 
     fn parse(words: &[&str]) -> Result<Tagged, ReplyError> {
         Reply::parse(words)
