@@ -3,10 +3,7 @@
 
 use std::{
     net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicU32, Ordering},
-    },
+    sync::{Arc, atomic::AtomicU32},
     time::Duration,
 };
 
@@ -14,40 +11,21 @@ use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
     sync::{mpsc, oneshot},
-    task::AbortHandle,
 };
 
 use super::{
     command::Command,
+    connection::{Inner, Timeouts, collect_route},
     demux::{self, Route, Shared, StreamState},
     error::ClientError,
     reply::Attrs,
     subscription::Subscription,
-    word::{Limits, compose_sentence},
+    word::Limits,
 };
 
 /// Samples a stream holds for a consumer that has not read them yet; beyond,
 /// new ones are dropped and counted ([`Subscription::lost`]).
 pub const STREAM_QUEUE: usize = 64;
-
-/// How long to wait for a router.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timeouts {
-    pub connect: Duration,
-    pub login: Duration,
-    /// For a one-shot command's answer, a cancel's, a reboot's.
-    pub reply: Duration,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Self {
-            connect: Duration::from_secs(5),
-            login: Duration::from_secs(10),
-            reply: Duration::from_secs(10),
-        }
-    }
-}
 
 /// A connection to one router's API. Cloning shares the connection; it
 /// closes when the last clone and the last [`Subscription`] are dropped.
@@ -56,26 +34,8 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
-pub(super) struct Inner {
-    /// Whole sentences to the writer task: a command given up half-way
-    /// (a timeout) never leaves half a sentence on the wire.
-    writer: mpsc::Sender<Vec<u8>>,
-    routes: Shared,
-    next_tag: AtomicU32,
-    reader: AbortHandle,
-    limits: Limits,
-    pub(super) timeouts: Timeouts,
-}
-
 /// Sentences queued for the writer before senders wait.
 const WRITE_QUEUE: usize = 64;
-
-impl Drop for Inner {
-    /// The writer ends by itself once its queue is drained and closed.
-    fn drop(&mut self) {
-        self.reader.abort();
-    }
-}
 
 impl Client {
     /// Opens a TCP connection to `addr` (the API listens on 8728).
@@ -202,81 +162,6 @@ fn own_method(command: &Command) -> Result<(), ClientError> {
             Err(ClientError::OwnMethod(command.path()))
         }
         _ => Ok(()),
-    }
-}
-
-fn collect_route(done: oneshot::Sender<Result<Vec<Attrs>, ClientError>>) -> Route {
-    Route::Collect {
-        items: Vec::new(),
-        overflow: false,
-        trap: None,
-        done,
-    }
-}
-
-impl Inner {
-    fn tag(&self) -> u32 {
-        self.next_tag.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Queues `command` tagged `tag`, with `route` ready for its replies
-    /// first.
-    async fn send(&self, tag: u32, command: &Command, route: Route) -> Result<(), ClientError> {
-        let bytes = compose_sentence(&command.render(tag), &self.limits)?;
-        demux::lock(&self.routes).insert(tag, route)?;
-        if self.writer.send(bytes).await.is_err() {
-            // The writer stopped after ending the connection with its reason.
-            let mut routes = demux::lock(&self.routes);
-            routes.remove(tag);
-            return Err(routes.ended().unwrap_or(ClientError::Closed));
-        }
-        Ok(())
-    }
-
-    /// [`Inner::send`], given up after the reply timeout (a writer stuck
-    /// behind a router that does not read).
-    async fn send_within(
-        &self,
-        tag: u32,
-        command: &Command,
-        route: Route,
-        what: &'static str,
-    ) -> Result<(), ClientError> {
-        let wait = self.timeouts.reply;
-        match tokio::time::timeout(wait, self.send(tag, command, route)).await {
-            Ok(sent) => sent,
-            Err(_) => {
-                self.forget(tag);
-                Err(ClientError::Timeout(what, wait))
-            }
-        }
-    }
-
-    /// Sends `command` and waits for its `!done`, `wait` at most for both.
-    pub(super) async fn collect(
-        &self,
-        command: &Command,
-        wait: Duration,
-        what: &'static str,
-    ) -> Result<Vec<Attrs>, ClientError> {
-        let tag = self.tag();
-        let (done, outcome) = oneshot::channel();
-        let answer = async {
-            self.send(tag, command, collect_route(done)).await?;
-            // Dropped without an outcome: only when the reader is gone.
-            outcome.await.unwrap_or(Err(ClientError::Closed))
-        };
-        match tokio::time::timeout(wait, answer).await {
-            Ok(answer) => answer,
-            Err(_) => {
-                self.forget(tag);
-                Err(ClientError::Timeout(what, wait))
-            }
-        }
-    }
-
-    pub(super) fn forget(&self, tag: u32) {
-        demux::lock(&self.routes).remove(tag);
     }
 }
 

@@ -10,14 +10,16 @@
 
 pub mod client;
 pub mod command;
+mod connection;
 mod demux;
 mod error;
 pub mod reply;
 mod subscription;
 pub mod word;
 
-pub use client::{Client, STREAM_QUEUE, Timeouts};
+pub use client::{Client, STREAM_QUEUE};
 pub use command::{Command, Interfaces, NotAllowed};
+pub use connection::Timeouts;
 pub use demux::MAX_ITEMS;
 pub use error::ClientError;
 pub use reply::{Attrs, Reply, ReplyError, Tagged};

@@ -6,7 +6,7 @@ use std::sync::{Arc, atomic::Ordering};
 use tokio::sync::mpsc;
 
 use super::{
-    client::Inner, command::Command, demux::StreamState, error::ClientError, reply::Attrs,
+    command::Command, connection::Inner, demux::StreamState, error::ClientError, reply::Attrs,
 };
 
 /// The trap category RouterOS reports for an interrupted command.

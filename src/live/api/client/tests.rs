@@ -8,7 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use super::*;
 use crate::live::api::{
     command::Interfaces,
-    word::{Parser, Sentence},
+    word::{Parser, Sentence, compose_sentence},
 };
 
 /// The router's end of the pipe.
