@@ -53,6 +53,8 @@ fn tickets_are_issued_for_sites_while_the_live_view_is_on() {
     assert_eq!(again, 201);
     assert_ne!(second["ticket"], body["ticket"], "a new ticket each time");
 
+    let (status, body) = off.get(&format!("/v1/sites/{uuid}/resource"));
+    assert_eq!(status, 404, "{body}");
     let missing = "00000000-0000-4000-8000-000000000000";
     let (status, body) = on.post(&format!("/v1/sites/{missing}/live/ticket"), None);
     assert_eq!(status, 404, "{body}");
@@ -201,6 +203,23 @@ async fn two_viewers_share_the_routers_stream_through_tickets() {
     ] {
         assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
     }
+    // The router's resources, on the same connection.
+    let (status, body) = server.get(&format!("/v1/sites/{uuid}/resource"));
+    assert_eq!(status, 200, "{body}");
+    let resource = &body["resource"];
+    assert_eq!(resource["version"], "7.18 (stable)", "{body}");
+    assert!(resource["uptime"].as_u64().unwrap() > 3 * 86_400, "{body}");
+    assert_eq!(resource["total_memory"], 67_108_864, "{body}");
+    assert_eq!(router.connections(), 1, "the shared connection");
+    // A site whose router does not answer: 502, saying so.
+    let (_, other) = server.post("/v1/sites", None);
+    let other = other["site"]["uuid"].as_str().unwrap().to_owned();
+    let (status, body) = server.get(&format!("/v1/sites/{other}/resource"));
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("does not answer"),
+        "{body}"
+    );
     router.push_log("system,info", "user admin logged in");
     for socket in [&mut a, &mut b] {
         let log = next_of(socket, "log").await;

@@ -25,9 +25,10 @@ use super::{
 use crate::{
     clock,
     live::{
-        api::Interfaces,
+        api::{Command, Interfaces},
         hub::{Refused, View, Want},
         message::Message,
+        resource::Resource,
     },
 };
 
@@ -196,6 +197,36 @@ async fn relay(mut socket: WebSocket, mut view: View) {
         reason: close.1.into(),
     };
     let _ = socket.send(WsMessage::Close(Some(frame))).await;
+}
+
+/// `GET /v1/sites/{uuid}/resource`: one `/system/resource/print` of the
+/// site's router, on its shared API connection.
+pub async fn resource(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
+    if api.cx.state.snapshot().data.config.live.is_none() {
+        return error(
+            StatusCode::NOT_FOUND,
+            "the live view is off: the config has no [live] table",
+        );
+    }
+    let Some(hub) = api.cx.live.clone() else {
+        return error(StatusCode::NOT_FOUND, "the live view needs [provision]");
+    };
+    let id = attempt!(uuid(&id));
+    let store = attempt!(store(&api));
+    if attempt!(blocking(move || store.get(id)).await).is_none() {
+        return error(StatusCode::NOT_FOUND, format!("no site {id}"));
+    }
+    let rows = match hub.call(id, Command::ResourcePrint).await {
+        Ok(rows) => rows,
+        Err(why) => return error(StatusCode::BAD_GATEWAY, why),
+    };
+    match rows.first().and_then(Resource::parse) {
+        Some(r) => Json(json!({ "site": id, "resource": r, "time": clock::now() })).into_response(),
+        None => error(
+            StatusCode::BAD_GATEWAY,
+            "the router's /system/resource/print lacked uptime, version, cpu-load or memory",
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -122,6 +122,11 @@ pub fn routes() -> Vec<Route> {
             "/v1/sites/{uuid}/live/ticket",
             post(live::ticket),
         ),
+        (
+            Method::GET,
+            "/v1/sites/{uuid}/resource",
+            get(live::resource),
+        ),
         (Method::GET, "/v1/jobs/{id}", get(sites::job)),
         (Method::GET, "/v1/jobs/{id}/script", get(sites::job_script)),
         (

@@ -21,11 +21,11 @@ use std::{
 };
 
 use futures_util::future::BoxFuture;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{
-    api::{Client, Interfaces},
+    api::{Attrs, Client, Command, Interfaces},
     message::Message,
 };
 
@@ -117,6 +117,12 @@ enum ToRouter {
     Leave {
         id: u64,
     },
+    /// A one-shot command on the router's connection (opened for it if
+    /// need be, and lingering after it like after a viewer).
+    Call {
+        command: Command,
+        reply: oneshot::Sender<Result<Vec<Attrs>, String>>,
+    },
 }
 
 impl Hub {
@@ -140,6 +146,16 @@ impl Hub {
 
     pub fn metrics(&self) -> &Metrics {
         &self.shared.metrics
+    }
+
+    /// Runs one one-shot command (`/system/resource/print`, say) on `site`'s
+    /// router, on its shared connection.
+    pub async fn call(&self, site: Uuid, command: Command) -> Result<Vec<Attrs>, String> {
+        let (reply, answer) = oneshot::channel();
+        self.shared.send(site, ToRouter::Call { command, reply });
+        answer
+            .await
+            .unwrap_or_else(|_| Err("the router's connection went away".to_owned()))
     }
 
     /// Starts watching `site` for `user` (a token's name).

@@ -121,10 +121,13 @@ impl Router {
                 message = self.inbox.recv() => match message {
                     Some(ToRouter::Join { id, want, to }) => self.join(id, want, to).await,
                     Some(ToRouter::Leave { id }) => self.leave(id),
+                    Some(ToRouter::Call { command, reply }) => self.call(command, reply).await,
                     None => break,
                 },
                 Some(event) = self.events_in.recv() => self.event(event).await,
-                () = sleep_until(reconnect), if reconnect.is_some() => self.connect().await,
+                () = sleep_until(reconnect), if reconnect.is_some() => {
+                    let _ = self.connect().await;
+                }
                 () = sleep_until(idle_until), if idle_until.is_some() => {
                     if self.retire() {
                         break;
@@ -151,10 +154,34 @@ impl Router {
         self.viewers.insert(id, Viewer { want, to });
         self.idle_since = None;
         if self.client.is_none() && self.reconnect_at.is_none() {
-            self.connect().await;
+            let _ = self.connect().await;
         } else {
             self.start_streams().await;
         }
+    }
+
+    /// Answers off the task (a slow router must not hold viewers up).
+    async fn call(&mut self, command: Command, reply: oneshot::Sender<Result<Vec<Attrs>, String>>) {
+        if self.viewers.is_empty() && self.idle_since.is_none() {
+            self.idle_since = Some(Instant::now());
+        }
+        let opened = match self.client.clone() {
+            Some(client) => Ok(client),
+            None => self
+                .connect()
+                .await
+                .and_then(|()| self.client.clone().ok_or_else(String::new)),
+        };
+        let client = match opened {
+            Ok(client) => client,
+            Err(why) => {
+                let _ = reply.send(Err(why));
+                return;
+            }
+        };
+        tokio::spawn(async move {
+            let _ = reply.send(client.call(&command).await.map_err(|e| e.to_string()));
+        });
     }
 
     fn leave(&mut self, id: u64) {
@@ -197,7 +224,9 @@ impl Router {
         keys
     }
 
-    async fn connect(&mut self) {
+    /// Opens the connection and starts what viewers want; the reason when
+    /// it cannot (viewers are told too).
+    async fn connect(&mut self) -> Result<(), String> {
         self.reconnect_at = None;
         self.shared.metrics.connects.fetch_add(1, Relaxed);
         match self.shared.connector.open(self.site).await {
@@ -206,10 +235,12 @@ impl Router {
                 self.connection += 1;
                 self.backoff = FIRST_BACKOFF;
                 self.start_streams().await;
+                Ok(())
             }
             Err(why) => {
                 self.shared.metrics.connect_failures.fetch_add(1, Relaxed);
-                self.down("router_unreachable", why);
+                self.down("router_unreachable", why.clone());
+                Err(why)
             }
         }
     }
