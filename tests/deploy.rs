@@ -143,12 +143,14 @@ impl System {
             cgroup,
         };
         system.init = system.wait_for_init();
-        // Until its bus is up, systemctl cannot ask.
+        // Early in the boot systemctl cannot ask yet (no answer, or
+        // "offline" before systemd marks itself booted): ask again.
         let deadline = Instant::now() + Duration::from_secs(120);
         let (state, said) = loop {
             let out = system.sh("systemctl is-system-running --wait");
             let state = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-            if !state.is_empty() || Instant::now() > deadline {
+            let booted = state == "running" || state == "degraded";
+            if booted || Instant::now() > deadline {
                 break (state, String::from_utf8_lossy(&out.stderr).into_owned());
             }
             std::thread::sleep(Duration::from_millis(100));
