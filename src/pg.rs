@@ -209,6 +209,17 @@ const MIGRATIONS: &[&str] = &[
          until bigint NOT NULL
      );
      CREATE INDEX live_tickets_by_until ON live_tickets (until);",
+    // 8: reboots asked through the live view (the per-site gap reads them).
+    "CREATE TABLE reboots (
+         id uuid PRIMARY KEY,
+         site uuid NOT NULL REFERENCES sites (uuid) ON DELETE CASCADE,
+         \"user\" text NOT NULL,
+         created bigint NOT NULL,
+         state text NOT NULL,
+         finished bigint,
+         error text
+     );
+     CREATE INDEX reboots_by_site ON reboots (site, created);",
 ];
 
 /// Serializes migrations between nodes starting at once.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{
     curl::*,
-    routeros::{Config, RouterOs, User},
+    routeros::{Config, Reboot, RouterOs, User},
     *,
 };
 use futures_util::StreamExt;
@@ -63,14 +63,14 @@ fn tickets_are_issued_for_sites_while_the_live_view_is_on() {
 }
 
 /// A server whose sites' tunnel addresses are on loopback, with a router
-/// endpoint and `[live]` on `api_port`.
-fn start_looped(api_port: u16) -> Server {
+/// endpoint and `[live]` on `api_port` (and the keys in `live`).
+fn start_looped(api_port: u16, live: &str) -> Server {
     let fixture = Fixture::new();
     fixture.write_config(
         &(config_text("\"127.0.0.1:0\", \"[::1]:0\"")
             + "\n[provision]\ndata_dir = \"state\"\npool = \"127.64.0.0/24\"\nauth = \"sha1\"\n"
             + "\n[routers]\nlisten = \"127.0.0.1:0\"\nmin_poll_gap = \"1s\"\n"
-            + &format!("\n[live]\napi_port = {api_port}\nlinger = \"200ms\"\n")),
+            + &format!("\n[live]\napi_port = {api_port}\nlinger = \"200ms\"\n{live}")),
     );
     Server::start_with(fixture)
 }
@@ -154,23 +154,30 @@ async fn next_of(socket: &mut Socket, kind: &str) -> Value {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_viewers_share_the_routers_stream_through_tickets() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let server = start_looped(port);
-    let (uuid, address, password) = applied_site(&server);
-    let mut config = Config::default();
+/// A free TCP port on loopback.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// The stand-in on the site's tunnel address, knowing its live-view user.
+fn router_of(address: &str, port: u16, password: String, reboot: bool, config: Config) -> RouterOs {
+    let mut config = config;
     config.users.push(User {
         name: "mgnt-live",
         password: Box::leak(password.into_boxed_str()),
         read_only: true,
-        reboot: true,
+        reboot,
     });
-    let router = RouterOs::start_on(format!("{address}:{port}").parse().unwrap(), config);
+    RouterOs::start_on(format!("{address}:{port}").parse().unwrap(), config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_viewers_share_the_routers_stream_through_tickets() {
+    let port = free_port();
+    let server = start_looped(port, "");
+    let (uuid, address, password) = applied_site(&server);
+    let router = router_of(&address, port, password, true, Config::default());
 
     let path = |t: &str| format!("/v1/sites/{uuid}/live?ticket={t}&interfaces=ether1&log=1");
     let first = ticket(&server, &uuid);
@@ -253,4 +260,135 @@ async fn two_viewers_share_the_routers_stream_through_tickets() {
             r.active_streams() == 0
         })
         .await;
+}
+
+/// The audit log's reboot entries.
+fn reboots_audited(server: &Server) -> Vec<Value> {
+    let text = std::fs::read_to_string(server.fixture.path("state/audit.log")).unwrap_or_default();
+    text.lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["action"] == "reboot")
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reboot_is_sent_confirmed_or_not_audited_and_spaced() {
+    let port = free_port();
+    let server = start_looped(port, "reboot_timeout = \"3s\"\nreboot_min_gap = \"1h\"\n");
+    let state = |uuid: &str, id: &str| {
+        let (status, body) = server.get(&format!("/v1/sites/{uuid}/reboots/{id}"));
+        assert_eq!(status, 200, "{body}");
+        body["reboot"].clone()
+    };
+
+    // A router that answers !done, drops the connection and comes back
+    // with its uptime started again, watched by a viewer meanwhile.
+    let (uuid, address, password) = applied_site(&server);
+    let router = router_of(&address, port, password, true, Config::default());
+    let path = format!(
+        "/v1/sites/{uuid}/live?ticket={}&interfaces=ether1",
+        ticket(&server, &uuid)
+    );
+    let mut viewer = open(&server, &path, None).await.unwrap();
+    next_of(&mut viewer, "traffic").await;
+    let (status, body) = server.post(&format!("/v1/sites/{uuid}/reboot"), None);
+    assert_eq!(status, 202, "{body}");
+    let reboot = &body["reboot"];
+    assert_eq!(reboot["state"], "sent", "{body}");
+    assert_eq!(reboot["site"], json!(uuid));
+    assert_eq!(reboot["user"], "admin", "the token's name");
+    let id = reboot["id"].as_str().unwrap().to_owned();
+    assert_eq!(router.reboots(), 1);
+    let error = next_of(&mut viewer, "error").await;
+    assert_eq!(error["code"], "router_unreachable", "{error}");
+    next_of(&mut viewer, "traffic").await; // the hub reconnected
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while state(&uuid, &id)["state"] != "confirmed" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            state(&uuid, &id)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(state(&uuid, &id)["finished"].is_u64());
+    // One reboot per reboot_min_gap.
+    let again = curl(&[
+        "-X",
+        "POST",
+        &format!("http://{}/v1/sites/{uuid}/reboot", server.api),
+        "-H",
+        &bearer(&server.token()),
+    ]);
+    assert_eq!(again.status, 429, "{}", again.body);
+    let retry: u64 = again.header("retry-after").unwrap().parse().unwrap();
+    assert!((3500..=3600).contains(&retry), "{retry}");
+    assert!(again.body.contains("reboot_min_gap"), "{}", again.body);
+    assert_eq!(
+        router.reboots(),
+        1,
+        "the refused one never reached the router"
+    );
+
+    // A router that drops the connection without a word and never returns.
+    let (gone, address, password) = applied_site(&server);
+    let config = Config {
+        reboot: Reboot::Drop,
+        ..Config::default()
+    };
+    let router = router_of(&address, port, password, true, config);
+    let (status, body) = server.post(&format!("/v1/sites/{gone}/reboot"), None);
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(router.reboots(), 1);
+    drop(router);
+    let id = body["reboot"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(state(&gone, &id)["state"], "sent");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while state(&gone, &id)["state"] != "unconfirmed" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            state(&gone, &id)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A live-view user without the reboot policy: refused, not held back.
+    let (refused, address, password) = applied_site(&server);
+    let router = router_of(&address, port, password, false, Config::default());
+    for _ in 0..2 {
+        let (status, body) = server.post(&format!("/v1/sites/{refused}/reboot"), None);
+        assert_eq!(status, 502, "{body}");
+        assert_eq!(body["reboot"]["state"], "failed", "{body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("not sent"),
+            "{body}"
+        );
+        let id = body["reboot"]["id"].as_str().unwrap();
+        assert_eq!(state(&refused, id)["state"], "failed");
+    }
+    assert_eq!(router.reboots(), 0);
+
+    let audited = reboots_audited(&server);
+    let outcomes: Vec<(&str, &str)> = audited
+        .iter()
+        .map(|e| (e["site"].as_str().unwrap(), e["outcome"].as_str().unwrap()))
+        .collect();
+    assert_eq!(outcomes.len(), 4, "{audited:?}");
+    assert_eq!(outcomes[0], (uuid.as_str(), "sent"));
+    assert_eq!(outcomes[1], (gone.as_str(), "sent"));
+    assert!(
+        outcomes[2..]
+            .iter()
+            .all(|(s, o)| *s == refused && o.starts_with("not sent"))
+    );
+    assert!(audited.iter().all(|e| e["token"] == "admin"), "{audited:?}");
+
+    let missing = "00000000-0000-4000-8000-000000000000";
+    let (status, _) = server.post(&format!("/v1/sites/{missing}/reboot"), None);
+    assert_eq!(status, 404);
+    let (status, _) = server.get(&format!("/v1/sites/{uuid}/reboots/{missing}"));
+    assert_eq!(status, 404);
+    let (status, _) = server.get(&format!("/v1/sites/{uuid}/reboots/{id}"));
+    assert_eq!(status, 404, "another site's reboot");
 }

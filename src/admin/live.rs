@@ -18,19 +18,42 @@ use serde_json::json;
 
 use super::{
     Api, Caller,
-    fail::{attempt, uuid},
+    fail::{Fail, attempt, uuid},
     handlers::error,
     sites::{blocking, store},
 };
+use uuid::Uuid;
+
 use crate::{
     clock,
+    config::LiveConfig,
     live::{
         api::{Command, Interfaces},
-        hub::{Refused, View, Want},
+        hub::{Hub, Refused, View, Want},
         message::Message,
         resource::Resource,
     },
 };
+
+/// The running `[live]` table, or why the live view is off.
+pub(super) fn live_config(api: &Api) -> Result<LiveConfig, Fail> {
+    (api.cx.state.snapshot().data.config.live.clone()).ok_or_else(|| {
+        Fail(
+            StatusCode::NOT_FOUND,
+            "the live view is off: the config has no [live] table".to_owned(),
+        )
+    })
+}
+
+/// The hub that reaches routers (there is one with `[provision]`).
+pub(super) fn hub(api: &Api) -> Result<Arc<Hub>, Fail> {
+    (api.cx.live.clone()).ok_or_else(|| {
+        Fail(
+            StatusCode::NOT_FOUND,
+            "the live view needs [provision]".to_owned(),
+        )
+    })
+}
 
 /// `POST /v1/sites/{uuid}/live/ticket`: a single-use ticket for the site's
 /// live view, issued to the calling token's name, valid `[live] ticket_ttl`.
@@ -39,12 +62,7 @@ pub async fn ticket(
     Extension(Caller(user)): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Response {
-    let Some(live) = api.cx.state.snapshot().data.config.live.clone() else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "the live view is off: the config has no [live] table",
-        );
-    };
+    let live = attempt!(live_config(&api));
     let store = attempt!(store(&api));
     let id = attempt!(uuid(&id));
     let now = clock::now();
@@ -81,15 +99,9 @@ pub async fn stream(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let Some(live) = api.cx.state.snapshot().data.config.live.clone() else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "the live view is off: the config has no [live] table",
-        );
-    };
-    let (Some(hub), Some(store)) = (api.cx.live.clone(), api.cx.tunnels.clone()) else {
-        return error(StatusCode::NOT_FOUND, "the live view needs [provision]");
-    };
+    let live = attempt!(live_config(&api));
+    let hub = attempt!(hub(&api));
+    let store = attempt!(store(&api));
     let id = attempt!(uuid(&id));
     if let Err(why) = same_origin(&headers, &live.allowed_origins) {
         return error(StatusCode::FORBIDDEN, why);
@@ -202,20 +214,10 @@ async fn relay(mut socket: WebSocket, mut view: View) {
 /// `GET /v1/sites/{uuid}/resource`: one `/system/resource/print` of the
 /// site's router, on its shared API connection.
 pub async fn resource(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
-    if api.cx.state.snapshot().data.config.live.is_none() {
-        return error(
-            StatusCode::NOT_FOUND,
-            "the live view is off: the config has no [live] table",
-        );
-    }
-    let Some(hub) = api.cx.live.clone() else {
-        return error(StatusCode::NOT_FOUND, "the live view needs [provision]");
-    };
+    attempt!(live_config(&api));
+    let hub = attempt!(hub(&api));
     let id = attempt!(uuid(&id));
-    let store = attempt!(store(&api));
-    if attempt!(blocking(move || store.get(id)).await).is_none() {
-        return error(StatusCode::NOT_FOUND, format!("no site {id}"));
-    }
+    attempt!(known_site(&api, id).await);
     let rows = match hub.call(id, Command::ResourcePrint).await {
         Ok(rows) => rows,
         Err(why) => return error(StatusCode::BAD_GATEWAY, why),
@@ -226,6 +228,15 @@ pub async fn resource(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Re
             StatusCode::BAD_GATEWAY,
             "the router's /system/resource/print lacked uptime, version, cpu-load or memory",
         ),
+    }
+}
+
+/// Fails unless `id` is a site.
+pub(super) async fn known_site(api: &Api, id: Uuid) -> Result<(), Fail> {
+    let store = store(api)?;
+    match blocking(move || store.get(id)).await? {
+        Some(_) => Ok(()),
+        None => Err(Fail(StatusCode::NOT_FOUND, format!("no site {id}"))),
     }
 }
 

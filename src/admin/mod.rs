@@ -14,6 +14,7 @@ mod live;
 mod logs;
 mod metrics_text;
 mod nodes;
+mod reboot;
 mod sites;
 
 use std::sync::Arc;
@@ -126,6 +127,16 @@ pub fn routes() -> Vec<Route> {
             Method::GET,
             "/v1/sites/{uuid}/resource",
             get(live::resource),
+        ),
+        (
+            Method::POST,
+            "/v1/sites/{uuid}/reboot",
+            post(reboot::reboot),
+        ),
+        (
+            Method::GET,
+            "/v1/sites/{uuid}/reboots/{id}",
+            get(reboot::get),
         ),
         (Method::GET, "/v1/jobs/{id}", get(sites::job)),
         (Method::GET, "/v1/jobs/{id}/script", get(sites::job_script)),

@@ -158,6 +158,15 @@ impl Hub {
             .unwrap_or_else(|_| Err("the router's connection went away".to_owned()))
     }
 
+    /// Reboots `site`'s router over its shared connection; done once the
+    /// command is sent (see [`Client::reboot`]). Its viewers see the
+    /// connection go and come back.
+    ///
+    /// [`Client::reboot`]: super::api::Client::reboot
+    pub async fn reboot(&self, site: Uuid) -> Result<(), String> {
+        self.call(site, Command::Reboot).await.map(drop)
+    }
+
     /// Starts watching `site` for `user` (a token's name).
     pub fn view(&self, site: Uuid, user: &str, want: Want) -> Result<View, Refused> {
         if want.interfaces.is_none() && !want.log {

@@ -7,6 +7,7 @@ pub mod api;
 pub mod connect;
 pub mod hub;
 pub mod message;
+pub mod reboot;
 pub mod resource;
 
 use std::sync::Arc;

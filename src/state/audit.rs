@@ -12,10 +12,13 @@ pub struct Entry {
     pub time: u64,
     /// Who acted: the API token's name, `SIGHUP`, or `mgnt` for a drain's end.
     pub token: String,
-    /// `drain`, `undrain`, `reload` or `drain-ended`.
+    /// `drain`, `undrain`, `reload`, `drain-ended` or `reboot`.
     pub action: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+    /// A reboot's site.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -39,6 +42,7 @@ impl Entry {
             token: token.to_owned(),
             action,
             region: None,
+            site: None,
             reason: None,
             until: None,
             force: false,

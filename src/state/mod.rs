@@ -155,6 +155,11 @@ enum Command {
         by: String,
         reply: Reply<ReloadReport>,
     },
+    /// An action taken outside the state (a reboot), for the audit log.
+    Record {
+        entry: audit::Entry,
+        reply: Reply<()>,
+    },
 }
 
 /// What the owner's queue holds: commands and probe reports, in arrival order.
@@ -261,6 +266,12 @@ impl Handle {
         let by = by.to_owned();
         self.ask(|reply| Command::Reload { loaded, by, reply })
             .await
+    }
+
+    /// Writes `entry` to the audit log with the owner's next batch (the
+    /// log's one writer); answered once it is persisted.
+    pub async fn record(&self, entry: audit::Entry) -> Result<(), StateError> {
+        self.ask(|reply| Command::Record { entry, reply }).await
     }
 
     async fn ask<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, StateError> {

@@ -221,6 +221,13 @@ impl Owner {
                     }
                     None => Outcome::NotPersisted,
                 },
+                Request::Record(entry) => match entry.take() {
+                    Some(entry) => {
+                        applied.audit.push(entry);
+                        Outcome::Recorded
+                    }
+                    None => Outcome::NotPersisted,
+                },
             };
             applied.outcomes.push(outcome);
         }

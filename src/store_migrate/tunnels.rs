@@ -39,8 +39,9 @@ use crate::{
 
 /// The `tunnels.db` schema version this copy reads (the SQLite store's
 /// last); another is refused rather than a column it does not know dropped.
-/// Version 7 added only live-view tickets, which live seconds: not copied.
-const SCHEMA: i64 = 7;
+/// Versions 7 and 8 added only live-view tickets, which live seconds, and
+/// reboot records, whose gap and confirmation last minutes: not copied.
+const SCHEMA: i64 = 8;
 
 /// What was copied.
 #[derive(Debug, Clone, PartialEq, Eq)]

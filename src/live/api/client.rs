@@ -147,6 +147,11 @@ impl Client {
         }
     }
 
+    /// Whether the connection has ended (the router closed it, say).
+    pub fn ended(&self) -> bool {
+        demux::lock(&self.inner.routes).ended().is_some()
+    }
+
     /// Sentences that arrived for no command in flight: late replies to a
     /// cancelled command, reply words this client does not know.
     pub fn stray(&self) -> u64 {

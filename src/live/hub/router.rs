@@ -165,6 +165,11 @@ impl Router {
         if self.viewers.is_empty() && self.idle_since.is_none() {
             self.idle_since = Some(Instant::now());
         }
+        // A connection that ended with no stream on it has no pump to say
+        // so (a reboot, with nobody watching): open a new one.
+        if self.streams.is_empty() && self.client.as_ref().is_some_and(Client::ended) {
+            self.client = None;
+        }
         let opened = match self.client.clone() {
             Some(client) => Ok(client),
             None => self
@@ -180,7 +185,12 @@ impl Router {
             }
         };
         tokio::spawn(async move {
-            let _ = reply.send(client.call(&command).await.map_err(|e| e.to_string()));
+            let answer = match command {
+                // Fire and forget: its answer, if any, is that it was sent.
+                Command::Reboot => client.reboot().await.map(|()| Vec::new()),
+                _ => client.call(&command).await,
+            };
+            let _ = reply.send(answer.map_err(|e| e.to_string()));
         });
     }
 

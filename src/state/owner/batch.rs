@@ -35,6 +35,8 @@ pub(super) enum Request {
         loaded: Option<Result<Box<Data>, LoadError>>,
         by: String,
     },
+    /// Taken when applied, like a load.
+    Record(Option<audit::Entry>),
 }
 
 /// Where each request's answer goes.
@@ -43,6 +45,7 @@ pub(super) enum Answer {
     Drain(Reply<DrainRecord>),
     Undrain(Reply<Option<DrainRecord>>),
     Reload(Reply<ReloadReport>),
+    Record(Reply<()>),
 }
 
 /// What applying one request gave.
@@ -51,6 +54,7 @@ pub(super) enum Outcome {
     Drain(Result<DrainRecord, StateError>),
     Undrain(Result<Option<DrainRecord>, StateError>),
     Reload(Result<ReloadReport, StateError>),
+    Recorded,
     /// An operator command of a batch that could not be persisted.
     NotPersisted,
 }
@@ -99,6 +103,9 @@ pub(super) fn split(input: Input) -> (Request, Answer) {
             },
             Answer::Reload(reply),
         ),
+        Input::Command(Command::Record { entry, reply }) => {
+            (Request::Record(Some(entry)), Answer::Record(reply))
+        }
     }
 }
 
@@ -151,6 +158,12 @@ pub(super) fn answer(
                 let _ = reply.send(Err(not_persisted()));
             }
             (Answer::Undrain(reply), Outcome::NotPersisted) => {
+                let _ = reply.send(Err(not_persisted()));
+            }
+            (Answer::Record(reply), Outcome::Recorded) => {
+                let _ = reply.send(persisted.clone().map_err(StateError::Persist));
+            }
+            (Answer::Record(reply), Outcome::NotPersisted) => {
                 let _ = reply.send(Err(not_persisted()));
             }
             (Answer::Reload(reply), Outcome::NotPersisted) => {

@@ -9,7 +9,10 @@ use std::{collections::HashSet, net::Ipv4Addr, sync::Arc};
 
 use uuid::Uuid;
 
-use super::{Attempt, Finished, JobState, Lifetimes, Outcome, Site, Store};
+use super::{
+    Attempt, Finished, JobState, Lifetimes, Outcome, Site, Store,
+    reboots::{Claim, RebootState},
+};
 use crate::tunnels::username::username;
 
 /// The lifetimes every check assumes.
@@ -80,7 +83,84 @@ pub const ALL: &[(&str, Check)] = &[
         "live_passwords_follow_the_applied_and_the_open_job",
         live_passwords_follow_the_applied_and_the_open_job,
     ),
+    (
+        "reboots_keep_their_gap_and_move_only_forward",
+        reboots_keep_their_gap_and_move_only_forward,
+    ),
 ];
+
+pub fn reboots_keep_their_gap_and_move_only_forward(store: Arc<dyn Store>) {
+    let (site, _) = store.ensure(Uuid::new_v4(), 100).unwrap();
+    let claimed = |now| store.claim_reboot(site.uuid, "portal", now, 300).unwrap();
+    let Claim::Claimed(first) = claimed(1000) else {
+        panic!("the first reboot is claimed");
+    };
+    let got = store.reboot(first).unwrap().unwrap();
+    assert_eq!(
+        (got.site, got.user.as_str(), got.created, got.state),
+        (site.uuid, "portal", 1000, RebootState::Sending)
+    );
+    assert_eq!(claimed(1100), Claim::TooSoon { retry_after: 200 });
+    assert!(
+        !store
+            .set_reboot(first, RebootState::Confirmed, 1001, None)
+            .unwrap(),
+        "confirmed only once sent"
+    );
+    assert!(
+        store
+            .set_reboot(first, RebootState::Sent, 1001, None)
+            .unwrap()
+    );
+    assert!(
+        !store
+            .set_reboot(first, RebootState::Failed, 1002, Some("x"))
+            .unwrap(),
+        "sent is past failing"
+    );
+    assert!(
+        store
+            .set_reboot(first, RebootState::Confirmed, 1030, None)
+            .unwrap()
+    );
+    assert!(
+        !store
+            .set_reboot(first, RebootState::Unconfirmed, 1600, None)
+            .unwrap(),
+        "an end is an end"
+    );
+    let got = store.reboot(first).unwrap().unwrap();
+    assert_eq!(
+        (got.state, got.finished),
+        (RebootState::Confirmed, Some(1030))
+    );
+    assert_eq!(claimed(1299), Claim::TooSoon { retry_after: 1 });
+
+    // A reboot that failed does not hold the next one back.
+    let Claim::Claimed(second) = claimed(1300) else {
+        panic!("the gap has passed");
+    };
+    let why = "x".repeat(2000);
+    assert!(
+        store
+            .set_reboot(second, RebootState::Failed, 1301, Some(&why))
+            .unwrap()
+    );
+    let failed = store.reboot(second).unwrap().unwrap();
+    assert_eq!(failed.state, RebootState::Failed);
+    assert_eq!(failed.error.unwrap().len(), 500);
+    assert!(matches!(claimed(1302), Claim::Claimed(_)));
+
+    assert_eq!(
+        store
+            .claim_reboot(Uuid::new_v4(), "portal", 1000, 300)
+            .unwrap(),
+        Claim::NoSite
+    );
+    assert_eq!(store.reboot(Uuid::new_v4()).unwrap(), None);
+    assert!(store.delete(site.uuid, 2000).unwrap());
+    assert_eq!(store.reboot(first).unwrap(), None, "gone with the site");
+}
 
 pub fn live_passwords_follow_the_applied_and_the_open_job(store: Arc<dyn Store>) {
     let (site, _) = store.ensure(Uuid::new_v4(), 100).unwrap();

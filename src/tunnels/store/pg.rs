@@ -28,6 +28,8 @@ use tokio::{
 use tokio_postgres::{AsyncMessage, Row, types::FromSql};
 use uuid::Uuid;
 
+mod reboots;
+
 use super::{
     Attempt, Created, Credential, Credentials, Enrolled, Finished, Finishing, Job, JobState,
     Lifetimes, LiveTicket, Outcome, Renumbered, Site, Store, StoreError, check_secret, finishing,

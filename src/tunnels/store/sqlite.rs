@@ -18,6 +18,8 @@ use super::{
     Lifetimes, LiveTicket, Outcome, Renumbered, Site, Store, StoreError, check_secret, finishing,
     open_sealed,
 };
+mod reboots;
+
 use crate::tunnels::{
     keys::{Check, Keys},
     pool::Pool,
@@ -107,6 +109,17 @@ pub(super) const MIGRATIONS: &[&str] = &[
         user TEXT NOT NULL,
         until INTEGER NOT NULL
     );",
+    // Reboots asked through the live view (the per-site gap reads them).
+    "CREATE TABLE reboots (
+        id TEXT PRIMARY KEY,
+        site TEXT NOT NULL,
+        user TEXT NOT NULL,
+        created INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        finished INTEGER,
+        error TEXT
+    );
+    CREATE INDEX reboots_by_site ON reboots(site, created);",
 ];
 
 struct Inner {
@@ -511,6 +524,7 @@ impl Store for SqliteStore {
         let until = now + self.lifetimes.quarantine;
         let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute("DELETE FROM jobs WHERE site = ?1", [uuid.to_string()])?;
+        tx.execute("DELETE FROM reboots WHERE site = ?1", [uuid.to_string()])?;
         tx.execute("DELETE FROM sites WHERE uuid = ?1", [uuid.to_string()])?;
         tx.execute(
             "INSERT OR REPLACE INTO released (address, until) VALUES (?1, ?2)",
