@@ -460,22 +460,7 @@ fn password(source: Option<&StorePassword>) -> Result<Option<String>, DbError> {
 
 /// rustls on ring, trusting the certificates in `ca` only.
 fn tls(ca: &std::path::Path) -> Result<MakeRustlsConnect, DbError> {
-    use rustls_pki_types::{CertificateDer, pem::PemObject};
-    let mut roots = rustls::RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(ca)
-        .map_err(|e| DbError::Tls(format!("{}: {e}", ca.display())))?;
-    for cert in certs {
-        let cert = cert.map_err(|e| DbError::Tls(format!("{}: {e}", ca.display())))?;
-        roots
-            .add(cert)
-            .map_err(|e| DbError::Tls(format!("{}: {e}", ca.display())))?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| DbError::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config = crate::edge::tls::client_config(Some(ca)).map_err(DbError::Tls)?;
     Ok(MakeRustlsConnect::new(config))
 }
 

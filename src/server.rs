@@ -241,13 +241,21 @@ pub async fn run(config_path: PathBuf) -> Result<(), ServeError> {
         .await
         .map_err(api_bind)?;
     let api_addr = api.local_addr().map_err(api_bind)?;
-    let live = tunnels
-        .clone()
-        .map(|store| Arc::new(crate::live::direct_hub(store, state.reader())));
+    let relays = Arc::new(crate::live::relay::Relays::default());
+    let live = tunnels.clone().map(|store| {
+        let logs = vpnlog.as_ref().map(|v| v.store.clone());
+        Arc::new(crate::live::hub(
+            store,
+            logs,
+            relays.clone(),
+            state.reader(),
+        ))
+    });
     let cx = admin::Context {
         state: state.clone(),
         responder,
         live,
+        relays,
         tunnels,
         vpnlog,
         routers: routers.clone(),

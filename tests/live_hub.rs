@@ -216,11 +216,17 @@ async fn the_live_user_logs_in_with_the_first_password_the_router_holds() {
     });
     let router = RouterOs::start(config);
     let passwords = |list: &[&str]| list.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+    let dial = |addr| {
+        move || async move {
+            (Client::connect(addr, Timeouts::default()).await).map_err(|e| e.to_string())
+        }
+    };
+    let place = router.addr().to_string();
     // The open job's password first refused, the applied one's accepted.
     let client = login_any(
-        router.addr(),
+        dial(router.addr()),
+        &place,
         &passwords(&["open-job-password", "applied-job-password"]),
-        Timeouts::default(),
     )
     .await
     .unwrap();
@@ -228,9 +234,9 @@ async fn the_live_user_logs_in_with_the_first_password_the_router_holds() {
     drop(client);
     // A router whose user predates both jobs: a clear way out.
     let refused = login_any(
-        router.addr(),
+        dial(router.addr()),
+        &place,
         &passwords(&["open-job-password"]),
-        Timeouts::default(),
     )
     .await
     .err()
@@ -239,7 +245,7 @@ async fn the_live_user_logs_in_with_the_first_password_the_router_holds() {
     assert!(refused.contains("recreate"), "{refused}");
     let addr = router.addr();
     drop(router);
-    let gone = login_any(addr, &passwords(&["x"]), Timeouts::default())
+    let gone = login_any(dial(addr), &place, &passwords(&["x"]))
         .await
         .err()
         .unwrap();

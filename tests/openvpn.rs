@@ -1278,3 +1278,123 @@ fn tunnels_cannot_reach_each_other_while_the_management_network_reaches_both() {
     let _ = vpn.kill();
     let _ = vpn.wait();
 }
+
+/// The live view through the agent: the router's tunnel is up on a real
+/// OpenVPN server, its RouterOS API stand-in listens on the tunnel address
+/// in the router's namespace, and the control plane reaches it by asking
+/// the agent holding the session to open it and pipe the bytes (the agent
+/// passes on only allowlisted sentences). A reboot goes the same way and is
+/// confirmed over a new pipe.
+#[test]
+#[ignore = "needs root (network namespaces, OpenVPN); scripts/test runs it as root"]
+fn the_agent_holding_the_tunnel_relays_the_routers_api() {
+    use common::routeros::{Config, RouterOs, User};
+    require_tools();
+    const NET: &str = "169.254.91";
+    const API_PORT: u16 = 18728;
+    let lab = Lab::new("lr", NET);
+    let live = format!(
+        "\n[routers]\nlisten = \"127.0.0.1:0\"\nmin_poll_gap = \"1s\"\n\
+         \n[live]\napi_port = {API_PORT}\nlinger = \"1s\"\nreboot_timeout = \"30s\"\n"
+    );
+    let AgentLab {
+        server,
+        dir,
+        sites,
+        agent_conf,
+        vpn_server: (_vpn, _vpn_log),
+    } = AgentLab::start(&lab.server, NET, &live, 1);
+    let site = &sites[0];
+
+    // The live-view password, from the job as the router fetches it.
+    let job = curl_in(
+        &lab.server,
+        &[
+            &format!(
+                "http://{}/router/v1/job?version=7.16",
+                server.routers.unwrap()
+            ),
+            "-H",
+            &bearer(&site.router_token),
+        ],
+    );
+    assert_eq!(job.status, 200, "{}", job.body);
+    let password = job
+        .body
+        .lines()
+        .find(|l| l.starts_with("/user add name=\"mgnt-live\""))
+        .and_then(|l| l.split("password=\"").nth(1))
+        .and_then(|r| r.split('"').next())
+        .expect("the job makes the live-view user")
+        .to_owned();
+
+    let (_agent, agent_log) = agent(&lab.server, &agent_conf);
+    wait_for(&agent_log, &["relay channel open"], 20);
+    let client = client_config(&dir, NET, "router", &site.user, &site.secret);
+    let (_client, client_log) = openvpn(&lab.region, &client);
+    wait_for(&client_log, &["Initialization Sequence Completed"], 30);
+    let mut config = Config::default();
+    config.users.push(User {
+        name: "mgnt-live",
+        password: Box::leak(password.into_boxed_str()),
+        read_only: true,
+        reboot: true,
+    });
+    let at = format!("{}:{API_PORT}", site.address).parse().unwrap();
+    let router = in_netns(&lab.region, move || RouterOs::start_on(at, config));
+    server.get_until(
+        &format!("/v1/tunnels/{}/sessions", site.uuid),
+        "the control plane knows vpn1 holds the session",
+        |b| b["sessions"][0]["end"].is_null() && b["sessions"][0]["host"] == "vpn1",
+    );
+
+    let resource = format!("/v1/sites/{}/resource", site.uuid);
+    let body = server.get_until(&resource, "the router's resources", |b| {
+        b["resource"]["version"] == "7.18 (stable)"
+    });
+    assert!(
+        body["resource"]["uptime"].as_u64().unwrap() > 86_400,
+        "{body}"
+    );
+    assert_eq!(router.logins(), 1, "one login, as the live-view user");
+    let metrics = curl_in(
+        &lab.server,
+        &[
+            &format!("http://{}/metrics", server.api),
+            "-H",
+            &bearer(&server.token()),
+        ],
+    )
+    .body;
+    assert!(
+        metrics.contains("mgnt_live_relays_total{result=\"opened\"} 1"),
+        "{metrics}"
+    );
+
+    let (status, body) = server.post(&format!("/v1/sites/{}/reboot", site.uuid), None);
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(router.reboots(), 1);
+    let id = body["reboot"]["id"].as_str().unwrap();
+    server.get_until(
+        &format!("/v1/sites/{}/reboots/{id}", site.uuid),
+        "the reboot confirmed over a new pipe",
+        |b| b["reboot"]["state"] == "confirmed",
+    );
+    assert!(
+        router.connections() >= 2,
+        "a new connection after the reboot"
+    );
+    let metrics = curl_in(
+        &lab.server,
+        &[
+            &format!("http://{}/metrics", server.api),
+            "-H",
+            &bearer(&server.token()),
+        ],
+    )
+    .body;
+    assert!(
+        !metrics.contains("mgnt_live_relays_total{result=\"opened\"} 1\n"),
+        "the second connection was relayed too: {metrics}"
+    );
+}

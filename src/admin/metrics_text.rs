@@ -153,6 +153,7 @@ pub fn render(cx: &Context) -> String {
     }
     if let Some(hub) = &cx.live {
         live(&mut out, hub.metrics());
+        relays(&mut out, &cx.relays.metrics);
     }
     api_edge(&mut out, &cx.api_edge);
     if let Some(v) = &cx.vpnlog {
@@ -509,6 +510,23 @@ fn live(out: &mut String, m: &crate::live::hub::Metrics) {
         ),
     ];
     families_out(out, families);
+}
+
+/// Router connections asked of agents (the relay).
+fn relays(out: &mut String, m: &crate::live::relay::Metrics) {
+    families_out(
+        out,
+        [(
+            "mgnt_live_relays_total",
+            "Router API connections asked of the agent holding the tunnel, by result (refused: too many waiting, or the agent's channel full).",
+            "result",
+            vec![
+                ("opened", &m.opened),
+                ("failed", &m.failed),
+                ("refused", &m.refused),
+            ],
+        )],
+    );
 }
 
 /// The admin API's connections.

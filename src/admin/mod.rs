@@ -15,6 +15,7 @@ mod logs;
 mod metrics_text;
 mod nodes;
 mod reboot;
+mod relay;
 mod sites;
 
 use std::sync::Arc;
@@ -58,6 +59,8 @@ pub struct Context {
     pub fleet: Arc<crate::fleet::Fleet>,
     /// The live view's routers and viewers, with provisioning.
     pub live: Option<Arc<crate::live::hub::Hub>>,
+    /// The agents' relay channels to this node.
+    pub relays: Arc<crate::live::relay::Relays>,
 }
 
 /// Shared by every handler.
@@ -173,6 +176,8 @@ pub fn agent_routes() -> Vec<Route> {
             get(agents::credentials),
         ),
         (Method::POST, "/agent/v1/reports", post(agents::reports)),
+        (Method::GET, "/agent/v1/live", get(relay::channel)),
+        (Method::GET, "/agent/v1/live/{id}", get(relay::pipe)),
     ]
 }
 

@@ -45,6 +45,8 @@ pub struct Metrics {
     pub cache: watch::Receiver<Arc<Cache>>,
     /// This listener's accept loop.
     pub edge: Arc<EdgeCounters>,
+    /// The live view's relay.
+    pub relay: Arc<super::relay::Counters>,
 }
 
 impl Metrics {
@@ -55,6 +57,7 @@ impl Metrics {
         self.management(&mut out);
         self.control(&mut out);
         self.reports(&mut out);
+        self.relay(&mut out);
         families_out(
             &mut out,
             [(
@@ -111,6 +114,33 @@ impl Metrics {
                 "reason",
                 s.reconnects.by_reason().collect(),
             )],
+        );
+    }
+
+    fn relay(&self, out: &mut String) {
+        let r = &self.relay;
+        single(
+            out,
+            "mgnt_agent_relay_pipes",
+            "gauge",
+            "Router API connections relayed to the control plane now.",
+            r.pipes.load(Relaxed),
+        );
+        families_out(
+            out,
+            [(
+                "mgnt_agent_relay_opens_total",
+                "Router API connections the control plane asked for, by result (failed: no such live tunnel, the router did not answer, or too many).",
+                "result",
+                vec![("opened", &r.opened), ("failed", &r.failed)],
+            )],
+        );
+        single(
+            out,
+            "mgnt_agent_relay_refused_sentences_total",
+            "counter",
+            "Sentences from the control plane outside the allowlist (each ended its connection).",
+            r.refused_sentences.load(Relaxed),
         );
     }
 
@@ -211,6 +241,7 @@ mod tests {
             latency_rounds: Arc::default(),
             cache: watch::channel(Arc::new(Cache::default())).1,
             edge: Arc::default(),
+            relay: Arc::default(),
         }
     }
 

@@ -16,6 +16,7 @@ pub mod firewall;
 mod latency;
 pub mod metrics;
 mod outbox;
+pub mod relay;
 mod session;
 mod sync;
 pub mod wire;
@@ -126,7 +127,8 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     tokio::spawn(crate::logging::report_suppressed());
     check_openvpn(&config)?;
     let metrics_listener = metrics_listener(&config).await?;
-    let control = sync::Control::new(&config, token(&config)?).map_err(AgentError::Control)?;
+    let token = token(&config)?;
+    let control = sync::Control::new(&config, token.clone()).map_err(AgentError::Control)?;
     let cache = match cache::Cache::load(&config.cache_dir) {
         Ok(c) => {
             info!(tunnels = c.len(), seq = c.seq, "credential cache loaded");
@@ -163,6 +165,15 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let control = Arc::new(control);
     let outbox = outbox::start(control.clone(), &config.cache_dir, config.buffer_max);
     let latency_rounds = Arc::default();
+    let (targets_tx, targets) = watch::channel(Vec::new());
+    // The live view's relay opens only tunnels the management session knows.
+    let relay = relay::start(
+        &config.control,
+        &token,
+        config.ca_file.as_deref(),
+        targets.clone(),
+    )
+    .map_err(AgentError::Control)?;
     if let Some(listener) = metrics_listener {
         let m = metrics::Metrics {
             session: counters.clone(),
@@ -171,10 +182,10 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
             latency_rounds: Arc::clone(&latency_rounds),
             cache: rx.clone(),
             edge: Arc::default(),
+            relay,
         };
         tokio::spawn(metrics::serve(listener, Arc::new(m)));
     }
-    let (targets_tx, targets) = watch::channel(Vec::new());
     tokio::spawn(sync::run(control, config.clone(), tx, applied));
     tokio::spawn(latency::run(
         config.latency_interval,

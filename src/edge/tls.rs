@@ -112,6 +112,30 @@ impl ResolvesServerCert for Certificate {
 
 /// A TLS client configuration trusting only the certificates in `ca_file`
 /// (for reaching a control plane whose certificate a private CA signed).
+/// A rustls (ring) client config trusting the certificates in `ca` only, or
+/// the public roots without it.
+pub fn client_config(ca: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        Some(ca) => {
+            let certs =
+                CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
+            for cert in certs {
+                let cert = cert.map_err(|e| format!("{}: {e}", ca.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("{}: {e}", ca.display()))?;
+            }
+        }
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 pub fn client_trusting(ca_file: &Path) -> Result<ureq::tls::TlsConfig, String> {
     let pem = std::fs::read(ca_file).map_err(|e| format!("{}: {e}", ca_file.display()))?;
     let certs: Vec<_> = ureq::tls::parse_pem(&pem)

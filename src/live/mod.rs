@@ -8,11 +8,12 @@ pub mod connect;
 pub mod hub;
 pub mod message;
 pub mod reboot;
+pub mod relay;
 pub mod resource;
 
 use std::sync::Arc;
 
-use crate::{config::LiveConfig, state::Reader, tunnels::store::Store};
+use crate::{config::LiveConfig, state::Reader, tunnels::store::Store, vpnlog::store::LogStore};
 
 /// The hub's limits from `[live]`.
 pub fn limits(live: &LiveConfig) -> hub::Limits {
@@ -23,9 +24,15 @@ pub fn limits(live: &LiveConfig) -> hub::Limits {
     }
 }
 
-/// The hub of a node that reaches routers directly (its OpenVPN server holds
-/// their tunnels), reading `[live]` from the running config at every open.
-pub fn direct_hub(store: Arc<dyn Store>, state: Reader) -> hub::Hub {
+/// The hub of a node: routers reached through the agent holding their
+/// session (when it has a channel to this node) or at their tunnel address,
+/// reading `[live]` from the running config at every open.
+pub fn hub(
+    store: Arc<dyn Store>,
+    logs: Option<Arc<dyn LogStore>>,
+    relays: Arc<relay::Relays>,
+    state: Reader,
+) -> hub::Hub {
     let live = state.load().data.config.live.clone();
     let limits = live
         .as_ref()
@@ -39,8 +46,10 @@ pub fn direct_hub(store: Arc<dyn Store>, state: Reader) -> hub::Hub {
             .as_ref()
             .map_or(crate::config::DEFAULT_LIVE_API_PORT, |l| l.api_port)
     });
-    let connector = connect::Direct {
+    let connector = connect::Reach {
         store,
+        logs,
+        relays,
         port,
         timeouts: api::Timeouts::default(),
     };
