@@ -88,14 +88,7 @@ fn applied_site(server: &Server) -> (String, String, String) {
         "-H",
         &bearer(&token),
     ]);
-    let password = job
-        .body
-        .lines()
-        .find(|l| l.starts_with("/user add name=\"mgnt-live\""))
-        .and_then(|l| l.split("password=\"").nth(1))
-        .and_then(|r| r.split('"').next())
-        .expect("the job makes the live-view user")
-        .to_owned();
+    let password = common::routeros::live_password(&job.body);
     let id = job.header("x-job-id").unwrap().to_owned();
     let applied = curl(&[
         &format!("{base}/router/v1/jobs/{id}/result"),

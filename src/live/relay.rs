@@ -202,20 +202,26 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
+    /// An open of `addr` asked of `ovpn-1`, running.
+    fn opening(
+        relays: &Arc<Relays>,
+        addr: Ipv4Addr,
+    ) -> tokio::task::JoinHandle<Result<DuplexStream, String>> {
+        let relays = relays.clone();
+        tokio::spawn(async move {
+            relays
+                .open("ovpn-1", addr, 8728, Duration::from_secs(5))
+                .await
+        })
+    }
+
     #[tokio::test]
     async fn an_open_reaches_its_agent_and_only_that_agent_answers_it() {
         let relays = Arc::new(Relays::default());
         let mut channel = relays.join("ovpn-1");
         assert!(relays.holds("ovpn-1") && !relays.holds("ovpn-2"));
         let addr: Ipv4Addr = "100.64.0.7".parse().unwrap();
-        let opening = {
-            let relays = relays.clone();
-            tokio::spawn(async move {
-                relays
-                    .open("ovpn-1", addr, 8728, Duration::from_secs(5))
-                    .await
-            })
-        };
+        let opening = opening(&relays, addr);
         let open = channel.opens.recv().await.unwrap();
         assert_eq!((open.address, open.port), (addr, 8728));
         let (near, _far) = tokio::io::duplex(64);
@@ -236,14 +242,7 @@ mod tests {
         let relays = Arc::new(Relays::default());
         let mut channel = relays.join("ovpn-1");
         let addr: Ipv4Addr = "100.64.0.7".parse().unwrap();
-        let opening = {
-            let relays = relays.clone();
-            tokio::spawn(async move {
-                relays
-                    .open("ovpn-1", addr, 8728, Duration::from_secs(5))
-                    .await
-            })
-        };
+        let opening = opening(&relays, addr);
         let open = channel.opens.recv().await.unwrap();
         let error = "connection refused".to_owned();
         relays.failed(

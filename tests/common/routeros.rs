@@ -27,6 +27,18 @@ use tokio::{
     task::AbortHandle,
 };
 
+/// The live-view user's password in a job script as the router endpoint
+/// delivers it.
+pub fn live_password(script: &str) -> String {
+    script
+        .lines()
+        .find(|l| l.starts_with("/user add name=\"mgnt-live\""))
+        .and_then(|l| l.split("password=\"").nth(1))
+        .and_then(|r| r.split('"').next())
+        .expect("the job makes the live-view user")
+        .to_owned()
+}
+
 pub struct User {
     pub name: &'static str,
     pub password: &'static str,
