@@ -27,6 +27,9 @@ use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message as Frame;
 
 const ROUTERS: usize = 50;
+/// What a streamed router (one viewer) may add to the server's memory, with
+/// room to spare: each viewer's WebSocket read buffer alone was 128 KiB.
+const KIB_PER_ROUTER: u64 = 100;
 /// The stand-ins' API port (the namespace is ours: nothing else listens).
 const API_PORT: u16 = 8728;
 
@@ -155,6 +158,16 @@ fn until_gauges(server: &Server, want: [(&str, i64); 3]) {
     }
 }
 
+/// The server's resident memory.
+fn rss_kib(server: &Server) -> u64 {
+    std::fs::read_to_string(format!("/proc/{}/status", server.pid()))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
 /// What one viewer received: traffic samples by interface, log messages.
 #[derive(Default, Debug)]
 struct Seen {
@@ -211,6 +224,7 @@ fn fifty_routers_stream_each_to_its_own_viewer_only() {
                 .enumerate()
                 .map(|(k, site)| stand_in(k, site))
                 .collect();
+            let at_rest = rss_kib(&server);
             let mut viewers = Vec::new();
             for (k, (site, ticket)) in sites.iter().zip(&tickets).enumerate() {
                 let url = format!(
@@ -242,7 +256,12 @@ fn fifty_routers_stream_each_to_its_own_viewer_only() {
                 );
                 gauges(&server)
             });
-            eprintln!("at full: {gauges_at_full:?}");
+            let per_router = rss_kib(&server).saturating_sub(at_rest) / ROUTERS as u64;
+            eprintln!("at full: {gauges_at_full:?}, {per_router} KiB more per router");
+            assert!(
+                per_router < KIB_PER_ROUTER,
+                "each streamed router costs the server {per_router} KiB"
+            );
 
             // Every viewer reads until it has its log line and three samples.
             let reads = viewers.iter_mut().map(|socket| async move {
