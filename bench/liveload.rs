@@ -394,6 +394,10 @@ struct Round {
     opened_s: f64,
     steady_s: f64,
     received_per_s: f64,
+    /// What the stand-ins sent in the window (samples and log lines), times
+    /// the viewers of each router.
+    sent_per_s: f64,
+    /// What they would send at exactly one sample per interval.
     expected_per_s: f64,
     silent: usize,
     failed: usize,
@@ -403,7 +407,13 @@ struct Round {
     connect_failures: f64,
 }
 
-async fn round(args: &Arc<Args>, sites: &[Site], n: usize) -> Result<Round, String> {
+async fn round(
+    args: &Arc<Args>,
+    sites: &[Site],
+    stand_ins: &[RouterOs],
+    pushed: &AtomicU64,
+    n: usize,
+) -> Result<Round, String> {
     let (routers, per) = (args.routers, args.viewers);
     let total = routers * per;
     until_gauges(args, [0.0, 0.0, 0.0], Duration::from_secs(120)).await;
@@ -480,10 +490,13 @@ async fn round(args: &Arc<Args>, sites: &[Site], n: usize) -> Result<Round, Stri
     eprintln!("round {n}: streaming for {:?}", args.window);
     let skipped_key = "mgnt_live_dropped_total{reason=\"sample_skipped\"}";
     let skipped0 = metrics(args).await.get(skipped_key).copied().unwrap_or(0.0);
+    let sent = || stand_ins.iter().map(RouterOs::samples).sum::<u64>() + pushed.load(Relaxed);
     let before: Vec<u64> = tallies.iter().map(|t| t.messages()).collect();
+    let sent0 = sent();
     let t1 = Instant::now();
     let streaming = measure(args.pid, args.window).await;
     let after: Vec<u64> = tallies.iter().map(|t| t.messages()).collect();
+    let sent = sent() - sent0;
     let secs = t1.elapsed().as_secs_f64();
     let m = metrics(args).await;
     let skipped = m.get(skipped_key).copied().unwrap_or(0.0) - skipped0;
@@ -507,6 +520,7 @@ async fn round(args: &Arc<Args>, sites: &[Site], n: usize) -> Result<Round, Stri
         opened_s: opened_s.unwrap_or(steady_s),
         steady_s,
         received_per_s: received as f64 / secs,
+        sent_per_s: (sent * per as u64) as f64 / secs,
         expected_per_s: total as f64 * per_viewer,
         silent,
         failed,
@@ -560,6 +574,8 @@ fn main() {
         // spread over those seconds.
         let logging = stand_ins.clone();
         let every = args.log_every;
+        let pushed = Arc::new(AtomicU64::new(0));
+        let pushing = pushed.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             for second in 0u64.. {
@@ -567,18 +583,19 @@ fn main() {
                 for (k, router) in logging.iter().enumerate() {
                     if k as u64 % every == second % every {
                         router.push_log("system,info", &format!("bench line {second}"));
+                        pushing.fetch_add(1, Relaxed);
                     }
                 }
             }
         });
         let mut rounds = Vec::new();
         for n in 1..=args.rounds {
-            match round(&args, &sites, n).await {
+            match round(&args, &sites, &stand_ins, &pushed, n).await {
                 Ok(r) => {
                     println!(
                         "{{\"round\":{n},\"routers\":{},\"viewers\":{},\"rest_cpu\":{:.4},\"rest_rss_kib\":{},\
                          \"cpu\":{:.4},\"rss_kib\":{},\"driver_cpu\":{:.3},\"opened_s\":{:.1},\"steady_s\":{:.1},\
-                         \"received_per_s\":{:.0},\"expected_per_s\":{:.0},\"silent\":{},\"failed\":{},\"skipped\":{},\
+                         \"received_per_s\":{:.0},\"sent_per_s\":{:.0},\"expected_per_s\":{:.0},\"silent\":{},\"failed\":{},\"skipped\":{},\
                          \"connects\":{},\"connect_failures\":{}}}",
                         args.routers,
                         args.routers * args.viewers,
@@ -590,6 +607,7 @@ fn main() {
                         r.opened_s,
                         r.steady_s,
                         r.received_per_s,
+                        r.sent_per_s,
                         r.expected_per_s,
                         r.silent,
                         r.failed,
@@ -619,13 +637,13 @@ fn report(args: &Args, rounds: &[Round]) {
     let first_rest = rounds[0].rest.rss_kib as f64;
     println!();
     println!(
-        "| round | server CPU at rest | streaming | per router (% of a core) | µs per message | RSS at rest (KiB) | streaming | per router (KiB) | messages/s received | expected | silent viewers | skipped | driver CPU |"
+        "| round | server CPU at rest | streaming | per router (% of a core) | µs per message | RSS at rest (KiB) | streaming | per router (KiB) | messages/s received | sent | received/sent | silent viewers | skipped | driver CPU |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (i, r) in rounds.iter().enumerate() {
         let busy = r.streaming.cpu - r.rest.cpu;
         println!(
-            "| {} | {:.1} % | {:.1} % | {:.4} | {:.1} | {} | {} | {:.1} | {:.0} | {:.0} | {} | {} | {:.0} % |",
+            "| {} | {:.1} % | {:.1} % | {:.4} | {:.1} | {} | {} | {:.1} | {:.0} | {:.0} | {:.3} | {} | {} | {:.0} % |",
             i + 1,
             r.rest.cpu * 100.0,
             r.streaming.cpu * 100.0,
@@ -635,7 +653,8 @@ fn report(args: &Args, rounds: &[Round]) {
             r.streaming.rss_kib,
             (r.streaming.rss_kib as f64 - first_rest) / n,
             r.received_per_s,
-            r.expected_per_s,
+            r.sent_per_s,
+            r.received_per_s / r.sent_per_s.max(1.0),
             r.silent,
             r.skipped,
             r.streaming.driver_cpu * 100.0,
@@ -656,9 +675,9 @@ fn report(args: &Args, rounds: &[Round]) {
             )
         };
         println!(
-            "round {}: {against_rest}; received/expected {:.3}; memory per router against this round's rest {:.1} KiB; {} API connections opened ({} failed); viewers open in {:.1} s, all with a sample in {:.1} s",
+            "round {}: {against_rest}; the stand-ins sent {:.3} of one sample per interval; memory per router against this round's rest {:.1} KiB; {} API connections opened ({} failed); viewers open in {:.1} s, all with a sample in {:.1} s",
             i + 1,
-            r.received_per_s / r.expected_per_s,
+            r.sent_per_s / r.expected_per_s,
             (r.streaming.rss_kib as f64 - r.rest.rss_kib as f64) / n,
             r.connects,
             r.connect_failures,

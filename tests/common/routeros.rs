@@ -117,6 +117,7 @@ struct Shared {
     empties: AtomicU64,
     late: AtomicU64,
     reboots: AtomicU64,
+    samples: AtomicU64,
     commands: Mutex<Vec<Vec<String>>>,
     booted: Mutex<Instant>,
     logs: Mutex<Vec<LogEntry>>,
@@ -186,6 +187,7 @@ impl RouterOs {
             empties: AtomicU64::new(0),
             late: AtomicU64::new(0),
             reboots: AtomicU64::new(0),
+            samples: AtomicU64::new(0),
             commands: Mutex::new(Vec::new()),
             logs: Mutex::new(Vec::new()),
             log_feed: broadcast::channel(1024).0,
@@ -225,6 +227,11 @@ impl RouterOs {
 
     pub fn reboots(&self) -> u64 {
         self.shared.reboots.load(Ordering::SeqCst)
+    }
+
+    /// Traffic rows `monitor-traffic` streams have sent so far.
+    pub fn samples(&self) -> u64 {
+        self.shared.samples.load(Ordering::Relaxed)
     }
 
     /// Every sentence received, in order, as words.
