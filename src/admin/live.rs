@@ -81,6 +81,11 @@ pub async fn ticket(
 /// Largest message a viewer may send (it has nothing to say; pings aside).
 const MAX_VIEWER_MESSAGE: usize = 1024;
 
+/// A viewer's read buffer. The WebSocket's default, 128 KiB (zeroed, so
+/// resident, for every viewer), was most of the memory a streamed router
+/// cost; what a viewer sends fits in a few bytes.
+const VIEWER_READ_BUFFER: usize = 4 * 1024;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StreamQuery {
@@ -134,6 +139,7 @@ pub async fn stream(
     };
     upgrade
         .max_message_size(MAX_VIEWER_MESSAGE)
+        .read_buffer_size(VIEWER_READ_BUFFER)
         .on_upgrade(move |socket| relay(socket, view))
 }
 

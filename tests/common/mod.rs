@@ -443,6 +443,11 @@ impl Server {
         assert!(ok, "kill -{name}");
     }
 
+    /// The server's process id (its `/proc` entry).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }

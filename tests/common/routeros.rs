@@ -8,7 +8,9 @@
 //! in the field, read-only and unknown-command traps, `!empty` from 7.18 on,
 //! and `/cancel` followed, like a real router, by late sentences for the dead
 //! tag. Runs on a runtime of its own thread, so sync and async tests use it
-//! alike; counters tell a test what reached the router.
+//! alike, or as tasks of the caller's runtime ([`RouterOs::spawn_on`]: a
+//! thousand stand-ins for a benchmark); counters tell a test what reached
+//! the router.
 
 use std::{
     collections::HashMap,
@@ -127,6 +129,7 @@ struct Shared {
     empties: AtomicU64,
     late: AtomicU64,
     reboots: AtomicU64,
+    samples: AtomicU64,
     commands: Mutex<Vec<Vec<String>>>,
     booted: Mutex<Instant>,
     logs: Mutex<Vec<LogEntry>>,
@@ -148,9 +151,45 @@ impl RouterOs {
     }
 
     pub fn start_on(addr: SocketAddr, config: Config) -> Self {
-        let listener = std::net::TcpListener::bind(addr).unwrap();
-        listener.set_nonblocking(true).unwrap();
+        let (listener, shared) = Self::bind(addr, config);
         let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel();
+        let serving = shared.clone();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(run(listener, serving, stopped));
+        });
+        Self {
+            addr,
+            shared,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// Like [`Self::start_on`], but served by tasks of the calling tokio
+    /// runtime instead of a thread of its own, so many stand-ins share a few
+    /// threads. Stops on drop, closing its connections.
+    pub fn spawn_on(addr: SocketAddr, config: Config) -> Self {
+        let (listener, shared) = Self::bind(addr, config);
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel();
+        tokio::spawn(run(listener, shared.clone(), stopped));
+        Self {
+            addr,
+            shared,
+            stop: Some(stop),
+            thread: None,
+        }
+    }
+
+    fn bind(addr: SocketAddr, config: Config) -> (std::net::TcpListener, Arc<Shared>) {
+        let listener = std::net::TcpListener::bind(addr)
+            .unwrap_or_else(|e| panic!("stand-in: binding {addr}: {e}"));
+        listener.set_nonblocking(true).unwrap();
         let shared = Arc::new(Shared {
             booted: Mutex::new(Instant::now() - config.uptime),
             config,
@@ -160,32 +199,13 @@ impl RouterOs {
             empties: AtomicU64::new(0),
             late: AtomicU64::new(0),
             reboots: AtomicU64::new(0),
+            samples: AtomicU64::new(0),
             commands: Mutex::new(Vec::new()),
             logs: Mutex::new(Vec::new()),
             log_feed: broadcast::channel(1024).0,
             kill: broadcast::channel(16).0,
         });
-        let (stop, stopped) = oneshot::channel();
-        let serving = shared.clone();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let listener = TcpListener::from_std(listener).unwrap();
-                tokio::select! {
-                    () = accept(listener, serving) => {}
-                    _ = stopped => {}
-                }
-            });
-        });
-        Self {
-            addr,
-            shared,
-            stop: Some(stop),
-            thread: Some(thread),
-        }
+        (listener, shared)
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -219,6 +239,11 @@ impl RouterOs {
 
     pub fn reboots(&self) -> u64 {
         self.shared.reboots.load(Ordering::SeqCst)
+    }
+
+    /// Traffic rows `monitor-traffic` streams have sent so far.
+    pub fn samples(&self) -> u64 {
+        self.shared.samples.load(Ordering::Relaxed)
     }
 
     /// Every sentence received, in order, as words.
@@ -267,6 +292,17 @@ impl Drop for RouterOs {
             let _ = thread.join();
         }
     }
+}
+
+/// Serves `listener` until `stopped` fires (or its sender is dropped), then
+/// closes every connection (tasks of a shared runtime outlive this one).
+async fn run(listener: std::net::TcpListener, shared: Arc<Shared>, stopped: oneshot::Receiver<()>) {
+    let listener = TcpListener::from_std(listener).unwrap();
+    tokio::select! {
+        () = accept(listener, shared.clone()) => {}
+        _ = stopped => {}
+    }
+    let _ = shared.kill.send(Kill::Drop);
 }
 
 async fn accept(listener: TcpListener, shared: Arc<Shared>) {

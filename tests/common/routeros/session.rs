@@ -150,6 +150,7 @@ impl Session {
                     if !out.item(&row, props.as_deref(), owned_tag.as_deref()) {
                         return;
                     }
+                    shared.samples.fetch_add(1, Ordering::Relaxed);
                 }
                 tokio::time::sleep(interval).await;
             }
