@@ -1,6 +1,7 @@
 //! The commands behind the `mgnt` command line; `main.rs` only parses
 //! arguments and prints what these return.
 
+pub mod reboot;
 mod status;
 
 use std::{

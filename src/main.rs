@@ -129,6 +129,15 @@ enum SiteCommand {
         #[arg(long)]
         version: String,
     },
+    /// Reboot the site's router through the live view (`[live]`).
+    Reboot {
+        uuid: String,
+        /// Follow it until the router confirms it or the server gives up.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Where a reboot stands.
+    RebootStatus { uuid: String, id: String },
     /// Move every site whose address lies outside `[provision] pool` into it
     /// (run with the server stopped; its next start rewrites the OpenVPN files).
     Renumber,
@@ -280,6 +289,14 @@ fn site(config: &std::path::Path, action: SiteCommand) -> Result<()> {
                     std::time::UNIX_EPOCH + std::time::Duration::from_secs(expires)
                 )
             );
+            Ok(())
+        }
+        SiteCommand::Reboot { uuid, wait } => {
+            println!("{}", cli::reboot::reboot(&client, &uuid, wait)?);
+            Ok(())
+        }
+        SiteCommand::RebootStatus { uuid, id } => {
+            println!("{}", cli::reboot::status(&client, &uuid, &id)?);
             Ok(())
         }
         SiteCommand::Export { .. } | SiteCommand::Renumber | SiteCommand::Script { .. } => {

@@ -291,6 +291,7 @@ async fn a_reboot_is_sent_confirmed_or_not_audited_and_spaced() {
     assert_eq!(reboot["site"], json!(uuid));
     assert_eq!(reboot["user"], "admin", "the token's name");
     let id = reboot["id"].as_str().unwrap().to_owned();
+    let first = id.clone();
     assert_eq!(router.reboots(), 1);
     let error = next_of(&mut viewer, "error").await;
     assert_eq!(error["code"], "router_unreachable", "{error}");
@@ -377,11 +378,21 @@ async fn a_reboot_is_sent_confirmed_or_not_audited_and_spaced() {
     );
     assert!(audited.iter().all(|e| e["token"] == "admin"), "{audited:?}");
 
+    // The same from the command line, in words.
+    let out = server.cli(&["site", "reboot-status", &uuid, &first]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.contains(": confirmed (asked by admin at 20"), "{text}");
+    let out = server.cli(&["site", "reboot", &refused, "--wait"]);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("the reboot was not sent"), "{said}");
+
     let missing = "00000000-0000-4000-8000-000000000000";
     let (status, _) = server.post(&format!("/v1/sites/{missing}/reboot"), None);
     assert_eq!(status, 404);
     let (status, _) = server.get(&format!("/v1/sites/{uuid}/reboots/{missing}"));
     assert_eq!(status, 404);
-    let (status, _) = server.get(&format!("/v1/sites/{uuid}/reboots/{id}"));
+    let (status, _) = server.get(&format!("/v1/sites/{gone}/reboots/{first}"));
     assert_eq!(status, 404, "another site's reboot");
 }

@@ -28,6 +28,10 @@ use crate::live::relay::{Channel, Failed};
 const MAX_FRAME: usize = 256 * 1024;
 /// Bytes buffered between a pipe's WebSocket and the router's client.
 const PIPE_BUFFER: usize = 64 * 1024;
+/// A WebSocket's read buffer is allocated whole (and zeroed) for each
+/// connection: the library's default of 128 KiB would be most of what a
+/// relayed router costs. Frames larger than this still arrive, in parts.
+const READ_BUFFER: usize = 16 * 1024;
 /// A ping keeps middleboxes from timing out a quiet channel, and finds a
 /// dead agent.
 const PING_EVERY: Duration = Duration::from_secs(30);
@@ -41,6 +45,7 @@ pub async fn channel(
     let relays = api.cx.relays.clone();
     upgrade
         .max_message_size(MAX_FRAME)
+        .read_buffer_size(READ_BUFFER)
         .on_upgrade(move |socket| async move {
             info!(agent = %name, "agent relay channel open");
             let channel = relays.join(&name);
@@ -94,6 +99,7 @@ pub async fn pipe(
     let relays = api.cx.relays.clone();
     upgrade
         .max_message_size(MAX_FRAME)
+        .read_buffer_size(READ_BUFFER)
         .on_upgrade(move |socket| async move {
             let (near, far) = tokio::io::duplex(PIPE_BUFFER);
             if relays.attach(&name, id, near) {

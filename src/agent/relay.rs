@@ -282,7 +282,10 @@ async fn connect(ctx: &Ctx, path: &str) -> Result<WebSocketStream<Box<dyn Io>>, 
             )
         }
     };
+    // The read buffer is allocated whole for each connection (128 KiB by
+    // default); what the node sends is small.
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
         .max_message_size(Some(MAX_FRAME))
         .max_frame_size(Some(MAX_FRAME));
     let (socket, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
