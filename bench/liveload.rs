@@ -23,6 +23,7 @@
 
 #[path = "../tests/common"]
 mod common {
+    pub mod limits;
     #[allow(dead_code)]
     pub mod routeros;
 }
@@ -100,22 +101,6 @@ fn args() -> Args {
     }
 }
 
-/// As many open files as the hard limit allows (a viewer, a listener and a
-/// router connection each hold one).
-fn raise_nofile() -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit on a local struct.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        limit.rlim_cur = limit.rlim_max;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
-    }
-    limit.rlim_cur
-}
-
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -142,30 +127,9 @@ fn applied_site(args: &Args, agent: &ureq::Agent) -> Site {
     let text = created.body_mut().read_to_string().unwrap();
     assert_eq!(created.status().as_u16(), 201, "POST /v1/sites: {text}");
     let body: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let router = format!("Bearer {}", body["router_token"].as_str().unwrap());
     let base = format!("http://{}", args.routers_endpoint);
-    let mut job = agent
-        .get(&format!("{base}/router/v1/job?version=7.16"))
-        .header("Authorization", &router)
-        .call()
-        .expect("the router's job");
-    assert_eq!(job.status().as_u16(), 200, "the router's job");
-    let id = job.headers()["x-job-id"].to_str().unwrap().to_owned();
-    let script = job.body_mut().read_to_string().unwrap();
-    let password = script
-        .lines()
-        .find(|l| l.starts_with("/user add name=\"mgnt-live\""))
-        .and_then(|l| l.split("password=\"").nth(1))
-        .and_then(|r| r.split('"').next())
-        .expect("the job makes the live-view user")
-        .to_owned();
-    let applied = agent
-        .post(&format!("{base}/router/v1/jobs/{id}/result"))
-        .header("Authorization", &router)
-        .header("Content-Type", "application/json")
-        .send(r#"{"status":"applied"}"#)
-        .expect("the job's result");
-    assert_eq!(applied.status().as_u16(), 200, "the job's result");
+    let token = body["router_token"].as_str().unwrap();
+    let password = common::routeros::apply_first_job(agent, &base, token);
     Site {
         uuid: body["site"]["uuid"].as_str().unwrap().to_owned(),
         address: body["site"]["address"].as_str().unwrap().to_owned(),
@@ -532,7 +496,7 @@ async fn round(
 
 fn main() {
     let args = Arc::new(args());
-    let nofile = raise_nofile();
+    let nofile = common::limits::raise_open_files();
     eprintln!(
         "liveload: {} routers, {} viewers each, {} rounds of {:?}; open files up to {nofile}",
         args.routers, args.viewers, args.rounds, args.window

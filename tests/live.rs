@@ -81,25 +81,10 @@ fn applied_site(server: &Server) -> (String, String, String) {
     let (_, body) = server.post("/v1/sites", None);
     let uuid = body["site"]["uuid"].as_str().unwrap().to_owned();
     let address = body["site"]["address"].as_str().unwrap().to_owned();
-    let token = body["router_token"].as_str().unwrap().to_owned();
+    let token = body["router_token"].as_str().unwrap();
     let base = format!("http://{}", server.routers.unwrap());
-    let job = curl(&[
-        &format!("{base}/router/v1/job?version=7.16"),
-        "-H",
-        &bearer(&token),
-    ]);
-    let password = common::routeros::live_password(&job.body);
-    let id = job.header("x-job-id").unwrap().to_owned();
-    let applied = curl(&[
-        &format!("{base}/router/v1/jobs/{id}/result"),
-        "-H",
-        &bearer(&token),
-        "-H",
-        "Content-Type: application/json",
-        "--data",
-        r#"{"status":"applied"}"#,
-    ]);
-    assert_eq!(applied.status, 200);
+    let password =
+        common::routeros::apply_first_job(&ureq::Agent::new_with_defaults(), &base, token);
     (uuid, address, password)
 }
 

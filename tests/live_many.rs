@@ -78,29 +78,7 @@ fn applied_site(server: &Server, agent: &ureq::Agent) -> Site {
     let site = &body["site"];
     let token = body["router_token"].as_str().unwrap();
     let base = format!("http://{}", server.routers.unwrap());
-    let auth = format!("Bearer {token}");
-    let mut job = agent
-        .get(&format!("{base}/router/v1/job?version=7.16"))
-        .header("Authorization", &auth)
-        .call()
-        .unwrap();
-    assert_eq!(job.status().as_u16(), 200);
-    let id = job.headers()["x-job-id"].to_str().unwrap().to_owned();
-    let script = job.body_mut().read_to_string().unwrap();
-    let password = script
-        .lines()
-        .find(|l| l.starts_with("/user add name=\"mgnt-live\""))
-        .and_then(|l| l.split("password=\"").nth(1))
-        .and_then(|r| r.split('"').next())
-        .expect("the job makes the live-view user")
-        .to_owned();
-    let applied = agent
-        .post(&format!("{base}/router/v1/jobs/{id}/result"))
-        .header("Authorization", &auth)
-        .header("Content-Type", "application/json")
-        .send(r#"{"status":"applied"}"#)
-        .unwrap();
-    assert_eq!(applied.status().as_u16(), 200);
+    let password = common::routeros::apply_first_job(agent, &base, token);
     Site {
         uuid: site["uuid"].as_str().unwrap().to_owned(),
         address: site["address"].as_str().unwrap().to_owned(),

@@ -7,26 +7,6 @@ use std::net::{SocketAddr, TcpStream};
 
 use common::*;
 
-/// Raises this process's open-files limit to its hard limit (the server it
-/// starts inherits it), so 1,100 connections fit on either side.
-fn raise_open_files() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain getrlimit/setrlimit on a local struct.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        limit.rlim_cur = limit.rlim_max;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
-    }
-    assert!(
-        limit.rlim_cur >= 4096,
-        "open files limited to {}",
-        limit.rlim_cur
-    );
-}
-
 /// A TCP connection to `server` from `source`.
 fn connect_from(source: &str, server: SocketAddr) -> std::io::Result<TcpStream> {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
@@ -38,7 +18,7 @@ fn connect_from(source: &str, server: SocketAddr) -> std::io::Result<TcpStream> 
 
 #[test]
 fn a_flood_from_one_source_leaves_room_for_another() {
-    raise_open_files();
+    common::limits::raise_open_files();
     let fixture = Fixture::new();
     fixture.write_config(
         &config_text("\"127.0.0.1:0\", \"[::1]:0\"")

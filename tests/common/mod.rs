@@ -7,6 +7,7 @@ pub mod curl;
 pub mod deb;
 pub mod exposition;
 pub mod lab;
+pub mod limits;
 pub mod pg;
 pub mod routeros;
 

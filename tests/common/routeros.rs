@@ -41,6 +41,29 @@ pub fn live_password(script: &str) -> String {
         .to_owned()
 }
 
+/// What a router does with its first job: fetches it from the router
+/// endpoint at `base` (`http://addr`) with its router token and reports it
+/// applied. The live-view password the job carried.
+pub fn apply_first_job(agent: &ureq::Agent, base: &str, router_token: &str) -> String {
+    let auth = format!("Bearer {router_token}");
+    let mut job = agent
+        .get(&format!("{base}/router/v1/job?version=7.16"))
+        .header("Authorization", &auth)
+        .call()
+        .expect("the router's job");
+    assert_eq!(job.status().as_u16(), 200, "the router's job");
+    let id = job.headers()["x-job-id"].to_str().unwrap().to_owned();
+    let script = job.body_mut().read_to_string().unwrap();
+    let applied = agent
+        .post(&format!("{base}/router/v1/jobs/{id}/result"))
+        .header("Authorization", &auth)
+        .header("Content-Type", "application/json")
+        .send(r#"{"status":"applied"}"#)
+        .expect("the job's result");
+    assert_eq!(applied.status().as_u16(), 200, "the job's result");
+    live_password(&script)
+}
+
 pub struct User {
     pub name: &'static str,
     pub password: &'static str,
