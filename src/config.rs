@@ -164,6 +164,11 @@ pub enum StoreTls {
 pub struct NodeConfig {
     /// Letters, digits, `.`, `-` and `_`; 1 to 63 bytes. Default: the host name.
     pub name: String,
+    /// Where the other nodes reach this node's admin API (the live view:
+    /// one node holds a router's connection, the others relay from it).
+    pub api_url: Option<String>,
+    /// CA certificates for the other nodes' `api_url` (else the public roots).
+    pub api_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]

@@ -220,6 +220,14 @@ const MIGRATIONS: &[&str] = &[
          error text
      );
      CREATE INDEX reboots_by_site ON reboots (site, created);",
+    // 9: which node holds a router's live-view connection, and where the
+    // other nodes reach it.
+    "CREATE TABLE live_leases (
+         site uuid PRIMARY KEY REFERENCES sites (uuid) ON DELETE CASCADE,
+         node text NOT NULL,
+         api_url text NOT NULL,
+         until bigint NOT NULL
+     );",
 ];
 
 /// Serializes migrations between nodes starting at once.

@@ -125,3 +125,76 @@ fn a_full_pool_reuses_only_what_waited_out_its_quarantine_and_a_renumber_moves_t
         "after the moved sites"
     );
 }
+
+#[test]
+#[ignore = "needs root (runs a PostgreSQL cluster as the postgres user); scripts/test runs it as root"]
+fn one_node_holds_a_routers_live_lease_until_it_expires_or_gives_it_up() {
+    use mgnt::tunnels::store::leases::{Holder, LeaseStore, Lessee};
+    let mut fresh = Fresh::new();
+    let keys = Arc::new(Keys::load_or_create(&fresh.dir.path().join("secret.key")).unwrap());
+    let pool = store::conformance::POOL.parse().unwrap();
+    let lifetimes = store::conformance::LIFETIMES;
+    let store = fresh.open(|db| PgSiteStore::open(db, pool, keys, lifetimes));
+    let (site, _) = store.ensure(uuid::Uuid::new_v4(), 0).unwrap();
+    let a = Lessee {
+        node: "a",
+        api_url: "https://a.example:8053",
+    };
+    let b = Lessee {
+        node: "b",
+        api_url: "https://b.example:8053",
+    };
+    let a_holds = Holder::Other {
+        node: "a".into(),
+        api_url: "https://a.example:8053".into(),
+    };
+    assert_eq!(
+        store.take_live_lease(site.uuid, a, 100, 130).unwrap(),
+        Holder::Us
+    );
+    assert_eq!(
+        store.take_live_lease(site.uuid, b, 110, 140).unwrap(),
+        a_holds
+    );
+    assert_eq!(
+        store.live_lease_holder(site.uuid, "b", 110).unwrap(),
+        a_holds
+    );
+    assert_eq!(
+        store.live_lease_holder(site.uuid, "a", 110).unwrap(),
+        Holder::Us
+    );
+    // Renewed by its holder; taken over once expired.
+    assert_eq!(
+        store.take_live_lease(site.uuid, a, 120, 150).unwrap(),
+        Holder::Us
+    );
+    assert_eq!(
+        store.take_live_lease(site.uuid, b, 140, 170).unwrap(),
+        a_holds
+    );
+    assert_eq!(
+        store.live_lease_holder(site.uuid, "b", 151).unwrap(),
+        Holder::Us,
+        "expired"
+    );
+    assert_eq!(
+        store.take_live_lease(site.uuid, b, 151, 181).unwrap(),
+        Holder::Us
+    );
+    // Given up by its holder only.
+    store.release_live_lease(site.uuid, "a").unwrap();
+    assert_ne!(
+        store.live_lease_holder(site.uuid, "a", 160).unwrap(),
+        Holder::Us
+    );
+    store.release_live_lease(site.uuid, "b").unwrap();
+    assert_eq!(
+        store.take_live_lease(site.uuid, a, 160, 190).unwrap(),
+        Holder::Us
+    );
+    assert!(
+        store.delete(site.uuid, 200).unwrap(),
+        "a leased site is deleted with its lease"
+    );
+}

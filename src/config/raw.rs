@@ -13,12 +13,13 @@ use serde::Deserialize;
 
 use super::{
     AnswerMode, ApiConfig, CaBundle, Config, ConfigError, DnsConfig, GeoName, GeoipConfig,
-    HealthConfig, LogServer, NodeConfig, Overrides, ProbeSpec, ProvisionConfig, Region, Require,
-    TlsFiles, VpnlogConfig,
+    HealthConfig, LogServer, Overrides, ProbeSpec, ProvisionConfig, Region, Require, TlsFiles,
+    VpnlogConfig,
 };
 use crate::route::Coord;
 
 mod live;
+mod node;
 mod routers;
 mod store;
 
@@ -26,7 +27,7 @@ mod store;
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
     #[serde(default)]
-    node: RawNode,
+    node: node::RawNode,
     dns: RawDns,
     geoip: RawGeoip,
     #[serde(default)]
@@ -315,48 +316,6 @@ impl RawConfig {
         }
         Ok(())
     }
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawNode {
-    name: Option<String>,
-}
-
-impl RawNode {
-    fn validate(&self, cx: &Ctx) -> Result<NodeConfig, ConfigError> {
-        let name = match &self.name {
-            Some(n) => n.clone(),
-            None => host_name().ok_or_else(|| {
-                cx.err(
-                    "node.name",
-                    "the host name cannot be read (/proc/sys/kernel/hostname): set node.name",
-                )
-            })?,
-        };
-        let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
-        if name.is_empty() || name.len() > 63 || !name.chars().all(ok) {
-            return Err(cx.err(
-                "node.name",
-                format!(
-                    "`{}` must be 1 to 63 letters, digits, `.`, `-` or `_`{}",
-                    name.escape_default(),
-                    if self.name.is_none() {
-                        " (it is the host name: set node.name)"
-                    } else {
-                        ""
-                    }
-                ),
-            ));
-        }
-        Ok(NodeConfig { name })
-    }
-}
-
-/// This machine's host name, as the kernel has it.
-fn host_name() -> Option<String> {
-    let text = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
-    Some(text.trim().to_owned()).filter(|n| !n.is_empty())
 }
 
 impl RawDns {

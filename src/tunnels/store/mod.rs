@@ -14,6 +14,7 @@
 
 #[doc(hidden)]
 pub mod conformance;
+pub mod leases;
 mod pg;
 pub mod reboots;
 mod sqlite;
@@ -329,7 +330,7 @@ fn open_sealed(
 }
 
 /// What provisioning needs from storage.
-pub trait Store: reboots::RebootStore + Send + Sync {
+pub trait Store: reboots::RebootStore + leases::LeaseStore + Send + Sync {
     /// Returns the site, creating it (address, secret, router token, install
     /// job) if it does not exist; safe to retry and to race: one site, one
     /// address. The credentials are returned only to the call that created it.

@@ -28,6 +28,7 @@ use tokio::{
 use tokio_postgres::{AsyncMessage, Row, types::FromSql};
 use uuid::Uuid;
 
+mod leases;
 mod reboots;
 
 use super::{

@@ -18,6 +18,7 @@ use super::{
     Lifetimes, LiveTicket, Outcome, Renumbered, Site, Store, StoreError, check_secret, finishing,
     open_sealed,
 };
+mod leases;
 mod reboots;
 
 use crate::tunnels::{
