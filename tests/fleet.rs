@@ -604,3 +604,116 @@ impl Drop for Agent {
         let _ = self.child.wait();
     }
 }
+
+/// A free TCP port on loopback.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A node with provisioning, the router endpoint and the live view on
+/// `pg`'s database, its API on `api_port` and published as its `api_url`;
+/// the tunnel pool on loopback so a stand-in router is reached directly.
+fn live_node(
+    pg: &Postgres,
+    name: &str,
+    key: &std::path::Path,
+    api_port: u16,
+    router_api: u16,
+) -> Server {
+    let fixture = Fixture::new();
+    let password = fixture.path("db.password");
+    fixture.write_config(
+        &(config_text("\"127.0.0.1:0\", \"[::1]:0\"").replace(
+            "[api]\nlisten = \"127.0.0.1:0\"\n",
+            &format!("[api]\nlisten = \"127.0.0.1:{api_port}\"\n"),
+        ) + &format!(
+            "\n[node]\nname = \"{name}\"\napi_url = \"http://127.0.0.1:{api_port}\"\n\
+             \n[provision]\npool = \"127.64.0.0/24\"\nauth = \"sha1\"\nsecret_key_file = \"{}\"\n\
+             \n[routers]\nlisten = \"127.0.0.1:0\"\nmin_poll_gap = \"1s\"\n\
+             \n[live]\napi_port = {router_api}\nlinger = \"300ms\"\n",
+            key.display()
+        ) + &pg.store_toml(&password, "1h")),
+    );
+    Server::start_with(fixture)
+}
+
+/// Two nodes, one router: the node that opened the router's API holds its
+/// lease, the other relays its viewers from it (one API connection for
+/// both); once the holder lets go, the other node takes the router itself.
+#[test]
+#[ignore = "needs root (runs a PostgreSQL cluster as the postgres user); scripts/test runs it as root"]
+fn one_node_holds_a_routers_live_connection_and_the_other_relays_its_viewers() {
+    use common::{
+        routeros::{Config, RouterOs, User, apply_first_job},
+        viewer::{next_of, open, ticket},
+    };
+    let pg = Postgres::start();
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("secret.key");
+    let router_api = free_port();
+    let a = live_node(&pg, "a", &key, free_port(), router_api);
+    let b = live_node(&pg, "b", &key, free_port(), router_api);
+    let (status, body) = a.post("/v1/sites", None);
+    assert_eq!(status, 201, "{body}");
+    let uuid = body["site"]["uuid"].as_str().unwrap().to_owned();
+    let address = body["site"]["address"].as_str().unwrap();
+    let base = format!("http://{}", a.routers.unwrap());
+    let token = body["router_token"].as_str().unwrap();
+    let password = apply_first_job(&ureq::Agent::new_with_defaults(), &base, token);
+    let mut config = Config::default();
+    config.users.push(User {
+        name: "mgnt-live",
+        password: Box::leak(password.into_boxed_str()),
+        read_only: true,
+        reboot: true,
+    });
+    let router = RouterOs::start_on(format!("{address}:{router_api}").parse().unwrap(), config);
+    let gauge = |node: &Server, name: &str| {
+        let (_, text) = node.get("/metrics");
+        let text = text.as_str().unwrap_or_default().to_owned();
+        (text.lines())
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<i64>().ok())
+            .unwrap_or(-1)
+    };
+    let path = |t: &str| format!("/v1/sites/{uuid}/live?ticket={t}&interfaces=ether1&log=1");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut on_a = open(&a, &path(&ticket(&a, &uuid)), None).await.unwrap();
+        next_of(&mut on_a, "traffic").await;
+        let mut on_b = open(&b, &path(&ticket(&b, &uuid)), None).await.unwrap();
+        let sample = next_of(&mut on_b, "traffic").await;
+        assert_eq!(sample["interface"], "ether1", "{sample}");
+        router.push_log("system,info", "seen on both nodes");
+        for socket in [&mut on_a, &mut on_b] {
+            assert_eq!(
+                next_of(socket, "log").await["message"],
+                "seen on both nodes"
+            );
+        }
+        assert_eq!(
+            router.connections(),
+            1,
+            "one API connection for both nodes' viewers"
+        );
+        assert_eq!(gauge(&a, "mgnt_live_viewers"), 2, "b's viewer is a's");
+        assert_eq!(gauge(&b, "mgnt_live_routers"), 0);
+
+        // The holder lets go after its last viewer and the linger; then
+        // the other node opens the router itself.
+        on_a.close(None).await.unwrap();
+        on_b.close(None).await.unwrap();
+        router
+            .until("a's connection closed", |r| r.active_streams() == 0)
+            .await;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        while gauge(&a, "mgnt_live_routers") != 0 {
+            assert!(tokio::time::Instant::now() < deadline, "a never let go");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let mut again = open(&b, &path(&ticket(&b, &uuid)), None).await.unwrap();
+        next_of(&mut again, "traffic").await;
+        assert_eq!(router.connections(), 2);
+        assert_eq!(gauge(&b, "mgnt_live_routers"), 1, "b holds it now");
+    });
+}

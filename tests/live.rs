@@ -10,11 +10,10 @@ use std::time::Duration;
 use common::{
     curl::*,
     routeros::{Config, Reboot, RouterOs, User},
+    viewer::{next_of, open, ticket},
     *,
 };
-use futures_util::StreamExt;
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
 
 const PROVISION: &str =
     "\n[provision]\ndata_dir = \"state\"\npool = \"100.64.0.0/24\"\nauth = \"sha1\"\n";
@@ -86,50 +85,6 @@ fn applied_site(server: &Server) -> (String, String, String) {
     let password =
         common::routeros::apply_first_job(&ureq::Agent::new_with_defaults(), &base, token);
     (uuid, address, password)
-}
-
-fn ticket(server: &Server, uuid: &str) -> String {
-    let (status, body) = server.post(&format!("/v1/sites/{uuid}/live/ticket"), None);
-    assert_eq!(status, 201, "{body}");
-    body["ticket"].as_str().unwrap().to_owned()
-}
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// Opens the live view; the HTTP status when it is refused.
-async fn open(server: &Server, path: &str, origin: Option<&str>) -> Result<Socket, u16> {
-    let mut request = format!("ws://{}{path}", server.api)
-        .into_client_request()
-        .unwrap();
-    if let Some(origin) = origin {
-        request
-            .headers_mut()
-            .insert("origin", origin.parse().unwrap());
-    }
-    match tokio_tungstenite::connect_async(request).await {
-        Ok((socket, _)) => Ok(socket),
-        Err(tungstenite::Error::Http(response)) => Err(response.status().as_u16()),
-        Err(e) => panic!("{e}"),
-    }
-}
-
-/// The next JSON message of `kind`, within 20 s.
-async fn next_of(socket: &mut Socket, kind: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let frame = tokio::time::timeout_at(deadline, socket.next())
-            .await
-            .unwrap_or_else(|_| panic!("no {kind} message in time"))
-            .expect("open")
-            .unwrap();
-        if let tungstenite::Message::Text(text) = frame {
-            let v: Value = serde_json::from_str(&text).unwrap();
-            if v["type"] == kind {
-                return v;
-            }
-        }
-    }
 }
 
 /// A free TCP port on loopback.

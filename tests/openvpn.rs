@@ -1322,7 +1322,16 @@ fn the_agent_holding_the_tunnel_relays_the_routers_api() {
     let password = common::routeros::live_password(&job.body);
 
     let (_agent, agent_log) = agent(&lab.server, &agent_conf);
-    wait_for(&agent_log, &["relay channel open"], 20);
+    // Logins are answered once the credentials are in; the relay once its
+    // channel is open (in either order).
+    let ready = ["credentials read in full", "relay channel open"];
+    let first = wait_for(&agent_log, &ready, 20);
+    let second = if first == ready[0] {
+        ready[1]
+    } else {
+        ready[0]
+    };
+    wait_for(&agent_log, &[second], 20);
     let client = client_config(&dir, NET, "router", &site.user, &site.secret);
     let (_client, client_log) = openvpn(&lab.region, &client);
     wait_for(&client_log, &["Initialization Sequence Completed"], 30);

@@ -129,6 +129,12 @@ pub async fn stream(
             "no such ticket for this site: it was used, has expired or is another site's",
         );
     };
+    if let Some(holder) = hub.elsewhere(id).await {
+        let query = super::live_relay::query(q.interfaces.as_deref(), q.log.as_deref());
+        return attempt!(
+            super::live_relay::relayed(&api, id, ticket.user, query, holder, upgrade).await
+        );
+    }
     hub.set_limits(crate::live::limits(&live));
     let view = match hub.view(id, &ticket.user, want) {
         Ok(v) => v,
@@ -189,7 +195,7 @@ async fn relay(mut socket: WebSocket, mut view: View) {
             message = view.messages.recv() => match message {
                 Some(m) => {
                     let final_code = match &m {
-                        Message::Error { code: "too_many_viewers", message } => {
+                        Message::Error { code: "too_many_viewers" | "moved", message } => {
                             Some((close_code::AGAIN, message.clone()))
                         }
                         _ => None,

@@ -11,6 +11,7 @@ mod fail;
 mod handlers;
 mod hook;
 mod live;
+mod live_relay;
 mod logs;
 mod metrics_text;
 mod nodes;

@@ -16,16 +16,17 @@ use std::{
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
     sync::{mpsc, watch},
 };
 use tokio_tungstenite::{
     WebSocketStream,
-    tungstenite::{Message, client::IntoClientRequest, http::HeaderValue},
+    tungstenite::{Message, protocol::WebSocketConfig},
 };
 use tracing::{info, warn};
 
+use crate::edge::ws::{self, Io};
 use crate::live::{
     api::{
         Command,
@@ -239,59 +240,16 @@ impl Gate {
     }
 }
 
-/// A byte stream to the control plane: TCP, or TLS over it.
-pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
-
 /// A WebSocket to `path` of the control URL, under the agent's token.
 async fn connect(ctx: &Ctx, path: &str) -> Result<WebSocketStream<Box<dyn Io>>, String> {
-    let url = format!("{}{path}", ctx.base);
-    let ws_url = url
-        .replacen("https://", "wss://", 1)
-        .replacen("http://", "ws://", 1);
-    let mut request = ws_url.into_client_request().map_err(|e| e.to_string())?;
-    let bearer =
-        HeaderValue::from_str(&format!("Bearer {}", ctx.token)).map_err(|e| e.to_string())?;
-    request.headers_mut().insert("authorization", bearer);
-    let uri = request.uri().clone();
-    let host = uri
-        .host()
-        .ok_or_else(|| format!("{url}: no host"))?
-        .to_owned();
-    let port = uri
-        .port_u16()
-        .unwrap_or(if ctx.tls.is_some() { 443 } else { 80 });
-    let host_only = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
-    let tcp = tokio::time::timeout(CONNECT_WAIT, TcpStream::connect((host_only.as_str(), port)))
-        .await
-        .map_err(|_| format!("{url}: no connection within {CONNECT_WAIT:?}"))?
-        .map_err(|e| format!("{url}: {e}"))?;
-    let _ = tcp.set_nodelay(true);
-    let stream: Box<dyn Io> = match &ctx.tls {
-        None => Box::new(tcp),
-        Some(tls) => {
-            let name = rustls_pki_types::ServerName::try_from(host_only)
-                .map_err(|e| format!("{url}: {e}"))?;
-            Box::new(
-                tls.connect(name, tcp)
-                    .await
-                    .map_err(|e| format!("{url}: {e}"))?,
-            )
-        }
-    };
     // The read buffer is allocated whole for each connection (128 KiB by
     // default); what the node sends is small.
-    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+    let config = WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
         .max_message_size(Some(MAX_FRAME))
         .max_frame_size(Some(MAX_FRAME));
-    let (socket, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
-        .await
-        .map_err(|e| format!("{url}: {e}"))?;
-    Ok(socket)
+    let url = format!("{}{path}", ctx.base);
+    ws::connect(&url, Some(&ctx.token), ctx.tls.as_ref(), config).await
 }
 
 #[cfg(test)]

@@ -9,5 +9,6 @@ pub mod http;
 pub mod sockopt;
 pub mod sources;
 pub mod tls;
+pub mod ws;
 
 pub use http::{EdgeCounters, Limits, serve};

@@ -14,12 +14,20 @@ use uuid::Uuid;
 
 use super::{
     api::{Client, ClientError, Timeouts},
-    hub::Connector,
+    hub::{Claim, Connector, Elsewhere, RENEW_EVERY},
     relay::Relays,
 };
 use crate::{
     clock,
-    tunnels::{routeros::job::LIVE_USER, store::Store},
+    config::DEFAULT_LIVE_API_PORT,
+    state::Reader,
+    tunnels::{
+        routeros::job::LIVE_USER,
+        store::{
+            Store,
+            leases::{Holder, Lessee},
+        },
+    },
     vpnlog::store::LogStore,
 };
 
@@ -58,9 +66,29 @@ pub struct Reach {
     pub store: Arc<dyn Store>,
     pub logs: Option<Arc<dyn LogStore>>,
     pub relays: Arc<Relays>,
-    /// `[live] api_port`, as the running config has it.
-    pub port: Arc<dyn Fn() -> u16 + Send + Sync>,
+    /// The running config: `[live] api_port`, and `[node]` for the claim.
+    pub state: Reader,
     pub timeouts: Timeouts,
+}
+
+/// How long a claim on a router's connection lasts unless renewed.
+const LEASE_TTL: u64 = 3 * RENEW_EVERY.as_secs();
+
+impl Reach {
+    fn port(&self) -> u16 {
+        let snapshot = self.state.load();
+        (snapshot.data.config.live.as_ref()).map_or(DEFAULT_LIVE_API_PORT, |l| l.api_port)
+    }
+
+    /// This node's name and API URL when it shares routers with other
+    /// nodes (`[store]` and `[node] api_url`); without them it claims none.
+    fn lessee(&self) -> Option<(String, String)> {
+        let snapshot = self.state.load();
+        let config = &snapshot.data.config;
+        config.store.as_ref()?;
+        let url = config.node.api_url.clone()?;
+        Some((config.node.name.clone(), url))
+    }
 }
 
 /// What opening a router needs from the stores.
@@ -108,7 +136,7 @@ impl Connector for Reach {
         let (target, relays, port, timeouts) = (
             self.target(site),
             self.relays.clone(),
-            (self.port)(),
+            self.port(),
             self.timeouts,
         );
         Box::pin(async move {
@@ -136,6 +164,55 @@ impl Connector for Reach {
                     };
                     login_any(dial, &addr.to_string(), &passwords).await
                 }
+            }
+        })
+    }
+
+    fn claim(&self, site: Uuid) -> BoxFuture<'static, Claim> {
+        let (store, lessee) = (self.store.clone(), self.lessee());
+        Box::pin(async move {
+            let Some((node, api_url)) = lessee else {
+                return Claim::Ours;
+            };
+            let taken = tokio::task::spawn_blocking(move || {
+                let now = clock::now();
+                let who = Lessee {
+                    node: &node,
+                    api_url: &api_url,
+                };
+                store.take_live_lease(site, who, now, now + LEASE_TTL)
+            })
+            .await;
+            match taken {
+                Ok(Ok(Holder::Us)) => Claim::Ours,
+                Ok(Ok(Holder::Other { node, api_url })) => {
+                    Claim::Elsewhere(Elsewhere { node, api_url })
+                }
+                Ok(Err(e)) => Claim::Unknown(e.to_string()),
+                Err(e) => Claim::Unknown(e.to_string()),
+            }
+        })
+    }
+
+    fn release(&self, site: Uuid) {
+        let (store, lessee) = (self.store.clone(), self.lessee());
+        if let Some((node, _)) = lessee {
+            // Best effort: an unreleased lease expires by itself.
+            tokio::task::spawn_blocking(move || store.release_live_lease(site, &node));
+        }
+    }
+
+    fn elsewhere(&self, site: Uuid) -> BoxFuture<'static, Option<Elsewhere>> {
+        let (store, lessee) = (self.store.clone(), self.lessee());
+        Box::pin(async move {
+            let (node, _) = lessee?;
+            let holder = tokio::task::spawn_blocking(move || {
+                store.live_lease_holder(site, &node, clock::now())
+            })
+            .await;
+            match holder {
+                Ok(Ok(Holder::Other { node, api_url })) => Some(Elsewhere { node, api_url }),
+                _ => None,
             }
         })
     }

@@ -31,6 +31,8 @@ use super::{
 
 mod router;
 
+pub(super) use router::RENEW_EVERY;
+
 use router::{Key, Router};
 
 /// Messages a viewer may have waiting before it skips samples.
@@ -40,6 +42,38 @@ pub const VIEWER_QUEUE: usize = 64;
 /// one relayed by the agent that holds the router's tunnel.
 pub trait Connector: Send + Sync + 'static {
     fn open(&self, site: Uuid) -> BoxFuture<'static, Result<Client, String>>;
+
+    /// Claims (or keeps) `site`'s connection for this node before it is
+    /// opened, and while it is held: with several nodes, one holds it.
+    fn claim(&self, _site: Uuid) -> BoxFuture<'static, Claim> {
+        Box::pin(std::future::ready(Claim::Ours))
+    }
+
+    /// Gives the claim up (the connection is closed).
+    fn release(&self, _site: Uuid) {}
+
+    /// The node whose claim on `site` stands, if not this one: its viewers
+    /// are relayed from there.
+    fn elsewhere(&self, _site: Uuid) -> BoxFuture<'static, Option<Elsewhere>> {
+        Box::pin(std::future::ready(None))
+    }
+}
+
+/// What claiming a router's connection gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    Ours,
+    Elsewhere(Elsewhere),
+    /// The claim could not be checked (the database away): not connected.
+    Unknown(String),
+}
+
+/// Another node holding a router's connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Elsewhere {
+    pub node: String,
+    /// Where that node's API is reached.
+    pub api_url: String,
 }
 
 /// `[live]`'s limits, as the hub applies them (changed on reload).
@@ -165,6 +199,11 @@ impl Hub {
     /// [`Client::reboot`]: super::api::Client::reboot
     pub async fn reboot(&self, site: Uuid) -> Result<(), String> {
         self.call(site, Command::Reboot).await.map(drop)
+    }
+
+    /// The node holding `site`'s connection, when another holds it.
+    pub async fn elsewhere(&self, site: Uuid) -> Option<Elsewhere> {
+        self.shared.connector.elsewhere(site).await
     }
 
     /// Starts watching `site` for `user` (a token's name).

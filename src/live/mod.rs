@@ -37,20 +37,11 @@ pub fn hub(
     let limits = live
         .as_ref()
         .map_or_else(|| limits(&crate::config::LiveConfig::default()), limits);
-    let port = Arc::new(move || {
-        state
-            .load()
-            .data
-            .config
-            .live
-            .as_ref()
-            .map_or(crate::config::DEFAULT_LIVE_API_PORT, |l| l.api_port)
-    });
     let connector = connect::Reach {
         store,
         logs,
         relays,
-        port,
+        state,
         timeouts: api::Timeouts::default(),
     };
     hub::Hub::new(Arc::new(connector), limits)

@@ -10,6 +10,7 @@ pub mod lab;
 pub mod limits;
 pub mod pg;
 pub mod routeros;
+pub mod viewer;
 
 use std::{
     collections::BTreeMap,

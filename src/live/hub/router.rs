@@ -14,6 +14,9 @@ use tokio::{
 use uuid::Uuid;
 
 use super::{Shared, ToRouter, Want, lock};
+
+mod lease;
+
 use crate::{
     clock,
     live::{
@@ -21,6 +24,7 @@ use crate::{
         message::Message,
     },
 };
+pub(in crate::live) use lease::RENEW_EVERY;
 
 /// Samples waiting for the router's task before a stream skips them.
 const SAMPLE_QUEUE: usize = 1024;
@@ -83,6 +87,9 @@ pub(super) struct Router {
     reconnect_at: Option<Instant>,
     backoff: Duration,
     idle_since: Option<Instant>,
+    /// Whether this node's claim on the connection stands (see `lease`).
+    claimed: bool,
+    renew_at: Option<Instant>,
 }
 
 impl Router {
@@ -108,6 +115,8 @@ impl Router {
             reconnect_at: None,
             backoff: FIRST_BACKOFF,
             idle_since: None,
+            claimed: false,
+            renew_at: None,
         }
     }
 
@@ -117,6 +126,7 @@ impl Router {
             let linger = lock(&self.shared.limits).linger;
             let idle_until = self.idle_since.map(|t| t + linger);
             let reconnect = self.reconnect_at.filter(|_| !self.viewers.is_empty());
+            let renew = self.renew_at;
             tokio::select! {
                 message = self.inbox.recv() => match message {
                     Some(ToRouter::Join { id, want, to }) => self.join(id, want, to).await,
@@ -126,8 +136,11 @@ impl Router {
                 },
                 Some(event) = self.events_in.recv() => self.event(event).await,
                 () = sleep_until(reconnect), if reconnect.is_some() => {
-                    let _ = self.connect().await;
+                    if self.claimed || self.claim().await {
+                        let _ = self.connect().await;
+                    }
                 }
+                () = sleep_until(renew), if renew.is_some() => self.renew().await,
                 () = sleep_until(idle_until), if idle_until.is_some() => {
                     if self.retire() {
                         break;
@@ -137,6 +150,7 @@ impl Router {
         }
         self.streams.clear();
         self.metrics_streams();
+        self.release();
         self.shared.metrics.routers.fetch_sub(1, Relaxed);
     }
 
@@ -153,6 +167,9 @@ impl Router {
         self.shared.metrics.viewers.fetch_add(1, Relaxed);
         self.viewers.insert(id, Viewer { want, to });
         self.idle_since = None;
+        if !self.claimed && !self.claim().await {
+            return;
+        }
         if self.client.is_none() && self.reconnect_at.is_none() {
             let _ = self.connect().await;
         } else {
