@@ -38,7 +38,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::routeros::{Config, RouterOs, User};
+use common::routeros::{Config, RouterOs};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{Semaphore, watch};
 use tokio_tungstenite::tungstenite::Message as Frame;
@@ -517,16 +517,11 @@ fn main() {
         let stand_ins: Vec<RouterOs> = sites
             .iter()
             .map(|site| {
-                let mut config = Config {
+                let config = Config {
                     interval: args.interval,
                     ..Config::default()
-                };
-                config.users.push(User {
-                    name: "mgnt-live",
-                    password: Box::leak(site.password.clone().into_boxed_str()),
-                    read_only: true,
-                    reboot: true,
-                });
+                }
+                .with_live_user(&site.password, true);
                 let addr: SocketAddr = format!("{}:{}", site.address, args.api_port)
                     .parse()
                     .unwrap();

@@ -645,7 +645,7 @@ fn live_node(
 #[ignore = "needs root (runs a PostgreSQL cluster as the postgres user); scripts/test runs it as root"]
 fn one_node_holds_a_routers_live_connection_and_the_other_relays_its_viewers() {
     use common::{
-        routeros::{Config, RouterOs, User, apply_first_job},
+        routeros::{Config, RouterOs, apply_first_job},
         viewer::{next_of, open, ticket},
     };
     let pg = Postgres::start();
@@ -661,13 +661,7 @@ fn one_node_holds_a_routers_live_connection_and_the_other_relays_its_viewers() {
     let base = format!("http://{}", a.routers.unwrap());
     let token = body["router_token"].as_str().unwrap();
     let password = apply_first_job(&ureq::Agent::new_with_defaults(), &base, token);
-    let mut config = Config::default();
-    config.users.push(User {
-        name: "mgnt-live",
-        password: Box::leak(password.into_boxed_str()),
-        read_only: true,
-        reboot: true,
-    });
+    let config = Config::default().with_live_user(&password, true);
     let router = RouterOs::start_on(format!("{address}:{router_api}").parse().unwrap(), config);
     let gauge = |node: &Server, name: &str| {
         let (_, text) = node.get("/metrics");

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{
     curl::*,
-    routeros::{Config, Reboot, RouterOs, User},
+    routeros::{Config, Reboot, RouterOs},
     viewer::{next_of, open, ticket},
     *,
 };
@@ -95,13 +95,7 @@ fn free_port() -> u16 {
 
 /// The stand-in on the site's tunnel address, knowing its live-view user.
 fn router_of(address: &str, port: u16, password: String, reboot: bool, config: Config) -> RouterOs {
-    let mut config = config;
-    config.users.push(User {
-        name: "mgnt-live",
-        password: Box::leak(password.into_boxed_str()),
-        read_only: true,
-        reboot,
-    });
+    let config = config.with_live_user(&password, reboot);
     RouterOs::start_on(format!("{address}:{port}").parse().unwrap(), config)
 }
 

@@ -19,7 +19,7 @@ use std::{
 
 use common::{
     lab::{in_netns, ip, require_root},
-    routeros::{Config, Interface, RouterOs, User},
+    routeros::{Config, Interface, RouterOs},
     *,
 };
 use futures_util::{SinkExt, StreamExt};
@@ -88,13 +88,7 @@ fn applied_site(server: &Server, agent: &ureq::Agent) -> Site {
 
 /// The stand-in of router `k`: its only interface is `wan{k}`.
 fn stand_in(k: usize, site: &Site) -> RouterOs {
-    let mut config = Config::default();
-    config.users.push(User {
-        name: "mgnt-live",
-        password: Box::leak(site.password.clone().into_boxed_str()),
-        read_only: true,
-        reboot: true,
-    });
+    let mut config = Config::default().with_live_user(&site.password, true);
     config.interfaces = vec![Interface {
         name: Box::leak(format!("wan{k}").into_boxed_str()),
         kind: "ether",

@@ -1288,7 +1288,7 @@ fn tunnels_cannot_reach_each_other_while_the_management_network_reaches_both() {
 #[test]
 #[ignore = "needs root (network namespaces, OpenVPN); scripts/test runs it as root"]
 fn the_agent_holding_the_tunnel_relays_the_routers_api() {
-    use common::routeros::{Config, RouterOs, User};
+    use common::routeros::{Config, RouterOs};
     require_tools();
     const NET: &str = "169.254.91";
     const API_PORT: u16 = 18728;
@@ -1335,13 +1335,7 @@ fn the_agent_holding_the_tunnel_relays_the_routers_api() {
     let client = client_config(&dir, NET, "router", &site.user, &site.secret);
     let (_client, client_log) = openvpn(&lab.region, &client);
     wait_for(&client_log, &["Initialization Sequence Completed"], 30);
-    let mut config = Config::default();
-    config.users.push(User {
-        name: "mgnt-live",
-        password: Box::leak(password.into_boxed_str()),
-        read_only: true,
-        reboot: true,
-    });
+    let config = Config::default().with_live_user(&password, true);
     let at = format!("{}:{API_PORT}", site.address).parse().unwrap();
     let router = in_netns(&lab.region, move || RouterOs::start_on(at, config));
     server.get_until(

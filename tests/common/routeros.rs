@@ -99,6 +99,20 @@ pub struct Config {
     pub uptime: Duration,
 }
 
+impl Config {
+    /// With the live-view user a job makes (`read,api,reboot`, or without
+    /// `reboot`), knowing `password`.
+    pub fn with_live_user(mut self, password: &str, reboot: bool) -> Self {
+        self.users.push(User {
+            name: "mgnt-live",
+            password: Box::leak(password.to_owned().into_boxed_str()),
+            read_only: true,
+            reboot,
+        });
+        self
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         let user = |name, password, read_only, reboot| User {
