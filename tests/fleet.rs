@@ -605,12 +605,6 @@ impl Drop for Agent {
     }
 }
 
-/// A free TCP port on loopback.
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
 /// A node with provisioning, the router endpoint and the live view on
 /// `pg`'s database, its API on `api_port` and published as its `api_url`;
 /// the tunnel pool on loopback so a stand-in router is reached directly.

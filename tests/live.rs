@@ -87,12 +87,6 @@ fn applied_site(server: &Server) -> (String, String, String) {
     (uuid, address, password)
 }
 
-/// A free TCP port on loopback.
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
 /// The stand-in on the site's tunnel address, knowing its live-view user.
 fn router_of(address: &str, port: u16, password: String, reboot: bool, config: Config) -> RouterOs {
     let config = config.with_live_user(&password, reboot);

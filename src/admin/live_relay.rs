@@ -57,16 +57,8 @@ pub(super) async fn relayed(
             ),
         )
     };
-    let tls = match holder.api_url.starts_with("https://") {
-        true => {
-            let ca = config.node.api_ca_file.as_deref();
-            let client = crate::edge::tls::client_config(ca).map_err(unreachable)?;
-            Some(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
-                client,
-            )))
-        }
-        false => None,
-    };
+    let ca = config.node.api_ca_file.as_deref();
+    let tls = ws::tls_for(&holder.api_url, ca).map_err(unreachable)?;
     let url = format!(
         "{}/v1/sites/{site}/live?ticket={ticket}&{query}",
         holder.api_url

@@ -78,12 +78,7 @@ pub fn start(
     let counters = Arc::new(Counters::default());
     let token: Arc<str> = token.into();
     for base in urls {
-        let tls = if base.starts_with("https://") {
-            let config = crate::edge::tls::client_config(ca_file)?;
-            Some(tokio_rustls::TlsConnector::from(Arc::new(config)))
-        } else {
-            None
-        };
+        let tls = ws::tls_for(base, ca_file)?;
         let ctx = Ctx {
             base: base.trim_end_matches('/').to_owned(),
             token: token.clone(),

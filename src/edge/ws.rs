@@ -20,6 +20,21 @@ const CONNECT_WAIT: Duration = Duration::from_secs(10);
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
+/// What [`connect`] needs for `url`: a TLS client trusting `ca` (or the
+/// public roots) for `https://`, nothing for `http://`.
+pub fn tls_for(
+    url: &str,
+    ca: Option<&std::path::Path>,
+) -> Result<Option<tokio_rustls::TlsConnector>, String> {
+    if !url.starts_with("https://") {
+        return Ok(None);
+    }
+    let config = super::tls::client_config(ca)?;
+    Ok(Some(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        config,
+    ))))
+}
+
 /// A WebSocket to `url` (`http://` or `https://`, turned into `ws://` or
 /// `wss://`), with `bearer` as its `Authorization` when given; `tls` for
 /// `https://`.

@@ -26,6 +26,7 @@ use uuid::Uuid;
 
 use super::{
     api::{Attrs, Client, Command, Interfaces},
+    lock,
     message::Message,
 };
 
@@ -273,8 +274,4 @@ impl Drop for Leave {
         }
         self.shared.send(self.site, ToRouter::Leave { id: self.id });
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

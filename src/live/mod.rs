@@ -15,6 +15,12 @@ use std::sync::Arc;
 
 use crate::{config::LiveConfig, state::Reader, tunnels::store::Store, vpnlog::store::LogStore};
 
+/// A lock whose holder panicked still guards consistent data here (each
+/// writer finishes its change before it could panic): take it anyway.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The hub's limits from `[live]`.
 pub fn limits(live: &LiveConfig) -> hub::Limits {
     hub::Limits {

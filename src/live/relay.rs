@@ -25,6 +25,8 @@ use tokio::{
 };
 use uuid::Uuid;
 
+use super::lock;
+
 /// Opens queued for one agent's channel before more are refused.
 const CHANNEL_QUEUE: usize = 64;
 /// Opens waiting for their pipe at once, over every agent.
@@ -192,10 +194,6 @@ impl Relays {
             None
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -72,6 +72,12 @@ pub const NETWORKS: &[Network] = &[
 
 const CENTROIDS: &str = "code,latitude,longitude,name\nAR,-34,-64,Argentina\nCA,60,-95,Canada\n";
 
+/// A TCP port free on loopback now (for a config that must name its port).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
 pub fn config_text(listen: &str) -> String {
     format!(
         r#"

@@ -237,8 +237,13 @@ pub struct Attempt {
     pub source: Option<String>,
 }
 
-/// Longest failure text kept from a router.
+/// Longest failure text kept from a router (a job's, a reboot's), in characters.
 const MAX_ERROR: usize = 500;
+
+/// `error` cut to [`MAX_ERROR`] characters.
+fn clip_error(error: &str) -> String {
+    error.chars().take(MAX_ERROR).collect()
+}
 
 /// The stored digest a password matched: the column to replace should it
 /// be an older version's hash.
@@ -307,7 +312,7 @@ fn finishing(job: Job, site: Option<Uuid>, outcome: Outcome) -> Finishing {
     }
     let error = match outcome {
         Outcome::Applied => None,
-        Outcome::Failed(e) => Some(e.chars().take(MAX_ERROR).collect()),
+        Outcome::Failed(e) => Some(clip_error(&e)),
     };
     Finishing::Record(job, wanted, error)
 }

@@ -127,20 +127,6 @@ pub trait RebootStore {
     fn reboot(&self, id: Uuid) -> Result<Option<Reboot>, StoreError>;
 }
 
-/// Longest error kept with a reboot.
-pub(crate) const MAX_ERROR: usize = 500;
-
-/// `error` cut to [`MAX_ERROR`] bytes at a character boundary.
-pub(crate) fn clip(error: Option<&str>) -> Option<&str> {
-    error.map(|e| {
-        let mut end = e.len().min(MAX_ERROR);
-        while !e.is_char_boundary(end) {
-            end -= 1;
-        }
-        &e[..end]
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,13 +176,5 @@ mod tests {
         }
         assert!(RebootState::Failed.from().iter().all(|s| *s == "sending"));
         assert_eq!(RebootState::parse("rebooted"), None);
-    }
-
-    #[test]
-    fn errors_are_clipped_on_a_character() {
-        let long = "é".repeat(400);
-        let clipped = clip(Some(&long)).unwrap();
-        assert!(clipped.len() <= MAX_ERROR && clipped.len() >= MAX_ERROR - 1);
-        assert_eq!(clip(Some("short")), Some("short"));
     }
 }

@@ -4,8 +4,8 @@ use uuid::Uuid;
 
 use super::{
     super::{
-        StoreError,
-        reboots::{Claim, Reboot, RebootState, RebootStore, claim, clip},
+        StoreError, clip_error,
+        reboots::{Claim, Reboot, RebootState, RebootStore, claim},
     },
     PgSiteStore, col,
 };
@@ -66,7 +66,13 @@ impl RebootStore for PgSiteStore {
                 .execute(
                     "UPDATE reboots SET state = $1, finished = $2, error = $3
                      WHERE id = $4 AND state = ANY($5)",
-                    &[&state.as_str(), &finished, &clip(error), &id, &from],
+                    &[
+                        &state.as_str(),
+                        &finished,
+                        &error.map(clip_error),
+                        &id,
+                        &from,
+                    ],
                 )
                 .await?;
             Ok(n > 0)

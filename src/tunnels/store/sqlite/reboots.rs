@@ -1,12 +1,12 @@
 //! Reboot records in SQLite.
 
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use rusqlite::{OptionalExtension, ToSql, TransactionBehavior, params};
 use uuid::Uuid;
 
 use super::{
     super::{
-        StoreError,
-        reboots::{Claim, Reboot, RebootState, RebootStore, claim, clip},
+        StoreError, clip_error,
+        reboots::{Claim, Reboot, RebootState, RebootStore, claim},
     },
     SqliteStore,
 };
@@ -59,18 +59,16 @@ impl RebootStore for SqliteStore {
     ) -> Result<bool, StoreError> {
         let from = state.from();
         let finished = (state != RebootState::Sent).then_some(now as i64);
-        let n = self.lock().db.execute(
+        let states: Vec<String> = (5..5 + from.len()).map(|i| format!("?{i}")).collect();
+        let sql = format!(
             "UPDATE reboots SET state = ?1, finished = ?2, error = ?3
-             WHERE id = ?4 AND state IN (?5, ?6)",
-            params![
-                state.as_str(),
-                finished,
-                clip(error),
-                id.to_string(),
-                from.first().copied().unwrap_or(""),
-                from.last().copied().unwrap_or(""),
-            ],
-        )?;
+             WHERE id = ?4 AND state IN ({})",
+            states.join(", ")
+        );
+        let (name, error, id) = (state.as_str(), error.map(clip_error), id.to_string());
+        let mut values: Vec<&dyn ToSql> = vec![&name, &finished, &error, &id];
+        values.extend(from.iter().map(|s| s as &dyn ToSql));
+        let n = self.lock().db.execute(&sql, values.as_slice())?;
         Ok(n > 0)
     }
 
