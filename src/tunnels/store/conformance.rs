@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::{
     Attempt, Finished, JobState, Lifetimes, Outcome, Site, Store,
-    reboots::{Claim, RebootState},
+    reboots::{Claim, HISTORY, RebootState},
 };
 use crate::tunnels::username::username;
 
@@ -150,6 +150,11 @@ pub fn reboots_keep_their_gap_and_move_only_forward(store: Arc<dyn Store>) {
     assert_eq!(failed.state, RebootState::Failed);
     assert_eq!(failed.error.unwrap().len(), 500);
     assert!(matches!(claimed(1302), Claim::Claimed(_)));
+    // Records older than the history go with a later claim.
+    let Claim::Claimed(recent) = claimed(1302 + HISTORY) else {
+        panic!("the gap has passed");
+    };
+    assert_eq!(store.reboot(first).unwrap(), None, "past the history");
 
     assert_eq!(
         store
@@ -158,8 +163,9 @@ pub fn reboots_keep_their_gap_and_move_only_forward(store: Arc<dyn Store>) {
         Claim::NoSite
     );
     assert_eq!(store.reboot(Uuid::new_v4()).unwrap(), None);
+    assert!(store.reboot(recent).unwrap().is_some());
     assert!(store.delete(site.uuid, 2000).unwrap());
-    assert_eq!(store.reboot(first).unwrap(), None, "gone with the site");
+    assert_eq!(store.reboot(recent).unwrap(), None, "gone with the site");
 }
 
 pub fn live_passwords_follow_the_applied_and_the_open_job(store: Arc<dyn Store>) {

@@ -87,6 +87,9 @@ impl Reboot {
     }
 }
 
+/// How long a reboot's record is kept (then it goes with the next claim).
+pub const HISTORY: u64 = 30 * 86_400;
+
 /// What asking for a reboot gave.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {

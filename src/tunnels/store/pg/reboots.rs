@@ -5,7 +5,7 @@ use uuid::Uuid;
 use super::{
     super::{
         StoreError, clip_error,
-        reboots::{Claim, Reboot, RebootState, RebootStore, claim},
+        reboots::{Claim, HISTORY, Reboot, RebootState, RebootStore, claim},
     },
     PgSiteStore, col,
 };
@@ -28,6 +28,9 @@ impl RebootStore for PgSiteStore {
             if found.is_none() {
                 return Ok(Claim::NoSite);
             }
+            let old = now.saturating_sub(HISTORY) as i64;
+            tx.execute("DELETE FROM reboots WHERE created < $1", &[&old])
+                .await?;
             let row = tx
                 .query_one(
                     "SELECT MAX(created) FROM reboots WHERE site = $1 AND state <> 'failed'",

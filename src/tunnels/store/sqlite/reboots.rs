@@ -6,7 +6,7 @@ use uuid::Uuid;
 use super::{
     super::{
         StoreError, clip_error,
-        reboots::{Claim, Reboot, RebootState, RebootStore, claim},
+        reboots::{Claim, HISTORY, Reboot, RebootState, RebootStore, claim},
     },
     SqliteStore,
 };
@@ -33,6 +33,8 @@ impl RebootStore for SqliteStore {
         if known.is_none() {
             return Ok(Claim::NoSite);
         }
+        let old = now.saturating_sub(HISTORY) as i64;
+        tx.execute("DELETE FROM reboots WHERE created < ?1", [old])?;
         let last: Option<i64> = tx.query_row(
             "SELECT MAX(created) FROM reboots WHERE site = ?1 AND state != 'failed'",
             [&site_text],
